@@ -1,0 +1,1 @@
+"""Detection data: the canonical dataset schema, format readers, validation, split and report."""

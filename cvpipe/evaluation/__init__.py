@@ -1,0 +1,1 @@
+"""Evaluation: COCO metrics (faster-coco-eval), plots and reports; shared by training and model_eval."""

@@ -1,0 +1,1 @@
+"""Inference shared by training validation, evaluation, the CLI and the service (numpy only, no torch)."""

@@ -1,0 +1,160 @@
+"""Steps: plain functions of their params and inputs, registered by name with declared entities.
+
+A step never sees the store. The runner hands it each input entity as a local, read-only directory
+(keyword arguments named after the inputs) and a `StepContext` whose `outputs` are empty local
+directories to fill. Whatever the function returns (a JSON-able dict) is kept in the run manifest
+as the run's summary.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict
+
+
+class StepParams(BaseModel):
+    """Base of every step's params model: unknown keys and wrong types fail fast."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+@dataclass(frozen=True)
+class Output:
+    """An output entity: a directory the step fills.
+
+    `content_addressed` entities are stored once per distinct file content in the store's object area
+    (an image shared by two loads is stored once); the run keeps an index of them.
+    """
+
+    name: str
+    content_addressed: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Input:
+    """An input entity: the `entity` output of the latest complete (or pinned) run of `step`.
+
+    An optional input is passed as None when no complete run exists. An optional input may name the
+    step itself: it then resolves to the previous complete run (e.g. to compare with the last model).
+    """
+
+    step: str
+    entity: str
+    optional: bool = False
+
+    @classmethod
+    def parse(cls, ref: str | Input) -> Input:
+        if isinstance(ref, Input):
+            return ref
+        optional = ref.endswith("?")
+        step, _, entity = ref.rstrip("?").partition(".")
+        if not step or not entity:
+            raise ValueError(f"input reference {ref!r} must look like 'step.entity' (or 'step.entity?' if optional)")
+        return cls(step=step, entity=entity, optional=optional)
+
+
+@dataclass
+class StepContext:
+    """What a running step may know about its own run."""
+
+    step: str
+    run_id: str
+    outputs: dict[str, Path]
+    scratch: Path
+    input_runs: dict[str, str | None] = field(default_factory=dict)
+
+    def output(self, name: str) -> Path:
+        try:
+            return self.outputs[name]
+        except KeyError:
+            raise KeyError(f"step {self.step!r} declares no output {name!r}; it has {sorted(self.outputs)}") from None
+
+
+StepFunc = Callable[..., "dict[str, Any] | None"]
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    name: str
+    func: StepFunc
+    params: type[StepParams]
+    inputs: dict[str, Input]
+    outputs: dict[str, Output]
+    description: str
+
+    @property
+    def upstream(self) -> set[str]:
+        return {i.step for i in self.inputs.values() if i.step != self.name}
+
+
+_REGISTRY: dict[str, StepSpec] = {}
+
+
+def step(
+    name: str,
+    *,
+    params: type[StepParams],
+    inputs: dict[str, str | Input] | None = None,
+    outputs: list[str | Output] | None = None,
+) -> Callable[[StepFunc], StepFunc]:
+    """Register `func(params, ctx, **inputs) -> dict | None` as the step `name`.
+
+    inputs: keyword name -> "producing_step.entity" (suffix "?" for optional).
+    outputs: entity names or `Output`s.
+    """
+
+    def register(func: StepFunc) -> StepFunc:
+        outs = {o.name: o for o in (Output(o) if isinstance(o, str) else o for o in (outputs or []))}
+        ins = {k: Input.parse(v) for k, v in (inputs or {}).items()}
+        for key, inp in ins.items():
+            if inp.step == name and not inp.optional:
+                raise ValueError(f"step {name!r}: input {key!r} on itself must be optional")
+        doc = (func.__doc__ or "").strip()
+        _REGISTRY[name] = StepSpec(name, func, params, ins, outs, doc.splitlines()[0] if doc else "")
+        return func
+
+    return register
+
+
+def load_builtin_steps() -> None:
+    """Import every module of `cvpipe.steps` so their steps register."""
+    import cvpipe.steps as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"{pkg.__name__}.{mod.name}")
+
+
+def registry() -> dict[str, StepSpec]:
+    if not _REGISTRY:
+        load_builtin_steps()
+    return dict(_REGISTRY)
+
+
+def get_step(name: str) -> StepSpec:
+    steps = registry()
+    if name not in steps:
+        raise KeyError(f"unknown step {name!r}; known steps: {', '.join(sorted(steps)) or 'none'}")
+    return steps[name]
+
+
+def execution_order(names: list[str]) -> list[str]:
+    """Dependency order (inputs before consumers) of the given steps; ties keep the given order."""
+    steps = registry()
+    wanted = list(dict.fromkeys(names))
+    done: list[str] = []
+    pending = list(wanted)
+    while pending:
+        for n in pending:
+            if not (steps[n].upstream & (set(pending) - {n})):
+                done.append(n)
+                pending.remove(n)
+                break
+        else:
+            raise ValueError(f"steps {pending} depend on each other in a cycle")
+    return done

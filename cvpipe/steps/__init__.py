@@ -1,0 +1,1 @@
+"""The pipeline's steps, one module each; every module here registers itself on import."""
