@@ -1,0 +1,1 @@
+"""Self-contained HTML reports (tables and embedded PNGs), shared by every step that reports."""
