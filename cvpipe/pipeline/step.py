@@ -94,6 +94,7 @@ class StepSpec:
 
 
 _REGISTRY: dict[str, StepSpec] = {}
+_BUILTINS_LOADED = False
 
 
 def step(
@@ -131,9 +132,16 @@ def load_builtin_steps() -> None:
 
 
 def registry() -> dict[str, StepSpec]:
-    if not _REGISTRY:
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True
         load_builtin_steps()
     return dict(_REGISTRY)
+
+
+def unregister(name: str) -> None:
+    """Remove a step (tests register throwaway steps)."""
+    _REGISTRY.pop(name, None)
 
 
 def get_step(name: str) -> StepSpec:

@@ -1,0 +1,1 @@
+"""The `cvpipe` command line."""

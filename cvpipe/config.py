@@ -1,0 +1,148 @@
+"""Pipeline config: one YAML file (store, env, pipeline name, pins, and per-step params under each
+step's name), validated with pydantic, overridable from the command line with `--set key=value`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from cvpipe.pipeline.step import registry
+
+RESERVED = ("store", "env", "pipeline", "pins", "plugins")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the offending key."""
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    store: str = Field("store", description="Artifact store URL: a local folder, s3://bucket/prefix, any fsspec URL")
+    env: str = Field("dev", description="Environment name: the store's first level")
+    pipeline: str = Field("default", description="Pipeline name: the store's second level")
+    pins: dict[str, str] = Field(default_factory=dict, description="step name -> run id to use as input")
+    plugins: list[str] = Field(default_factory=list, description="modules to import that register more steps")
+
+    def step_names(self) -> list[str]:
+        """Steps that have a section in this config, in file order."""
+        return [k for k in type(self).model_fields if k not in RESERVED and getattr(self, k) is not None]
+
+    def params(self, step: str) -> BaseModel:
+        """This step's params: its section, or the step's defaults when the config has none."""
+        value = getattr(self, step, None)
+        return value if value is not None else registry()[step].params()
+
+    def flat(self) -> dict[str, Any]:
+        """Effective config as dotted keys, for the table printed at the start of a run."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict) and value:
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = value
+
+        walk("", self.model_dump(mode="json", exclude_none=True))
+        return out
+
+
+_MODELS: dict[tuple, type[_Base]] = {}
+
+
+def config_model() -> type[_Base]:
+    """The config model: the base keys plus one optional section per registered step."""
+    steps = registry()
+    key = tuple((name, spec.params) for name, spec in steps.items())
+    if key not in _MODELS:
+        fields = {name: (Optional[spec.params], None) for name, spec in steps.items()}
+        _MODELS[key] = create_model("PipelineConfig", __base__=_Base, **fields)  # type: ignore[call-overload]
+    return _MODELS[key]
+
+
+PipelineConfig = _Base  # for type hints; instances come from config_model()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'model_train.epochs=5' -> (['model_train', 'epochs'], 5); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. model_train.epochs=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            section = ".".join(str(p) for p in e["loc"][:-1])
+            where = f"in section {section!r}" if section else "at the top level"
+            lines.append(f"  {key}: unknown key {where}")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def import_plugins(modules: list[str]) -> None:
+    """Import modules that register their own steps (`plugins:` in the config)."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"plugins: cannot import {name!r}: {e}") from None
+
+
+def build_config(data: dict | None, overrides: list[str] | None = None) -> _Base:
+    data = apply_overrides(dict(data or {}), list(overrides or []))
+    plugins = data.get("plugins") or []
+    if not isinstance(plugins, list):
+        raise ConfigError("plugins: must be a list of module names")
+    import_plugins(plugins)
+    # A step section written as `data_load:` with nothing under it means "run it with defaults".
+    for name in registry():
+        if name in data and data[name] is None:
+            data[name] = {}
+    try:
+        return config_model().model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> _Base:
+    """Read, override and validate a pipeline config file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys (store, env, pipeline, steps)")
+    return build_config(data, overrides)

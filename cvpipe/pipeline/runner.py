@@ -1,0 +1,223 @@
+"""The runner: resolves a step's inputs, reuses a cached run or creates a new one, calls the step,
+commits its outputs and writes the manifest. Steps never touch the store."""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+import cvpipe
+from cvpipe.pipeline.step import StepContext, StepSpec, get_step
+from cvpipe.store.store import (STATUS_COMPLETE, STATUS_FAILED, STATUS_RUNNING, ArtifactStore, RunRecord,
+                                new_run_id, utcnow)
+
+log = logging.getLogger("cvpipe.runner")
+
+
+class StepFailed(RuntimeError):
+    """A step raised; its run is recorded as failed in the store."""
+
+    def __init__(self, step: str, run_id: str, error: BaseException):
+        super().__init__(f"step {step} failed (run {run_id}): {type(error).__name__}: {error}")
+        self.step, self.run_id, self.error = step, run_id, error
+
+
+class MissingInput(RuntimeError):
+    pass
+
+
+@lru_cache(maxsize=1)
+def code_version() -> dict[str, Any]:
+    """Package version, git commit (if any) and a fingerprint of cvpipe's source for caching."""
+    pkg = Path(cvpipe.__file__).parent
+    h = hashlib.sha256()
+    for p in sorted(pkg.rglob("*.py")):
+        h.update(p.relative_to(pkg).as_posix().encode())
+        h.update(p.read_bytes())
+    info: dict[str, Any] = {"package_version": cvpipe.__version__, "fingerprint": h.hexdigest()[:16]}
+    try:
+        top = pkg.parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=top, capture_output=True, text=True, timeout=5)
+        if commit.returncode == 0:
+            info["git_commit"] = commit.stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--", "cvpipe"], cwd=top, capture_output=True,
+                                   text=True, timeout=5)
+            info["git_dirty"] = bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def config_table(title: str, rows: dict[str, Any]) -> Table:
+    table = Table(title=title, title_justify="left", show_header=True, header_style="bold")
+    table.add_column("key")
+    table.add_column("value", overflow="fold")
+    for k, v in rows.items():
+        table.add_row(k, json.dumps(v) if not isinstance(v, str) else v)
+    return table
+
+
+class Runner:
+    """Runs steps of one pipeline config against one store, sequentially in this process."""
+
+    def __init__(self, cfg: Any, store: ArtifactStore | None = None, force: bool = False,
+                 console: Console | None = None):
+        self.cfg = cfg
+        self.store = store or ArtifactStore.from_config(cfg)
+        self.force = force
+        self.console = console or Console(stderr=True)
+        self.produced: dict[str, RunRecord] = {}  # runs made or reused in this invocation
+
+    # ---- inputs -------------------------------------------------------------------------------
+    def resolve_inputs(self, spec: StepSpec) -> dict[str, RunRecord | None]:
+        """Input kw -> producing run: pinned, else made in this invocation, else latest complete."""
+        pins = self.cfg.pins
+        resolved: dict[str, RunRecord | None] = {}
+        for kw, inp in spec.inputs.items():
+            if inp.step == spec.name:
+                rec = self.store.latest_run(spec.name)
+            elif inp.step in pins:
+                rec = self.store.get_run(pins[inp.step], step=inp.step)
+                if not rec.complete:
+                    raise MissingInput(f"pinned run {rec.run_id} of {inp.step} is {rec.status}, not complete")
+            else:
+                rec = self.produced.get(inp.step) or self.store.latest_run(inp.step)
+            if rec is None and not inp.optional:
+                raise MissingInput(
+                    f"step {spec.name} needs {inp.step}.{inp.entity}, but the store "
+                    f"{self.store.uri(self.store.pipeline_path)} has no complete run of {inp.step}: "
+                    f"run `cvpipe step {inp.step} CONFIG` first, or include it in the pipeline")
+            if rec is not None:
+                rec.output(inp.entity)  # fails clearly when that run lacks the entity
+            resolved[kw] = rec
+        return resolved
+
+    def cache_key(self, spec: StepSpec, params: Any, inputs: dict[str, RunRecord | None]) -> str:
+        digests = {kw: (rec.output(spec.inputs[kw].entity)["digest"] if rec else None)
+                   for kw, rec in inputs.items() if spec.inputs[kw].step != spec.name}
+        payload = {"step": spec.name, "params": params.model_dump(mode="json"), "inputs": digests,
+                   "code": code_version()["fingerprint"]}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    # ---- running ------------------------------------------------------------------------------
+    def run(self, steps: list[str]) -> list[RunRecord]:
+        return [self.run_step(name) for name in steps]
+
+    def run_step(self, name: str) -> RunRecord:
+        spec = get_step(name)
+        params = self.cfg.params(name)
+        inputs = self.resolve_inputs(spec)
+        key = self.cache_key(spec, params, inputs)
+        if not self.force:
+            cached = self.store.find_cached(name, key)
+            if cached is not None:
+                self.console.print(f"[bold cyan]{name}[/]: inputs, params and code unchanged -> reusing run "
+                                   f"[bold]{cached.run_id}[/] (use --force to rerun)")
+                self.produced[name] = cached
+                return cached
+        return self._execute(spec, params, inputs, key)
+
+    def _execute(self, spec: StepSpec, params: Any, inputs: dict[str, RunRecord | None], key: str) -> RunRecord:
+        run_id = new_run_id()
+        store = self.store
+        rows = {"store": store.url, "env": store.env, "pipeline": store.pipeline, "step": spec.name, "run_id": run_id}
+        rows.update({f"{spec.name}.{k}": v for k, v in params.model_dump(mode="json").items()})
+        rows.update({f"input.{kw}": (f"{r.step}/{r.run_id}" if r else None) for kw, r in inputs.items()})
+        self.console.print(config_table(f"{spec.name}: effective config", rows))
+        manifest: dict[str, Any] = {
+            "schema": 1, "run_id": run_id, "step": spec.name, "env": store.env, "pipeline": store.pipeline,
+            "status": STATUS_RUNNING, "params": params.model_dump(mode="json"),
+            "config": self.cfg.model_dump(mode="json", exclude_none=True),
+            "inputs": {kw: ({"step": r.step, "run_id": r.run_id, "entity": spec.inputs[kw].entity,
+                             "uri": r.output(spec.inputs[kw].entity)["uri"],
+                             "digest": r.output(spec.inputs[kw].entity)["digest"]} if r else None)
+                       for kw, r in inputs.items()},
+            "outputs": {}, "summary": {}, "cache_key": key, "code": code_version(),
+            "started_at": utcnow(), "host": socket.gethostname(), "pid": os.getpid(),
+            "user": getpass.getuser(), "python": platform.python_version(),
+        }
+        store.write_manifest(manifest)
+        staging = Path(tempfile.mkdtemp(prefix=f"cvpipe-{spec.name}-"))
+        log_path = staging / "step.log"
+        handler = logging.FileHandler(log_path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.INFO)
+        root = logging.getLogger()
+        root.addHandler(handler)
+        if logging.getLogger("cvpipe").getEffectiveLevel() > logging.INFO:
+            logging.getLogger("cvpipe").setLevel(logging.INFO)  # the stored log keeps INFO even when quiet
+        started = time.monotonic()
+        try:
+            ctx = StepContext(step=spec.name, run_id=run_id,
+                              outputs={o: staging / "out" / o for o in spec.outputs},
+                              scratch=staging / "scratch",
+                              input_runs={kw: (r.run_id if r else None) for kw, r in inputs.items()})
+            for p in [*ctx.outputs.values(), ctx.scratch]:
+                p.mkdir(parents=True)
+            local_inputs = {kw: (store.materialize(r, spec.inputs[kw].entity) if r else None)
+                            for kw, r in inputs.items()}
+            log.info("running %s (run %s)", spec.name, run_id)
+            summary = spec.func(params, ctx, **local_inputs) or {}
+            json.dumps(summary)  # the summary must be JSON-able: fail inside the run, not after it
+            for name, out in spec.outputs.items():
+                manifest["outputs"][name] = store.commit_entity(spec.name, run_id, name, ctx.outputs[name],
+                                                                content_addressed=out.content_addressed)
+            manifest.update(status=STATUS_COMPLETE, summary=summary)
+        except BaseException as e:  # KeyboardInterrupt too: the run is recorded, then the error goes on
+            manifest.update(status=STATUS_FAILED, outputs={},
+                            error={"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()})
+            log.error("%s failed: %s: %s", spec.name, type(e).__name__, e)
+            self._close(manifest, started, handler, log_path, staging)
+            if isinstance(e, Exception):
+                raise StepFailed(spec.name, run_id, e) from e
+            raise
+        self._close(manifest, started, handler, log_path, staging)
+        rec = RunRecord(run_id, spec.name, manifest)
+        self.produced[spec.name] = rec
+        self.console.print(f"[bold green]{spec.name}[/]: run [bold]{run_id}[/] complete in "
+                           f"{manifest['duration_s']:.1f} s -> {store.uri(store.run_path(spec.name, run_id))}")
+        return rec
+
+    def _close(self, manifest: dict, started: float, handler: logging.Handler, log_path: Path, staging: Path) -> None:
+        manifest.update(ended_at=utcnow(), duration_s=round(time.monotonic() - started, 3))
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+        try:
+            manifest["log"] = self.store.put_log(manifest["step"], manifest["run_id"], log_path)
+        except OSError as e:
+            log.warning("could not store the log: %s", e)
+        self.store.write_manifest(manifest)  # last write: this is what makes the run complete
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def select_steps(available: list[str], steps: list[str] | None = None, start: str | None = None,
+                 end: str | None = None) -> list[str]:
+    """The steps to run, in dependency order: all configured, or a subset / a from..to range."""
+    from cvpipe.pipeline.step import execution_order
+
+    order = execution_order(available)
+    for n in [*(steps or []), *([start] if start else []), *([end] if end else [])]:
+        if n not in order:
+            raise ValueError(f"step {n!r} is not in this pipeline (it has: {', '.join(order)})")
+    if steps:
+        return [n for n in order if n in steps]
+    i = order.index(start) if start else 0
+    j = order.index(end) + 1 if end else len(order)
+    return order[i:j]
