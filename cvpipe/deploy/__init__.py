@@ -1,0 +1,1 @@
+"""Deployment helpers beyond one machine (Kubernetes manifests for the built Bento image)."""
