@@ -1,0 +1,1 @@
+"""Detection models written in plain PyTorch."""
