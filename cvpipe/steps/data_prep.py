@@ -1,0 +1,66 @@
+"""data_prep: validate (fix, drop or fail per rule, everything reported), convert classes, split
+train/val/test stratified by class, and report visually."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator
+
+from cvpipe.data.convert import ClassMapping
+from cvpipe.data.validate import ValidationPolicy
+from cvpipe.pipeline import Output, StepContext, StepParams, step
+
+
+class DataPrepParams(StepParams):
+    validation: ValidationPolicy = Field(default_factory=ValidationPolicy)
+    classes: ClassMapping = Field(default_factory=ClassMapping)
+    split: tuple[float, float, float] = Field((0.7, 0.15, 0.15), description="train, val, test ratios")
+    seed: int = 0
+    report_samples: int = Field(12, ge=0, description="sample images drawn in the report")
+    executor: Literal["serial", "process", "ray"] = "process"
+    workers: Optional[int] = Field(None, ge=1)
+
+    @field_validator("split")
+    @classmethod
+    def _ratios(cls, v):
+        if any(x < 0 for x in v) or sum(v) <= 0:
+            raise ValueError("split ratios must be >= 0 with a positive sum")
+        return v
+
+
+@step("data_prep", params=DataPrepParams, inputs={"dataset": "data_load.dataset", "images": "data_load.images"},
+      outputs=[Output("dataset", description="validated, converted and split dataset, coco_{split}.json"),
+               Output("images", content_addressed=True, description="the kept images"),
+               Output("report", description="report.html, PNGs, findings.json")])
+def data_prep(params: DataPrepParams, ctx: StepContext, *, dataset: Path, images: Path) -> dict:
+    """Validate, convert, split and report the loaded dataset."""
+    from cvpipe.data.convert import convert_classes
+    from cvpipe.data.load import copy_or_link
+    from cvpipe.data.report import write_report
+    from cvpipe.data.schema import DetectionDataset
+    from cvpipe.data.split import split_table, stratified_split
+    from cvpipe.data.validate import summarize_findings, validate
+
+    ds = DetectionDataset.load(dataset)
+    load_findings = json.loads((dataset / "findings.json").read_text()) if (dataset / "findings.json").exists() else []
+    candidates = set(ds.images.sort_values("digest")["image_id"].head(params.report_samples * 2).astype(int))
+    result = validate(ds, images, params.validation, candidates, params.executor, params.workers)
+    converted, conv_findings = convert_classes(result.dataset, params.classes)
+    assignment = stratified_split(converted, params.split, params.seed)
+    converted.images["split"] = converted.images["image_id"].map(assignment).astype("string")
+    findings = [{**f, "step": "data_load"} for f in load_findings] + \
+               [{**f, "step": "data_prep"} for f in result.findings + conv_findings]
+    converted.save(ctx.output("dataset"))
+    out_images = ctx.output("images")
+    for blob in converted.images["blob"]:
+        copy_or_link(images / blob, out_images / blob)
+    report_dir = ctx.output("report")
+    (report_dir / "findings.json").write_text(json.dumps(findings, indent=1, default=str))
+    (ctx.output("dataset") / "findings.json").write_text(json.dumps(findings, indent=1, default=str))
+    write_report(converted, findings, result.thumbnails, report_dir, params.model_dump(mode="json"))
+    return {"images": len(converted.images), "annotations": len(converted.annotations),
+            "classes": len(converted.categories), "splits": {r["split"]: r["images"] for r in split_table(converted)},
+            "findings": {f"{r['rule']}:{r['action']}": r["count"] for r in summarize_findings(findings)}}

@@ -1,0 +1,144 @@
+import io
+import json
+import tarfile
+import threading
+import zipfile
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import fsspec
+import pytest
+
+from cvpipe.data.formats import write_voc, write_yolo
+from cvpipe.data.schema import DetectionDataset
+from cvpipe.data.sources import UnsafeArchive, extract_archive
+
+
+def canonical(ctx):
+    ds = DetectionDataset.load(ctx.output("dataset"))
+    names = dict(zip(ds.categories["category_id"], ds.categories["name"]))
+    files = dict(zip(ds.images["image_id"], ds.images["file_name"].map(lambda f: Path(f).name)))
+    digests = dict(zip(ds.images["image_id"], ds.images["digest"]))
+    return sorted((files[a.image_id], digests[a.image_id], names[a.category_id],
+                   round(a.x, 3), round(a.y, 3), round(a.w, 3), round(a.h, 3)) for a in ds.annotations.itertuples())
+
+
+def test_coco_load_normalises_and_stores_by_digest(coco_dir, run_load):
+    ctx, summary = run_load(coco_dir)
+    assert summary == {"format": "coco", "images": 6, "annotations": 7, "categories": 3, "distinct_files": 6,
+                       "findings": 0}
+    ds = DetectionDataset.load(ctx.output("dataset"))
+    for r in ds.images.itertuples():
+        stored = ctx.output("images") / r.blob
+        assert stored.read_bytes() == (coco_dir / "images" / r.file_name).read_bytes()
+        assert r.blob == f"{r.digest}.jpg"
+    coco = json.loads((ctx.output("dataset") / "coco.json").read_text())
+    assert {c["id"] for c in coco["categories"]} == {1, 3, 7}
+    assert len(coco["annotations"]) == 7
+
+
+def test_same_raw_data_gives_same_digests(coco_dir, run_load):
+    a, _ = run_load(coco_dir)
+    b, _ = run_load(coco_dir)
+    assert canonical(a) == canonical(b)
+
+
+def test_every_format_round_trips_to_the_same_dataset(coco_dir, run_load, tmp_path):
+    coco_ctx, _ = run_load(coco_dir)
+    ds = DetectionDataset.load(coco_ctx.output("dataset"))
+    paths = {int(r.image_id): coco_dir / "images" / r.file_name for r in ds.images.itertuples()}
+    write_yolo(ds, paths, tmp_path / "yolo")
+    write_voc(ds, paths, tmp_path / "voc")
+    yolo_ctx, ys = run_load(tmp_path / "yolo")
+    voc_ctx, vs = run_load(tmp_path / "voc")
+    assert ys["format"] == "yolo" and vs["format"] == "voc"
+    assert canonical(yolo_ctx) == canonical(coco_ctx) == canonical(voc_ctx)
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_archives(coco_dir, run_load, tmp_path, kind):
+    archive = tmp_path / f"data.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w") as zf:
+            for p in coco_dir.rglob("*"):
+                zf.write(p, Path("coco") / p.relative_to(coco_dir))
+    else:
+        with tarfile.open(archive, "w:gz") as tf:
+            tf.add(coco_dir, arcname="coco")
+    ctx, summary = run_load(archive)
+    assert summary["images"] == 6 and summary["annotations"] == 7
+    assert canonical(ctx) == canonical(run_load(coco_dir)[0])
+
+
+def test_zip_slip_is_refused(tmp_path):
+    bad = tmp_path / "evil.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("../../escaped.txt", "x")
+    with pytest.raises(UnsafeArchive, match="zip slip"):
+        extract_archive(bad, tmp_path / "out")
+    assert not (tmp_path / "escaped.txt").exists()
+    evil_tar = tmp_path / "evil.tar"
+    with tarfile.open(evil_tar, "w") as tf:
+        info = tarfile.TarInfo("/etc/owned")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(UnsafeArchive):
+        extract_archive(evil_tar, tmp_path / "out2")
+    link_tar = tmp_path / "link.tar"
+    with tarfile.open(link_tar, "w") as tf:
+        info = tarfile.TarInfo("a/link")
+        info.type = tarfile.SYMTYPE
+        info.linkname = "../../../etc/passwd"
+        tf.addfile(info)
+    with pytest.raises(UnsafeArchive):
+        extract_archive(link_tar, tmp_path / "out3")
+
+
+def test_http_url_source(coco_dir, run_load, tmp_path):
+    serve_dir = tmp_path / "www"
+    serve_dir.mkdir()
+    with zipfile.ZipFile(serve_dir / "data.zip", "w") as zf:
+        for p in coco_dir.rglob("*"):
+            zf.write(p, p.relative_to(coco_dir))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(serve_dir)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        ctx, summary = run_load(f"{url}/data.zip")
+        assert summary["images"] == 6
+        with pytest.raises(ConnectionError, match="Download it by hand"):
+            run_load(f"{url}/missing.zip")
+    finally:
+        server.shutdown()
+
+
+def test_fsspec_url_source(coco_dir, run_load):
+    fs = fsspec.filesystem("memory")
+    for p in coco_dir.rglob("*"):
+        if p.is_file():
+            fs.pipe(f"/bucket/coco/{p.relative_to(coco_dir).as_posix()}", p.read_bytes())
+    ctx, summary = run_load("memory://bucket/coco")
+    assert summary["images"] == 6 and canonical(ctx) == canonical(run_load(coco_dir)[0])
+
+
+def test_problems_are_recorded_not_fatal(coco_dir, run_load):
+    (coco_dir / "images" / "img2.jpg").unlink()
+    (coco_dir / "images" / "img3.jpg").write_bytes(b"not an image at all")
+    coco = json.loads((coco_dir / "annotations.json").read_text())
+    coco["annotations"].append({"id": 99, "image_id": 42, "category_id": 1, "bbox": [1, 1, 2, 2], "area": 4,
+                                "iscrowd": 0})
+    (coco_dir / "annotations.json").write_text(json.dumps(coco))
+    ctx, summary = run_load(coco_dir)
+    findings = json.loads((ctx.output("dataset") / "findings.json").read_text())
+    rules = sorted(f["rule"] for f in findings)
+    assert rules == ["annotation_without_image", "corrupt_image", "missing_image"]
+    assert summary["images"] == 6  # kept for data_prep to decide
+
+
+def test_missing_source_and_unknown_format(run_load, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        run_load(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="cannot tell the annotation format"):
+        run_load(tmp_path / "empty")

@@ -1,0 +1,135 @@
+import json
+import shutil
+
+import pytest
+
+from cvpipe.data.schema import SPLITS, DetectionDataset
+from cvpipe.data.validate import ValidationFailed
+
+
+def corrupt(coco_dir):
+    """Every defect data_prep knows, once each, on the small COCO set."""
+    coco = json.loads((coco_dir / "annotations.json").read_text())
+    anns = coco["annotations"]
+    anns[0]["bbox"] = [-5, 10, 20, 30]  # negative x -> clipped to x=0, w=15
+    anns[1]["bbox"] = [60, 5, 40, 15]  # beyond the 72 px wide image -> clipped to w=12
+    anns.append({"id": 50, "image_id": 3, "category_id": 1, "bbox": [5, 5, 0, 10], "area": 0, "iscrowd": 0})
+    anns.append({"id": 51, "image_id": 3, "category_id": 99, "bbox": [5, 5, 5, 5], "area": 25, "iscrowd": 0})
+    anns.append({"id": 52, "image_id": 5, "category_id": 1, "bbox": [None, 5, 5, 5], "area": 25, "iscrowd": 0})
+    anns.append({"id": 1, "image_id": 5, "category_id": 3, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0})
+    coco["images"][3]["width"] = 500  # image 4: recorded size is wrong
+    # image 7: truncated JPEG; image 8: not decodable at all; image 9: missing; image 10: duplicate of image 1
+    data = (coco_dir / "images" / "img2.jpg").read_bytes()
+    (coco_dir / "images" / "trunc.jpg").write_bytes(data[: len(data) // 2])
+    (coco_dir / "images" / "garbage.jpg").write_bytes(b"\xff\xd8\xff\xe0 garbage")
+    shutil.copyfile(coco_dir / "images" / "img1.jpg", coco_dir / "images" / "copy.jpg")
+    for i, name in ((7, "trunc.jpg"), (8, "garbage.jpg"), (9, "missing.jpg"), (10, "copy.jpg")):
+        coco["images"].append({"id": i, "file_name": name, "width": 72, "height": 48})
+        anns.append({"id": 100 + i, "image_id": i, "category_id": 1, "bbox": [1, 1, 10, 10], "area": 100,
+                     "iscrowd": 0})
+    (coco_dir / "annotations.json").write_text(json.dumps(coco))
+
+
+def by_rule(findings):
+    out = {}
+    for f in findings:
+        if f["step"] == "data_prep":
+            out.setdefault((f["rule"], f["action"]), []).append(f)
+    return out
+
+
+def test_every_rule_fixes_or_drops_and_reports(coco_dir, run_load, run_prep):
+    corrupt(coco_dir)
+    load_ctx, _ = run_load(coco_dir)
+    ctx, summary = run_prep(load_ctx)
+    findings = json.loads((ctx.output("report") / "findings.json").read_text())
+    rules = by_rule(findings)
+    assert {k: len(v) for k, v in rules.items()} == {
+        ("missing_image", "dropped"): 1, ("corrupt_image", "dropped"): 2, ("size_mismatch", "fixed"): 1,
+        ("duplicate_image", "dropped"): 1, ("image_dropped", "dropped"): 4, ("unknown_category", "dropped"): 1,
+        ("nan_box", "dropped"): 1, ("duplicate_ann_id", "fixed"): 1, ("out_of_image", "fixed"): 2,
+        ("tiny_box", "dropped"): 1, ("empty_image", "kept"): 1}
+    corrupt_ids = {f["image_id"] for f in rules[("corrupt_image", "dropped")]}
+    assert corrupt_ids == {7, 8}
+    ds = DetectionDataset.load(ctx.output("dataset"))
+    assert set(ds.images["image_id"]) == {1, 2, 3, 4, 5, 6}
+    a = ds.annotations.set_index("ann_id")
+    assert (a.loc[1, "x"], a.loc[1, "w"]) == (0, 15)
+    assert a.loc[2, "x"] + a.loc[2, "w"] == 72
+    assert ds.annotations["ann_id"].is_unique
+    assert int(ds.images.set_index("image_id").loc[4, "width"]) == 96
+    kept = {p.name for p in ctx.output("images").iterdir()}
+    assert kept == set(ds.images["blob"])
+    # nothing silently lost: every input annotation is either kept or named by a finding
+    loaded = DetectionDataset.load(load_ctx.output("dataset"))
+    named = {f["ann_id"] for f in findings if f["action"] == "dropped" and f["ann_id"] is not None}
+    assert len(loaded.annotations) == len(ds.annotations) + len(named)
+    assert summary["findings"]["tiny_box:dropped"] == 1
+
+
+@pytest.mark.parametrize("rule", ["missing_image", "corrupt_image", "unknown_category", "out_of_image", "tiny_box"])
+def test_fail_policy_stops_with_the_rule_named(coco_dir, run_load, run_prep, rule):
+    corrupt(coco_dir)
+    load_ctx, _ = run_load(coco_dir)
+    with pytest.raises(ValidationFailed, match=rule):
+        run_prep(load_ctx, validation={rule: "fail"})
+
+
+def test_drop_empty_images_and_policies(coco_dir, run_load, run_prep):
+    load_ctx, _ = run_load(coco_dir)
+    ctx, summary = run_prep(load_ctx, validation={"empty_image": "drop"})
+    assert summary["images"] == 5 and summary["findings"] == {"empty_image:dropped": 1}
+
+
+def test_class_conversion_keeps_original_ids(coco_dir, run_load, run_prep):
+    load_ctx, _ = run_load(coco_dir)
+    ctx, _ = run_prep(load_ctx, classes={"rename": {"car": "vehicle"}, "merge": {"pet": ["cat", "dog"]}})
+    ds = DetectionDataset.load(ctx.output("dataset"))
+    cats = ds.categories.set_index("name")
+    assert list(ds.categories.sort_values("label")["name"]) == ["pet", "vehicle"]
+    assert int(cats.loc["pet", "category_id"]) == 1 and int(cats.loc["vehicle", "category_id"]) == 7
+    assert ds.label_to_category_id() == {0: 1, 1: 7}
+    assert sorted(ds.annotations["category_id"].value_counts().items()) == [(1, 5), (7, 2)]
+    ctx, summary = run_prep(load_ctx, classes={"keep_only": ["dog"]})
+    ds = DetectionDataset.load(ctx.output("dataset"))
+    assert list(ds.categories["name"]) == ["dog"] and len(ds.annotations) == 2
+    assert summary["findings"]["drop_class:dropped"] == 5
+    with pytest.raises(ValueError, match="does not have"):
+        run_prep(load_ctx, classes={"drop": ["unicorn"]})
+
+
+def test_split_is_deterministic_stratified_and_reported(tmp_path, run_load, run_prep, image_maker):
+
+    root = tmp_path / "many"
+    (root / "images").mkdir(parents=True)
+    images, anns = [], []
+    cats = [{"id": i, "name": f"c{i}"} for i in range(1, 6)]
+    for i in range(1, 81):
+        image_maker(root / "images" / f"{i}.jpg", 32, 32, seed=1000 + i)
+        images.append({"id": i, "file_name": f"{i}.jpg", "width": 32, "height": 32})
+        # class 5 is rare: 6 images; the rest are common
+        classes = [5] if i <= 6 else [1 + i % 4]
+        for c in classes:
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": c, "bbox": [2, 2, 10, 10], "area": 100,
+                         "iscrowd": 0})
+    (root / "annotations.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    load_ctx, _ = run_load(root)
+    a, sa = run_prep(load_ctx, seed=3)
+    b, sb = run_prep(load_ctx, seed=3)
+    c, _ = run_prep(load_ctx, seed=4)
+    split = lambda ctx: dict(zip(*DetectionDataset.load(ctx.output("dataset")).images[["image_id", "split"]].T.values))  # noqa: E731
+    assert split(a) == split(b) and split(a) != split(c)
+    ideal = {"train": 56, "val": 12, "test": 12}
+    assert sum(sa["splits"].values()) == 80
+    assert all(abs(sa["splits"][s] - n) <= 2 for s, n in ideal.items()), sa["splits"]
+    ds = DetectionDataset.load(a.output("dataset"))
+    for s in SPLITS:
+        assert 5 in set(ds.split(s).annotations["category_id"]), f"rare class missing from {s}"
+    html = (a.output("report") / "report.html").read_text()
+    for name in ds.categories["name"]:
+        assert f"<td>{name}</td>" in html
+    for png in ("class_histogram.png", "box_statistics.png", "images_per_split.png", "samples.png"):
+        assert (a.output("report") / png).stat().st_size > 1000
+    for s in SPLITS:
+        coco = json.loads((a.output("dataset") / f"coco_{s}.json").read_text())
+        assert len(coco["images"]) == sa["splits"][s]
