@@ -156,13 +156,17 @@ def runs(
         out.print_json(json.dumps(records, default=str))
         return
     table = Table(title=f"runs in {st.uri(st.pipeline_path)}", title_justify="left")
-    for col in ("run_id", "step", "status", "started", "seconds", "summary"):
-        table.add_column(col, overflow="fold")
+    wide = out.width >= 120  # the summary column only where it fits
+    for col in ("run_id", "step", "status", "started", "seconds"):
+        table.add_column(col, no_wrap=True)
+    if wide:
+        table.add_column("summary", overflow="ellipsis", no_wrap=True, max_width=out.width - 90)
     colors = {"complete": "green", "failed": "red", "running": "yellow", "interrupted": "magenta"}
     for r in records:
         c = colors.get(r["status"], "white")
-        table.add_row(r["run_id"], r["step"], f"[{c}]{r['status']}[/]", str(r["started_at"] or "")[:19],
-                      f"{r['duration_s'] or 0:.1f}", r["error"] or json.dumps(r["summary"])[:120])
+        cells = [r["run_id"], r["step"], f"[{c}]{r['status']}[/]", str(r["started_at"] or "")[5:19].replace("T", " "),
+                 f"{r['duration_s'] or 0:.1f}"]
+        table.add_row(*cells, *([r["error"] or json.dumps(r["summary"])] if wide else []))
     out.print(table)
 
 
