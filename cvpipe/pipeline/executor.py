@@ -23,7 +23,8 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], kind: ExecutorKind = 
     """Yield fn(item) for each item, in order. `fn` must be a picklable top-level function."""
     items = list(items)
     workers = workers or default_workers()
-    if kind == "serial" or (kind == "process" and (workers == 1 or len(items) < 2 * chunksize)):
+    chunksize = max(1, min(chunksize, len(items) // (workers * 4)))  # small inputs still spread over workers
+    if kind == "serial" or (kind == "process" and (workers == 1 or len(items) <= 1)):
         yield from map(fn, items)
     elif kind == "process":
         with ProcessPoolExecutor(max_workers=workers) as pool:

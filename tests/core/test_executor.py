@@ -21,14 +21,3 @@ def test_results_in_input_order(kind):
 def test_unknown_executor():
     with pytest.raises(ValueError, match="unknown executor"):
         list(parallel_map(square_with_pid, range(100), kind="spark", workers=2))
-
-
-@pytest.mark.slow
-def test_ray_local_cluster_matches_process_pool():
-    ray = pytest.importorskip("ray")
-    try:
-        items = list(range(50))
-        ray_out = [v for v, _ in parallel_map(square_with_pid, items, kind="ray", chunksize=7)]
-        assert ray_out == [v for v, _ in parallel_map(square_with_pid, items, kind="process", workers=2, chunksize=7)]
-    finally:
-        ray.shutdown()

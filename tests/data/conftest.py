@@ -57,7 +57,8 @@ def run_load(tmp_path):
 
     def run(source, **params):
         ctx = make_ctx(tmp_path, "data_load", ["dataset", "images"])
-        summary = data_load(DataLoadParams(source=str(source), executor="serial", **params), ctx)
+        params.setdefault("executor", "serial")
+        summary = data_load(DataLoadParams(source=str(source), **params), ctx)
         return ctx, summary
 
     return run
@@ -69,7 +70,8 @@ def run_prep(tmp_path):
 
     def run(load_ctx, **params):
         ctx = make_ctx(tmp_path, "data_prep", ["dataset", "images", "report"])
-        summary = data_prep(DataPrepParams(executor="serial", **params), ctx, dataset=load_ctx.output("dataset"),
+        params.setdefault("executor", "serial")
+        summary = data_prep(DataPrepParams(**params), ctx, dataset=load_ctx.output("dataset"),
                             images=load_ctx.output("images"))
         return ctx, summary
 

@@ -1,0 +1,31 @@
+"""The data steps give identical outputs on every executor (one process, a process pool, Ray)."""
+
+import pytest
+
+from cvpipe.data.schema import DetectionDataset
+
+
+def outputs(load_ctx, prep_ctx):
+    ds = DetectionDataset.load(prep_ctx.output("dataset"))
+    return (ds.images.to_dict("records"), ds.annotations.to_dict("records"),
+            sorted(p.name for p in load_ctx.output("images").iterdir()),
+            sorted(p.name for p in prep_ctx.output("images").iterdir()))
+
+
+def run_both(run_load, run_prep, source, executor, workers=2):
+    lc, _ = run_load(source, executor=executor, workers=workers)
+    pc, _ = run_prep(lc, executor=executor, workers=workers)
+    return outputs(lc, pc)
+
+
+def test_process_pool_matches_one_process(coco_dir, run_load, run_prep):
+    assert run_both(run_load, run_prep, coco_dir, "process") == run_both(run_load, run_prep, coco_dir, "serial", 1)
+
+
+@pytest.mark.slow
+def test_ray_local_cluster_matches_process_pool(coco_dir, run_load, run_prep):
+    ray = pytest.importorskip("ray")
+    try:
+        assert run_both(run_load, run_prep, coco_dir, "ray") == run_both(run_load, run_prep, coco_dir, "process")
+    finally:
+        ray.shutdown()
