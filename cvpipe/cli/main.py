@@ -62,7 +62,7 @@ def _store(config: Path, store: str | None) -> ArtifactStore:
     return ArtifactStore.from_config(cfg)
 
 
-def _execute(cfg: Any, names: list[str], force: bool) -> None:
+def _execute(cfg: Any, names: list[str], force: bool, config: Path | None = None) -> None:
     runner = Runner(cfg, force=force, console=console)
     try:
         runs = runner.run(names)
@@ -78,6 +78,15 @@ def _execute(cfg: Any, names: list[str], force: bool) -> None:
     for r in runs:
         table.add_row(r.step, r.run_id, json.dumps(r.manifest.get("summary", {}))[:200])
     console.print(table)
+    for r in runs:
+        report = (r.manifest.get("outputs") or {}).get("report")
+        if report:
+            console.print(f"[bold]{r.step} report:[/] {report['uri']}/report.html")
+    packed = [r for r in runs if r.step == "model_pack"]
+    if packed:
+        where = f" -c {config}" if config else ""
+        console.print(f"[bold green]serve the model:[/] cvpipe serve {packed[-1].run_id}{where}   "
+                      f"(then open http://127.0.0.1:3000)")
 
 
 @app.command()
@@ -103,7 +112,7 @@ def run(
         fail(str(e), 2)
     if not names:
         fail(f"{config} has no step sections; known steps: {', '.join(registry())}", 2)
-    _execute(cfg, names, force)
+    _execute(cfg, names, force, config)
 
 
 @app.command()
@@ -119,7 +128,7 @@ def step(
     cfg = _load(config, overrides)
     if name not in registry():
         fail(f"unknown step {name!r}; known steps: {', '.join(registry())}", 2)
-    _execute(cfg, [name], force)
+    _execute(cfg, [name], force, config)
 
 
 @app.command()
