@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 import cvpipe
+from cvpipe.pipeline.faults import fault_point
 from cvpipe.pipeline.step import StepContext, StepSpec, get_step
 from cvpipe.store.store import (STATUS_COMPLETE, STATUS_FAILED, STATUS_RUNNING, ArtifactStore, RunRecord,
                                 new_run_id, utcnow)
@@ -153,7 +154,9 @@ class Runner:
             "started_at": utcnow(), "host": socket.gethostname(), "pid": os.getpid(),
             "user": getpass.getuser(), "python": platform.python_version(),
         }
+        resumable = store.find_resumable(spec.name, key)
         store.write_manifest(manifest)
+        fault_point(spec.name, "start")
         staging = Path(tempfile.mkdtemp(prefix=f"cvpipe-{spec.name}-"))
         log_path = staging / "step.log"
         handler = logging.FileHandler(log_path)
@@ -168,17 +171,31 @@ class Runner:
             ctx = StepContext(step=spec.name, run_id=run_id,
                               outputs={o: staging / "out" / o for o in spec.outputs},
                               scratch=staging / "scratch",
-                              input_runs={kw: (r.run_id if r else None) for kw, r in inputs.items()})
-            for p in [*ctx.outputs.values(), ctx.scratch]:
+                              input_runs={kw: (r.run_id if r else None) for kw, r in inputs.items()},
+                              state=staging / "state")
+            for p in [*ctx.outputs.values(), ctx.scratch, ctx.state]:
                 p.mkdir(parents=True)
+
+            def save_state() -> None:
+                store.put_state(spec.name, run_id, ctx.state)
+                fault_point(spec.name, "state_saved")
+
+            ctx.on_save_state = save_state
+            if resumable is not None:
+                ctx.resume = store.get_state(resumable, staging / "resume")
+                manifest["resumed_from"] = resumable.run_id
+                self.console.print(f"[bold cyan]{spec.name}[/]: resuming from the state of interrupted run "
+                                   f"{resumable.run_id}")
             local_inputs = {kw: (store.materialize(r, spec.inputs[kw].entity) if r else None)
                             for kw, r in inputs.items()}
             log.info("running %s (run %s)", spec.name, run_id)
             summary = spec.func(params, ctx, **local_inputs) or {}
             json.dumps(summary)  # the summary must be JSON-able: fail inside the run, not after it
+            fault_point(spec.name, "before_commit")
             for name, out in spec.outputs.items():
                 manifest["outputs"][name] = store.commit_entity(spec.name, run_id, name, ctx.outputs[name],
                                                                 content_addressed=out.content_addressed)
+                fault_point(spec.name, "mid_commit")
             manifest.update(status=STATUS_COMPLETE, summary=summary)
         except BaseException as e:  # KeyboardInterrupt too: the run is recorded, then the error goes on
             manifest.update(status=STATUS_FAILED, outputs={},

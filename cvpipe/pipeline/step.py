@@ -61,13 +61,25 @@ class Input:
 
 @dataclass
 class StepContext:
-    """What a running step may know about its own run."""
+    """What a running step may know about its own run.
+
+    Long steps keep resumable state (e.g. the last training checkpoint) in `state` and call
+    `save_state()`: the runner stores it at once. When an earlier run with the same inputs, params and
+    code died, its last saved state is handed to the rerun as `resume`.
+    """
 
     step: str
     run_id: str
     outputs: dict[str, Path]
     scratch: Path
     input_runs: dict[str, str | None] = field(default_factory=dict)
+    state: Path | None = None
+    resume: Path | None = None
+    on_save_state: Callable[[], None] | None = None
+
+    def save_state(self) -> None:
+        if self.on_save_state is not None:
+            self.on_save_state()
 
     def output(self, name: str) -> Path:
         try:

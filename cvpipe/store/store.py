@@ -233,6 +233,28 @@ class ArtifactStore:
             "content_addressed": content_addressed,
         }
 
+    def put_state(self, step: str, run_id: str, local_dir: Path) -> None:
+        """Store a running step's resumable state (replaced file by file; never part of the outputs)."""
+        base = self.run_path(step, run_id) + "/_state"
+        for rel in list_files(local_dir):
+            self._put_file(local_dir / rel, f"{base}/{rel}")
+
+    def find_resumable(self, step: str, cache_key: str) -> RunRecord | None:
+        """The newest run that died with the same cache key and left state behind."""
+        for rec in reversed(self.list_runs(step)):
+            if rec.manifest.get("cache_key") == cache_key and rec.status in (STATUS_FAILED, STATUS_INTERRUPTED) \
+                    and self.fs.exists(self.run_path(step, rec.run_id) + "/_state"):
+                return rec
+        return None
+
+    def get_state(self, rec: RunRecord, local_dir: Path) -> Path:
+        base = self.run_path(rec.step, rec.run_id) + "/_state"
+        for remote in self.fs.find(base):
+            rel = PurePosixPath(remote).relative_to(PurePosixPath(base))
+            (local_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(remote, str(local_dir / rel))
+        return local_dir
+
     def put_log(self, step: str, run_id: str, local_log: Path) -> str:
         path = self.run_path(step, run_id) + "/logs/step.log"
         self._put_file(local_log, path)

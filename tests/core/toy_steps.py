@@ -56,3 +56,18 @@ def toy_compare(params: CompareParams, ctx: StepContext, *, doubled: Path, previ
     """Record whether a previous run of itself existed."""
     (ctx.output("seen") / "seen.txt").write_text((doubled / "part2.txt").read_text())
     return {"had_previous": previous is not None}
+
+
+class CounterParams(StepParams):
+    epochs: int = 3
+
+
+@step("toy_counter", params=CounterParams, outputs=["result"])
+def toy_counter(params: CounterParams, ctx: StepContext) -> dict:
+    """Count epochs, saving resumable state after each (resume tests)."""
+    start = int((ctx.resume / "epoch.txt").read_text()) if ctx.resume and (ctx.resume / "epoch.txt").exists() else 0
+    for epoch in range(start, params.epochs):
+        (ctx.state / "epoch.txt").write_text(str(epoch + 1))
+        ctx.save_state()
+    (ctx.output("result") / "result.txt").write_text(f"{start}->{params.epochs}")
+    return {"resumed_at": start}
