@@ -1,14 +1,83 @@
-"""COCO detection metrics through faster-coco-eval."""
+"""COCO detection metrics through faster-coco-eval (results equal pycocotools', tested)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
+from dataclasses import dataclass
 
 import numpy as np
 
 STAT_NAMES = ["AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
               "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large"]
+
+
+@dataclass
+class CocoEvaluation:
+    """What one COCO bbox evaluation gives: the 12 summary numbers, AP per class and the precision array
+    behind them (for PR curves)."""
+
+    stats: dict[str, float]
+    per_class_ap: dict[str, float]  # category name -> AP@[.5:.95]; -1 where the class has no GT
+    precision: np.ndarray  # T x R x K x A x M (IoU thr, recall thr, class, area, max dets); -1 = undefined
+    iou_thrs: np.ndarray  # T
+    rec_thrs: np.ndarray  # R
+    cat_ids: list[int]  # K, in the order of `precision`'s class axis
+    cat_names: list[str]
+
+    def to_dict(self) -> dict:
+        return {"stats": self.stats, "per_class_ap": self.per_class_ap}
+
+    def pr_curve(self, iou: float = 0.5, cat_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(recall thresholds, precision) at one IoU threshold, all areas, 100 detections.
+
+        For one class: that class' interpolated precision (-1 entries -> nan). Overall (`cat_id` None): the
+        mean over classes with ground truth, the curve whose area is the AP at that IoU.
+        """
+        t = int(np.argmin(np.abs(self.iou_thrs - iou)))
+        if abs(self.iou_thrs[t] - iou) > 1e-6:
+            raise ValueError(f"IoU {iou} is not one of the evaluated thresholds {self.iou_thrs.tolist()}")
+        p = self.precision[t, :, :, 0, -1]  # R x K
+        if cat_id is not None:
+            k = self.cat_ids.index(cat_id)
+            col = p[:, k].astype(float)
+            return self.rec_thrs.copy(), np.where(col > -1, col, np.nan)
+        valid = (p > -1).all(axis=0)  # classes with ground truth have every entry defined
+        if not valid.any():
+            return self.rec_thrs.copy(), np.full(len(self.rec_thrs), np.nan)
+        return self.rec_thrs.copy(), p[:, valid].mean(axis=1).astype(float)
+
+
+def coco_evaluate(gt: dict, detections: list[dict]) -> CocoEvaluation:
+    """gt: COCO instances dict; detections: COCO results (image_id, category_id, bbox xywh, score)."""
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    # loadRes writes "area"/"id"/"segmentation" into the dicts it gets: keep the caller's untouched
+    dets = [dict(d) for d in detections]
+    quiet = logging.getLogger("faster_coco_eval").debug
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.print_function = quiet
+        coco_gt.dataset = {k: v for k, v in gt.items()}
+        coco_gt.dataset.setdefault("info", {})
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(dets)
+        ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=quiet)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = np.asarray(ev.stats[:12], dtype=float)
+    precision = np.asarray(ev.eval["precision"], dtype=float)
+    cat_ids = [int(c) for c in ev.params.catIds]
+    names = [coco_gt.cats[c]["name"] for c in cat_ids]
+    per_class = {}
+    for k, name in enumerate(names):
+        p = precision[:, :, k, 0, -1]
+        per_class[name] = float(p[p > -1].mean()) if (p > -1).any() else -1.0
+    return CocoEvaluation(stats=dict(zip(STAT_NAMES, map(float, stats))), per_class_ap=per_class,
+                          precision=precision, iou_thrs=np.asarray(ev.params.iouThrs, dtype=float),
+                          rec_thrs=np.asarray(ev.params.recThrs, dtype=float), cat_ids=cat_ids, cat_names=names)
 
 
 def evaluate_detections(gt: dict, detections: list[dict]) -> dict:
@@ -17,25 +86,4 @@ def evaluate_detections(gt: dict, detections: list[dict]) -> dict:
     Returns {"stats": {name: value}, "per_class_ap": {category name: AP}}; AP values are 0..1 and
     -1 where COCO defines none.
     """
-    from faster_coco_eval import COCO, COCOeval_faster
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = {k: v for k, v in gt.items()}
-        coco_gt.dataset.setdefault("info", {})
-        coco_gt.createIndex()
-        stats = np.full(12, 0.0)
-        per_class = {c["name"]: 0.0 for c in gt["categories"]}
-        if detections:
-            coco_dt = coco_gt.loadRes(detections)
-            ev = COCOeval_faster(coco_gt, coco_dt, "bbox")
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-            stats = np.asarray(ev.stats[:12], dtype=float)
-            precision = ev.eval["precision"]  # T x R x K x A x M
-            for k, cat_id in enumerate(ev.params.catIds):
-                p = precision[:, :, k, 0, -1]
-                name = coco_gt.cats[cat_id]["name"]
-                per_class[name] = float(p[p > -1].mean()) if (p > -1).any() else -1.0
-    return {"stats": dict(zip(STAT_NAMES, map(float, stats))), "per_class_ap": per_class}
+    return coco_evaluate(gt, detections).to_dict()

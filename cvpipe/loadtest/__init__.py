@@ -1,0 +1,1 @@
+"""Load tests of an HTTP service over loopback: sequential and concurrent phases, latency statistics."""

@@ -1,0 +1,150 @@
+"""Functional checks of a running cvpipe model service over REST (used by model_test).
+
+Each check returns a `Check` (name, passed, detail) instead of raising, so that one report lists them all.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+
+from cvpipe.evaluation.confusion import box_iou
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def reference_detections(ref) -> list[dict]:
+    """The detections list of a reference / predict response ({"detections": [...]} or a bare list)."""
+    if isinstance(ref, dict):
+        ref = ref.get("detections")
+    if not isinstance(ref, list):
+        raise ValueError("expected a list of detections or a dict with 'detections'")
+    return ref
+
+
+def match_detections(pred: list[dict], ref: list[dict], min_iou: float = 0.99,
+                     score_tol: float = 1e-3) -> tuple[bool, str]:
+    """Same number of boxes, and a one-to-one pairing (same class, best IoU, highest reference score first)
+    where every pair has IoU >= min_iou and |score difference| <= score_tol."""
+    if len(pred) != len(ref):
+        return False, f"{len(pred)} detections, the reference has {len(ref)}"
+    if not ref:
+        return True, "no detections, as in the reference"
+    pb = np.array([d["box"] for d in pred], dtype=float)
+    rb = np.array([d["box"] for d in ref], dtype=float)
+    iou = box_iou(rb, pb)
+    used = np.zeros(len(pred), bool)
+    worst_iou, worst_ds = 1.0, 0.0
+    for i in np.argsort([-d["score"] for d in ref], kind="stable"):
+        same = np.array([p["category_id"] == ref[i]["category_id"] for p in pred]) & ~used
+        if not same.any():
+            return False, f"reference box {i} ({ref[i].get('category_name', ref[i]['category_id'])}) has no " \
+                          f"prediction of its class left"
+        j = int(np.argmax(np.where(same, iou[i], -1.0)))
+        used[j] = True
+        ds = abs(float(pred[j]["score"]) - float(ref[i]["score"]))
+        worst_iou, worst_ds = min(worst_iou, float(iou[i, j])), max(worst_ds, ds)
+        if iou[i, j] < min_iou or ds > score_tol:
+            return False, (f"reference box {i} ({ref[i].get('category_name', ref[i]['category_id'])}) best match "
+                           f"IoU {iou[i, j]:.4f} (min {min_iou}), score diff {ds:.2e} (max {score_tol})")
+    return True, f"{len(ref)} boxes match: min IoU {worst_iou:.5f}, max score diff {worst_ds:.2e}"
+
+
+def find_test_image(model_dir: Path) -> Path:
+    found = sorted(Path(model_dir).glob("test_image.*"))
+    if not found:
+        raise FileNotFoundError(f"the packed model {model_dir} has no test_image.<ext>")
+    return found[0]
+
+
+def image_part(path_or_name: str | Path, data: bytes) -> dict:
+    name = Path(path_or_name).name
+    return {"image": (name, data, mimetypes.guess_type(name)[0] or "application/octet-stream")}
+
+
+def truncated_jpeg(image_bytes: bytes) -> bytes:
+    """The first half of a JPEG encoding of the image (a JPEG cut off in transfer)."""
+    arr = cv2.imdecode(np.frombuffer(image_bytes, np.uint8), cv2.IMREAD_COLOR)
+    ok, enc = cv2.imencode(".jpg", arr, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise RuntimeError("could not encode the test image as JPEG")
+    data = enc.tobytes()
+    return data[: len(data) // 2]
+
+
+def _json(resp: httpx.Response):
+    try:
+        return resp.json()
+    except ValueError:
+        return None
+
+
+def check_service(client: httpx.Client, model_dir: Path, run_id: str | None, min_iou: float,
+                  score_tol: float) -> tuple[list[Check], dict]:
+    """All functional checks. Returns the checks and the reference detections (for the load test's check)."""
+    checks: list[Check] = []
+    test_image = find_test_image(model_dir)
+    image_bytes = test_image.read_bytes()
+    reference = json.loads((Path(model_dir) / "reference.json").read_text())
+
+    r = client.post("/test_data")
+    same = r.status_code == 200 and r.content == image_bytes
+    checks.append(Check("test_data returns the packed test image", same,
+                        f"HTTP {r.status_code}, {len(r.content)} bytes (packed: {len(image_bytes)} bytes, "
+                        f"{'identical' if same else 'different'})"))
+
+    r = client.post("/test_result")
+    got = _json(r)
+    checks.append(Check("test_result returns the packed reference", r.status_code == 200 and got == reference,
+                        f"HTTP {r.status_code}, " + ("equal to reference.json" if got == reference
+                                                     else "differs from reference.json")))
+
+    r = client.post("/predict", files=image_part(test_image, image_bytes))
+    body = _json(r)
+    if r.status_code == 200 and isinstance(body, dict):
+        ok, detail = match_detections(reference_detections(body), reference_detections(reference), min_iou, score_tol)
+        h, w = cv2.imdecode(np.frombuffer(image_bytes, np.uint8), cv2.IMREAD_COLOR).shape[:2]
+        size = body.get("image", {})
+        if (size.get("width"), size.get("height")) != (w, h):
+            ok, detail = False, f"{detail}; reported image size {size} but the image is {w}x{h}"
+    else:
+        ok, detail = False, f"HTTP {r.status_code}: {r.text[:300]}"
+    checks.append(Check("predict on the test image matches the reference", ok, detail))
+
+    r = client.post("/info")
+    info = _json(r) or {}
+    ok = r.status_code == 200 and run_id is not None and info.get("version") == run_id
+    checks.append(Check("info reports the packed run id", ok,
+                        f"HTTP {r.status_code}, version {info.get('version')!r}, packed run {run_id!r}"))
+
+    bad = [("empty body", {"content": b""}),
+           ("empty image file", {"files": image_part("empty.jpg", b"")}),
+           ("garbage bytes", {"files": image_part("garbage.jpg", np.random.default_rng(0).bytes(2048))}),
+           ("truncated JPEG", {"files": image_part("truncated.jpg", truncated_jpeg(image_bytes))})]
+    for what, kwargs in bad:
+        r = client.post("/predict", **kwargs)
+        alive = _alive(client)
+        checks.append(Check(f"predict rejects {what} with 4xx and stays up", 400 <= r.status_code < 500 and alive,
+                            f"HTTP {r.status_code}: {r.text[:160]!r}; service {'alive' if alive else 'DOWN'}"))
+    return checks, reference
+
+
+def _alive(client: httpx.Client) -> bool:
+    try:
+        return client.get("/readyz").status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -1,0 +1,142 @@
+"""model_test: start the packed BentoML service, check it over REST, load-test it, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import httpx
+
+from cvpipe.loadtest.checks import Check, check_service, find_test_image, image_part, match_detections, \
+    reference_detections
+from cvpipe.loadtest.report import plot_latency, stats_table
+from cvpipe.loadtest.runner import RequestSpec, require_loopback, run_load_test
+from cvpipe.pipeline import StepContext, StepParams, step
+from cvpipe.reporting.html import Report, escape, image, table
+
+log = logging.getLogger(__name__)
+
+
+class ModelTestParams(StepParams):
+    host: str = "127.0.0.1"  # loopback only (127.0.0.1, ::1, localhost): this is a test, not a deployment
+    ready_timeout_s: float = 180.0
+    request_timeout_s: float = 30.0
+    min_iou: float = 0.99  # predict vs the packed reference
+    score_tol: float = 1e-3
+    duration_s: float = 10.0  # per load-test phase
+    concurrency: int = 4
+    max_requests: int = 2000  # per phase
+    warmup_requests: int = 3
+    max_error_rate: float = 0.0
+    max_p95_ms: float | None = None  # applies to every phase
+
+
+class ModelTestFailed(RuntimeError):
+    pass
+
+
+def find_bento(bento_dir: Path) -> Path:
+    found = sorted(Path(bento_dir).glob("*.bento"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"expected one .bento archive in {bento_dir}, found {[p.name for p in found]}")
+    return found[0]
+
+
+def load_checks(phases, max_error_rate: float, max_p95_ms: float | None) -> list[Check]:
+    checks = []
+    for ph in phases:
+        st = ph.stats()
+        checks.append(Check(f"load test {ph.name}: error rate <= {max_error_rate:g}",
+                            st["requests"] > 0 and st["error_rate"] <= max_error_rate,
+                            f"{st['errors']} errors in {st['requests']} requests"
+                            + (f"; first: {ph.errors[0].error}" if ph.errors else "")))
+        if max_p95_ms is not None:
+            checks.append(Check(f"load test {ph.name}: p95 <= {max_p95_ms:g} ms",
+                                st["p95_ms"] is not None and st["p95_ms"] <= max_p95_ms, f"p95 {st['p95_ms']} ms"))
+    return checks
+
+
+def write_report(out: Path, result: dict, phases, latency_png: Path | None) -> None:
+    (out / "report.json").write_text(json.dumps(result, indent=2))
+    verdict = "<p class='good'>all checks passed</p>" if result["passed"] else "<p class='bad'>FAILED</p>"
+    rep = Report(f"Model service test — model run {result.get('model_run_id') or '?'}")
+    rep.add("Result", verdict, table([{"check": c["name"], "passed": "yes" if c["passed"] else "NO",
+                                       "detail": c["detail"]} for c in result["checks"]]))
+    if result.get("error"):
+        rep.add("Error", f"<pre>{escape(result['error'])}</pre>")
+    rep.add("Service", table([{"key": k, "value": v} for k, v in result["service"].items()]))
+    if phases:
+        rep.add("Load test", "<p class='note'>POST /predict with the packed test image over loopback; phase 1 "
+                "one client, phase 2 concurrent clients; each bounded by duration and request count.</p>",
+                stats_table(phases), image(latency_png, "latency over time") if latency_png else "")
+    rep.add("Parameters", table([{"param": k, "value": v} for k, v in result["params"].items()]))
+    rep.write(out / "report.html")
+
+
+@step("model_test", params=ModelTestParams, inputs={"bento": "model_pack.bento", "model": "model_pack.model"},
+      outputs=["report"])
+def model_test(params: ModelTestParams, ctx: StepContext, *, bento: Path, model: Path) -> dict:
+    """Serve the packed .bento, check its REST API against the packed reference, load-test it."""
+    from cvpipe.serving.process import ServiceProcess
+
+    out = ctx.output("report")
+    meta = json.loads((Path(model) / "model.json").read_text())
+    run_id = meta.get("run_id")
+    require_loopback(f"http://[{params.host}]" if ":" in params.host else f"http://{params.host}")
+    result: dict = {"passed": False, "model_run_id": run_id, "bento": None, "checks": [], "load_test": [],
+                    "service": {}, "params": params.model_dump(mode="json")}
+    phases, latency_png, error = [], None, None
+    try:
+        archive = find_bento(bento)
+        result["bento"] = archive.name
+        t0 = time.perf_counter()
+        with ServiceProcess(archive, params.host, bentoml_home=ctx.scratch / "bentoml_home",
+                            ready_timeout_s=params.ready_timeout_s) as svc:
+            result["service"] = {"bento": archive.name, "url": svc.url,
+                                 "startup_s": round(time.perf_counter() - t0, 2)}
+            log.info("model_test: service up at %s after %.1f s", svc.url, time.perf_counter() - t0)
+            with httpx.Client(base_url=svc.url, timeout=params.request_timeout_s) as client:
+                checks, reference = check_service(client, Path(model), run_id, params.min_iou, params.score_tol)
+            result["checks"] += [c.to_dict() for c in checks]
+
+            ref_dets = reference_detections(reference)
+            test_image = find_test_image(Path(model))
+
+            def same_as_reference(resp: httpx.Response) -> str | None:
+                ok, detail = match_detections(reference_detections(resp.json()), ref_dets, params.min_iou,
+                                              params.score_tol)
+                return None if ok else f"mismatch: {detail}"
+
+            request = RequestSpec("/predict", files=image_part(test_image, test_image.read_bytes()))
+            phases = run_load_test(svc.url, request, duration_s=params.duration_s, concurrency=params.concurrency,
+                                   max_requests=params.max_requests, timeout_s=params.request_timeout_s,
+                                   warmup_requests=params.warmup_requests, check=same_as_reference)
+            result["load_test"] = [p.stats() for p in phases]
+            result["checks"] += [c.to_dict() for c in load_checks(phases, params.max_error_rate, params.max_p95_ms)]
+            alive = client_alive(svc.url)
+            result["checks"].append(Check("service still up after the load test", alive, "GET /readyz").to_dict())
+    except Exception as e:  # the report is written whatever happened; the step fails below
+        error = f"{type(e).__name__}: {e}"
+        log.error("model_test: %s", error)
+    if phases:
+        latency_png = plot_latency(phases, out / "latency.png")
+    result["error"] = error
+    result["passed"] = error is None and bool(result["checks"]) and all(c["passed"] for c in result["checks"])
+    write_report(out, result, phases, latency_png)
+    failed = [c["name"] for c in result["checks"] if not c["passed"]]
+    if not result["passed"]:
+        raise ModelTestFailed(f"model_test failed ({error or ''}{'; ' if error and failed else ''}"
+                              f"{'failed checks: ' + '; '.join(failed) if failed else ''}); details in the "
+                              f"run's report (report.html, report.json)")
+    conc = result["load_test"][1]
+    return {"checks": len(result["checks"]), "passed": True, "concurrent_rps": conc["throughput_rps"],
+            "p95_ms": conc["p95_ms"], "sequential_p50_ms": result["load_test"][0]["p50_ms"]}
+
+
+def client_alive(url: str) -> bool:
+    try:
+        return httpx.get(url.rstrip("/") + "/readyz", timeout=10).status_code == 200
+    except httpx.HTTPError:
+        return False

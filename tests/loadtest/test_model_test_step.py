@@ -1,0 +1,113 @@
+"""model_test end to end: a Bento built from a packed YOLOX-Nano, served by a real `bentoml serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from cvpipe.pipeline import StepContext
+from cvpipe.pipeline.step import get_step
+
+
+@pytest.fixture(scope="module")
+def bento_inputs(tmp_path_factory):
+    from evaluation.helpers import DEV, NANO_ONNX
+    from evaluation.packed_model import write_packed_model
+
+    from cvpipe.serving.bento import build_bento
+
+    if not NANO_ONNX.is_file() or not (DEV / "annotations.json").is_file():
+        pytest.skip("nano ONNX or COCO dev data missing")
+    tmp = tmp_path_factory.mktemp("model_test")
+    gt = json.loads((DEV / "annotations.json").read_text())
+    model = write_packed_model(tmp / "model", gt, run_id="20260101-000000-abcd")
+    build_bento(model, tmp / "bento", version="20260101-000000-abcd")
+    return tmp, model, tmp / "bento"
+
+
+def ctx_for(tmp, name):
+    out = tmp / name / "report"
+    out.mkdir(parents=True)
+    (tmp / name / "scratch").mkdir()
+    return StepContext(step="model_test", run_id=name, outputs={"report": out}, scratch=tmp / name / "scratch")
+
+
+def processes_using(bentoml_home) -> list[int]:
+    """Pids of processes (the server and its workers) whose environment names this BentoML home."""
+    marker = f"BENTOML_HOME={bentoml_home}".encode()
+    pids = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                if marker in open(f"/proc/{p}/environ", "rb").read().split(b"\0"):
+                    pids.append(int(p))
+            except OSError:
+                continue
+    return pids
+
+
+def test_model_test_passes_and_reports(bento_inputs, tmp_path):
+    tmp, model, bento = bento_inputs
+    spec = get_step("model_test")
+    ctx = ctx_for(tmp_path, "ok")
+    params = spec.params(duration_s=1.5, concurrency=3, max_requests=200, warmup_requests=1, max_p95_ms=5000)
+    summary = spec.func(params, ctx, bento=bento, model=model)
+    assert summary["passed"] and summary["concurrent_rps"] > 0
+    rep = json.loads((ctx.output("report") / "report.json").read_text())
+    assert rep["passed"] and rep["model_run_id"] == "20260101-000000-abcd"
+    assert all(c["passed"] for c in rep["checks"]) and len(rep["checks"]) >= 12
+    seq, conc = rep["load_test"]
+    assert seq["phase"] == "sequential" and conc["concurrency"] == 3
+    assert seq["requests"] > 0 and conc["requests"] > 0 and seq["errors"] == conc["errors"] == 0
+    assert conc["p50_ms"] <= conc["p95_ms"] <= conc["p99_ms"] <= conc["max_ms"]
+    assert (ctx.output("report") / "latency.png").read_bytes()[:4] == b"\x89PNG"
+    assert "all checks passed" in (ctx.output("report") / "report.html").read_text()
+    assert not processes_using(ctx.scratch / "bentoml_home")  # the service and its workers were stopped
+
+
+def test_model_test_fails_on_a_mismatch_after_writing_its_report(bento_inputs, tmp_path):
+    tmp, model, bento = bento_inputs
+    # the step compares with the `model` entity; a reference that differs from the served one must fail
+    other = tmp_path / "model"
+    shutil.copytree(model, other)
+    ref = json.loads((other / "reference.json").read_text())
+    ref["detections"] = ref["detections"][1:]
+    (other / "reference.json").write_text(json.dumps(ref))
+    spec = get_step("model_test")
+    ctx = ctx_for(tmp_path, "bad")
+    with pytest.raises(RuntimeError, match="model_test failed"):
+        spec.func(spec.params(duration_s=0.5, max_requests=5, warmup_requests=0), ctx, bento=bento, model=other)
+    rep = json.loads((ctx.output("report") / "report.json").read_text())
+    assert not rep["passed"]
+    failed = [c["name"] for c in rep["checks"] if not c["passed"]]
+    assert any("test_result" in n for n in failed) and any("matches the reference" in n for n in failed)
+    assert any("load test" in n for n in failed)  # every load-test response mismatched the reference
+    assert not processes_using(ctx.scratch / "bentoml_home")
+
+
+def test_process_marker_sees_a_running_service(bento_inputs, tmp_path):
+    # guards the "service was stopped" assertions above: a running service is found by its BentoML home
+    from cvpipe.serving.process import ServiceProcess
+
+    tmp, model, bento = bento_inputs
+    home = tmp_path / "home"
+    with ServiceProcess(next(bento.glob("*.bento")), "127.0.0.1", bentoml_home=home):
+        assert processes_using(home)
+    assert not processes_using(home)
+
+
+def test_model_test_refuses_a_non_loopback_host_and_reports_a_missing_bento(tmp_path):
+    spec = get_step("model_test")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.json").write_text(json.dumps({"run_id": "r1"}))
+    with pytest.raises(ValueError, match="loopback"):
+        spec.func(spec.params(host="0.0.0.0"), ctx_for(tmp_path, "host"), bento=tmp_path, model=model)
+    ctx = ctx_for(tmp_path, "nobento")
+    with pytest.raises(RuntimeError, match="expected one .bento archive"):
+        spec.func(spec.params(), ctx, bento=tmp_path / "nobento", model=model)
+    rep = json.loads((ctx.output("report") / "report.json").read_text())
+    assert not rep["passed"] and "FileNotFoundError" in rep["error"]
