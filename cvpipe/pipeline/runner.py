@@ -198,9 +198,11 @@ class Runner:
                 fault_point(spec.name, "mid_commit")
             manifest.update(status=STATUS_COMPLETE, summary=summary)
         except BaseException as e:  # KeyboardInterrupt too: the run is recorded, then the error goes on
-            manifest.update(status=STATUS_FAILED, outputs={},
+            manifest.update(status=STATUS_FAILED,
                             error={"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()})
             log.error("%s failed: %s: %s", spec.name, type(e).__name__, e)
+            if isinstance(e, Exception):
+                manifest["outputs"] = self._keep_for_diagnosis(spec, run_id, staging)
             self._close(manifest, started, handler, log_path, staging)
             if isinstance(e, Exception):
                 raise StepFailed(spec.name, run_id, e) from e
@@ -211,6 +213,19 @@ class Runner:
         self.console.print(f"[bold green]{spec.name}[/]: run [bold]{run_id}[/] complete in "
                            f"{manifest['duration_s']:.1f} s -> {store.uri(store.run_path(spec.name, run_id))}")
         return rec
+
+    def _keep_for_diagnosis(self, spec: StepSpec, run_id: str, staging: Path) -> dict[str, Any]:
+        """What a failed step wrote (e.g. the report explaining a failed gate), stored with the failed run.
+        Readers never take outputs of a failed run as inputs."""
+        kept: dict[str, Any] = {}
+        for name, out in spec.outputs.items():
+            local = staging / "out" / name
+            if local.is_dir() and any(local.iterdir()):
+                try:
+                    kept[name] = self.store.commit_entity(spec.name, run_id, name, local, out.content_addressed)
+                except OSError as err:
+                    log.warning("could not keep %s of the failed run: %s", name, err)
+        return kept
 
     def _close(self, manifest: dict, started: float, handler: logging.Handler, log_path: Path, staging: Path) -> None:
         manifest.update(ended_at=utcnow(), duration_s=round(time.monotonic() - started, 3))

@@ -92,7 +92,9 @@ def test_failure_is_recorded_and_nothing_committed_is_touched(toy_cfg):
     store = ArtifactStore.from_config(toy_cfg())
     failed = [r for r in store.list_runs("toy_double") if r.status == "failed"]
     assert len(failed) == 1 and failed[0].manifest["error"]["message"] == "injected failure"
-    assert failed[0].manifest["outputs"] == {}
+    # what the failed step wrote is kept for diagnosis, but never used as an input
+    kept = failed[0].manifest["outputs"]["doubled"]
+    assert kept["files"] == 1 and (store.materialize(failed[0], "doubled") / "part1.txt").read_text() == "[0, 2]"
     assert store.latest_run("toy_double").run_id == good.run_id
     assert json.dumps(store.get_run(good.run_id).manifest) == before
 
