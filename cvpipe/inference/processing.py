@@ -56,6 +56,7 @@ class Detections:
     boxes: np.ndarray  # K x 4 float32
     scores: np.ndarray  # K float32
     labels: np.ndarray  # K int64 (training label index)
+    image_size: tuple[int, int] | None = None  # (h, w) of the original image, when known
 
     def __len__(self) -> int:
         return len(self.scores)

@@ -1,0 +1,215 @@
+"""`cvpipe serve` and `cvpipe predict` (registered in cvpipe.cli.main). Heavy imports stay inside the functions."""
+
+from __future__ import annotations
+
+import json as jsonlib
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+DEFAULT_CONFIG = Path("configs/example.yaml")
+
+
+def _fail(message: str, code: int = 1):
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _store(config: Path):
+    from cvpipe.config import ConfigError, load_config
+    from cvpipe.store import ArtifactStore
+
+    try:
+        return ArtifactStore.from_config(load_config(config))
+    except ConfigError as e:
+        _fail(str(e), 2)
+
+
+def _model_pack_run(config: Path, run_id: Optional[str]):
+    st = _store(config)
+    if run_id:
+        try:
+            rec = st.get_run(run_id)
+        except KeyError as e:
+            _fail(str(e.args[0]) if e.args else f"no run {run_id}")
+        if rec.step != "model_pack":
+            _fail(f"run {run_id} is a {rec.step} run; give a model_pack run id (cvpipe runs --step model_pack)")
+    else:
+        rec = st.latest_run("model_pack")
+        if rec is None:
+            _fail("no complete model_pack run in the store; run `cvpipe step model_pack CONFIG` first")
+    if rec.status != "complete":
+        _fail(f"model_pack run {rec.run_id} is {rec.status}, not complete")
+    return st, rec
+
+
+def serve(
+    run_id: Optional[str] = typer.Argument(None, help="model_pack run to serve (default: the latest complete one)."),
+    config: Path = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="Config naming the store, env and pipeline."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 for all)."),
+    port: int = typer.Option(3000, help="Port of the REST API."),
+    workers: int = typer.Option(1, min=1, help="Service worker processes (one ONNX Runtime thread each)."),
+    batch: int = typer.Option(1, min=1, help="Adaptive batching: max images per model call (1 = off)."),
+) -> None:
+    """Serve a packed model's Bento over REST until Ctrl-C: POST /predict (multipart field `image` or raw
+    image bytes), /info, /test_data, /test_result, /readyz, /livez, /metrics."""
+    import time
+
+    from rich.console import Console
+
+    from cvpipe.serving.process import ServiceProcess, ServiceStartError
+
+    console = Console(stderr=True)
+    st, rec = _model_pack_run(config, run_id)
+    bento_dir = st.materialize(rec, "bento")
+    archives = sorted(Path(bento_dir).glob("*.bento"))
+    if not archives:
+        _fail(f"model_pack run {rec.run_id} has no .bento archive in its bento entity (packed with bento: false?)")
+    env = {"CVPIPE_BATCH_MAX": str(batch)}
+
+    def stop_on_signal(signum, frame):  # SIGTERM / SIGHUP stop the server as Ctrl-C does
+        raise KeyboardInterrupt
+
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop_on_signal)
+    try:
+        with ServiceProcess(archives[0], host=host, port=port, workers=workers, env=env) as svc:
+            console.print(f"serving [bold]{archives[0].name}[/] (model_pack run {rec.run_id}) at [bold]{svc.url}[/] "
+                          f"with {workers} worker(s); Ctrl-C to stop\n  try: curl -F image=@photo.jpg {svc.url}/predict")
+            while svc.proc is not None and svc.proc.poll() is None:
+                time.sleep(0.5)
+            console.print(f"[red]the server exited[/]; log tail:\n{svc.log_tail()}")
+            raise typer.Exit(1)
+    except ServiceStartError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        console.print("stopped")
+
+
+def _load_predictor(model: str, arch: Optional[str], config: Path, score_thr: Optional[float]):
+    """(predict(image) -> Detections, class names, category ids) for a run id, a model dir, an ONNX or a .pt."""
+    from cvpipe.inference.predictor import Predictor
+
+    path = Path(model)
+    if path.is_dir():
+        p = Predictor.from_dir(path)
+        return p.predict, p.class_names, p.category_ids
+    if path.suffix.lower() == ".onnx" and path.is_file():
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+        meta = {e.key: e.value for e in proto.metadata_props}
+        shape = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+        n_out = proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+        num_classes = (n_out - 5) if n_out else 80
+        names, ids = _coco_or_numbered(num_classes)
+        raw = meta.get("graph") not in ("decoded",)  # Megvii-style exports are raw; cvpipe marks decoded graphs
+        if proto.graph.output[0].name == "detections":
+            _fail("that is an end-to-end graph (model_e2e.onnx); give model.onnx or the packed model dir")
+        p = Predictor(path, names, ids, (shape[2] or 640, shape[3] or 640), raw_outputs=raw)
+        return p.predict, names, ids
+    if path.suffix.lower() in (".pt", ".pth") and path.is_file():
+        return _torch_predictor(path, arch)
+    if path.exists():
+        _fail(f"{path}: expected a model_pack run id, a packed model dir, an .onnx or a .pt/.pth checkpoint")
+    st, rec = _model_pack_run(config, model)
+    p = Predictor.from_dir(st.materialize(rec, "model"))
+    return p.predict, p.class_names, p.category_ids
+
+
+def _coco_or_numbered(num_classes: int):
+    if num_classes == 80:
+        from cvpipe.inference.coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+
+        return list(COCO_CLASS_NAMES), list(COCO_CATEGORY_IDS)
+    return [f"class_{i}" for i in range(num_classes)], list(range(num_classes))
+
+
+def _torch_predictor(path: Path, arch: Optional[str]):
+    """PyTorch eager through the same letterbox / postprocess as the ONNX predictor."""
+    import torch
+
+    from cvpipe.inference.processing import letterbox, postprocess
+    from cvpipe.export.onnx import load_trained
+    from cvpipe.models.yolox import SCALES
+
+    scale = arch.lower().removeprefix("yolox-").removeprefix("yolox_") if arch else None
+    model, loaded = load_trained(path, scale=scale)
+    meta = loaded.meta or {}
+    names = meta.get("class_names") or _coco_or_numbered(model.num_classes)[0]
+    ids = meta.get("category_ids") or _coco_or_numbered(model.num_classes)[1]
+    size = meta.get("input_size") or SCALES[model.scale].input_size
+    size = tuple(size) if isinstance(size, (list, tuple)) else (int(size), int(size))
+    thr = {"score_thr": meta.get("score_thr", 0.25)}
+
+    def predict(image, score_thr=None):
+        x, r = letterbox(image, size)
+        with torch.no_grad():
+            out = model(torch.from_numpy(x[None]))[0].numpy()
+        det = postprocess(out, r, thr["score_thr"] if score_thr is None else score_thr, 0.45, 300, image.shape[:2])
+        det.image_size = image.shape[:2]
+        return det
+
+    return predict, list(names), [int(i) for i in ids]
+
+
+def predict(
+    images: List[Path] = typer.Argument(..., help="Image files."),
+    model: str = typer.Option(..., "--model", "-m", help="model_pack run id, packed model dir, .onnx file, or "
+                                                        ".pt/.pth checkpoint (cvpipe, Megvii or mmdetection layout)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="YOLOX scale of a checkpoint without cvpipe meta, "
+                                                          "e.g. yolox-s (default: inferred from the weights)."),
+    json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    score_thr: Optional[float] = typer.Option(None, "--score-thr", min=0.0, max=1.0,
+                                              help="Score threshold (default: the model's, 0.25)."),
+    save_vis: Optional[Path] = typer.Option(None, "--save-vis", help="Folder to write images with boxes drawn."),
+    config: Path = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="Config naming the store (for run ids)."),
+) -> None:
+    """Detect objects in images with a packed model (run id or dir), an ONNX file or a PyTorch checkpoint."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cvpipe.inference.images import ImageDecodeError, decode_image
+    from cvpipe.inference.predictor import detections_to_json
+
+    out = Console()
+    predict_fn, names, ids = _load_predictor(model, arch, config, score_thr)
+    results, failed = [], 0
+    if save_vis:
+        save_vis.mkdir(parents=True, exist_ok=True)
+    for path in images:
+        try:
+            image = decode_image(Path(path).read_bytes())
+        except (OSError, ImageDecodeError) as e:
+            failed += 1
+            results.append({"image": str(path), "error": str(e)})
+            if not json:
+                Console(stderr=True).print(f"[red]{path}: {e}[/]")
+            continue
+        det = predict_fn(image, score_thr)
+        dets = detections_to_json(det, names, ids)
+        results.append({"image": str(path), "width": image.shape[1], "height": image.shape[0], "detections": dets})
+        if save_vis:
+            from cvpipe.inference.visualize import draw_detections
+            import cv2
+
+            vis = draw_detections(image, [d["box"] for d in dets], [d["category_name"] for d in dets],
+                                  [d["score"] for d in dets])
+            cv2.imwrite(str(save_vis / (Path(path).stem + "_det.jpg")), vis)
+        if not json:
+            table = Table(title=f"{path} ({image.shape[1]}x{image.shape[0]}): {len(dets)} detections",
+                          title_justify="left")
+            for col in ("class", "score", "x1", "y1", "x2", "y2"):
+                table.add_column(col, justify="left" if col == "class" else "right")
+            for d in dets:
+                table.add_row(d["category_name"], f"{d['score']:.3f}", *(f"{v:.1f}" for v in d["box"]))
+            out.print(table)
+    if json:
+        out.print_json(jsonlib.dumps(results))
+    if failed:
+        raise typer.Exit(1)

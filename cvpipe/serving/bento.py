@@ -1,0 +1,141 @@
+"""Build the Bento of a packed model dir and export it as a `.bento` archive, in a BentoML home of its own.
+
+    build_bento("model/", "bento/", name="cvpipe-detector", version=run_id)
+      -> bento/cvpipe-detector.bento, bento/Dockerfile, bento/README.md
+
+The packed files become a BentoML model (bentoml.models.create) that the service declares, so the Bento
+carries them. The Bento holds only the torch-free modules the service imports (SERVICE_FILES) and lists
+bentoml, onnxruntime, numpy, pillow and opencv-python-headless (python.lock_packages: false).
+The build runs in a child process with BENTOML_HOME set to a temporary dir: nothing leaks into ~/bentoml.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import cvpipe
+
+SERVICE = "cvpipe.serving.service:Detector"
+SERVICE_FILES = ["cvpipe/__init__.py", "cvpipe/inference/__init__.py", "cvpipe/inference/images.py",
+                 "cvpipe/inference/predictor.py", "cvpipe/inference/processing.py", "cvpipe/serving/__init__.py",
+                 "cvpipe/serving/api.py", "cvpipe/serving/service.py"]
+PACKAGES = ["bentoml>=1.4,<1.5", "onnxruntime>=1.17", "numpy>=1.26", "pillow>=10", "opencv-python-headless>=4.8"]
+MODEL_FILES = ("model.onnx", "model_e2e.onnx", "model.json", "reference.json", "README.md")
+
+README = """# Bento `{tag}`
+
+`{archive}` is a BentoML 1.4 Bento: the cvpipe REST service ({service}) plus the packed model as the BentoML
+model `{model_tag}`. Endpoints: POST /predict (multipart field `image` or the raw image bytes; optional
+`score_thr`), /test_data, /test_result, /info, and BentoML's /readyz, /livez, /metrics.
+
+Serve it (a BentoML home of its own keeps ~/bentoml clean):
+
+```bash
+export BENTOML_HOME=$PWD/bentoml_home BENTOML_DO_NOT_TRACK=true
+bentoml import {archive}
+bentoml serve {tag} --port 3000           # CVPIPE_WORKERS=2 for two workers, CVPIPE_BATCH_MAX=8 for batching
+curl -F image=@test.jpg http://127.0.0.1:3000/predict
+```
+
+Container image (needs Docker; `Dockerfile` here is the one BentoML generates for this Bento):
+
+```bash
+bentoml containerize {tag} -t {name}:{version}
+docker run --rm -p 3000:3000 {name}:{version}
+```
+
+Or `cvpipe serve` (latest model_pack run) / `cvpipe serve RUN_ID`.
+"""
+
+
+def bento_version(run_id: str | None) -> str:
+    """A BentoML-valid version (lowercase letters, digits, '_', '-', '.') from a run id."""
+    v = re.sub(r"[^a-z0-9_.-]", "-", (run_id or "").lower()).strip("-.")
+    return v or "dev"
+
+
+def bento_name(name: str) -> str:
+    v = re.sub(r"[^a-z0-9_.-]", "-", name.lower()).strip("-.")
+    return v or "cvpipe-detector"
+
+
+def build_bento(model_dir: str | Path, out_dir: str | Path, name: str = "cvpipe-detector",
+                version: str | None = None, bentoml_home: str | Path | None = None, timeout_s: float = 600) -> dict:
+    """Build + export in a child process (own BENTOML_HOME). Returns {"archive", "tag", "model_tag", ...}."""
+    model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = bento_name(name)
+    version = bento_version(version or json.loads((model_dir / "model.json").read_text()).get("run_id"))
+    with tempfile.TemporaryDirectory(prefix="cvpipe-bento-") as tmp:
+        home = Path(bentoml_home) if bentoml_home else Path(tmp) / "bentoml_home"
+        env = dict(os.environ, BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true",
+                   CVPIPE_MODEL_TAG=f"{name}:{version}")
+        request = {"model_dir": str(model_dir), "out_dir": str(out_dir), "name": name, "version": version,
+                   "work_dir": str(Path(tmp) / "work")}
+        proc = subprocess.run([sys.executable, "-m", "cvpipe.serving.bento", json.dumps(request)], env=env,
+                              capture_output=True, text=True, timeout=timeout_s)
+        if proc.returncode != 0:
+            raise RuntimeError(f"building the Bento failed (exit {proc.returncode}):\n"
+                               f"{(proc.stdout + proc.stderr)[-4000:]}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    readme = README.format(tag=result["tag"], archive=Path(result["archive"]).name, service=SERVICE,
+                           model_tag=result["model_tag"], name=name, version=version)
+    (out_dir / "README.md").write_text(readme)
+    return result
+
+
+def _build_here(model_dir: Path, out_dir: Path, name: str, version: str, work_dir: Path) -> dict:
+    """Runs in the child: BENTOML_HOME is already set."""
+    import bentoml
+
+    tag = f"{name}:{version}"
+    with bentoml.models.create(tag, labels={"framework": "onnxruntime", "cvpipe": cvpipe.__version__},
+                               metadata=json.loads((model_dir / "model.json").read_text()).get("metrics", {})
+                               ) as model:
+        for f in list(MODEL_FILES) + [p.name for p in model_dir.glob("test_image.*")]:
+            if (model_dir / f).is_file():
+                shutil.copyfile(model_dir / f, Path(model.path) / f)
+    # a build context with only the service's modules (no torch anywhere in it)
+    repo_root = Path(cvpipe.__file__).resolve().parent.parent
+    ctx = work_dir / "build_ctx"
+    for rel in SERVICE_FILES:
+        (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(repo_root / rel, ctx / rel)
+    bento = bentoml.bentos.build(
+        SERVICE, name=name, version=version, build_ctx=str(ctx), include=["cvpipe/**/*.py"],
+        labels={"cvpipe_run_id": version}, description=f"cvpipe detector {name}, model run {version}",
+        python={"packages": PACKAGES, "lock_packages": False}, args={"model_tag": tag})
+    archive = out_dir / f"{name}.bento"
+    if archive.exists():
+        archive.unlink()
+    bentoml.bentos.export_bento(bento.tag, str(archive))
+    dockerfile = _dockerfile(bento)
+    if dockerfile:
+        (out_dir / "Dockerfile").write_text(dockerfile)
+    return {"archive": str(archive), "tag": str(bento.tag), "model_tag": tag, "bytes": archive.stat().st_size,
+            "dockerfile": bool(dockerfile)}
+
+
+def _dockerfile(bento) -> str | None:
+    """The Dockerfile `bentoml containerize` would use (generated without Docker)."""
+    try:
+        from bentoml._internal.container.generate import generate_containerfile
+
+        return generate_containerfile(bento.info.docker, str(bento.path), conda=bento.info.conda,
+                                      bento_fs=Path(bento.path))
+    except Exception:  # private API: fall back to the one inside the bento, if any
+        found = list(Path(bento.path).glob("env/docker/Dockerfile"))
+        return found[0].read_text() if found else None
+
+
+if __name__ == "__main__":
+    req = json.loads(sys.argv[1])
+    res = _build_here(Path(req["model_dir"]), Path(req["out_dir"]), req["name"], req["version"], Path(req["work_dir"]))
+    print(json.dumps(res))

@@ -1,0 +1,47 @@
+import json
+
+from typer.testing import CliRunner
+
+from cvpipe.cli.main import app
+
+runner = CliRunner()
+
+
+def test_predict_with_a_packed_model_dir_json_and_vis(packed, person_image, tmp_path):
+    r = runner.invoke(app, ["predict", str(person_image[0]), "--model", str(packed["model"]), "--json",
+                            "--save-vis", str(tmp_path / "vis")])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out[0]["detections"] and any(d["category_name"] == "person" for d in out[0]["detections"])
+    assert (tmp_path / "vis" / f"{person_image[0].stem}_det.jpg").stat().st_size > 1000
+
+
+def test_predict_onnx_and_checkpoint_agree(packed, person_image, tmp_path):
+    from cvpipe.models.yolox import save_checkpoint
+    from cvpipe.models.yolox.onnx_import import load_nano_from_onnx
+
+    from .conftest import NANO_ONNX
+
+    save_checkpoint(load_nano_from_onnx(NANO_ONNX), tmp_path / "nano.pt", meta={"input_size": [416, 416]})
+    a = runner.invoke(app, ["predict", str(person_image[0]), "-m", str(NANO_ONNX), "--json"])
+    b = runner.invoke(app, ["predict", str(person_image[0]), "-m", str(tmp_path / "nano.pt"), "--json"])
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    da, db = json.loads(a.stdout)[0]["detections"], json.loads(b.stdout)[0]["detections"]
+    assert [d["category_name"] for d in da] == [d["category_name"] for d in db] and da
+    assert all(abs(x - y) < 0.5 for p, q in zip(da, db) for x, y in zip(p["box"], q["box"]))
+
+
+def test_predict_bad_image_exits_nonzero(packed, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    r = runner.invoke(app, ["predict", str(bad), "-m", str(packed["model"]), "--json"])
+    assert r.exit_code == 1 and "not an image" in r.stdout
+
+
+def test_serve_help_and_missing_run(tmp_path):
+    r = runner.invoke(app, ["serve", "--help"])
+    assert r.exit_code == 0 and "/predict" in r.stdout
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"store: {tmp_path / 'store'}\nenv: dev\npipeline: p\n")
+    r = runner.invoke(app, ["serve", "--config", str(cfg)])
+    assert r.exit_code != 0 and "no complete model_pack run" in r.output
