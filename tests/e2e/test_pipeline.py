@@ -1,0 +1,56 @@
+"""The whole pipeline through the real command line, on the bundled example data, with a tiny config:
+six steps, each run complete, lineage from the service test back to the raw data, and a second run that
+reuses every step."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = ["data_load", "data_prep", "model_train", "model_pack", "model_eval", "model_test"]
+
+
+def cvpipe(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
+    env.pop("CVPIPE_FAULT", None)
+    return subprocess.run([sys.executable, "-m", "cvpipe.cli.main", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> Path:
+    base = yaml.safe_load((REPO / "configs" / "example.yaml").read_text())
+    base["store"] = str(tmp_path_factory.mktemp("e2e") / "store")
+    base["model_train"].update(epochs=1, img_size=320, eval_interval=1)
+    base["model_test"] = {"duration_s": 2, "concurrency": 2, "warmup_requests": 1}
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+@pytest.mark.slow
+def test_whole_pipeline_then_cached_rerun(tiny_config):
+    first = cvpipe("run", str(tiny_config))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-6000:]
+    assert "serve the model: cvpipe serve" in first.stderr
+    runs = json.loads(cvpipe("runs", "-c", str(tiny_config), "--json").stdout)
+    by_step = {r["step"]: r for r in runs}
+    assert [r["step"] for r in runs] == STEPS and all(r["status"] == "complete" for r in runs)
+    assert by_step["model_eval"]["summary"]["AP"] > 0.05  # fine-tuned from real COCO weights
+    shown = json.loads(cvpipe("show", by_step["model_test"]["run_id"], "-c", str(tiny_config), "--json").stdout)
+    node, chain = shown["lineage"], []
+    while node["inputs"]:
+        chain.append(node["step"])
+        node = next(iter(node["inputs"].values()))
+    assert chain + [node["step"]] == ["model_test", "model_pack", "model_train", "data_prep", "data_load"]
+    second = cvpipe("run", str(tiny_config))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stderr.count("reusing run") == len(STEPS)
+    assert len(json.loads(cvpipe("runs", "-c", str(tiny_config), "--json").stdout)) == len(STEPS)
