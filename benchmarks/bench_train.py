@@ -1,0 +1,125 @@
+"""Training throughput on this machine: data loading (with augmentation) vs the model's optimizer step.
+
+    .venv/bin/python benchmarks/bench_train.py [--coco examples/coco_sample] [--steps 3] [--batch 8]
+
+For YOLOX-Nano at 416 and YOLOX-S at 416 / 640 (random init, full model trained, batch 8) it prints images/s of
+(1) the DataLoader alone (mosaic + affine + mixup + HSV + flip, workers=0), (2) the model step alone
+(forward + loss + backward + SGD + EMA on a ready batch) and (3) both together, with their ratios; then the time
+of one real epoch of the example config (fused nano-ONNX, head only, 416 px, no augmentation) on the sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from cvpipe.data.schema import DetectionDataset
+from cvpipe.training.params import TrainParams
+from cvpipe.training.run import run_training
+from cvpipe.training.trainer import Trainer, TrainOutputs, seed_everything
+
+
+def dataset_from_coco(src: Path, out: Path, n_train: int = 75) -> tuple[Path, Path, int]:
+    """A DetectionDataset (first n_train images train, the rest val) + images dir from a COCO folder."""
+    coco = json.loads((src / "annotations.json").read_text())
+    images_dir = out / "images"
+    images_dir.mkdir(parents=True)
+    rows = []
+    for k, im in enumerate(sorted(coco["images"], key=lambda i: i["id"])):
+        data = (src / "images" / im["file_name"]).read_bytes()
+        blob = hashlib.sha256(data).hexdigest() + Path(im["file_name"]).suffix
+        (images_dir / blob).write_bytes(data)
+        rows.append(dict(image_id=im["id"], file_name=im["file_name"], width=im["width"], height=im["height"],
+                         blob=blob, split="train" if k < n_train else "val"))
+    anns = [dict(ann_id=a["id"], image_id=a["image_id"], category_id=a["category_id"], x=a["bbox"][0],
+                 y=a["bbox"][1], w=a["bbox"][2], h=a["bbox"][3], area=a["area"], iscrowd=a["iscrowd"])
+            for a in coco["annotations"]]
+    cats = [dict(category_id=c["id"], name=c["name"], label=i)
+            for i, c in enumerate(sorted(coco["categories"], key=lambda c: c["id"]))]
+    ds_dir = out / "dataset"
+    DetectionDataset.build(rows, anns, cats).save(ds_dir)
+    return ds_dir, images_dir, min(n_train, len(rows))
+
+
+def bench_one(scale: str, size: int, ds_dir: Path, images_dir: Path, batch: int, steps: int, tmp: Path) -> dict:
+    from cvpipe.models.yolox import build_yolox
+
+    ds = DetectionDataset.load(ds_dir)
+    p = TrainParams(scale=scale, pretrained="none", img_size=size, batch_size=batch, epochs=10, no_aug_epochs=1,
+                    eval_interval=1000, device="cpu", workers=0)
+    seed_everything(0)
+    trainer = Trainer(p, build_yolox(scale, len(ds.class_names)), ds.split("train"), None, images_dir,
+                      TrainOutputs(tmp / "ck", tmp / "cu"))
+    trainer.sampler.set_epoch(0)  # an augmented epoch
+    it = iter(trainer.loader)
+    next(it)  # warm the image cache: steady-state loading, as from the second epoch on
+    t0 = time.perf_counter()
+    batches = [next(it) for _ in range(steps)]
+    load_s = (time.perf_counter() - t0) / steps
+
+    net = trainer.net.train()
+
+    def step(images, targets):
+        trainer.set_lr()
+        loss = net(images, targets)["total_loss"]
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        trainer.optimizer.step()
+        trainer.ema.update(trainer.model)
+        trainer.iteration += 1
+
+    step(*batches[0][:2])  # warm-up
+    t0 = time.perf_counter()
+    for images, targets, _ in batches:
+        step(images, targets)
+    step_s = (time.perf_counter() - t0) / steps
+    return {"model": f"{scale}@{size}", "load_img_s": batch / load_s, "step_img_s": batch / step_s,
+            "train_img_s": batch / (load_s + step_s), "load_share": load_s / (load_s + step_s)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--coco", type=Path, default=Path("examples/coco_sample"))
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--configs", default="nano@416,s@416,s@640")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {args.steps} timed steps")
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        ds_dir, images_dir, n_train = dataset_from_coco(args.coco, tmp / "data")
+        rows = []
+        for spec in args.configs.split(","):
+            scale, size = spec.split("@")
+            rows.append(bench_one(scale, int(size), ds_dir, images_dir, args.batch, args.steps, tmp / spec))
+        print(f"\n{'model':<10}{'loader img/s':>14}{'step img/s':>12}{'train img/s':>13}{'loader/step':>13}"
+              f"{'load share':>12}")
+        for r in rows:
+            print(f"{r['model']:<10}{r['load_img_s']:>14.1f}{r['step_img_s']:>12.2f}{r['train_img_s']:>13.2f}"
+                  f"{r['load_img_s'] / r['step_img_s']:>13.1f}{r['load_share']:>11.0%}")
+        base = rows[0]["train_img_s"]
+        print("train speed relative to " + rows[0]["model"] + ": " +
+              ", ".join(f"{r['model']} {r['train_img_s'] / base:.2f}x" for r in rows))
+
+        # one epoch of the example config: fused nano from the ONNX, head only, 416 px
+        for epochs, no_aug in ((1, 1), (1, 0)):
+            p = TrainParams(scale="nano", pretrained="nano-onnx", img_size=416, epochs=epochs, batch_size=8,
+                            no_aug_epochs=no_aug, workers=0, device="cpu")
+            outs = {n: tmp / f"example{no_aug}" / n for n in ("checkpoints", "curves", "test_image")}
+            t0 = time.perf_counter()
+            s = run_training(p, ds_dir, images_dir, outs)
+            total = time.perf_counter() - t0
+            print(f"example epoch (nano-onnx@416, {n_train} train imgs, {'no aug' if no_aug else 'mosaic+mixup'}): "
+                  f"{total:.1f} s incl. val of {s['val_images']} imgs and model load; val AP {s['best_ap']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Training curves: metrics.csv (one row per epoch) and curves.png (losses, val AP, learning rate)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+COLUMNS = ["epoch", "total_loss", "iou_loss", "obj_loss", "cls_loss", "l1_loss", "num_fg", "lr", "AP", "AP50",
+           "imgs_per_s", "seconds", "augment"]
+
+
+def write_curves(history: list[dict], directory: Path) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for row in history:
+            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+    plot_curves(history, directory / "curves.png")
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for key in ("total_loss", "iou_loss", "obj_loss", "cls_loss", "l1_loss"):
+        axes[0].plot(epochs, [r[key] for r in history], marker="o", label=key)
+    axes[0].set_title("training loss")
+    axes[0].legend()
+    evaluated = [r for r in history if r.get("AP") is not None]
+    for key in ("AP", "AP50"):
+        axes[1].plot([r["epoch"] for r in evaluated], [r[key] for r in evaluated], marker="o", label=key)
+    axes[1].set_title("validation mAP (EMA weights)")
+    axes[1].legend()
+    axes[2].plot(epochs, [r["lr"] for r in history], marker="o")
+    axes[2].set_title("learning rate (end of epoch)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,89 @@
+"""Training parameters (the model_train step's params), validated by pydantic."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator, model_validator
+
+from cvpipe.pipeline import StepParams
+
+
+class TrainParams(StepParams):
+    # model
+    scale: Literal["nano", "tiny", "s", "m", "l", "x"] = Field("s", description="YOLOX scale")
+    pretrained: str = Field("coco", description='weights to start from: a path, an http(s) URL, "coco" (the '
+                            'standard COCO checkpoint of the scale), "nano-onnx" (the shipped YOLOX-Nano ONNX, fused) '
+                            'or "none"')
+    pretrained_required: bool = Field(False, description="fail instead of starting from random weights when the "
+                                      "pretrained weights cannot be had")
+    # schedule
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(8, ge=1, description="images per optimizer step, over all processes")
+    lr_per_img: float = Field(0.01 / 64, gt=0, description="learning rate = lr_per_img * batch_size")
+    warmup_epochs: float = Field(1.0, ge=0)
+    warmup_lr_start: float = Field(0.0, ge=0)
+    min_lr_ratio: float = Field(0.05, ge=0, le=1)
+    no_aug_epochs: int = Field(2, ge=0, description="last epochs without augmentation, with the L1 box loss")
+    weight_decay: float = Field(5e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    grad_clip: Optional[float] = Field(None, description="max gradient L2 norm (None / 0 = no clipping)")
+    freeze_bn: bool = Field(False, description="keep BatchNorm statistics and affine weights fixed")
+    freeze_backbone: Optional[bool] = Field(None, description="train only the head (backbone + PAFPN fixed); None = "
+                                            "auto: on for fused (BN-folded) models such as nano-onnx, whose "
+                                            "BN-free backbone diverges when trained, off otherwise")
+    ema: bool = True
+    ema_decay: float = Field(0.9998, gt=0, lt=1)
+    amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
+    # input and augmentation
+    img_size: int = Field(640, ge=32, description="square training / evaluation input size, multiple of 32")
+    mosaic: bool = True
+    mosaic_prob: float = Field(1.0, ge=0, le=1)
+    mixup: bool = True
+    mixup_prob: float = Field(1.0, ge=0, le=1)
+    mixup_scale: tuple[float, float] = (0.5, 1.5)
+    affine: bool = True
+    degrees: float = Field(10.0, ge=0)
+    translate: float = Field(0.1, ge=0, le=1)
+    mosaic_scale: tuple[float, float] = Field((0.1, 2.0), description="affine scale range")
+    shear: float = Field(2.0, ge=0)
+    hsv: bool = True
+    hsv_prob: float = Field(1.0, ge=0, le=1)
+    flip: bool = True
+    flip_prob: float = Field(0.5, ge=0, le=1)
+    min_box_size: float = Field(2.0, ge=0, description="boxes smaller than this (px) after augmentation are dropped")
+    max_labels: int = Field(120, ge=1, description="most targets kept per image")
+    # evaluation
+    eval_interval: int = Field(1, ge=1, description="evaluate on the val split every N epochs (and after the last)")
+    eval_batch_size: int = Field(8, ge=1)
+    # runtime
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = load in the training process)")
+    cache_images: Optional[bool] = Field(None, description="keep decoded, resized images in memory between epochs "
+                                         "(each worker its own copy); None = when that stays under 1 GiB")
+    seed: int = 0
+    resume: Optional[str] = Field(None, description="last.pt of an interrupted run to continue from")
+
+    @field_validator("img_size")
+    @classmethod
+    def _multiple_of_32(cls, v: int) -> int:
+        if v % 32:
+            raise ValueError(f"img_size must be a multiple of 32, got {v}")
+        return v
+
+    @field_validator("mixup_scale", "mosaic_scale")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"scale range must be 0 < low <= high, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.pretrained.strip().lower() == "nano-onnx" and self.scale != "nano":
+            raise ValueError(f'pretrained "nano-onnx" holds YOLOX-Nano weights; set scale: nano (got {self.scale!r})')
+        return self
+
+    @property
+    def lr(self) -> float:
+        return self.lr_per_img * self.batch_size

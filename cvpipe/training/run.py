@@ -1,0 +1,97 @@
+"""One training job from dataset directories to the model_train outputs (used by the step and by torchrun)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from cvpipe.data.schema import DetectionDataset
+
+from .distributed import DistInfo
+from .model_init import build_model
+from .params import TrainParams
+from .trainer import Trainer, TrainOutputs, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def pick_test_image(ds: DetectionDataset) -> tuple[str, object] | None:
+    """(split, image row) of one image with objects: the val image with the most non-crowd boxes (lowest image_id
+    on ties); test then train split when val has none."""
+    anns = ds.annotations[ds.annotations["iscrowd"] == 0]
+    counts = anns.groupby("image_id").size()
+    for split in ("val", "test", "train"):
+        imgs = ds.images[(ds.images["split"] == split) & ds.images["image_id"].isin(counts.index)]
+        if len(imgs):
+            order = imgs.assign(n=imgs["image_id"].map(counts)).sort_values(["n", "image_id"], ascending=[False, True])
+            return split, next(order.itertuples())
+    return None
+
+
+def write_test_image(ds: DetectionDataset, images_dir: Path, out: Path) -> dict | None:
+    """test_image/: image.<ext> (the file's bytes), ground_truth.json and meta.json of one chosen image."""
+    out.mkdir(parents=True, exist_ok=True)
+    picked = pick_test_image(ds)
+    if picked is None:
+        log.warning("no image with objects in the dataset: test_image left empty")
+        return None
+    split, row = picked
+    src = Path(images_dir) / (row.blob or row.file_name)
+    if not src.is_file():
+        raise FileNotFoundError(f"image {row.image_id} ({src.name}) is missing from the images entity")
+    ext = src.suffix.lower() or ".jpg"
+    shutil.copyfile(src, out / f"image{ext}")
+    cats = {int(r.category_id): r for r in ds.categories.itertuples()}
+    boxes = []
+    for a in ds.annotations[ds.annotations["image_id"] == row.image_id].sort_values("ann_id").itertuples():
+        c = cats.get(int(a.category_id))
+        boxes.append({"bbox_xywh": [a.x, a.y, a.w, a.h], "bbox_xyxy": [a.x, a.y, a.x + a.w, a.y + a.h],
+                      "category_id": int(a.category_id), "category_name": None if c is None else c.name,
+                      "label": None if c is None or c.label < 0 else int(c.label), "iscrowd": int(a.iscrowd)})
+    gt = {"image_id": int(row.image_id), "file": f"image{ext}", "width": int(row.width), "height": int(row.height),
+          "boxes": boxes}
+    meta = {"split": split, "image_id": int(row.image_id), "blob": row.blob, "original_file_name": row.file_name,
+            "source": row.source, "num_objects": sum(1 for b in boxes if not b["iscrowd"]),
+            "chosen_by": f"the {split} image with the most non-crowd objects (lowest image_id on ties)"}
+    (out / "ground_truth.json").write_text(json.dumps(gt, indent=2))
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def run_training(params: TrainParams, dataset_dir: Path, images_dir: Path, outputs: dict[str, Path],
+                 dist: DistInfo | None = None, stop_after_epoch: int | None = None) -> dict:
+    """Train on the dataset's train split (validating on val) and fill outputs checkpoints / curves / test_image.
+
+    Returns the summary {best_ap, best_epoch, epochs, train_images, val_images, seconds, ...}.
+    """
+    dist = dist or DistInfo()
+    ds = DetectionDataset.load(dataset_dir)
+    class_names = ds.class_names
+    if not class_names:
+        raise ValueError("the dataset has no labelled categories (run data_prep first: it assigns training labels)")
+    train, val = ds.split("train"), ds.split("val")
+    if len(train.images) == 0:
+        splits = sorted(set(ds.images["split"]))
+        raise ValueError(f"the dataset has no 'train' images (splits present: {splits})")
+    if len(val.images) == 0:
+        log.warning("no 'val' images: training without validation; best.pt = last.pt")
+    label_to_cat = ds.label_to_category_id()
+
+    seed_everything(params.seed)
+    model, init_info = build_model(params.scale, len(class_names), params.pretrained, params.pretrained_required,
+                                   class_names)
+    meta = {"class_names": class_names, "category_ids": [label_to_cat[i] for i in range(len(class_names))],
+            "pretrained": init_info, "train_params": params.model_dump(mode="json")}
+    trainer = Trainer(params, model, train, val, images_dir,
+                      TrainOutputs(outputs["checkpoints"], outputs["curves"]), meta, dist)
+    result = trainer.fit(stop_after_epoch=stop_after_epoch)
+    summary = result.summary()
+    summary["pretrained_loaded"] = init_info["loaded"]
+    summary["device"] = str(trainer.device)
+    summary["world_size"] = dist.world_size
+    if dist.is_main and "test_image" in outputs:
+        picked = write_test_image(ds, images_dir, outputs["test_image"])
+        summary["test_image_id"] = None if picked is None else picked["image_id"]
+    return summary
