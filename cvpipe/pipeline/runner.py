@@ -154,7 +154,7 @@ class Runner:
             "started_at": utcnow(), "host": socket.gethostname(), "pid": os.getpid(),
             "user": getpass.getuser(), "python": platform.python_version(),
         }
-        resumable = store.find_resumable(spec.name, key)
+        resumable = None if self.force else store.find_resumable(spec.name, key)  # --force starts afresh
         store.write_manifest(manifest)
         fault_point(spec.name, "start")
         staging = Path(tempfile.mkdtemp(prefix=f"cvpipe-{spec.name}-"))

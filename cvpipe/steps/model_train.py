@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,9 +31,28 @@ def model_train(params: ModelTrainParams, ctx: StepContext, *, dataset: Path, im
     """Train YOLOX on the train split, validating on val; writes last.pt / best.pt, metrics.csv / curves.png and
     one validation image with its ground truth."""
     outputs = {name: ctx.output(name) for name in ("checkpoints", "curves", "test_image")}
-    if params.nproc_per_node == 1:
-        return run_training(params, dataset, images, outputs)
-    return launch_torchrun(params, ctx, dataset, images, outputs)
+    if params.nproc_per_node > 1:
+        return launch_torchrun(params, ctx, dataset, images, outputs)
+    checkpoints = outputs["checkpoints"]
+    if ctx.resume is not None and (ctx.resume / "last.pt").is_file() and params.resume is None:
+        # an earlier run with the same inputs, params and code died: carry on from its last epoch
+        if (ctx.resume / "best.pt").is_file():
+            shutil.copyfile(ctx.resume / "best.pt", checkpoints / "best.pt")
+        params = params.model_copy(update={"resume": str(ctx.resume / "last.pt")})
+
+    def keep_state() -> None:
+        """After each epoch the checkpoints become the run's resumable state (stored at once)."""
+        if ctx.state is None:
+            return
+        for name in ("last.pt", "best.pt"):
+            if (checkpoints / name).is_file():
+                shutil.copyfile(checkpoints / name, ctx.state / name)
+        ctx.save_state()
+
+    summary = run_training(params, dataset, images, outputs, on_saved=keep_state)
+    if params.resume is not None and ctx.resume is not None:
+        summary["resumed"] = True
+    return summary
 
 
 def launch_torchrun(params: ModelTrainParams, ctx: StepContext, dataset: Path, images: Path,

@@ -240,10 +240,15 @@ class ArtifactStore:
             self._put_file(local_dir / rel, f"{base}/{rel}")
 
     def find_resumable(self, step: str, cache_key: str) -> RunRecord | None:
-        """The newest run that died with the same cache key and left state behind."""
+        """The newest run that died with the same cache key and left state behind, unless a run with that
+        key has completed since (then the work is done and the dead run is history)."""
         for rec in reversed(self.list_runs(step)):
-            if rec.manifest.get("cache_key") == cache_key and rec.status in (STATUS_FAILED, STATUS_INTERRUPTED) \
-                    and self.fs.exists(self.run_path(step, rec.run_id) + "/_state"):
+            if rec.manifest.get("cache_key") != cache_key:
+                continue
+            if rec.complete:
+                return None
+            if rec.status in (STATUS_FAILED, STATUS_INTERRUPTED) and \
+                    self.fs.exists(self.run_path(step, rec.run_id) + "/_state"):
                 return rec
         return None
 

@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from cvpipe.data.schema import DetectionDataset
 
@@ -61,7 +62,8 @@ def write_test_image(ds: DetectionDataset, images_dir: Path, out: Path) -> dict 
 
 
 def run_training(params: TrainParams, dataset_dir: Path, images_dir: Path, outputs: dict[str, Path],
-                 dist: DistInfo | None = None, stop_after_epoch: int | None = None) -> dict:
+                 dist: DistInfo | None = None, stop_after_epoch: int | None = None,
+                 on_saved: Callable[[], None] | None = None) -> dict:
     """Train on the dataset's train split (validating on val) and fill outputs checkpoints / curves / test_image.
 
     Returns the summary {best_ap, best_epoch, epochs, train_images, val_images, seconds, ...}.
@@ -86,6 +88,7 @@ def run_training(params: TrainParams, dataset_dir: Path, images_dir: Path, outpu
             "pretrained": init_info, "train_params": params.model_dump(mode="json")}
     trainer = Trainer(params, model, train, val, images_dir,
                       TrainOutputs(outputs["checkpoints"], outputs["curves"]), meta, dist)
+    trainer.on_saved = on_saved
     result = trainer.fit(stop_after_epoch=stop_after_epoch)
     summary = result.summary()
     summary["pretrained_loaded"] = init_info["loaded"]

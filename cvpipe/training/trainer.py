@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -211,6 +212,7 @@ class Trainer:
         self.best_ap: float | None = None
         self.best_epoch: int | None = None
         self.history: list[dict] = []
+        self.on_saved: Callable[[], None] | None = None  # after each epoch's checkpoints (resumable state)
         if params.resume:
             self.load_resume(Path(params.resume))
 
@@ -350,6 +352,8 @@ class Trainer:
                          "" if row["AP"] is None else f"  val AP {row['AP']:.4f} AP50 {row['AP50']:.4f}")
                 self.save(epoch + 1, metrics, improved or self.val_split is None)
                 write_curves(self.history, self.outputs.curves)
+                if self.on_saved is not None:
+                    self.on_saved()
             self.dist.barrier()
         return TrainResult(self.best_ap, self.best_epoch, p.epochs, len(self.dataset),
                            0 if self.val_split is None else len(self.val_split.images),
