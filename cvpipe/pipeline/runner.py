@@ -12,7 +12,6 @@ import platform
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import traceback

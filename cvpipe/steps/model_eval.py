@@ -96,7 +96,6 @@ def model_eval(params: ModelEvalParams, ctx: StepContext, *, dataset: Path, imag
         raise ValueError(f"the dataset has no images in split {params.split!r} (splits: {splits})")
     meta = json.loads((Path(model) / "model.json").read_text())
     category_ids = [int(c) for c in meta["category_ids"]]
-    class_names = list(meta["class_names"])
     gt_cats = {int(c["id"]) for c in gt["categories"]}
     unknown = sorted(set(category_ids) - gt_cats)
     if unknown:

@@ -8,22 +8,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cvpipe.inference.coco_classes import COCO_CLASS_NAMES as COCO_CLASSES  # class order of COCO weights
+
 log = logging.getLogger(__name__)
 
 NANO_ONNX = Path("weights") / "yolox_nano" / "yolox_nano.onnx"
-
-# the 80 COCO classes in category-id order: the class order of the COCO-pretrained YOLOX weights
-COCO_CLASSES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
-    "hair drier", "toothbrush",
-)
 
 
 def coco_rows(class_names: list[str] | None) -> list[int] | None:

@@ -6,8 +6,8 @@ import onnx
 import pytest
 import torch
 
-from cvpipe.export.onnx import ParityError, append_decode, append_e2e, check_e2e, check_onnx_parity, check_parity, \
-    e2e_to_detections, export_onnx, simplify
+from cvpipe.export.onnx import ParityError, append_decode, append_e2e, check_onnx_parity, check_parity, export_onnx, \
+    simplify
 from cvpipe.inference.predictor import Predictor, make_session
 from cvpipe.inference.processing import letterbox
 from cvpipe.models.yolox import build_yolox

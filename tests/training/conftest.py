@@ -6,7 +6,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from cvpipe.data.schema import DetectionDataset
 
@@ -45,11 +44,3 @@ def make_synthetic(root: Path, n_train: int = 4, n_val: int = 2, size: int = 128
 @pytest.fixture
 def synthetic(tmp_path):
     return make_synthetic(tmp_path / "data")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
