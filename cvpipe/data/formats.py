@@ -35,6 +35,10 @@ class RawDataset:
     categories: list[dict] = field(default_factory=list)  # category_id, name, supercategory
     findings: list[dict] = field(default_factory=list)  # rule, action, image_id, ann_id, detail
     format: str = ""
+    root: Path | None = None  # the raw data's top folder; `source` columns are paths relative to it
+    # YOLO boxes stay normalised (0..1) until the image sizes are known: data_load reads them from the
+    # file headers in its process pool, together with hashing, instead of once more here
+    boxes_normalized: bool = False
 
 
 def _image_files(root: Path) -> list[Path]:
@@ -94,7 +98,7 @@ def read_coco(root: Path, annotations: str | None = None, images_dir: str | None
     missing = [k for k in ("images", "annotations", "categories") if k not in coco]
     if missing:
         raise ValueError(f"{json_path}: not a COCO instances file (missing {missing})")
-    raw = RawDataset(format="coco")
+    raw = RawDataset(format="coco", root=root)
     paths = _locate_images(root, json_path, [im["file_name"] for im in coco["images"]], images_dir)
     for im in coco["images"]:
         extra = {k: v for k, v in im.items() if k not in ("id", "file_name", "width", "height")}
@@ -140,23 +144,19 @@ def _label_path(root: Path, image: Path) -> Path:
     return image.with_suffix(".txt")
 
 
-def read_yolo(root: Path, image_size=None) -> RawDataset:
-    """`image_size(path) -> (w, h)` reads sizes (headers only); YOLO labels are relative to it."""
-    raw = RawDataset(format="yolo")
-    classes = _yolo_classes(root)
+def read_yolo(root: Path, classes: list[str] | None = None) -> RawDataset:
+    """Boxes come back normalised (`boxes_normalized`): data_load scales them by the header sizes.
+    `classes` (index order) overrides the class list found in the data."""
+    raw = RawDataset(format="yolo", root=root, boxes_normalized=True)
+    classes = classes or _yolo_classes(root)
     if classes is None:
-        raise ValueError(f"YOLO data in {root} needs a class list: classes.txt, obj.names or data.yaml with names")
+        raise ValueError(f"YOLO data in {root} needs a class list: classes.txt, obj.names or data.yaml with names "
+                         f"(or set data_load.classes)")
     raw.categories = [{"category_id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(classes)]
     ann_id = 0
     for image_id, path in enumerate(_image_files(root), start=1):
         rel = path.relative_to(root).as_posix()
-        try:
-            w, h = image_size(path)
-        except Exception as e:  # noqa: BLE001 - an unreadable image is recorded, not fatal
-            w = h = 0
-            raw.findings.append({"rule": "corrupt_image", "action": "recorded", "image_id": image_id, "ann_id": None,
-                                 "detail": f"{rel}: cannot read the image header: {e}"})
-        raw.images.append({"image_id": image_id, "file_name": rel, "path": path, "width": w, "height": h, "extra": {}})
+        raw.images.append({"image_id": image_id, "file_name": rel, "path": path, "width": 0, "height": 0, "extra": {}})
         label = _label_path(root, path)
         if not label.is_file():
             continue
@@ -165,25 +165,34 @@ def read_yolo(root: Path, image_size=None) -> RawDataset:
             if not parts:
                 continue
             try:
-                cls = int(parts[0])
-                cx, cy, bw, bh = (float(v) for v in parts[1:5])
                 if len(parts) < 5:
                     raise ValueError("fewer than 5 values")
+                cls = int(parts[0])
+                cx, cy, bw, bh = (float(v) for v in parts[1:5])
             except ValueError as e:
                 raw.findings.append({"rule": "bad_label_line", "action": "dropped", "image_id": image_id,
                                      "ann_id": None, "detail": f"{label.name}:{n}: {line!r} ({e})"})
                 continue
             ann_id += 1
-            bw_px, bh_px = bw * w, bh * h
             raw.annotations.append({"ann_id": ann_id, "image_id": image_id, "category_id": cls + 1,
-                                    "x": cx * w - bw_px / 2, "y": cy * h - bh_px / 2, "w": bw_px, "h": bh_px,
-                                    "area": bw_px * bh_px, "iscrowd": 0, "extra": {}})
+                                    "x": cx - bw / 2, "y": cy - bh / 2, "w": bw, "h": bh, "area": bw * bh,
+                                    "iscrowd": 0, "extra": {}})
     return raw
+
+
+def scale_normalized_boxes(raw: RawDataset, sizes: dict[int, tuple[int, int]]) -> None:
+    """Turn normalised YOLO boxes into pixels once the image sizes (image_id -> (w, h)) are known."""
+    for a in raw.annotations:
+        w, h = sizes.get(a["image_id"], (0, 0))
+        a["x"], a["w"] = a["x"] * w, a["w"] * w
+        a["y"], a["h"] = a["y"] * h, a["h"] * h
+        a["area"] = a["w"] * a["h"]
+    raw.boxes_normalized = False
 
 
 # ---- Pascal VOC ------------------------------------------------------------------------------------
 def read_voc(root: Path, classes: list[str] | None = None) -> RawDataset:
-    raw = RawDataset(format="voc")
+    raw = RawDataset(format="voc", root=root)
     xmls = sorted(root.rglob("*.xml"))
     docs = []
     for p in xmls:

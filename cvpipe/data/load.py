@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from cvpipe.data.formats import RawDataset, detect_format, read_coco, read_voc, read_yolo
+from cvpipe.data.formats import RawDataset, detect_format, read_coco, read_voc, read_yolo, scale_normalized_boxes
 from cvpipe.data.schema import DetectionDataset
 from cvpipe.pipeline.executor import parallel_map
 from cvpipe.progress import track
@@ -57,7 +57,7 @@ def inspect_and_store(path: Path, out_dir: Path) -> FileInfo:
 
 
 def read_raw(root: Path, fmt: str = "auto", annotations: str | None = None, images_dir: str | None = None,
-             classes: list[str] | None = None, executor: str = "process", workers: int | None = None) -> RawDataset:
+             classes: list[str] | None = None) -> RawDataset:
     fmt = detect_format(root) if fmt == "auto" else fmt
     log.info("reading %s data from %s", fmt, root)
     if fmt == "coco":
@@ -65,17 +65,27 @@ def read_raw(root: Path, fmt: str = "auto", annotations: str | None = None, imag
     if fmt == "voc":
         return read_voc(root, classes)
     if fmt == "yolo":
-        return read_yolo(root, image_size=header_size)
+        return read_yolo(root, classes)
     raise ValueError(f"unknown format {fmt!r}: use auto, coco, yolo or voc")
 
 
-def normalise(raw: RawDataset, images_out: Path, source_label: str, executor: str = "process",
+def _relative_source(path: Path, root: Path | None, fallback: str) -> str:
+    """The image's path inside the raw data (what `source` records)."""
+    try:
+        return Path(path).relative_to(root).as_posix() if root else fallback
+    except ValueError:
+        return fallback
+
+
+def normalise(raw: RawDataset, images_out: Path, executor: str = "process",
               workers: int | None = None) -> tuple[DetectionDataset, list[dict]]:
     """Hash and store every image, fill sizes, and build the canonical dataset; problems become findings."""
     findings = list(raw.findings)
     work = partial(inspect_and_store, out_dir=images_out)
     infos = list(track(parallel_map(work, [im["path"] for im in raw.images], kind=executor, workers=workers),
                        "data_load: hashing images", total=len(raw.images)))
+    if raw.boxes_normalized:  # YOLO: sizes come from the headers just read
+        scale_normalized_boxes(raw, {im["image_id"]: (info.width, info.height) for im, info in zip(raw.images, infos)})
     images = []
     for im, info in zip(raw.images, infos):
         width, height = im["width"] or info.width, im["height"] or info.height
@@ -86,7 +96,8 @@ def normalise(raw: RawDataset, images_out: Path, source_label: str, executor: st
         ext = Path(im["file_name"]).suffix.lower()
         images.append({"image_id": im["image_id"], "file_name": im["file_name"], "width": width, "height": height,
                        "digest": info.digest, "blob": f"{info.digest}{ext}" if info.digest else "",
-                       "source": source_label, "split": ""})
+                       "source": _relative_source(im["path"], raw.root, im["file_name"]), "split": "",
+                       "extra": json.dumps(im.get("extra") or {}, sort_keys=True)})
     known = {im["image_id"] for im in images}
     anns = []
     for a in raw.annotations:

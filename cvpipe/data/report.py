@@ -120,7 +120,7 @@ def write_report(ds: DetectionDataset, findings: list[dict], thumbnails: dict[in
     rep.add("Validation findings", table(summarize_findings(findings)) if findings else
             '<p class="good">no problems found</p>',
             '<p class="note">Every change is listed below (first 500 rows; all of them in findings.json).</p>',
-            table(findings[:500], columns=["rule", "action", "image_id", "ann_id", "detail"]))
+            table(findings[:500], columns=["step", "rule", "action", "image_id", "ann_id", "detail"]))
     rep.add("Classes", table(per_class), image(pngs["classes"]))
     rep.add("Boxes", image(pngs["boxes"]))
     if pngs["samples"]:

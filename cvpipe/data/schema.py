@@ -1,16 +1,19 @@
 """The canonical detection dataset every step exchanges.
 
 On disk (one directory, the `dataset` entity):
-    images.parquet       image_id, file_name, width, height, digest, blob, source, split
+    images.parquet       image_id, file_name, width, height, digest, blob, source, split, extra
     annotations.parquet  ann_id, image_id, category_id, x, y, w, h, area, iscrowd, extra
     categories.parquet   category_id, name, supercategory, label
     coco.json            the same data as COCO instances JSON (one file per split after data_prep:
                          coco_train.json, coco_val.json, coco_test.json)
 
 Pixel files live in the separate content-addressed `images` entity, named by `blob`
-("<sha256>.<ext>"). Boxes are xywh in pixels of the stored image. `category_id` keeps the source's
+("<sha256>.<ext>"); `source` is the image's path inside the raw data, `file_name` its name in the source's
+markup. Boxes are xywh in pixels of the stored image. `category_id` keeps the source's
 ids (COCO ids for COCO data); `label` is the contiguous training index (0..K-1), -1 until data_prep
-assigns it. `extra` is a JSON string with source fields that have no column.
+assigns it. `extra` (images and annotations) is a JSON string with source fields that have no column
+(COCO: license, coco_url, flickr_url, segmentation, ...); `to_coco` writes image fields and segmentations
+back.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ IMAGE_COLUMNS = {
     "blob": "string",
     "source": "string",
     "split": "string",
+    "extra": "string",
 }
 ANNOTATION_COLUMNS = {
     "ann_id": "int64",
@@ -68,7 +72,7 @@ class DetectionDataset:
     def build(cls, images, annotations, categories) -> DetectionDataset:
         """Normalise rows (lists of dicts or frames) to the canonical columns and dtypes."""
         return cls(
-            _frame(images, IMAGE_COLUMNS, {"source": "", "split": "", "digest": "", "blob": ""}),
+            _frame(images, IMAGE_COLUMNS, {"source": "", "split": "", "digest": "", "blob": "", "extra": "{}"}),
             _frame(annotations, ANNOTATION_COLUMNS, {"extra": "{}", "iscrowd": 0}),
             _frame(categories, CATEGORY_COLUMNS, {"supercategory": "", "label": -1}),
         )
@@ -106,11 +110,11 @@ class DetectionDataset:
     def to_coco(self, split: str | None = None) -> dict:
         """COCO instances dict; `file_name` is the blob name inside the `images` entity."""
         ds = self.split(split) if split else self
-        images = [
-            {"id": int(r.image_id), "file_name": r.blob or r.file_name, "width": int(r.width), "height": int(r.height),
-             "original_file_name": r.file_name}
-            for r in ds.images.itertuples()
-        ]
+        images = []
+        for r in ds.images.itertuples():
+            extra = json.loads(r.extra) if r.extra else {}
+            images.append({**extra, "id": int(r.image_id), "file_name": r.blob or r.file_name, "width": int(r.width),
+                           "height": int(r.height), "original_file_name": r.file_name})
         anns = []
         for r in ds.annotations.itertuples():
             ann = {"id": int(r.ann_id), "image_id": int(r.image_id), "category_id": int(r.category_id),

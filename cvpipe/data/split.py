@@ -1,8 +1,12 @@
 """Train/val/test split stratified by class presence: rare classes are placed first so that each
-class reaches every split where it has enough images. Deterministic for the same data and seed
+class reaches every split where it has enough images (iterative stratification). Deterministic for the same data and seed
 (independent of row order: images are ordered by content digest)."""
 
 from __future__ import annotations
+
+import json
+import re
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -10,15 +14,19 @@ from cvpipe.data.schema import SPLITS, DetectionDataset
 
 
 def stratified_split(ds: DetectionDataset, ratios: tuple[float, float, float], seed: int) -> dict[int, str]:
-    """image_id -> split name."""
+    """image_id -> split name, by iterative stratification (Sechidis et al., 2011) on class presence.
+
+    Repeatedly take the class with the fewest images still unassigned and give each of those images to the
+    split that still wants most images of that class (ties: the split that wants most images overall, then
+    the first); every class an image holds counts against what its split wants. Images without objects fill
+    the overall ratios last. A split with ratio 0 gets nothing.
+    """
     r = np.asarray(ratios, dtype=float)
     if (r < 0).any() or r.sum() <= 0:
         raise ValueError(f"split ratios must be non-negative with a positive sum, got {ratios}")
     r = r / r.sum()
     images = ds.images.sort_values(["digest", "image_id"]).reset_index(drop=True)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(images))
-    images = images.iloc[order].reset_index(drop=True)
+    images = images.iloc[np.random.default_rng(seed).permutation(len(images))].reset_index(drop=True)
     cats = sorted(set(ds.annotations["category_id"]))
     col = {c: i for i, c in enumerate(cats)}
     presence = np.zeros((len(images), len(cats)), dtype=bool)
@@ -26,30 +34,54 @@ def stratified_split(ds: DetectionDataset, ratios: tuple[float, float, float], s
     for img, cat in zip(ds.annotations["image_id"], ds.annotations["category_id"]):
         if int(img) in pos:
             presence[pos[int(img)], col[cat]] = True
-    per_class = presence.sum(0)
-    want_class = per_class[None, :] * r[:, None]  # splits x classes
+    want_class = presence.sum(0)[None, :] * r[:, None]  # splits x classes, counts still wanted
     want_total = len(images) * r
-    have_class = np.zeros_like(want_class)
-    have_total = np.zeros(len(r))
-    # images whose rarest class is rarest go first; images without objects last
-    rarity = np.where(presence, per_class[None, :], np.iinfo(np.int64).max).min(1) if len(cats) else \
-        np.full(len(images), np.iinfo(np.int64).max)
-    assignment: dict[int, str] = {}
-    for k in np.argsort(rarity, kind="stable"):
-        classes = presence[k]
-        if classes.any():
-            rarest = np.flatnonzero(classes)[np.argmin(per_class[classes])]
-            need = want_class[:, rarest] - have_class[:, rarest]
-        else:
-            need = want_total - have_total
-        total_need = want_total - have_total
-        # most needed for the rarest class, then for the overall ratio; splits with ratio 0 never get images
-        score = np.where(r > 0, need * 1e6 + total_need, -np.inf)
-        s = int(np.argmax(score))
-        have_class[s] += classes
-        have_total[s] += 1
-        assignment[int(images["image_id"].iloc[k])] = SPLITS[s]
-    return assignment
+    closed = np.where(r > 0, 0.0, -np.inf)  # ratio-0 splits never win
+    split_of = np.full(len(images), -1)
+
+    def assign(k: int, score: np.ndarray) -> None:
+        s = int(np.argmax(score + closed))
+        split_of[k] = s
+        want_class[s] -= presence[k]
+        want_total[s] -= 1
+
+    remaining = presence.copy()
+    while remaining.any():
+        counts = remaining.sum(0)
+        c = int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))
+        for k in np.flatnonzero(remaining[:, c]):  # in the seeded order
+            assign(k, want_class[:, c] * 1e6 + want_total)
+            remaining[k] = False
+    for k in np.flatnonzero(split_of < 0):  # images without objects
+        assign(k, want_total)
+    return {int(i): SPLITS[s] for i, s in zip(images["image_id"], split_of)}
+
+
+_SPLIT_WORDS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                "test": "test", "testing": "test"}
+
+
+def _split_of_path(path: str) -> str | None:
+    """'train2017/x.jpg', 'images/val/x.jpg' -> the split a folder name says; None if none or several."""
+    found = set()
+    for part in path.replace("\\", "/").split("/")[:-1]:
+        word = re.sub(r"\d+$", "", part.lower())  # train2017 -> train
+        if word in _SPLIT_WORDS:
+            found.add(_SPLIT_WORDS[word])
+    return found.pop() if len(found) == 1 else None
+
+
+def source_splits(ds: DetectionDataset) -> dict[int, str]:
+    """image_id -> split recorded by the source: COCO's coco_url (.../val2017/...) or a folder of the
+    image's path (YOLO images/train/..., files under val2017/...). Images without one are left out."""
+    out = {}
+    for r in ds.images.itertuples():
+        extra = json.loads(r.extra) if r.extra else {}
+        url = extra.get("coco_url") or ""
+        split = (_split_of_path(urlparse(url).path) if url else None) or _split_of_path(r.source or r.file_name)
+        if split:
+            out[int(r.image_id)] = split
+    return out
 
 
 def split_table(ds: DetectionDataset) -> list[dict]:

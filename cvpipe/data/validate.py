@@ -8,6 +8,7 @@ Rules, in the order they apply:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -178,6 +179,20 @@ def validate(ds: DetectionDataset, images_dir: Path, policy: ValidationPolicy, t
     thumbs = {int(i): c.thumbnail for i, c in zip(ds.images["image_id"], checks) if c.thumbnail is not None}
     out = DetectionDataset.build(images, anns, ds.categories)
     return ValidationResult(out, findings, thumbs)
+
+
+FINDING_COLUMNS = ["step", "rule", "action", "image_id", "ann_id", "detail"]
+
+
+def write_findings(findings: list[dict], directory: Path) -> None:
+    """findings.json (for people and tools) and findings.parquet (a table: one row per affected item)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "findings.json").write_text(json.dumps(findings, indent=1, default=str))
+    table = pd.DataFrame(findings, columns=FINDING_COLUMNS)
+    table["step"] = table["step"].fillna("")
+    table = table.astype({"step": "string", "rule": "string", "action": "string", "image_id": "Int64",
+                          "ann_id": "Int64", "detail": "string"})
+    table.to_parquet(directory / "findings.parquet", index=False)
 
 
 def summarize_findings(findings: list[dict]) -> list[dict]:

@@ -4,7 +4,6 @@ canonical versioned dataset, images stored once per content digest."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import Field
@@ -18,28 +17,34 @@ class DataLoadParams(StepParams):
     format: Literal["auto", "coco", "yolo", "voc"] = "auto"
     annotations: Optional[str] = Field(None, description="COCO: annotation json path inside the source")
     images_dir: Optional[str] = Field(None, description="COCO: image folder inside the source")
-    classes: Optional[list[str]] = Field(None, description="VOC: class order (default: sorted names)")
+    classes: Optional[list[str]] = Field(None, description="class order. VOC: default sorted names; YOLO: default "
+                                                           "from data.yaml, classes.txt or obj.names")
     executor: Literal["serial", "process", "ray"] = "process"
     workers: Optional[int] = Field(None, ge=1)
 
 
 @step("data_load", params=DataLoadParams,
-      outputs=[Output("dataset", description="canonical tables + coco.json + findings.json"),
+      outputs=[Output("dataset", description="canonical tables + coco.json + findings.{json,parquet}"),
                Output("images", content_addressed=True, description="image files named <sha256><ext>")])
 def data_load(params: DataLoadParams, ctx: StepContext) -> dict:
     """Normalise raw detection data into the canonical dataset."""
     from cvpipe.data.load import normalise, read_raw, sweep_unreferenced
     from cvpipe.data.sources import fetch_source
+    from cvpipe.data.validate import write_findings
 
     root = fetch_source(params.source, ctx.scratch / "source")
     raw = read_raw(root, params.format, params.annotations, params.images_dir, params.classes)
-    ds, findings = normalise(raw, ctx.output("images"), params.source, params.executor, params.workers)
+    ds, findings = normalise(raw, ctx.output("images"), params.executor, params.workers)
+    findings = [{**f, "step": "data_load"} for f in findings]
     sweep_unreferenced(ctx.output("images"), ds)
     out = ctx.output("dataset")
     ds.save(out)
-    (out / "findings.json").write_text(json.dumps(findings, indent=1, default=str))
-    (out / "source.json").write_text(json.dumps({"source": params.source, "format": raw.format,
-                                                 "root": str(Path(root))}, indent=1))
+    write_findings(findings, out)
+    # no local paths here: they differ from run to run (scratch) and say nothing about the data
+    (out / "source.json").write_text(json.dumps({"source": params.source, "format": raw.format}, indent=1))
+    by_rule: dict[str, int] = {}
+    for f in findings:
+        by_rule[f["rule"]] = by_rule.get(f["rule"], 0) + 1
     return {"format": raw.format, "images": len(ds.images), "annotations": len(ds.annotations),
             "categories": len(ds.categories), "distinct_files": len(set(ds.images["digest"]) - {""}),
-            "findings": len(findings)}
+            "findings": len(findings), **({"findings_by_rule": by_rule} if by_rule else {})}

@@ -19,6 +19,9 @@ class DataPrepParams(StepParams):
     classes: ClassMapping = Field(default_factory=ClassMapping)
     split: tuple[float, float, float] = Field((0.7, 0.15, 0.15), description="train, val, test ratios")
     seed: int = 0
+    split_from_source: bool = Field(False, description="keep the split the source records (COCO coco_url "
+                                                       "train2017/val2017, folders train/val/test); only images "
+                                                       "without one are split by `split`")
     report_samples: int = Field(12, ge=0, description="sample images drawn in the report")
     executor: Literal["serial", "process", "ray"] = "process"
     workers: Optional[int] = Field(None, ge=1)
@@ -34,32 +37,36 @@ class DataPrepParams(StepParams):
 @step("data_prep", params=DataPrepParams, inputs={"dataset": "data_load.dataset", "images": "data_load.images"},
       outputs=[Output("dataset", description="validated, converted and split dataset, coco_{split}.json"),
                Output("images", content_addressed=True, description="the kept images"),
-               Output("report", description="report.html, PNGs, findings.json")])
+               Output("report", description="report.html, PNGs, findings.{json,parquet}")])
 def data_prep(params: DataPrepParams, ctx: StepContext, *, dataset: Path, images: Path) -> dict:
     """Validate, convert, split and report the loaded dataset."""
     from cvpipe.data.convert import convert_classes
     from cvpipe.data.load import copy_or_link
     from cvpipe.data.report import write_report
     from cvpipe.data.schema import DetectionDataset
-    from cvpipe.data.split import split_table, stratified_split
-    from cvpipe.data.validate import summarize_findings, validate
+    from cvpipe.data.split import source_splits, split_table, stratified_split
+    from cvpipe.data.validate import summarize_findings, validate, write_findings
 
     ds = DetectionDataset.load(dataset)
     load_findings = json.loads((dataset / "findings.json").read_text()) if (dataset / "findings.json").exists() else []
     candidates = set(ds.images.sort_values("digest")["image_id"].head(params.report_samples * 2).astype(int))
     result = validate(ds, images, params.validation, candidates, params.executor, params.workers)
     converted, conv_findings = convert_classes(result.dataset, params.classes)
-    assignment = stratified_split(converted, params.split, params.seed)
+    assignment = source_splits(converted) if params.split_from_source else {}
+    rest = converted.images[~converted.images["image_id"].isin(assignment)]
+    rest_anns = converted.annotations[converted.annotations["image_id"].isin(rest["image_id"])]
+    assignment.update(stratified_split(DetectionDataset.build(rest, rest_anns, converted.categories), params.split,
+                                       params.seed))
     converted.images["split"] = converted.images["image_id"].map(assignment).astype("string")
-    findings = [{**f, "step": "data_load"} for f in load_findings] + \
+    findings = [{"step": "data_load", **f} for f in load_findings] + \
                [{**f, "step": "data_prep"} for f in result.findings + conv_findings]
     converted.save(ctx.output("dataset"))
     out_images = ctx.output("images")
-    for blob in converted.images["blob"]:
+    for blob in sorted(set(converted.images["blob"])):  # duplicates kept by policy share one file
         copy_or_link(images / blob, out_images / blob)
     report_dir = ctx.output("report")
-    (report_dir / "findings.json").write_text(json.dumps(findings, indent=1, default=str))
-    (ctx.output("dataset") / "findings.json").write_text(json.dumps(findings, indent=1, default=str))
+    write_findings(findings, report_dir)
+    write_findings(findings, ctx.output("dataset"))
     write_report(converted, findings, result.thumbnails, report_dir, params.model_dump(mode="json"))
     return {"images": len(converted.images), "annotations": len(converted.annotations),
             "classes": len(converted.categories), "splits": {r["split"]: r["images"] for r in split_table(converted)},

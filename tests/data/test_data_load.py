@@ -69,6 +69,10 @@ def test_archives(coco_dir, run_load, tmp_path, kind):
     ctx, summary = run_load(archive)
     assert summary["images"] == 6 and summary["annotations"] == 7
     assert canonical(ctx) == canonical(run_load(coco_dir)[0])
+    # a second load (another scratch dir) writes the same dataset files
+    again, _ = run_load(archive)
+    for name in ("images.parquet", "annotations.parquet", "coco.json", "source.json"):
+        assert (again.output("dataset") / name).read_bytes() == (ctx.output("dataset") / name).read_bytes(), name
 
 
 def test_zip_slip_is_refused(tmp_path):
@@ -142,3 +146,45 @@ def test_missing_source_and_unknown_format(run_load, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="cannot tell the annotation format"):
         run_load(tmp_path / "empty")
+
+
+def test_source_column_is_the_path_inside_the_raw_data_and_extras_survive(coco_dir, run_load):
+    ctx, _ = run_load(coco_dir)
+    ds = DetectionDataset.load(ctx.output("dataset"))
+    assert set(ds.images["source"]) == {f"images/img{i}.jpg" for i in range(1, 7)}
+    assert all(json.loads(e) == {"license": 4} for e in ds.images["extra"])
+    coco = json.loads((ctx.output("dataset") / "coco.json").read_text())
+    assert {im["license"] for im in coco["images"]} == {4}
+
+
+def test_yolo_corrupt_image_is_recorded_once_and_boxes_are_pixels(coco_dir, run_load, tmp_path):
+    coco_ctx, _ = run_load(coco_dir)
+    ds = DetectionDataset.load(coco_ctx.output("dataset"))
+    paths = {int(r.image_id): coco_dir / "images" / r.file_name for r in ds.images.itertuples()}
+    write_yolo(ds, paths, tmp_path / "yolo")
+    (tmp_path / "yolo" / "images" / "img2.jpg").write_bytes(b"broken")
+    (tmp_path / "yolo" / "labels" / "img5.txt").write_text("0 0.5 0.5 0.25\n")  # 4 values: a bad line
+    ctx, summary = run_load(tmp_path / "yolo")
+    findings = json.loads((ctx.output("dataset") / "findings.json").read_text())
+    assert sorted(f["rule"] for f in findings) == ["bad_label_line", "corrupt_image"]
+    loaded = DetectionDataset.load(ctx.output("dataset"))
+    img1 = loaded.images[loaded.images["file_name"] == "images/img1.jpg"].iloc[0]
+    assert (img1.width, img1.height) == (72, 48)  # read from the header
+    boxes = sorted(loaded.annotations[loaded.annotations["image_id"] == img1.image_id][["x", "y", "w", "h"]]
+                   .round(3).itertuples(index=False, name=None))
+    assert boxes == [(10, 10, 20, 30), (40, 5, 15, 15)]  # the conftest's boxes of img1, in pixels
+    renamed, _ = run_load(tmp_path / "yolo", classes=["kitten", "puppy", "auto"])
+    assert list(DetectionDataset.load(renamed.output("dataset")).categories["name"]) == ["kitten", "puppy", "auto"]
+
+
+def test_findings_table_matches_the_json(coco_dir, run_load):
+    (coco_dir / "images" / "img3.jpg").write_bytes(b"not an image")
+    ctx, _ = run_load(coco_dir)
+    import pandas as pd
+
+    table = pd.read_parquet(ctx.output("dataset") / "findings.parquet")
+    listed = json.loads((ctx.output("dataset") / "findings.json").read_text())
+    assert len(table) == len(listed) == 1
+    row = table.iloc[0]
+    assert (row["step"], row["rule"], row["action"], int(row["image_id"])) == ("data_load", "corrupt_image",
+                                                                               "recorded", 3)

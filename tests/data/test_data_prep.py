@@ -119,6 +119,13 @@ def test_split_is_deterministic_stratified_and_reported(tmp_path, run_load, run_
     c, _ = run_prep(load_ctx, seed=4)
     split = lambda ctx: dict(zip(*DetectionDataset.load(ctx.output("dataset")).images[["image_id", "split"]].T.values))  # noqa: E731
     assert split(a) == split(b) and split(a) != split(c)
+    # the split depends on the content, not on the order rows come in
+    coco = json.loads((root / "annotations.json").read_text())
+    coco["images"].reverse()
+    coco["annotations"].reverse()
+    (root / "annotations.json").write_text(json.dumps(coco))
+    reordered, _ = run_prep(run_load(root)[0], seed=3)
+    assert split(reordered) == split(a)
     ideal = {"train": 56, "val": 12, "test": 12}
     assert sum(sa["splits"].values()) == 80
     assert all(abs(sa["splits"][s] - n) <= 2 for s, n in ideal.items()), sa["splits"]
@@ -133,3 +140,33 @@ def test_split_is_deterministic_stratified_and_reported(tmp_path, run_load, run_
     for s in SPLITS:
         coco = json.loads((a.output("dataset") / f"coco_{s}.json").read_text())
         assert len(coco["images"]) == sa["splits"][s]
+
+
+def test_duplicate_images_kept_by_policy_share_one_file(coco_dir, run_load, run_prep):
+    shutil.copyfile(coco_dir / "images" / "img1.jpg", coco_dir / "images" / "copy.jpg")
+    coco = json.loads((coco_dir / "annotations.json").read_text())
+    coco["images"].append({"id": 9, "file_name": "copy.jpg", "width": 72, "height": 48})
+    (coco_dir / "annotations.json").write_text(json.dumps(coco))
+    load_ctx, _ = run_load(coco_dir)
+    ctx, summary = run_prep(load_ctx, validation={"duplicate_image": "keep"})
+    ds = DetectionDataset.load(ctx.output("dataset"))
+    assert summary["images"] == 7 and summary["findings"]["duplicate_image:kept"] == 1
+    assert sorted(p.name for p in ctx.output("images").iterdir()) == sorted(set(ds.images["blob"]))
+
+
+def test_split_from_source_folders(tmp_path, run_load, run_prep, image_maker):
+    root = tmp_path / "foldered"
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "images" / "val").mkdir()
+    (root / "labels" / "train").mkdir(parents=True)
+    (root / "labels" / "val").mkdir()
+    (root / "classes.txt").write_text("a\nb\n")
+    for i in range(12):
+        part = "val" if i % 4 == 0 else "train"
+        image_maker(root / "images" / part / f"{i}.jpg", 40, 30, seed=i)
+        (root / "labels" / part / f"{i}.txt").write_text(f"{i % 2} 0.5 0.5 0.2 0.2\n")
+    load_ctx, _ = run_load(root)
+    ctx, summary = run_prep(load_ctx, split_from_source=True)
+    assert summary["splits"] == {"train": 9, "val": 3, "test": 0}
+    ds = DetectionDataset.load(ctx.output("dataset"))
+    assert all(r.split in r.source.split("/") for r in ds.images.itertuples())
