@@ -12,6 +12,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 ExecutorKind = Literal["serial", "process", "ray"]
+# Below this many items a process pool costs more than it saves (measured: 0.6x on 104 images, 1.3-1.6x on 2000).
+POOL_MIN_ITEMS = 200
 
 
 def default_workers() -> int:
@@ -24,7 +26,7 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], kind: ExecutorKind = 
     items = list(items)
     workers = workers or default_workers()
     chunksize = max(1, min(chunksize, len(items) // (workers * 4)))  # small inputs still spread over workers
-    if kind == "serial" or (kind == "process" and (workers == 1 or len(items) <= 1)):
+    if kind == "serial" or (kind == "process" and (workers == 1 or len(items) < POOL_MIN_ITEMS)):
         yield from map(fn, items)
     elif kind == "process":
         with ProcessPoolExecutor(max_workers=workers) as pool:

@@ -18,7 +18,8 @@ def run_both(run_load, run_prep, source, executor, workers=2):
     return outputs(lc, pc)
 
 
-def test_process_pool_matches_one_process(coco_dir, run_load, run_prep):
+def test_process_pool_matches_one_process(coco_dir, run_load, run_prep, monkeypatch):
+    monkeypatch.setattr("cvpipe.pipeline.executor.POOL_MIN_ITEMS", 2)  # use the pool even for 6 images
     assert run_both(run_load, run_prep, coco_dir, "process") == run_both(run_load, run_prep, coco_dir, "serial", 1)
 
 
