@@ -14,7 +14,6 @@ from pydantic import Field
 
 from cvpipe.pipeline import StepContext, step
 from cvpipe.training.params import TrainParams
-from cvpipe.training.run import run_training
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +29,8 @@ class ModelTrainParams(TrainParams):
 def model_train(params: ModelTrainParams, ctx: StepContext, *, dataset: Path, images: Path) -> dict:
     """Train YOLOX on the train split, validating on val; writes last.pt / best.pt, metrics.csv / curves.png and
     one validation image with its ground truth."""
+    from cvpipe.training.run import run_training  # heavy (torch, cv2): imported here so `cvpipe --help` stays fast
+
     outputs = {name: ctx.output(name) for name in ("checkpoints", "curves", "test_image")}
     if params.nproc_per_node > 1:
         return launch_torchrun(params, ctx, dataset, images, outputs)

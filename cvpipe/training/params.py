@@ -63,6 +63,8 @@ class TrainParams(StepParams):
                                          "(each worker its own copy); None = when that stays under 1 GiB")
     seed: int = 0
     resume: Optional[str] = Field(None, description="last.pt of an interrupted run to continue from")
+    max_train_images: Optional[int] = Field(None, ge=1, description="train on at most this many train images "
+                                            "(the lowest image_ids; for quick demos); None = all")
 
     @field_validator("img_size")
     @classmethod

@@ -77,6 +77,11 @@ def run_training(params: TrainParams, dataset_dir: Path, images_dir: Path, outpu
     if len(train.images) == 0:
         splits = sorted(set(ds.images["split"]))
         raise ValueError(f"the dataset has no 'train' images (splits present: {splits})")
+    if params.max_train_images is not None and len(train.images) > params.max_train_images:
+        keep = train.images.sort_values("image_id").head(params.max_train_images)
+        log.info("max_train_images: training on %d of %d train images", len(keep), len(train.images))
+        train = DetectionDataset.build(keep, train.annotations[train.annotations["image_id"].isin(keep["image_id"])],
+                                       train.categories)
     if len(val.images) == 0:
         log.warning("no 'val' images: training without validation; best.pt = last.pt")
     label_to_cat = ds.label_to_category_id()

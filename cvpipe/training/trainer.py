@@ -120,7 +120,9 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict:
-        return {"best_ap": self.best_ap, "best_epoch": self.best_epoch, "epochs": self.epochs,
+        best_row = next((r for r in self.history if r.get("epoch") == self.best_epoch), {})
+        return {"best_ap": self.best_ap, "best_ap50": best_row.get("AP50"), "best_epoch": self.best_epoch,
+                "epochs": self.epochs,
                 "train_images": self.train_images, "val_images": self.val_images, "seconds": round(self.seconds, 2)}
 
 

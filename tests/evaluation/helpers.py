@@ -9,6 +9,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 DEV = REPO.parent / "shared" / "data" / "coco_real" / "dev"
+if not DEV.is_dir():  # a machine without the shared COCO folder: the bundled sample has the same layout
+    DEV = REPO / "examples" / "coco_sample"
 NANO_ONNX = REPO / "weights" / "yolox_nano" / "yolox_nano.onnx"
 
 

@@ -58,8 +58,8 @@ def write_packed_model(model_dir: Path, gt: dict, run_id: str = "nano-test-run",
             "run_id": run_id, "score_thr": score_thr, "nms_thr": 0.65, "max_det": 100}
     (model_dir / "model.json").write_text(json.dumps(meta))
     src = DEV / "images" / test_image
-    if not src.is_file():
-        src = next((DEV / "images").glob("*.jpg"))
+    if not src.is_file():  # the bundled sample: a crowded scene (people, a tie, a backpack)
+        src = DEV / "images" / "000000000389.jpg"
     shutil.copyfile(src, model_dir / "test_image.jpg")
     pred = Predictor.from_dir(model_dir)
     data = (model_dir / "test_image.jpg").read_bytes()

@@ -14,9 +14,9 @@ from cvpipe.models.yolox import build_yolox
 
 REPO = Path(__file__).resolve().parents[2]
 NANO_ONNX = REPO / "weights" / "yolox_nano" / "yolox_nano.onnx"
-IMAGES = Path("/work/shared/data/coco_real/dev/images")
-if not IMAGES.is_dir():
-    IMAGES = REPO.parent / "shared" / "data" / "coco_real" / "dev" / "images"
+IMAGES = REPO.parent / "shared" / "data" / "coco_real" / "dev" / "images"
+if not IMAGES.is_dir():  # the bundled sample holds the same kind of images
+    IMAGES = REPO / "examples" / "coco_sample" / "images"
 
 
 def real_images(n=2):

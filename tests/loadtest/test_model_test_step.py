@@ -74,7 +74,9 @@ def test_model_test_fails_on_a_mismatch_after_writing_its_report(bento_inputs, t
     other = tmp_path / "model"
     shutil.copytree(model, other)
     ref = json.loads((other / "reference.json").read_text())
-    ref["detections"] = ref["detections"][1:]
+    # one box more than the model finds: a mismatch whatever the test image holds
+    ref["detections"] = ref["detections"] + [{"box": [1.0, 1.0, 20.0, 20.0], "score": 0.99, "category_id": 1,
+                                              "category_name": "person"}]
     (other / "reference.json").write_text(json.dumps(ref))
     spec = get_step("model_test")
     ctx = ctx_for(tmp_path, "bad")

@@ -9,9 +9,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 NANO_ONNX = REPO / "weights" / "yolox_nano" / "yolox_nano.onnx"
-COCO_DEV = Path("/work/shared/data/coco_real/dev")
-if not COCO_DEV.is_dir():
-    COCO_DEV = REPO.parent / "shared" / "data" / "coco_real" / "dev"
+COCO_DEV = REPO.parent / "shared" / "data" / "coco_real" / "dev"
+if not COCO_DEV.is_dir():  # the bundled sample has the same layout
+    COCO_DEV = REPO / "examples" / "coco_sample"
 ANNOTATIONS = COCO_DEV / "annotations.json"
 
 

@@ -32,6 +32,7 @@ def test_step_writes_checkpoints_curves_and_test_image(synthetic, tmp_path):
 
     assert summary["epochs"] == 2 and summary["train_images"] == 4 and summary["val_images"] == 2
     assert summary["best_epoch"] in (1, 2) and summary["best_ap"] is not None
+    assert summary["best_ap50"] is not None and summary["best_ap50"] >= summary["best_ap"]
     json.dumps(summary)
     rows = list(csv.DictReader(open(out["curves"] / "metrics.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"]
@@ -118,3 +119,21 @@ def test_freeze_bn_keeps_running_stats(synthetic, tmp_path):
     assert bn_keys and all(torch.equal(raw[k], fresh[k]) for k in bn_keys)
     conv = "backbone.backbone.stem.conv.conv.weight"
     assert conv in raw and raw[conv].shape == fresh[conv].shape
+
+
+def test_max_train_images_caps_the_train_split(synthetic, tmp_path):
+    ds_dir, images_dir = synthetic
+    params = ModelTrainParams(**dict(TINY, epochs=1, no_aug_epochs=1, max_train_images=2))
+    summary = run_training(params, ds_dir, images_dir, outputs(tmp_path / "out"))
+    assert summary["train_images"] == 2 and summary["val_images"] == 2
+
+
+def test_step_module_imports_without_torch():
+    """`cvpipe --help` discovers every step: model_train must not pull torch / cv2 in at import time."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cvpipe.steps.model_train; "
+            "print(sorted(m for m in ('torch', 'cv2', 'cvpipe.training.trainer') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
