@@ -53,6 +53,11 @@ def serve(
     port: int = typer.Option(3000, help="Port of the REST API."),
     workers: int = typer.Option(1, min=1, help="Service worker processes (one ONNX Runtime thread each)."),
     batch: int = typer.Option(1, min=1, help="Adaptive batching: max images per model call (1 = off)."),
+    follow: bool = typer.Option(False, "--follow", help="Poll the store and move to each newer complete "
+                                "model_pack run that passes its check, without interruption."),
+    follow_interval: float = typer.Option(10.0, min=0.5, help="Seconds between polls with --follow."),
+    admin_token_env: Optional[str] = typer.Option(None, "--admin-token-env", help="Name of an environment "
+                                                  "variable holding the token that enables POST /admin/reload."),
 ) -> None:
     """Serve a packed model's Bento over REST until Ctrl-C: POST /predict (multipart field `image` or raw
     image bytes), /info, /test_data, /test_result, /readyz, /livez, /metrics."""
@@ -69,6 +74,17 @@ def serve(
     if not archives:
         _fail(f"model_pack run {rec.run_id} has no .bento archive in its bento entity (packed with bento: false?)")
     env = {"CVPIPE_BATCH_MAX": str(batch)}
+    if follow or admin_token_env:  # the service reads the same store to find new runs (cvpipe.serving.swap)
+        env.update(CVPIPE_FOLLOW_STORE=st.url, CVPIPE_STORE_ENV=st.env, CVPIPE_STORE_PIPELINE=st.pipeline)
+    if follow:
+        env.update(CVPIPE_FOLLOW="1", CVPIPE_FOLLOW_INTERVAL_S=str(follow_interval))
+    if admin_token_env:
+        import os
+
+        token = os.environ.get(admin_token_env, "")
+        if len(token) < 16:
+            _fail(f"${admin_token_env} must hold the admin token (16 characters or more)")
+        env["CVPIPE_ADMIN_TOKEN"] = token
 
     def stop_on_signal(signum, frame):  # SIGTERM / SIGHUP stop the server as Ctrl-C does
         raise KeyboardInterrupt
@@ -80,7 +96,9 @@ def serve(
     try:
         with ServiceProcess(archives[0], host=host, port=port, workers=workers, env=env) as svc:
             console.print(f"serving [bold]{archives[0].name}[/] (model_pack run {rec.run_id}) at [bold]{svc.url}[/] "
-                          f"with {workers} worker(s); Ctrl-C to stop\n  try: curl -F image=@photo.jpg {svc.url}/predict")
+                          f"with {workers} worker(s)"
+                          f"{'; following the store' if follow else ''}"
+                          f"{'; POST /admin/reload enabled' if admin_token_env else ''}; Ctrl-C to stop\n  try: curl -F image=@photo.jpg {svc.url}/predict")
             while svc.proc is not None and svc.proc.poll() is None:
                 time.sleep(0.5)
             console.print(f"[red]the server exited[/]; log tail:\n{svc.log_tail()}")

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cvpipe.inference.matching import box_iou, box_intersection
+
 BACKGROUND = "background"
 
 
@@ -28,26 +30,9 @@ def xywh_to_xyxy(b: np.ndarray) -> np.ndarray:
     return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of xyxy boxes, N x M."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    inter = _intersection(a, b)
-    area_a = (a[:, 2] - a[:, 0]).clip(0) * (a[:, 3] - a[:, 1]).clip(0)
-    area_b = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    w = (np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])).clip(0)
-    h = (np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])).clip(0)
-    return w * h
-
-
 def _inside_fraction(dets: np.ndarray, regions: np.ndarray) -> np.ndarray:
     """Intersection / detection area, N x M (COCO's IoU for a crowd ground truth)."""
-    inter = _intersection(dets, regions)
+    inter = box_intersection(dets, regions)
     area = ((dets[:, 2] - dets[:, 0]).clip(0) * (dets[:, 3] - dets[:, 1]).clip(0))[:, None]
     return np.where(area > 0, inter / np.where(area > 0, area, 1), 0.0)
 

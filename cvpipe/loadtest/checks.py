@@ -14,7 +14,7 @@ import cv2
 import httpx
 import numpy as np
 
-from cvpipe.evaluation.confusion import box_iou
+from cvpipe.inference.matching import match_detections  # noqa: F401 - re-exported for model_test
 
 
 @dataclass
@@ -34,34 +34,6 @@ def reference_detections(ref) -> list[dict]:
     if not isinstance(ref, list):
         raise ValueError("expected a list of detections or a dict with 'detections'")
     return ref
-
-
-def match_detections(pred: list[dict], ref: list[dict], min_iou: float = 0.99,
-                     score_tol: float = 1e-3) -> tuple[bool, str]:
-    """Same number of boxes, and a one-to-one pairing (same class, best IoU, highest reference score first)
-    where every pair has IoU >= min_iou and |score difference| <= score_tol."""
-    if len(pred) != len(ref):
-        return False, f"{len(pred)} detections, the reference has {len(ref)}"
-    if not ref:
-        return True, "no detections, as in the reference"
-    pb = np.array([d["box"] for d in pred], dtype=float)
-    rb = np.array([d["box"] for d in ref], dtype=float)
-    iou = box_iou(rb, pb)
-    used = np.zeros(len(pred), bool)
-    worst_iou, worst_ds = 1.0, 0.0
-    for i in np.argsort([-d["score"] for d in ref], kind="stable"):
-        same = np.array([p["category_id"] == ref[i]["category_id"] for p in pred]) & ~used
-        if not same.any():
-            return False, f"reference box {i} ({ref[i].get('category_name', ref[i]['category_id'])}) has no " \
-                          f"prediction of its class left"
-        j = int(np.argmax(np.where(same, iou[i], -1.0)))
-        used[j] = True
-        ds = abs(float(pred[j]["score"]) - float(ref[i]["score"]))
-        worst_iou, worst_ds = min(worst_iou, float(iou[i, j])), max(worst_ds, ds)
-        if iou[i, j] < min_iou or ds > score_tol:
-            return False, (f"reference box {i} ({ref[i].get('category_name', ref[i]['category_id'])}) best match "
-                           f"IoU {iou[i, j]:.4f} (min {min_iou}), score diff {ds:.2e} (max {score_tol})")
-    return True, f"{len(ref)} boxes match: min IoU {worst_iou:.5f}, max score diff {worst_ds:.2e}"
 
 
 def find_test_image(model_dir: Path) -> Path:

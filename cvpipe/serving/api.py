@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hmac
 import json
 import logging
 import mimetypes
@@ -214,8 +215,10 @@ async def image_from_request(request: Request, limit: int) -> tuple[bytes, str |
     return body, None
 
 
-def create_app(get_engine: Callable[[], DetectorEngine]) -> Starlette:
-    """The API over whatever engine `get_engine()` returns at request time (set when the service starts)."""
+def create_app(get_engine: Callable[[], DetectorEngine], get_manager: Callable[[], object | None] = lambda: None,
+               admin_token: str | None = None) -> Starlette:
+    """The API over whatever engine `get_engine()` returns at request time (set when the service starts).
+    POST /admin/reload exists only when `admin_token` is set (Bearer auth); see cvpipe.serving.swap."""
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -250,9 +253,34 @@ def create_app(get_engine: Callable[[], DetectorEngine]) -> Starlette:
         return JSONResponse(engine.reference)
 
     async def info(request: Request) -> Response:
-        return JSONResponse(get_engine().info())
+        out = get_engine().info()
+        manager = get_manager()
+        if manager is not None:
+            out.update(manager.info())
+        else:
+            out["live_run_id"] = out["run_id"]
+        return JSONResponse(out)
 
-    return Starlette(routes=[
+    async def admin_reload(request: Request) -> Response:
+        auth = request.headers.get("authorization", "")
+        given = auth[7:] if auth.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(given.encode(), admin_token.encode()):
+            return error(401, "missing or wrong admin token")
+        manager = get_manager()
+        if manager is None or manager.source is None:
+            return error(409, "no model store configured (set CVPIPE_FOLLOW_STORE)")
+        try:
+            body = json.loads(await read_body(request, 65536) or b"{}")
+            run_id = str(body.get("run_id", "latest"))
+        except (ValueError, AttributeError, BadRequest):
+            return error(400, 'send JSON {"run_id": "<model_pack run id>" | "latest"}')
+        result = await run_in_threadpool(manager.load, run_id)
+        if result["error"] is None:
+            manager.pinned = run_id != "latest"
+        return JSONResponse(result, status_code=200 if result["error"] is None else 422)
+
+    admin = [Route("/admin/reload", admin_reload, methods=["POST"])] if admin_token else []
+    return Starlette(routes=[*admin,
         Route("/predict", predict, methods=["POST"]),
         Route("/test_data", test_data, methods=["GET", "POST"]),
         Route("/test_result", test_result, methods=["GET", "POST"]),

@@ -23,10 +23,12 @@ from pathlib import Path
 import cvpipe
 
 SERVICE = "cvpipe.serving.service:Detector"
-SERVICE_FILES = ["cvpipe/__init__.py", "cvpipe/inference/__init__.py", "cvpipe/inference/images.py",
+SERVICE_FILES = ["cvpipe/__init__.py", "cvpipe/inference/__init__.py", "cvpipe/inference/images.py", "cvpipe/inference/matching.py",
                  "cvpipe/inference/predictor.py", "cvpipe/inference/processing.py", "cvpipe/serving/__init__.py",
-                 "cvpipe/serving/api.py", "cvpipe/serving/service.py"]
-PACKAGES = ["bentoml>=1.4,<1.5", "onnxruntime>=1.17", "numpy>=1.26", "pillow>=10", "opencv-python-headless>=4.8"]
+                 "cvpipe/serving/api.py", "cvpipe/serving/service.py",
+                 "cvpipe/serving/swap.py", "cvpipe/store/__init__.py", "cvpipe/store/store.py", "cvpipe/store/hashing.py"]
+PACKAGES = ["bentoml>=1.4,<1.5", "onnxruntime>=1.17", "numpy>=1.26", "pillow>=10", "opencv-python-headless>=4.8",
+            "fsspec>=2023.1", "pyyaml>=6"]
 MODEL_FILES = ("model.onnx", "model_e2e.onnx", "model.json", "reference.json", "README.md")
 
 README = """# Bento `{tag}`

@@ -1,0 +1,51 @@
+"""Matching detections: IoU of boxes, and whether a prediction equals a reference prediction (used by
+model_test over REST and by the service's own check before it swaps to a new model). numpy only."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of xyxy boxes, N x M."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    inter = box_intersection(a, b)
+    area_a = (a[:, 2] - a[:, 0]).clip(0) * (a[:, 3] - a[:, 1]).clip(0)
+    area_b = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def box_intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    w = (np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])).clip(0)
+    h = (np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])).clip(0)
+    return w * h
+
+
+def match_detections(pred: list[dict], ref: list[dict], min_iou: float = 0.99,
+                     score_tol: float = 1e-3) -> tuple[bool, str]:
+    """Same number of boxes, and a one-to-one pairing (same class, best IoU, highest reference score first)
+    where every pair has IoU >= min_iou and |score difference| <= score_tol."""
+    if len(pred) != len(ref):
+        return False, f"{len(pred)} detections, the reference has {len(ref)}"
+    if not ref:
+        return True, "no detections, as in the reference"
+    pb = np.array([d["box"] for d in pred], dtype=float)
+    rb = np.array([d["box"] for d in ref], dtype=float)
+    iou = box_iou(rb, pb)
+    used = np.zeros(len(pred), bool)
+    worst_iou, worst_ds = 1.0, 0.0
+    for i in np.argsort([-d["score"] for d in ref], kind="stable"):
+        same = np.array([p["category_id"] == ref[i]["category_id"] for p in pred]) & ~used
+        if not same.any():
+            return False, f"reference box {i} ({ref[i].get('category_name', ref[i]['category_id'])}) has no " \
+                          f"prediction of its class left"
+        j = int(np.argmax(np.where(same, iou[i], -1.0)))
+        used[j] = True
+        ds = abs(float(pred[j]["score"]) - float(ref[i]["score"]))
+        worst_iou, worst_ds = min(worst_iou, float(iou[i, j])), max(worst_ds, ds)
+        if iou[i, j] < min_iou or ds > score_tol:
+            return False, (f"reference box {i} ({ref[i].get('category_name', ref[i]['category_id'])}) best match "
+                           f"IoU {iou[i, j]:.4f} (min {min_iou}), score diff {ds:.2e} (max {score_tol})")
+    return True, f"{len(ref)} boxes match: min IoU {worst_iou:.5f}, max score diff {worst_ds:.2e}"

@@ -1,0 +1,84 @@
+"""A real ArtifactStore (in tmp) holding model_pack runs of the BYO YOLOX-Nano ONNX:
+A (score_thr 0.25, with its Bento), B (score_thr 0.5) and BAD (B's files with a reference.json that
+its model does not reproduce). Run ids sort in that order, so "latest" is BAD."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+NANO_ONNX = REPO / "weights" / "yolox_nano" / "yolox_nano.onnx"
+COCO_DEV = Path("/work/shared/data/coco_real/dev")
+if not COCO_DEV.is_dir():
+    COCO_DEV = REPO.parent / "shared" / "data" / "coco_real" / "dev"
+ANNOTATIONS = COCO_DEV / "annotations.json"
+
+RUN_A, RUN_B, RUN_BAD = "20261124-100000-aaaa", "20261124-110000-bbbb", "20261124-120000-cccc"
+
+
+def _pack(root: Path, run_id: str, score_thr: float, bento: bool, test_image: Path) -> dict:
+    from cvpipe.pipeline import StepContext
+    from cvpipe.steps.model_pack import ModelPackParams, model_pack
+
+    outputs = {"model": root / run_id / "model", "bento": root / run_id / "bento"}
+    for d in [*outputs.values(), root / run_id / "scratch"]:
+        d.mkdir(parents=True)
+    ctx = StepContext(step="model_pack", run_id=run_id, outputs=outputs, scratch=root / run_id / "scratch")
+    params = ModelPackParams(onnx=NANO_ONNX, class_names=ANNOTATIONS, test_image=test_image, score_thr=score_thr,
+                             bento=bento, e2e=False)
+    summary = model_pack(params, ctx)
+    return {"summary": summary, **outputs}
+
+
+def _commit(store, run_id: str, dirs: dict, summary: dict) -> None:
+    outs = {e: store.commit_entity("model_pack", run_id, e, dirs[e]) for e in ("model", "bento")}
+    store.write_manifest({"run_id": run_id, "step": "model_pack", "status": "complete", "outputs": outs,
+                          "summary": summary})
+
+
+def _need_data():
+    if not NANO_ONNX.is_file() or not ANNOTATIONS.is_file():
+        pytest.skip("needs weights/yolox_nano/yolox_nano.onnx and the COCO dev sample")
+
+
+@pytest.fixture(scope="session")
+def person_image() -> Path:
+    """The COCO dev image with the largest person (many boxes: thresholds make a difference)."""
+    _need_data()
+    coco = json.loads(ANNOTATIONS.read_text())
+    areas: dict[int, float] = {}
+    for a in coco["annotations"]:
+        if a["category_id"] == 1 and not a.get("iscrowd", 0):
+            areas[a["image_id"]] = max(areas.get(a["image_id"], 0), a["area"])
+    files = {i["id"]: i["file_name"] for i in coco["images"]}
+    return COCO_DEV / "images" / files[max(areas, key=areas.get)]
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory, person_image) -> dict:  # noqa: F811
+    _need_data()
+    from cvpipe.store import ArtifactStore
+
+    root = tmp_path_factory.mktemp("production")
+    store = ArtifactStore(str(root / "store"), env="test", pipeline="swap", cache_dir=root / "cache")
+    a = _pack(root / "work", RUN_A, 0.25, True, person_image)
+    b = _pack(root / "work", RUN_B, 0.5, False, person_image)
+    _commit(store, RUN_A, a, a["summary"])
+    _commit(store, RUN_B, b, b["summary"])
+    bad = {"model": root / "work" / "bad" / "model", "bento": b["bento"]}
+    shutil.copytree(b["model"], bad["model"])
+    ref = json.loads((bad["model"] / "reference.json").read_text())
+    ref["detections"] = ref["detections"][1:]  # the model will find one box more than its "reference"
+    (bad["model"] / "reference.json").write_text(json.dumps(ref))
+    meta = json.loads((bad["model"] / "model.json").read_text())
+    meta["run_id"] = RUN_BAD
+    (bad["model"] / "model.json").write_text(json.dumps(meta))
+    _commit(store, RUN_BAD, bad, {})
+    bentos = sorted(Path(a["bento"]).glob("*.bento"))
+    return {"store": store, "url": str(root / "store"), "env": "test", "pipeline": "swap", "bento": bentos[0],
+            "a": a, "b": b, "root": root,
+            "runs": {"a": RUN_A, "b": RUN_B, "bad": RUN_BAD}}

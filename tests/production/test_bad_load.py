@@ -1,0 +1,132 @@
+"""A real `bentoml serve` (2 workers) under a bounded mixed load of valid and invalid requests: malformed
+multipart, wrong content types and field names, bodies over the limit, empty bodies, corrupt and truncated
+images, slow clients. No 5xx (503 would be deliberate overload only), the same worker PIDs before and after,
+/livez ok, and the server process tree's memory stable."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import threading
+import time
+
+import httpx
+import psutil
+import pytest
+
+DURATION_S = 12.0
+LIMIT = 1_000_000
+
+
+def tree_rss_mb(pid: int) -> float:
+    root = psutil.Process(pid)
+    procs = [root, *root.children(recursive=True)]
+    return sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20
+
+
+def worker_pids(url: str, n: int = 30) -> set[int]:
+    return {httpx.get(url + "/info", timeout=10).json()["pid"] for _ in range(n)}
+
+
+def slow_client(host: str, port: int, image: bytes, seconds: float = 3.0) -> str:
+    """Send a valid request whose body trickles in over `seconds`; return the status line."""
+    head = (f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
+            f"Content-Length: {len(image)}\r\nConnection: close\r\n\r\n").encode()
+    with socket.create_connection((host, port), timeout=60) as s:
+        s.sendall(head)
+        chunks = [image[i:i + len(image) // 10 + 1] for i in range(0, len(image), len(image) // 10 + 1)]
+        for c in chunks:
+            s.sendall(c)
+            time.sleep(seconds / len(chunks))
+        data = s.recv(200)
+    return data.split(b"\r\n", 1)[0].decode(errors="replace")
+
+
+def bad_requests(image: bytes) -> list[dict]:
+    return [
+        {"kind": "valid", "files": {"image": ("a.jpg", image, "image/jpeg")}},
+        {"kind": "valid_raw", "content": image, "headers": {"content-type": "image/jpeg"}},
+        {"kind": "malformed_multipart", "content": b"--xx\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\nabc",
+         "headers": {"content-type": "multipart/form-data; boundary=xx"}},
+        {"kind": "multipart_no_boundary", "content": b"garbage", "headers": {"content-type": "multipart/form-data"}},
+        {"kind": "wrong_field", "files": {"picture": ("a.jpg", image, "image/jpeg")}},
+        {"kind": "json_body", "json": {"image": "aGVsbG8="}},
+        {"kind": "urlencoded", "data": {"image": "x"}},
+        {"kind": "text_plain", "content": b"hello", "headers": {"content-type": "text/plain"}},
+        {"kind": "empty", "content": b"", "headers": {"content-type": "image/jpeg"}},
+        {"kind": "too_big", "content": b"\xff\xd8" + b"\0" * (LIMIT + 10), "headers": {"content-type": "image/jpeg"}},
+        {"kind": "truncated", "content": image[: len(image) // 3], "headers": {"content-type": "image/jpeg"}},
+        {"kind": "corrupt", "content": image[:200] + bytes(random.Random(0).randbytes(5000)),
+         "headers": {"content-type": "image/jpeg"}},
+        {"kind": "bad_score", "files": {"image": ("a.jpg", image, "image/jpeg")}, "params": {"score_thr": "abc"}},
+    ]
+
+
+async def _gather(coros):
+    await asyncio.gather(*coros)
+
+
+@pytest.mark.slow
+def test_mixed_bad_load(model_store, person_image, tmp_path):
+    from cvpipe.serving.process import ServiceProcess
+
+    image = person_image.read_bytes()
+    kinds = bad_requests(image)
+    statuses: dict[str, dict[int, int]] = {}
+    errors: list[str] = []
+    with ServiceProcess(model_store["bento"], workers=2, env={"CVPIPE_MAX_BODY_BYTES": str(LIMIT)},
+                        log_path=tmp_path / "server.log") as svc:
+        url, host, port = svc.url, "127.0.0.1", svc.port
+        for k in kinds[:2]:  # warm both workers
+            for _ in range(4):
+                httpx.post(url + "/predict", files={"image": ("a.jpg", image, "image/jpeg")}, timeout=60)
+        rss_start = tree_rss_mb(svc.proc.pid)
+
+        async def client(seed: int, duration_s: float = DURATION_S):
+            rng = random.Random(seed)
+            async with httpx.AsyncClient(timeout=60) as http:
+                end = time.monotonic() + duration_s
+                while time.monotonic() < end:
+                    req = dict(rng.choice(kinds))
+                    kind = req.pop("kind")
+                    try:
+                        r = await http.post(url + "/predict", **req)
+                        statuses.setdefault(kind, {}).setdefault(r.status_code, 0)
+                        statuses[kind][r.status_code] += 1
+                    except httpx.HTTPError as e:
+                        if kind != "too_big":  # the server may close early on an over-limit upload
+                            errors.append(f"{kind}: {e!r}")
+
+        # a short warm-up round of the same mix fills the thread pools and allocator arenas first
+        asyncio.run(_gather(client(100 + i, 4.0) for i in range(4)))
+        statuses.clear()
+        time.sleep(1.0)
+        pids_before = worker_pids(url)
+        rss_before = tree_rss_mb(svc.proc.pid)
+        slow_results: list[str] = []
+        slow = [threading.Thread(target=lambda: slow_results.append(slow_client(host, port, image)))
+                for _ in range(3)]
+        for t in slow:
+            t.start()
+
+        asyncio.run(_gather(client(i) for i in range(4)))
+        for t in slow:
+            t.join(60)
+        time.sleep(1.0)
+        rss_after = tree_rss_mb(svc.proc.pid)
+        pids_after = worker_pids(url)
+        livez = httpx.get(url + "/livez", timeout=10).status_code
+        final = httpx.post(url + "/predict", files={"image": ("a.jpg", image, "image/jpeg")}, timeout=60)
+    print(f"\nstatuses {statuses}\nslow clients {slow_results}\n"
+          f"RSS start {rss_start:.0f} MB, after warm-up {rss_before:.0f} MB, after {DURATION_S:.0f} s {rss_after:.0f} MB")
+    server_errors = {k: s for k, v in statuses.items() for s in v if s >= 500 and s != 503}
+    assert not server_errors, f"5xx answers: {server_errors} ({statuses})"
+    assert not errors, errors[:5]
+    assert sum(statuses.get("valid", {}).values()) > 5 and set(statuses["valid"]) <= {200, 503}
+    for kind in ("malformed_multipart", "wrong_field", "empty", "truncated", "corrupt", "too_big", "bad_score"):
+        assert kind not in statuses or all(400 <= s < 500 for s in statuses[kind]), (kind, statuses[kind])
+    assert all(line.endswith("200 OK") for line in slow_results) and len(slow_results) == 3, slow_results
+    assert pids_before == pids_after and len(pids_before) == 2
+    assert livez == 200 and final.status_code == 200
+    assert rss_after - rss_before < 150, f"RSS grew {rss_before:.0f} -> {rss_after:.0f} MB"
