@@ -10,21 +10,16 @@ import time
 import pytest
 
 from cvpipe.pipeline.runner import Runner
+from cvpipe.serving.process import free_port
 from cvpipe.store import ArtifactStore
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     exe = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
     proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -7,11 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-DEV = REPO.parent / "shared" / "data" / "coco_real" / "dev"
-if not DEV.is_dir():  # a machine without the shared COCO folder: the bundled sample has the same layout
-    DEV = REPO / "examples" / "coco_sample"
-NANO_ONNX = REPO / "weights" / "yolox_nano" / "yolox_nano.onnx"
+from coco_data import COCO_DEV as DEV, NANO_ONNX  # noqa: F401 - re-exported for the tests
 
 
 def nano_detections(gt: dict, image_ids: list[int], score_thr: float = 0.001) -> list[dict]:

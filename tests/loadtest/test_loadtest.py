@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import statistics
 import threading
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -19,6 +19,7 @@ from starlette.routing import Route
 from cvpipe.loadtest.report import plot_latency, stats_table
 from cvpipe.loadtest.runner import RequestSpec, require_loopback, run_load_test, run_phase
 from cvpipe.loadtest.stats import latency_stats
+from cvpipe.serving.process import free_port
 
 
 class Counters:
@@ -48,27 +49,30 @@ async def flaky(request: Request):
     return JSONResponse({"ok": True})
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server():
-    app = Starlette(routes=[Route("/slow", slow, methods=["POST"]), Route("/flaky", flaky, methods=["POST"])])
-    app.state.counters = Counters()
+@contextmanager
+def serve_in_thread(app, start_timeout_s: float = 10.0):
+    """Run an ASGI app with uvicorn on a free loopback port in a thread; yields its base URL."""
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     th = threading.Thread(target=srv.run, daemon=True)
     th.start()
     t0 = time.time()
     while not srv.started:
-        assert time.time() - t0 < 10, "test server did not start"
+        assert time.time() - t0 < start_timeout_s, "test server did not start"
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", app.state.counters
-    srv.should_exit = True
-    th.join(5)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        th.join(5)
+
+
+@pytest.fixture(scope="module")
+def server():
+    app = Starlette(routes=[Route("/slow", slow, methods=["POST"]), Route("/flaky", flaky, methods=["POST"])])
+    app.state.counters = Counters()
+    with serve_in_thread(app) as url:
+        yield url, app.state.counters
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
-import time
 
 import httpx
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from cvpipe.loadtest.checks import check_service, match_detections
 from cvpipe.loadtest.runner import RequestSpec, run_load_test
 
-from .test_loadtest import free_port
+from .test_loadtest import serve_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -30,23 +28,11 @@ def packed(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def api(packed):
-    import uvicorn
-
     from cvpipe.serving.api import DetectorEngine, create_app
 
     engine = DetectorEngine(packed)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(lambda: engine), host="127.0.0.1", port=port,
-                                        log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    t0 = time.time()
-    while not srv.started:
-        assert time.time() - t0 < 15, "API server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    th.join(5)
+    with serve_in_thread(create_app(lambda: engine), start_timeout_s=15) as url:
+        yield url
 
 
 class ReadyzClient(httpx.Client):

@@ -10,12 +10,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-NANO_ONNX = REPO / "weights" / "yolox_nano" / "yolox_nano.onnx"
-COCO_DEV = Path("/work/shared/data/coco_real/dev")
-if not COCO_DEV.is_dir():
-    COCO_DEV = REPO.parent / "shared" / "data" / "coco_real" / "dev"
-ANNOTATIONS = COCO_DEV / "annotations.json"
+from coco_data import ANNOTATIONS, NANO_ONNX, largest_person, need_data
 
 RUN_A, RUN_B, RUN_BAD = "20261124-100000-aaaa", "20261124-110000-bbbb", "20261124-120000-cccc"
 
@@ -40,27 +35,16 @@ def _commit(store, run_id: str, dirs: dict, summary: dict) -> None:
                           "summary": summary})
 
 
-def _need_data():
-    if not NANO_ONNX.is_file() or not ANNOTATIONS.is_file():
-        pytest.skip("needs weights/yolox_nano/yolox_nano.onnx and the COCO dev sample")
-
-
 @pytest.fixture(scope="session")
 def person_image() -> Path:
-    """The COCO dev image with the largest person (many boxes: thresholds make a difference)."""
-    _need_data()
-    coco = json.loads(ANNOTATIONS.read_text())
-    areas: dict[int, float] = {}
-    for a in coco["annotations"]:
-        if a["category_id"] == 1 and not a.get("iscrowd", 0):
-            areas[a["image_id"]] = max(areas.get(a["image_id"], 0), a["area"])
-    files = {i["id"]: i["file_name"] for i in coco["images"]}
-    return COCO_DEV / "images" / files[max(areas, key=areas.get)]
+    """The COCO image with the largest person (many boxes: thresholds make a difference)."""
+    need_data()
+    return largest_person(json.loads(ANNOTATIONS.read_text()))[0]
 
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory, person_image) -> dict:  # noqa: F811
-    _need_data()
+    need_data()
     from cvpipe.store import ArtifactStore
 
     root = tmp_path_factory.mktemp("production")

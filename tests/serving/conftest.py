@@ -7,36 +7,19 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-NANO_ONNX = REPO / "weights" / "yolox_nano" / "yolox_nano.onnx"
-COCO_DEV = REPO.parent / "shared" / "data" / "coco_real" / "dev"
-if not COCO_DEV.is_dir():  # the bundled sample has the same layout
-    COCO_DEV = REPO / "examples" / "coco_sample"
-ANNOTATIONS = COCO_DEV / "annotations.json"
-
-
-def _need_data():
-    if not NANO_ONNX.is_file() or not ANNOTATIONS.is_file():
-        pytest.skip("needs weights/yolox_nano/yolox_nano.onnx and the COCO dev sample")
+from coco_data import ANNOTATIONS, NANO_ONNX, largest_person, need_data  # noqa: F401 - NANO_ONNX for tests
 
 
 @pytest.fixture(scope="session")
 def coco() -> dict:
-    _need_data()
+    need_data()
     return json.loads(ANNOTATIONS.read_text())
 
 
 @pytest.fixture(scope="session")
 def person_image(coco) -> tuple[Path, list[list[float]]]:
     """A COCO image with a large person, and its person boxes (xyxy)."""
-    by_image: dict[int, list] = {}
-    for a in coco["annotations"]:
-        if a["category_id"] == 1 and not a.get("iscrowd", 0):
-            by_image.setdefault(a["image_id"], []).append(a)
-    files = {i["id"]: i["file_name"] for i in coco["images"]}
-    best = max(by_image, key=lambda i: max(a["area"] for a in by_image[i]))
-    boxes = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in by_image[best])]
-    return COCO_DEV / "images" / files[best], boxes
+    return largest_person(coco)
 
 
 @pytest.fixture(scope="session")
