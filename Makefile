@@ -13,7 +13,7 @@ install: $(STAMP)  ## virtual environment with CPU torch (pinned) and cvpipe wit
 $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints/cpu.txt torch
-	$(BIN)/pip install -q -c constraints/cpu.txt -e ".[serve,s3,ray,dev]"
+	$(BIN)/pip install -q -c constraints/cpu.txt -e ".[serve,s3,ray,openvino,dev]"
 	touch $(STAMP)
 
 run: install  ## the whole pipeline on the bundled example data

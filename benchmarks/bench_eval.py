@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cvpipe.evaluation.coco import STAT_NAMES, coco_evaluate
-from cvpipe.inference.processing import decode_raw, letterbox, postprocess
+from cvpipe.vision import decode_raw, letterbox, postprocess
 from cvpipe.progress import track
 
 REPO = Path(__file__).resolve().parents[1]

@@ -104,8 +104,8 @@ def main() -> None:
 
         import torch
 
-        from cvpipe.inference.images import decode_image
-        from cvpipe.inference.processing import letterbox, postprocess
+        from cvpipe.vision import decode_image
+        from cvpipe.vision import letterbox, postprocess
         from cvpipe.models.yolox.onnx_import import load_nano_from_onnx
 
         torch.set_num_threads(1)

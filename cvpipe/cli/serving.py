@@ -152,7 +152,7 @@ def _torch_predictor(path: Path, arch: Optional[str]):
     """PyTorch eager through the same letterbox / postprocess as the ONNX predictor."""
     import torch
 
-    from cvpipe.inference.processing import letterbox, postprocess
+    from cvpipe.vision import letterbox, postprocess
     from cvpipe.export.onnx import load_trained
     from cvpipe.models.yolox import SCALES
 
@@ -192,7 +192,7 @@ def predict(
     from rich.console import Console
     from rich.table import Table
 
-    from cvpipe.inference.images import ImageDecodeError, decode_image
+    from cvpipe.vision import ImageDecodeError, decode_image
     from cvpipe.inference.predictor import detections_to_json
 
     out = Console()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cvpipe.inference.matching import box_iou, box_intersection
+from cvpipe.vision.boxes import box_intersection, box_iou
 
 BACKGROUND = "background"
 

@@ -3,7 +3,7 @@
 Graphs (input `images` float32 [B, 3, H, W], BGR 0..255, letterbox top-left, pad 114):
 - decoded (model.onnx): output `output` [B, N, 5+C] = cx, cy, w, h (input px), obj, C class probs.
 - end-to-end (model_e2e.onnx): the decoded graph plus, appended with onnx.helper:
-  score = obj * class prob of the best class only (as cvpipe.inference.processing.postprocess), boxes to
+  score = obj * class prob of the best class only (as cvpipe.vision.postprocess), boxes to
   xyxy, ONNX NonMaxSuppression per class (IoU nms_thr, score >= score_thr), then the best max_det rows
   (TopK). Output `detections` float32 [K, 7] = (batch index, x1, y1, x2, y2, score, class index), highest
   score first, boxes in INPUT (letterboxed) pixels: divide by the letterbox scale r = min(H/h, W/w) for
@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from cvpipe.inference.processing import STRIDES, letterbox, make_grid, postprocess
+from cvpipe.vision import STRIDES, letterbox, make_grid, postprocess
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def same_detections(a, b, box_tol: float = 1e-2, score_tol: float = 1e-4) -> tup
 
 def e2e_to_detections(rows: np.ndarray, scale: float, image_hw, batch_index: int = 0):
     """Rows of the e2e output for one image -> Detections in original pixels (clipped)."""
-    from cvpipe.inference.processing import Detections
+    from cvpipe.vision import Detections
 
     rows = rows[rows[:, 0] == batch_index]
     rows = rows[np.argsort(-rows[:, 5], kind="stable")]
@@ -317,7 +317,7 @@ def check_onnx_parity(reference_onnx: str | Path, candidate_onnx: str | Path, im
                       reference_raw: bool = False, atol: float = 1e-4) -> dict:
     """Two ONNX graphs on one image, decoded outputs compared (e.g. a slimmed graph vs the original, or a
     decode-appended BYO graph vs its raw original decoded in numpy)."""
-    from cvpipe.inference.processing import decode_raw
+    from cvpipe.vision import decode_raw
 
     x, _ = letterbox(image, tuple(input_size))
     a = ort_session(reference_onnx).run(None, {INPUT_NAME: x[None]})[0]

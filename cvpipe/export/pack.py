@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from cvpipe.inference.images import decode_image
+from cvpipe.vision import decode_image
 from cvpipe.inference.predictor import Predictor
 
 INPUT_CONTRACT = {"name": "images", "shape": ["batch", 3, "H", "W"], "dtype": "float32", "channels": "BGR",
@@ -44,7 +44,7 @@ image in the TOP-LEFT corner, rest filled with 114. Boxes in original pixels = i
 
 ```python
 from cvpipe.inference.predictor import Predictor
-from cvpipe.inference.images import decode_image
+from cvpipe.vision import decode_image
 pred = Predictor.from_dir("{dirname}")
 det = pred.predict(decode_image(open("test_image.jpg", "rb").read()))
 print(pred.to_json(det))

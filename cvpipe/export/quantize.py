@@ -6,7 +6,7 @@ benchmarks/bench_quantize.py).
 dynamic: int8 weights, activations quantized at run time (no calibration data).
 static:  QDQ format around the Conv layers only (the head's concat of box regressions and probabilities stays
          float), int8 weights (per channel) and uint8 activations calibrated (MinMax) on a few images
-         letterboxed exactly as the service does (cvpipe.inference.processing.letterbox).
+         letterboxed exactly as the service does (cvpipe.vision.letterbox).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class _LetterboxReader:
     def get_next(self):
         import cv2
 
-        from cvpipe.inference.processing import letterbox
+        from cvpipe.vision import letterbox
 
         for path in self._it:
             img = cv2.imread(str(path), cv2.IMREAD_COLOR)

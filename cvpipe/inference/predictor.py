@@ -13,8 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .images import decode_image
-from .processing import Detections, decode_raw, letterbox, postprocess
+from cvpipe.vision import decode_image
+from cvpipe.vision import Detections, decode_raw, letterbox, postprocess
 
 
 def make_session(onnx_path: str | Path, intra_op_threads: int = 1):

@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cvpipe.inference.images import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLarge, decode_image
+from cvpipe.vision import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLarge, decode_image
 from cvpipe.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)

@@ -23,11 +23,13 @@ from pathlib import Path
 import cvpipe
 
 SERVICE = "cvpipe.serving.service:Detector"
-SERVICE_FILES = ["cvpipe/__init__.py", "cvpipe/inference/__init__.py", "cvpipe/inference/images.py", "cvpipe/inference/matching.py",
-                 "cvpipe/inference/predictor.py", "cvpipe/inference/processing.py", "cvpipe/serving/__init__.py",
+SERVICE_FILES = ["cvpipe/__init__.py", "cvpipe/inference/__init__.py", "cvpipe/inference/matching.py",
+                 "cvpipe/inference/predictor.py", "cvpipe/vision/__init__.py", "cvpipe/vision/boxes.py",
+                 "cvpipe/vision/classmap.py", "cvpipe/vision/coco_results.py", "cvpipe/vision/images.py",
+                 "cvpipe/vision/letterbox.py", "cvpipe/vision/yolox_decode.py", "cvpipe/serving/__init__.py",
                  "cvpipe/serving/api.py", "cvpipe/serving/service.py",
                  "cvpipe/serving/swap.py", "cvpipe/store/__init__.py", "cvpipe/store/store.py", "cvpipe/store/hashing.py"]
-PACKAGES = ["bentoml>=1.4,<1.5", "onnxruntime>=1.17", "numpy>=1.26", "pillow>=10", "opencv-python-headless>=4.8",
+PACKAGES = ["bentoml>=1.4,<1.5", "onnxruntime>=1.17", "numpy>=1.26", "pillow>=10", "simplejpeg>=1.7", "opencv-python-headless>=4.8",
             "fsspec>=2023.1", "pyyaml>=6"]
 MODEL_FILES = ("model.onnx", "model_e2e.onnx", "model.json", "reference.json", "README.md")
 

@@ -25,7 +25,7 @@ def check_engine(engine) -> str:
     """Raise ValueError unless the engine reproduces its packed reference on its packed test image."""
     if engine.test_image is None or engine.reference is None:
         raise ValueError("the model has no test image / reference.json to check it with")
-    from cvpipe.inference.images import decode_image
+    from cvpipe.vision import decode_image
 
     det = engine.predictor.predict(decode_image(engine.test_image.read_bytes()))
     ok, why = match_detections(engine.predictor.to_json(det), engine.reference.get("detections", []))

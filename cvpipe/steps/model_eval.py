@@ -54,7 +54,7 @@ def subset_coco(gt: dict, max_images: int | None) -> dict:
 def predict_split(predictor, gt: dict, images_dir: Path, category_ids: list[int], score_thr: float):
     """Run the predictor over the split's images. Returns (COCO results, model seconds per image,
     decode seconds per image); only the predictor's call is in the model time."""
-    from cvpipe.inference.images import decode_image
+    from cvpipe.vision import decode_image
 
     results, model_s, decode_s = [], [], []
     for img in track(gt["images"], "model_eval: predicting"):
@@ -86,7 +86,7 @@ def predict_split(predictor, gt: dict, images_dir: Path, category_ids: list[int]
 def model_eval(params: ModelEvalParams, ctx: StepContext, *, dataset: Path, images: Path, model: Path,
                previous: Path | None = None) -> dict:
     """Evaluate the packed model on the test split: COCO metrics, PR curves, confusion, worst images, speed."""
-    from cvpipe.inference.images import decode_image
+    from cvpipe.vision import decode_image
     from cvpipe.inference.predictor import Predictor
 
     ds = DetectionDataset.load(dataset)

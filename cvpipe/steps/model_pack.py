@@ -101,7 +101,7 @@ def model_pack(params: ModelPackParams, ctx: StepContext, *, checkpoints: Path |
     from cvpipe.export.onnx import append_decode, append_e2e, check_e2e, check_onnx_parity, check_parity, \
         export_onnx, simplify
     from cvpipe.export.pack import write_model_dir
-    from cvpipe.inference.images import decode_image
+    from cvpipe.vision import decode_image
     from cvpipe.inference.predictor import Predictor
 
     image_path = params.test_image or find_image(test_image)

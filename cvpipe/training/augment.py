@@ -12,7 +12,7 @@ import math
 import cv2
 import numpy as np
 
-from cvpipe.inference.processing import PAD_VALUE
+from cvpipe.vision import PAD_VALUE, clip_xyxy, resize_scale
 
 
 def empty_boxes() -> tuple[np.ndarray, np.ndarray]:
@@ -20,14 +20,11 @@ def empty_boxes() -> tuple[np.ndarray, np.ndarray]:
 
 
 def resize_to_fit(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Scale so the image fits in size x size (one factor, aspect kept); boxes scaled with it."""
-    h, w = image.shape[:2]
-    r = min(size / h, size / w)
-    if r != 1:
-        nh, nw = max(1, int(round(h * r))), max(1, int(round(w * r)))
-        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR if r > 1 else cv2.INTER_AREA)
-        boxes = boxes * np.float32(r)
-    return image, boxes.astype(np.float32)
+    """Scale so the image fits in size x size (one factor, aspect kept, the letterbox's resize); boxes with it."""
+    r, (nh, nw) = resize_scale(image.shape[:2], (size, size))
+    if (nh, nw) != image.shape[:2]:
+        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return image, (boxes * np.float32(r)).astype(np.float32)
 
 
 def pad_to_square(image: np.ndarray, size: int) -> np.ndarray:
@@ -36,13 +33,6 @@ def pad_to_square(image: np.ndarray, size: int) -> np.ndarray:
     h, w = image.shape[:2]
     canvas[:h, :w] = image
     return canvas
-
-
-def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
-    out = boxes.copy()
-    out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)
-    out[:, [1, 3]] = out[:, [1, 3]].clip(0, height)
-    return out
 
 
 def box_candidates(before: np.ndarray, after: np.ndarray, min_size: float = 2.0, min_area_ratio: float = 0.1,
@@ -121,7 +111,7 @@ def random_affine(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng:
     out = cv2.warpAffine(image, m, (out_size, out_size), flags=cv2.INTER_LINEAR,
                          borderValue=(PAD_VALUE, PAD_VALUE, PAD_VALUE))
     moved = transform_boxes(boxes, m)
-    clipped = clip_boxes(moved, out_size, out_size)
+    clipped = clip_xyxy(moved, out_size, out_size)
     keep = box_candidates(moved, clipped, min_size)
     return out, clipped[keep], labels[keep]
 
@@ -185,7 +175,7 @@ def mixup(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, other: np.nd
     ox = int(rng.integers(0, cw - size_w + 1))
     crop = canvas[oy:oy + size_h, ox:ox + size_w]
     moved = ob - np.array([ox, oy, ox, oy], np.float32)
-    clipped = clip_boxes(moved, size_w, size_h)
+    clipped = clip_xyxy(moved, size_w, size_h)
     keep = box_candidates(moved, clipped, min_size)
     blended = (0.5 * image.astype(np.float32) + 0.5 * crop.astype(np.float32)).astype(np.uint8)
     return (blended, np.concatenate([boxes, clipped[keep]]).astype(np.float32),
@@ -195,7 +185,7 @@ def mixup(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, other: np.nd
 def filter_small(boxes: np.ndarray, labels: np.ndarray, width: int, height: int,
                  min_size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Clip to the image and drop boxes narrower or shorter than `min_size` pixels."""
-    clipped = clip_boxes(boxes, width, height)
+    clipped = clip_xyxy(boxes, width, height)
     keep = ((clipped[:, 2] - clipped[:, 0]) > min_size) & ((clipped[:, 3] - clipped[:, 1]) > min_size)
     return clipped[keep], labels[keep]
 

@@ -12,13 +12,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from cvpipe.data.schema import DetectionDataset
-from cvpipe.inference.processing import letterbox
+from cvpipe import vision
+from cvpipe.vision import clip_xyxy, letterbox
 
 from . import augment as A
 
@@ -50,13 +50,14 @@ class AugmentConfig:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """HxWx3 uint8 BGR of an image file (OpenCV decode), with a clear error when it is missing or broken."""
+    """HxWx3 uint8 BGR of an image file through the one decoder (cvpipe.vision), with a clear error when it
+    is missing or broken."""
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
-    image = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"cannot decode image {path}")
-    return image
+    try:
+        return vision.read_image(path)
+    except vision.ImageDecodeError as e:
+        raise ValueError(f"cannot decode image {path}: {e}") from None
 
 
 def image_records(ds: DetectionDataset, images_dir: Path) -> list[dict]:
@@ -131,7 +132,7 @@ class YoloxTrainDataset(Dataset):
                 image = np.ascontiguousarray(image[s // 2:s // 2 + s, s // 2:s // 2 + s])
                 boxes = boxes - np.float32(s // 2)
                 moved = boxes
-                boxes = A.clip_boxes(moved, s, s)
+                boxes = clip_xyxy(moved, s, s)
                 keep = A.box_candidates(moved, boxes, a.min_box_size)
                 boxes, labels = boxes[keep], labels[keep]
             if rng.random() < a.mixup_prob:

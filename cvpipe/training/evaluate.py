@@ -11,7 +11,7 @@ from torch import nn
 
 from cvpipe.data.schema import DetectionDataset
 from cvpipe.evaluation.coco import evaluate_detections
-from cvpipe.inference.processing import letterbox, postprocess
+from cvpipe.vision import letterbox, postprocess
 
 from .dataset import read_image
 

@@ -15,7 +15,7 @@ def nano_detections(gt: dict, image_ids: list[int], score_thr: float = 0.001) ->
     (independent of the Predictor, which these tests do not need)."""
     import onnxruntime as ort
 
-    from cvpipe.inference.processing import decode_raw, letterbox, postprocess
+    from cvpipe.vision import decode_raw, letterbox, postprocess
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1

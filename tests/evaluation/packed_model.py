@@ -18,7 +18,7 @@ def decoded_nano_onnx(dst: Path) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from cvpipe.inference.processing import make_grid
+    from cvpipe.vision import make_grid
 
     m = onnx.load(str(NANO_ONNX))
     g = m.graph
@@ -48,7 +48,7 @@ def decoded_nano_onnx(dst: Path) -> Path:
 def write_packed_model(model_dir: Path, gt: dict, run_id: str = "nano-test-run",
                        test_image: str = "000000000139.jpg", score_thr: float = 0.3) -> Path:
     """model.onnx (decoded outputs) + model.json + test_image.jpg + reference.json (the Predictor's output)."""
-    from cvpipe.inference.images import decode_image
+    from cvpipe.vision import decode_image
     from cvpipe.inference.predictor import Predictor
 
     model_dir.mkdir(parents=True)

@@ -9,7 +9,7 @@ import torch
 from cvpipe.export.onnx import ParityError, append_decode, append_e2e, check_onnx_parity, check_parity, export_onnx, \
     simplify
 from cvpipe.inference.predictor import Predictor, make_session
-from cvpipe.inference.processing import letterbox
+from cvpipe.vision import letterbox
 from cvpipe.models.yolox import build_yolox
 
 REPO = Path(__file__).resolve().parents[2]

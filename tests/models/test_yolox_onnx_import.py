@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cvpipe.inference import processing
+from cvpipe import vision as processing
 from cvpipe.models.yolox.onnx_import import conv_execution_order, load_nano_from_onnx
 
 ROOT = Path(__file__).resolve().parents[2]

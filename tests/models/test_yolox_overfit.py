@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cvpipe.evaluation.coco import evaluate_detections
-from cvpipe.inference.processing import postprocess
+from cvpipe.vision import postprocess
 from cvpipe.models.yolox import build_yolox
 from cvpipe.models.yolox.model import recalibrate_bn
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvpipe.inference.images import ImageDecodeError, ImageTooLarge, decode_image
+from cvpipe.vision import ImageDecodeError, ImageTooLarge, decode_image
 
 
 def encode(im: Image.Image, fmt: str = "PNG") -> bytes:

@@ -46,7 +46,7 @@ def test_bento_holds_only_torch_free_code_and_lists_no_torch(packed):
 
 def test_service_modules_import_without_torch(tmp_path):
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import cvpipe.serving.service, cvpipe.inference.predictor, cvpipe.inference.images\n"
+            "import cvpipe.serving.service, cvpipe.inference.predictor, cvpipe.vision\n"
             "print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={"BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "true", "PATH": "/usr/bin:/bin"})

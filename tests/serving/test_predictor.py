@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from cvpipe.inference.images import decode_image
+from cvpipe.vision import decode_image
 from cvpipe.inference.predictor import Predictor
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cvpipe.data.schema import DetectionDataset
-from cvpipe.inference.processing import letterbox
+from cvpipe.vision import letterbox
 from cvpipe.training.dataset import AugmentConfig, EpochSampler, YoloxTrainDataset, collate, read_image
 
 

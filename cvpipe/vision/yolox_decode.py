@@ -1,35 +1,23 @@
-"""YOLOX pre- and post-processing as plain numpy functions.
+"""YOLOX output decoding and final detections, numpy (the service's and the evaluator's path; the torch head
+and the exported ONNX graph compute the same formulas and are tested equal to these).
 
-Input contract (Megvii's non-legacy YOLOX, also mmdetection's YOLOX): BGR channel order, float32 pixel
-values 0..255 with no mean/std, the image resized by one scale factor r = min(H/h, W/w) and placed in
-the top-left corner of an H x W canvas filled with 114.
+Raw head output per anchor point: (dx, dy, log w, log h, objectness, class scores), scores after sigmoid.
+Decoded: centre = (d + grid cell) * stride, size = exp(log size) * stride, in network-input pixels.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
-PAD_VALUE = 114
+from .boxes import clip_xyxy, cxcywh_to_xyxy
+
 STRIDES = (8, 16, 32)
 
 
-def letterbox(image_bgr: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float]:
-    """HxWx3 uint8 BGR -> (3 x H x W float32 network input, scale r); one resize, no copies beyond it."""
-    th, tw = size
-    h, w = image_bgr.shape[:2]
-    r = min(th / h, tw / w)
-    nh, nw = max(1, int(round(h * r))), max(1, int(round(w * r)))
-    canvas = np.full((th, tw, 3), PAD_VALUE, dtype=np.uint8)
-    interp = cv2.INTER_LINEAR if r > 1 else cv2.INTER_AREA
-    canvas[:nh, :nw] = cv2.resize(image_bgr, (nw, nh), interpolation=interp) if (nh, nw) != (h, w) else image_bgr
-    return np.ascontiguousarray(canvas.transpose(2, 0, 1), dtype=np.float32), r
-
-
 def make_grid(size: tuple[int, int], strides=STRIDES) -> tuple[np.ndarray, np.ndarray]:
-    """Anchor-point grid (N x 2, cell x/y) and per-point stride (N x 1) for an input size."""
+    """Anchor-point grid (N x 2, cell x/y) and per-point stride (N x 1) for an input size (h, w)."""
     grids, expanded = [], []
     for s in strides:
         gh, gw = size[0] // s, size[1] // s
@@ -40,8 +28,7 @@ def make_grid(size: tuple[int, int], strides=STRIDES) -> tuple[np.ndarray, np.nd
 
 
 def decode_raw(raw: np.ndarray, size: tuple[int, int], strides=STRIDES) -> np.ndarray:
-    """Raw head output [..., N, 5+C] (dx, dy, log w, log h, obj, cls; scores already sigmoid) ->
-    decoded [..., N, 5+C] with (cx, cy, w, h) in input pixels."""
+    """Raw head output [..., N, 5+C] -> decoded [..., N, 5+C] with (cx, cy, w, h) in input pixels."""
     grid, stride = make_grid(size, strides)
     out = raw.astype(np.float32, copy=True)
     out[..., :2] = (out[..., :2] + grid) * stride
@@ -51,19 +38,23 @@ def decode_raw(raw: np.ndarray, size: tuple[int, int], strides=STRIDES) -> np.nd
 
 @dataclass
 class Detections:
-    """Final detections of one image: boxes xyxy in original-image pixels, scores, class indices."""
+    """Final detections of one image: boxes xyxy in original-image pixels, scores, class labels."""
 
     boxes: np.ndarray  # K x 4 float32
     scores: np.ndarray  # K float32
-    labels: np.ndarray  # K int64 (training label index)
+    labels: np.ndarray  # K int64 (contiguous training label; ClassMap turns it into a category)
     image_size: tuple[int, int] | None = None  # (h, w) of the original image, when known
 
     def __len__(self) -> int:
         return len(self.scores)
 
+    @classmethod
+    def empty(cls, image_size: tuple[int, int] | None = None) -> "Detections":
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), image_size)
+
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_thr: float) -> np.ndarray:
-    """Greedy NMS; returns kept indices in descending score order."""
+    """Greedy NMS over xyxy boxes; returns kept indices in descending score order."""
     order = np.argsort(-scores, kind="stable")
     x1, y1, x2, y2 = boxes.T
     areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
@@ -80,32 +71,24 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_thr: float) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
-def postprocess(
-    decoded: np.ndarray,
-    scale: float,
-    score_thr: float = 0.25,
-    nms_thr: float = 0.45,
-    max_det: int = 300,
-    image_size: tuple[int, int] | None = None,
-) -> Detections:
+def postprocess(decoded: np.ndarray, scale: float, score_thr: float = 0.25, nms_thr: float = 0.45,
+                max_det: int = 300, image_size: tuple[int, int] | None = None) -> Detections:
     """Decoded predictions of one image [N, 5+C] -> final detections in original-image pixels.
 
     score = obj * best class prob; per-class NMS (class offset trick); boxes divided by the letterbox
     scale and clipped to `image_size` (h, w) when given.
     """
-    obj = decoded[:, 4]
-    cls_prob = decoded[:, 5:]
+    obj, cls_prob = decoded[:, 4], decoded[:, 5:]
     labels = cls_prob.argmax(1)
     scores = obj * cls_prob[np.arange(len(labels)), labels]
     m = scores >= score_thr
     if not m.any():
-        return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
-    cxcywh, scores, labels = decoded[m, :4], scores[m], labels[m]
-    boxes = np.concatenate([cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], 1)
+        return Detections.empty(image_size)
+    boxes, scores, labels = cxcywh_to_xyxy(decoded[m, :4]), scores[m], labels[m]
     offset = labels[:, None].astype(np.float32) * (boxes.max() + 1.0)
     keep = nms(boxes + offset, scores, nms_thr)[:max_det]
     boxes = boxes[keep] / scale
     if image_size is not None:
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, image_size[1])
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, image_size[0])
-    return Detections(boxes.astype(np.float32), scores[keep].astype(np.float32), labels[keep].astype(np.int64))
+        boxes = clip_xyxy(boxes, image_size[1], image_size[0])
+    return Detections(boxes.astype(np.float32), scores[keep].astype(np.float32), labels[keep].astype(np.int64),
+                      image_size)
