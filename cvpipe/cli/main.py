@@ -248,6 +248,18 @@ except ImportError as _e:  # pragma: no cover - only while the serving extra is 
     _serving_error = _e
 
 
+# Command groups that live beside their subject; each module defines `register(app)`.
+COMMAND_MODULES = ("cvpipe.cli.store_commands", "cvpipe.cli.promotion")
+for _name in COMMAND_MODULES:
+    try:
+        import importlib
+
+        importlib.import_module(_name).register(app)
+    except ModuleNotFoundError as _e:
+        if _e.name != _name:
+            raise
+
+
 def main() -> None:
     app()
 

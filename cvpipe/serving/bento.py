@@ -24,7 +24,7 @@ import cvpipe
 
 SERVICE = "cvpipe.serving.service:Detector"
 SERVICE_FILES = ["cvpipe/__init__.py", "cvpipe/inference/__init__.py", "cvpipe/inference/matching.py",
-                 "cvpipe/inference/predictor.py", "cvpipe/vision/__init__.py", "cvpipe/vision/boxes.py",
+                 "cvpipe/inference/predictor.py", "cvpipe/inference/packed.py", "cvpipe/vision/__init__.py", "cvpipe/vision/boxes.py",
                  "cvpipe/vision/classmap.py", "cvpipe/vision/coco_results.py", "cvpipe/vision/images.py",
                  "cvpipe/vision/letterbox.py", "cvpipe/vision/yolox_decode.py", "cvpipe/serving/__init__.py",
                  "cvpipe/serving/api.py", "cvpipe/serving/service.py",
