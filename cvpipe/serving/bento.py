@@ -4,7 +4,7 @@
       -> bento/cvpipe-detector.bento, bento/Dockerfile, bento/README.md
 
 The packed files become a BentoML model (bentoml.models.create) that the service declares, so the Bento
-carries them. The Bento holds only the torch-free modules the service imports (SERVICE_FILES) and lists
+carries them. The Bento holds only the torch-free modules the service imports (SERVICE_PACKAGES, SERVICE_MODULES) and lists
 bentoml, onnxruntime, numpy, pillow and opencv-python-headless (python.lock_packages: false).
 The build runs in a child process with BENTOML_HOME set to a temporary dir: nothing leaks into ~/bentoml.
 """
@@ -23,12 +23,16 @@ from pathlib import Path
 import cvpipe
 
 SERVICE = "cvpipe.serving.service:Detector"
-SERVICE_FILES = ["cvpipe/__init__.py", "cvpipe/inference/__init__.py", "cvpipe/inference/matching.py",
-                 "cvpipe/inference/predictor.py", "cvpipe/inference/packed.py", "cvpipe/vision/__init__.py", "cvpipe/vision/boxes.py",
-                 "cvpipe/vision/classmap.py", "cvpipe/vision/coco_results.py", "cvpipe/vision/images.py",
-                 "cvpipe/vision/letterbox.py", "cvpipe/vision/yolox_decode.py", "cvpipe/serving/__init__.py",
-                 "cvpipe/serving/api.py", "cvpipe/serving/service.py",
-                 "cvpipe/serving/swap.py", "cvpipe/store/__init__.py", "cvpipe/store/store.py", "cvpipe/store/hashing.py"]
+# the torch-free modules the service imports: whole packages (every .py in them) plus single modules
+SERVICE_PACKAGES = ("cvpipe/inference", "cvpipe/vision", "cvpipe/serving")
+SERVICE_MODULES = ("cvpipe/__init__.py", "cvpipe/store/__init__.py", "cvpipe/store/store.py", "cvpipe/store/hashing.py")
+
+
+def service_files(repo_root: Path) -> list[str]:
+    files = list(SERVICE_MODULES)
+    for pkg in SERVICE_PACKAGES:
+        files += sorted(p.relative_to(repo_root).as_posix() for p in (repo_root / pkg).glob("*.py"))
+    return files
 PACKAGES = ["bentoml>=1.4,<1.5", "onnxruntime>=1.17", "numpy>=1.26", "pillow>=10", "simplejpeg>=1.7", "opencv-python-headless>=4.8",
             "fsspec>=2023.1", "pyyaml>=6"]
 MODEL_FILES = ("model.onnx", "model_e2e.onnx", "model.json", "reference.json", "README.md")
@@ -109,7 +113,7 @@ def _build_here(model_dir: Path, out_dir: Path, name: str, version: str, work_di
     # a build context with only the service's modules (no torch anywhere in it)
     repo_root = Path(cvpipe.__file__).resolve().parent.parent
     ctx = work_dir / "build_ctx"
-    for rel in SERVICE_FILES:
+    for rel in service_files(repo_root):
         (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(repo_root / rel, ctx / rel)
     bento = bentoml.bentos.build(
