@@ -1,4 +1,9 @@
+import os
+
 import pytest
+
+# The toy steps of tests/core register through `plugins:`; a config's plugins are imported only when allowed.
+os.environ.setdefault("CVPIPE_ALLOW_PLUGINS", "toy_steps")
 
 
 @pytest.fixture(autouse=True)

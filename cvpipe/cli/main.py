@@ -9,27 +9,25 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 from rich.tree import Tree
 
-from cvpipe.config import ConfigError, load_config
+from cvpipe.cli.common import (AllowPluginOpt, ConfigOpt, SetOpt, StoreOpt, console, cvpipe_command, fail, load,
+                               open_store, out, pick_config)
+from cvpipe.config import did_you_mean
 from cvpipe.pipeline.runner import MissingInput, Runner, StepFailed, select_steps
 from cvpipe.pipeline.step import registry
 from cvpipe.store import ArtifactStore, RunRecord
 
 app = typer.Typer(
     help="cvpipe: a detection model's whole life as a versioned pipeline: data_load -> data_prep -> "
-         "model_train -> model_pack -> model_eval / model_test, then a served model.",
+         "model_train -> model_pack -> model_eval / model_test, then a served model. Every command that reads a "
+         "config takes -c/--config (run and step also take it positionally) and --set key=value.",
     no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False)
-console = Console(stderr=True)
-out = Console()
 
-DEFAULT_CONFIG = Path("configs/example.yaml")
-ConfigArg = typer.Argument(..., help="Pipeline config YAML (e.g. configs/example.yaml).", exists=False)
-SetOpt = typer.Option(None, "--set", "-s", help="Override a config key, e.g. --set model_train.epochs=5 or "
-                                                "--set store=/tmp/other-store (repeatable).")
+ConfigArg = typer.Argument(None, help="Pipeline config YAML (e.g. configs/example.yaml); or -c/--config.",
+                           show_default=False)
 ForceOpt = typer.Option(False, "--force", "-f", help="Rerun even when a run with the same inputs, params and "
                                                      "code exists.")
 
@@ -44,33 +42,20 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def fail(message: str, code: int = 1) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
-
-
-def _load(config: Path, overrides: list[str] | None):
-    try:
-        return load_config(config, overrides or [])
-    except ConfigError as e:
-        fail(str(e), 2)
-
-
-def _store(config: Path, store: str | None) -> ArtifactStore:
-    cfg = _load(config, [f"store={store}"] if store else [])
-    return ArtifactStore.from_config(cfg)
-
-
-def _execute(cfg: Any, names: list[str], force: bool, config: Path | None = None) -> None:
+def _execute(cfg: Any, names: list[str], force: bool, config: Path) -> None:
     runner = Runner(cfg, force=force, console=console)
     try:
         runs = runner.run(names)
     except StepFailed as e:
-        fail(f"{e}\n  the run is recorded as failed: cvpipe show {e.run_id}")
+        fail(f"{e}\n  the run is recorded as failed: {cvpipe_command()} show {e.run_id} -c {config}")
     except MissingInput as e:
         fail(str(e))
     except KeyboardInterrupt:
         fail("interrupted; the current run is recorded as failed, committed runs are untouched", 130)
+    _print_runs(runs, config)
+
+
+def _print_runs(runs: list[RunRecord], config: Path) -> None:
     table = Table(title="pipeline runs", title_justify="left")
     for col in ("step", "run_id", "summary"):
         table.add_column(col, overflow="fold")
@@ -80,22 +65,36 @@ def _execute(cfg: Any, names: list[str], force: bool, config: Path | None = None
     for r in runs:
         report = (r.manifest.get("outputs") or {}).get("report")
         if report:
-            console.print(f"[bold]{r.step} report:[/] {report['uri']}/report.html")
-    packed = [r for r in runs if r.step == "model_pack"]
-    if packed:
-        where = f" -c {config}" if config else ""
-        console.print(f"[bold green]serve the model:[/] cvpipe serve {packed[-1].run_id}{where}   "
-                      f"(then open http://127.0.0.1:3000)")
+            console.print(f"[bold]{r.step} report:[/] {report['uri']}/report.html", highlight=False)
+    if any(r.step == "model_pack" for r in runs):
+        console.print(f"[bold green]serve the model:[/] {cvpipe_command()} serve -c {config}   "
+                      f"(then open http://127.0.0.1:3000)", highlight=False)
+
+
+def _select(cfg: Any, config: Path, steps: Optional[str], start: Optional[str], end: Optional[str]) -> list[str]:
+    known = list(registry())
+    for name in [x.strip() for x in (steps or "").split(",") if x.strip()] + [x for x in (start, end) if x]:
+        if name not in known:
+            fail(f"unknown step {name!r}{did_you_mean(name, known)}; known steps: {', '.join(known)}", 2)
+    try:
+        names = select_steps(cfg.step_names(), [x.strip() for x in steps.split(",")] if steps else None, start, end)
+    except ValueError as e:
+        fail(str(e), 2)
+    if not names:
+        fail(f"{config} has no step sections; known steps: {', '.join(known)}", 2)
+    return names
 
 
 @app.command()
 def run(
-    config: Path = ConfigArg,
+    config: Optional[Path] = ConfigArg,
+    config_opt: Optional[Path] = ConfigOpt,
     steps: Optional[str] = typer.Option(None, "--steps", help="Comma-separated subset of steps to run."),
     start: Optional[str] = typer.Option(None, "--from", help="Run from this step on."),
     end: Optional[str] = typer.Option(None, "--to", help="Run up to and including this step."),
     force: bool = ForceOpt,
     overrides: Optional[List[str]] = SetOpt,
+    allow_plugin: Optional[List[str]] = AllowPluginOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Run the pipeline: every step that has a section in CONFIG, in dependency order.
@@ -104,29 +103,28 @@ def run(
     existing run when its inputs, params and code are unchanged.
     """
     setup_logging(verbose)
-    cfg = _load(config, overrides)
-    try:
-        names = select_steps(cfg.step_names(), [s.strip() for s in steps.split(",")] if steps else None, start, end)
-    except ValueError as e:
-        fail(str(e), 2)
-    if not names:
-        fail(f"{config} has no step sections; known steps: {', '.join(registry())}", 2)
-    _execute(cfg, names, force, config)
+    config = pick_config(config, config_opt, required=True)
+    cfg = load(config, overrides, allow_plugin)
+    _execute(cfg, _select(cfg, config, steps, start, end), force, config)
 
 
 @app.command()
 def step(
     name: str = typer.Argument(..., help="Step to run, e.g. data_prep."),
-    config: Path = ConfigArg,
+    config: Optional[Path] = ConfigArg,
+    config_opt: Optional[Path] = ConfigOpt,
     force: bool = ForceOpt,
     overrides: Optional[List[str]] = SetOpt,
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    allow_plugin: Optional[List[str]] = AllowPluginOpt,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Run one step; its inputs come from the latest complete (or pinned) runs in the store."""
     setup_logging(verbose)
-    cfg = _load(config, overrides)
-    if name not in registry():
-        fail(f"unknown step {name!r}; known steps: {', '.join(registry())}", 2)
+    config = pick_config(config, config_opt, required=True)
+    cfg = load(config, overrides, allow_plugin)
+    known = list(registry())
+    if name not in known:
+        fail(f"unknown step {name!r}{did_you_mean(name, known)}; known steps: {', '.join(known)}", 2)
     _execute(cfg, [name], force, config)
 
 
@@ -153,12 +151,14 @@ def _run_row(r: RunRecord) -> dict[str, Any]:
 @app.command()
 def runs(
     step: Optional[str] = typer.Option(None, "--step", help="Only runs of this step."),
-    config: Path = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="Config naming the store, env and pipeline."),
-    store: Optional[str] = typer.Option(None, "--store", help="Store URL (overrides the config's)."),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = SetOpt,
+    store: Optional[str] = StoreOpt,
+    allow_plugin: Optional[List[str]] = AllowPluginOpt,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list (run_id, step, status, ...)."),
 ) -> None:
     """List the runs in the store, oldest first."""
-    st = _store(config, store)
+    st = open_store(pick_config(None, config), overrides, allow_plugin, store)
     records = [_run_row(r) for r in st.list_runs(step)]
     if as_json:
         out.print_json(json.dumps(records, default=str))
@@ -179,38 +179,80 @@ def runs(
 
 
 def lineage(st: ArtifactStore, rec: RunRecord) -> dict[str, Any]:
-    """The run and, recursively, the runs its inputs came from (back to raw data)."""
-    node: dict[str, Any] = {"run_id": rec.run_id, "step": rec.step, "status": rec.status, "inputs": {}}
-    for kw, inp in (rec.manifest.get("inputs") or {}).items():
-        if not inp:
+    """The lineage DAG of a run: {"root": run id, "runs": {run id: node}}; each run appears once, however
+    many consumers it has. A node: step, status, inputs {keyword: {run_id, entity, digest}} and, for data_load,
+    the raw source (and the digest of what was read, when recorded)."""
+    runs: dict[str, dict[str, Any]] = {}
+    todo = [rec]
+    while todo:
+        r = todo.pop()
+        if r.run_id in runs:
             continue
-        try:
-            parent = st.get_run(inp["run_id"], step=inp["step"])
-            node["inputs"][kw] = {"entity": inp["entity"], "digest": inp["digest"], **lineage(st, parent)}
-        except KeyError:
-            node["inputs"][kw] = {**inp, "status": "missing from store"}
-    if rec.step == "data_load":
-        node["source"] = rec.manifest.get("params", {}).get("source")
-    return node
+        node: dict[str, Any] = {"step": r.step, "status": r.status, "inputs": {}}
+        for kw, inp in (r.manifest.get("inputs") or {}).items():
+            if not inp or not isinstance(inp, dict) or "run_id" not in inp:
+                continue
+            node["inputs"][kw] = {k: inp.get(k) for k in ("run_id", "step", "entity", "digest")}
+            try:
+                todo.append(st.get_run(inp["run_id"], step=inp["step"]))
+            except (KeyError, ValueError):
+                runs.setdefault(inp["run_id"], {"step": inp.get("step"), "status": "missing from store", "inputs": {}})
+        if r.step == "data_load":
+            node["source"] = r.manifest.get("source") or {"uri": r.manifest.get("params", {}).get("source")}
+        runs[r.run_id] = node
+    return {"root": rec.run_id, "runs": runs}
+
+
+def _lineage_tree(dag: dict[str, Any]) -> Tree:
+    """The DAG as a tree whose repeated runs are printed once; later mentions say "(shown above)"."""
+    shown: set[str] = set()
+
+    def label(run_id: str) -> str:
+        n = dag["runs"][run_id]
+        text = f"[bold]{n['step']}[/] {run_id} ({n['status']})"
+        src = n.get("source") or {}
+        if src.get("uri"):
+            text += f" source={src['uri']}" + (f" sha256:{str(src['digest'])[:12]}" if src.get("digest") else "")
+        return text
+
+    def add(branch: Tree, run_id: str) -> None:
+        shown.add(run_id)
+        for kw, inp in dag["runs"][run_id]["inputs"].items():
+            child = inp["run_id"]
+            if child in shown:
+                branch.add(f"{kw} <- {dag['runs'][child]['step']} {child} [dim](shown above)[/]")
+            else:
+                add(branch.add(f"{kw} <- {label(child)}"), child)
+
+    root = Tree(f"lineage: {label(dag['root'])}")
+    add(root, dag["root"])
+    return root
 
 
 @app.command()
 def show(
     run_id: str = typer.Argument(..., help="Run id (see `cvpipe runs`)."),
-    config: Path = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="Config naming the store, env and pipeline."),
-    store: Optional[str] = typer.Option(None, "--store", help="Store URL (overrides the config's)."),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = SetOpt,
+    store: Optional[str] = StoreOpt,
+    allow_plugin: Optional[List[str]] = AllowPluginOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the manifest and lineage as JSON."),
 ) -> None:
-    """Show a run's manifest and its lineage back to the raw data."""
-    st = _store(config, store)
+    """Show a run's manifest and its lineage (a DAG, each run once) back to the raw data."""
+    st = open_store(pick_config(None, config), overrides, allow_plugin, store)
     try:
         rec = st.get_run(run_id)
-    except KeyError as e:
-        fail(str(e.args[0]))
-    tree = lineage(st, rec)
+    except (KeyError, ValueError) as e:
+        fail(str(e.args[0]) if e.args else f"no run {run_id!r}")
+    dag = lineage(st, rec)
     if as_json:
-        out.print_json(json.dumps({"manifest": rec.manifest, "status": rec.status, "lineage": tree}, default=str))
+        out.print_json(json.dumps({"manifest": rec.manifest, "status": rec.status, "lineage": dag}, default=str))
         return
+    out.print(_manifest_table(rec))
+    out.print(_lineage_tree(dag))
+
+
+def _manifest_table(rec: RunRecord) -> Table:
     m = rec.manifest
     table = Table(title=f"{rec.step} run {rec.run_id}", title_justify="left", show_header=False)
     table.add_column("key", style="bold")
@@ -219,6 +261,8 @@ def show(
         table.add_row(k, str(rec.status if k == "status" else m.get(k)))
     table.add_row("code", json.dumps(m.get("code")))
     table.add_row("params", json.dumps(m.get("params")))
+    if m.get("source"):
+        table.add_row("source", json.dumps(m.get("source"))[:300])
     for name, o in (m.get("outputs") or {}).items():
         table.add_row(f"output {name}", f"{o['uri']}  ({o['files']} files, {o['bytes']} bytes, sha256 {o['digest'][:12]})")
     table.add_row("summary", json.dumps(m.get("summary")))
@@ -226,17 +270,7 @@ def show(
         table.add_row("error", f"[red]{m['error']['type']}: {m['error']['message']}[/]")
     if m.get("log"):
         table.add_row("log", m["log"])
-    out.print(table)
-
-    def add(branch: Tree, node: dict) -> None:
-        for kw, child in node["inputs"].items():
-            sub = branch.add(f"{kw} <- [bold]{child['step']}[/] {child['run_id']} ({child.get('status')})"
-                             + (f" source={child['source']}" if child.get("source") else ""))
-            add(sub, child)
-
-    root = Tree(f"lineage: [bold]{rec.step}[/] {rec.run_id}")
-    add(root, tree)
-    out.print(root)
+    return table
 
 
 try:  # registered here so that `cvpipe --help` lists them; the serving module imports heavy deps lazily

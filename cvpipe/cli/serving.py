@@ -8,32 +8,16 @@ from typing import List, Optional
 
 import typer
 
-DEFAULT_CONFIG = Path("configs/example.yaml")
+from cvpipe.cli.common import AllowPluginOpt, ConfigOpt, SetOpt, fail as _fail, open_store, pick_config
 
 
-def _fail(message: str, code: int = 1):
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
-
-
-def _store(config: Path):
-    from cvpipe.config import ConfigError, load_config
-    from cvpipe.store import ArtifactStore
-
-    try:
-        return ArtifactStore.from_config(load_config(config))
-    except ConfigError as e:
-        _fail(str(e), 2)
-
-
-def _model_pack_run(config: Path, run_id: Optional[str]):
-    st = _store(config)
+def _model_pack_run(config: Optional[Path], run_id: Optional[str], overrides: Optional[List[str]] = None,
+                    allow_plugin: Optional[List[str]] = None):
+    st = open_store(pick_config(None, config), overrides, allow_plugin)
     if run_id:
         try:
             rec = st.get_run(run_id)
-        except KeyError as e:
+        except (KeyError, ValueError) as e:
             _fail(str(e.args[0]) if e.args else f"no run {run_id}")
         if rec.step != "model_pack":
             _fail(f"run {run_id} is a {rec.step} run; give a model_pack run id (cvpipe runs --step model_pack)")
@@ -48,7 +32,9 @@ def _model_pack_run(config: Path, run_id: Optional[str]):
 
 def serve(
     run_id: Optional[str] = typer.Argument(None, help="model_pack run to serve (default: the latest complete one)."),
-    config: Path = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="Config naming the store, env and pipeline."),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = SetOpt,
+    allow_plugin: Optional[List[str]] = AllowPluginOpt,
     host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 for all)."),
     port: int = typer.Option(3000, help="Port of the REST API."),
     workers: int = typer.Option(1, min=1, help="Service worker processes (one ONNX Runtime thread each)."),
@@ -68,7 +54,7 @@ def serve(
     from cvpipe.serving.process import ServiceProcess, ServiceStartError
 
     console = Console(stderr=True)
-    st, rec = _model_pack_run(config, run_id)
+    st, rec = _model_pack_run(config, run_id, overrides, allow_plugin)
     bento_dir = st.materialize(rec, "bento")
     archives = sorted(Path(bento_dir).glob("*.bento"))
     if not archives:
@@ -109,7 +95,8 @@ def serve(
         console.print("stopped")
 
 
-def _load_predictor(model: str, arch: Optional[str], config: Path, score_thr: Optional[float]):
+def _load_predictor(model: str, arch: Optional[str], config: Optional[Path], score_thr: Optional[float],
+                    overrides: Optional[List[str]] = None):
     """(predict(image) -> Detections, class names, category ids) for a run id, a model dir, an ONNX or a .pt."""
     from cvpipe.inference.predictor import Predictor
 
@@ -135,7 +122,7 @@ def _load_predictor(model: str, arch: Optional[str], config: Path, score_thr: Op
         return _torch_predictor(path, arch)
     if path.exists():
         _fail(f"{path}: expected a model_pack run id, a packed model dir, an .onnx or a .pt/.pth checkpoint")
-    st, rec = _model_pack_run(config, model)
+    st, rec = _model_pack_run(config, model, overrides)
     p = Predictor.from_dir(st.materialize(rec, "model"))
     return p.predict, p.class_names, p.category_ids
 
@@ -186,7 +173,8 @@ def predict(
     score_thr: Optional[float] = typer.Option(None, "--score-thr", min=0.0, max=1.0,
                                               help="Score threshold (default: the model's, 0.25)."),
     save_vis: Optional[Path] = typer.Option(None, "--save-vis", help="Folder to write images with boxes drawn."),
-    config: Path = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="Config naming the store (for run ids)."),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = SetOpt,
 ) -> None:
     """Detect objects in images with a packed model (run id or dir), an ONNX file or a PyTorch checkpoint."""
     from rich.console import Console
@@ -196,7 +184,7 @@ def predict(
     from cvpipe.inference.predictor import detections_to_json
 
     out = Console()
-    predict_fn, names, ids = _load_predictor(model, arch, config, score_thr)
+    predict_fn, names, ids = _load_predictor(model, arch, config, score_thr, overrides)
     results, failed = [], 0
     if save_vis:
         save_vis.mkdir(parents=True, exist_ok=True)

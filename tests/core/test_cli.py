@@ -24,8 +24,10 @@ def test_run_runs_show_end_to_end(toy_config_file):
     assert res.exit_code == 0, res.output
     shown = json.loads(res.stdout)
     assert shown["manifest"]["run_id"] == double["run_id"]
-    src = shown["lineage"]["inputs"]["numbers"]
+    dag = shown["lineage"]  # a DAG since issue 15: each run once, inputs point at run ids
+    src = dag["runs"][dag["root"]]["inputs"]["numbers"]
     assert src["step"] == "toy_source" and src["run_id"] == next(r["run_id"] for r in runs if r["step"] == "toy_source")
+    assert dag["runs"][src["run_id"]]["step"] == "toy_source"
     res = invoke("show", double["run_id"], "--config", cfg)
     assert res.exit_code == 0 and "lineage" in res.stdout and "toy_source" in res.stdout
 
@@ -63,3 +65,57 @@ def test_help_everywhere():
     for cmd in ([], ["run"], ["step"], ["runs"], ["show"], ["steps"]):
         res = invoke(*cmd, "--help")
         assert res.exit_code == 0 and "Usage" in res.output
+
+
+def test_config_the_same_way_everywhere(toy_config_file, tmp_path):
+    cfg = toy_config_file()
+    assert invoke("run", "-c", cfg, "--to", "toy_source").exit_code == 0  # -c as well as positional
+    res = invoke("step", "toy_double", "--config", cfg)
+    assert res.exit_code == 0, res.output
+    res = invoke("run", cfg, "-c", tmp_path / "other.yaml")
+    assert res.exit_code == 2 and "two configs" in res.output
+    res = invoke("run")
+    assert res.exit_code == 2 and "give a pipeline config" in res.output
+    # runs / show take --set like run does: a run made under another pipeline name is listed with it
+    assert invoke("run", cfg, "--set", "pipeline=other", "--to", "toy_source").exit_code == 0
+    other = json.loads(invoke("runs", "-c", cfg, "--set", "pipeline=other", "--json").stdout)
+    assert [r["step"] for r in other] == ["toy_source"]
+    res = invoke("show", other[0]["run_id"], "-c", cfg, "--set", "pipeline=other", "--json")
+    assert res.exit_code == 0, res.output
+
+
+def test_unknown_step_suggests_the_right_one(toy_config_file):
+    cfg = toy_config_file()
+    res = invoke("step", "toy_dubble", cfg)
+    assert res.exit_code == 2 and "did you mean 'toy_double'" in res.output
+    res = invoke("run", cfg, "--to", "toy_sourse")
+    assert res.exit_code == 2 and "did you mean 'toy_source'" in res.output
+
+
+def test_lineage_shows_each_run_once(toy_config_file):
+    cfg = toy_config_file()
+    assert invoke("run", cfg).exit_code == 0
+    runs = json.loads(invoke("runs", "-c", cfg, "--json").stdout)
+    source = next(r["run_id"] for r in runs if r["step"] == "toy_source")
+    double = next(r["run_id"] for r in runs if r["step"] == "toy_double")
+    res = cli.invoke(app, ["show", double, "-c", str(cfg)], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    tree = res.stdout[res.stdout.index("lineage:"):]
+    # toy_double reads two entities of one toy_source run: the run is expanded once, then referred to
+    assert tree.count(f"{source} (complete)") == 1 and tree.count("shown above") == 1
+
+
+def test_printed_commands_name_the_program_as_the_user_reached_it(tmp_path, monkeypatch):
+    from cvpipe.cli.common import cvpipe_command
+
+    exe = tmp_path / "venv" / "bin" / "cvpipe"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["venv/bin/cvpipe", "run"])
+    monkeypatch.setenv("PATH", "/usr/bin")
+    assert cvpipe_command() == "venv/bin/cvpipe"  # not on PATH: printed as typed, so it runs as printed
+    monkeypatch.setattr("sys.argv", [str(exe), "run"])
+    assert cvpipe_command() == "venv/bin/cvpipe"
+    monkeypatch.setenv("PATH", f"/usr/bin:{exe.parent}")
+    assert cvpipe_command() == "cvpipe"

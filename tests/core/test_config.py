@@ -44,3 +44,32 @@ def test_load_config_errors(tmp_path):
     bad.write_text("plugins: [no_such_module_xyz]\n")
     with pytest.raises(ConfigError, match="no_such_module_xyz"):
         load_config(bad)
+
+
+def test_unknown_keys_and_steps_suggest_the_right_one(toy_cfg):
+    with pytest.raises(ConfigError, match=r"toy_source\.nn: unknown key in section 'toy_source' \(did you mean 'n'\?\)"):
+        toy_cfg(toy_source={"nn": 3})
+    with pytest.raises(ConfigError, match=r"toy_sorce: .*did you mean 'toy_source'"):
+        toy_cfg(toy_sorce={"n": 3})
+    with pytest.raises(ConfigError, match=r"stor: .*did you mean 'store'"):
+        toy_cfg(overrides=["stor=x"])
+
+
+def test_plugins_need_an_explicit_allow(tmp_path, monkeypatch):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("plugins: [toy_steps]\n")
+    monkeypatch.setenv("CVPIPE_ALLOW_PLUGINS", "")
+    with pytest.raises(ConfigError, match="--allow-plugin toy_steps"):
+        load_config(cfg)
+    load_config(cfg, allow_plugins={"toy_steps"})  # allowed on the command line
+    monkeypatch.setenv("CVPIPE_ALLOW_PLUGINS", "other,toy_steps")
+    load_config(cfg)
+    cfg.write_text("plugins: ['os; rm -rf /']\n")
+    with pytest.raises(ConfigError, match="not a module name"):
+        load_config(cfg, allow_plugins={"*"})
+
+
+def test_relative_store_is_made_absolute_on_load(toy_cfg, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert toy_cfg(overrides=["store=rel/store"]).store == str(tmp_path / "rel" / "store")
+    assert toy_cfg(overrides=["store=memory://x"]).store == "memory://x"

@@ -1,0 +1,72 @@
+"""What every cvpipe command shares: how a config is named (`-c/--config`, `--set`, `--allow-plugin`), how
+errors are printed, and how the store is opened. Command modules import these instead of redefining them."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, List, NoReturn, Optional
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+out = Console()
+
+DEFAULT_CONFIG = Path("configs/example.yaml")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Pipeline config YAML naming the store, env and pipeline "
+                                                      f"[default: {DEFAULT_CONFIG}].")
+SetOpt = typer.Option(None, "--set", "-s", help="Override a config key, e.g. --set model_train.epochs=5 or "
+                                                "--set store=/tmp/other-store (repeatable).")
+AllowPluginOpt = typer.Option(None, "--allow-plugin", help="Trust this `plugins:` module of the config and import "
+                                                           "it (repeatable; or CVPIPE_ALLOW_PLUGINS=a,b).")
+StoreOpt = typer.Option(None, "--store", help="Store URL (overrides the config's).")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def pick_config(positional: Optional[Path], option: Optional[Path], required: bool = False) -> Path:
+    """The config given positionally or with -c (not both, and not two different files)."""
+    if positional and option and Path(positional) != Path(option):
+        fail(f"two configs given ({positional} and -c {option}); give one", 2)
+    chosen = positional or option
+    if chosen is None:
+        if required:
+            fail(f"give a pipeline config, e.g. `cvpipe run {DEFAULT_CONFIG}`", 2)
+        chosen = DEFAULT_CONFIG
+    return Path(chosen)
+
+
+def load(config: Path, overrides: Optional[List[str]] = None, allow_plugins: Optional[List[str]] = None,
+         store: Optional[str] = None) -> Any:
+    """The validated config, or a clear error (exit 2)."""
+    from cvpipe.config import ConfigError, allowed_plugins, load_config
+
+    overrides = list(overrides or []) + ([f"store={store}"] if store else [])
+    allow = allowed_plugins() | set(allow_plugins or [])
+    try:
+        return load_config(config, overrides, allow)
+    except ConfigError as e:
+        fail(str(e), 2)
+
+
+def open_store(config: Path, overrides: Optional[List[str]] = None, allow_plugins: Optional[List[str]] = None,
+               store: Optional[str] = None):
+    from cvpipe.store import ArtifactStore
+
+    return ArtifactStore.from_config(load(config, overrides, allow_plugins, store))
+
+
+def cvpipe_command() -> str:
+    """How the user reached this program, so printed commands work as printed (`.venv/bin/cvpipe`, `cvpipe`)."""
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "cvpipe"
+    if Path(argv0).name != "cvpipe":
+        return "cvpipe"
+    on_path = any(Path(p, "cvpipe").resolve() == Path(argv0).resolve() for p in os.environ.get("PATH", "").split(":") if p)
+    return "cvpipe" if on_path else shlex.quote(os.path.relpath(argv0) if Path(argv0).is_absolute() else argv0)
