@@ -6,15 +6,20 @@ STAMP  := $(VENV)/.cvpipe-installed
 CONFIG ?= configs/example.yaml
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: install run test test-all test-slow bench serve clean
+.PHONY: install run test test-all test-slow bench serve measure clean
 
 install: $(STAMP)  ## virtual environment with CPU torch (pinned) and cvpipe with all extras
 
+# pip prints what it fetches and installs (no silent minutes); the first install takes a few minutes.
 $(STAMP): pyproject.toml constraints/cpu.txt
+	@echo "==> [1/3] virtual environment $(VENV)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints/cpu.txt torch
-	$(BIN)/pip install -q -c constraints/cpu.txt -e ".[serve,s3,ray,openvino,dev]"
+	@echo "==> [2/3] PyTorch for CPU (pinned in constraints/cpu.txt)"
+	$(BIN)/pip install --progress-bar on -c constraints/cpu.txt torch
+	@echo "==> [3/3] cvpipe and its extras: BentoML, ONNX Runtime, OpenVINO, s3fs, Ray, test tools"
+	$(BIN)/pip install --progress-bar on -c constraints/cpu.txt -e ".[serve,s3,ray,openvino,dev]"
 	touch $(STAMP)
+	@echo "==> installed: $(BIN)/cvpipe (or 'source $(BIN)/activate', then 'cvpipe')"
 
 run: install  ## the whole pipeline on the bundled example data
 	$(BIN)/cvpipe run $(CONFIG)
@@ -33,6 +38,9 @@ test-all: install  ## every test
 
 bench: install  ## benchmarks (print ratios against baselines measured in the same run)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+measure:  ## time `make run` and `make test` from a clean clone of HEAD, install included
+	bash benchmarks/measure_commands.sh
 
 clean:
 	rm -rf $(VENV) store .pytest_cache
