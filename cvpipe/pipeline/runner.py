@@ -23,19 +23,29 @@ from rich.console import Console
 from rich.table import Table
 
 import cvpipe
+from cvpipe.pipeline.code import code_fingerprint
 from cvpipe.pipeline.faults import fault_point
-from cvpipe.pipeline.step import StepContext, StepSpec, get_step
+from cvpipe.pipeline.step import SourceDigest, StepContext, StepSpec, get_step
 from cvpipe.store.store import (STATUS_COMPLETE, STATUS_FAILED, STATUS_RUNNING, ArtifactStore, RunRecord,
-                                new_run_id, utcnow)
+                                new_run_id, no_space, utcnow)
 
 log = logging.getLogger("cvpipe.runner")
+
+
+def describe_error(e: BaseException) -> str:
+    """One line a user can act on: a full disk says where; anything else is `Type: message`."""
+    if no_space(e):
+        where = f" while writing {e.filename}" if getattr(e, "filename", None) else ""
+        return (f"no space left on device{where}: free some space (or point the store, TMPDIR or CVPIPE_CACHE "
+                f"elsewhere) and run again")
+    return f"{type(e).__name__}: {e}"
 
 
 class StepFailed(RuntimeError):
     """A step raised; its run is recorded as failed in the store."""
 
     def __init__(self, step: str, run_id: str, error: BaseException):
-        super().__init__(f"step {step} failed (run {run_id}): {type(error).__name__}: {error}")
+        super().__init__(f"step {step} failed (run {run_id}): {describe_error(error)}")
         self.step, self.run_id, self.error = step, run_id, error
 
 
@@ -43,26 +53,40 @@ class MissingInput(RuntimeError):
     pass
 
 
-@lru_cache(maxsize=1)
-def code_version() -> dict[str, Any]:
-    """Package version, git commit (if any) and a fingerprint of cvpipe's source for caching."""
-    pkg = Path(cvpipe.__file__).parent
-    h = hashlib.sha256()
-    for p in sorted(pkg.rglob("*.py")):
-        h.update(p.relative_to(pkg).as_posix().encode())
-        h.update(p.read_bytes())
-    info: dict[str, Any] = {"package_version": cvpipe.__version__, "fingerprint": h.hexdigest()[:16]}
-    try:
-        top = pkg.parent
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=top, capture_output=True, text=True, timeout=5)
-        if commit.returncode == 0:
-            info["git_commit"] = commit.stdout.strip()
-            dirty = subprocess.run(["git", "status", "--porcelain", "--", "cvpipe"], cwd=top, capture_output=True,
-                                   text=True, timeout=5)
-            info["git_dirty"] = bool(dirty.stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        pass
+class SourceError(MissingInput):
+    """A step's raw source cannot be read (not found, unsafe, over a limit): said before any run exists."""
+
+
+@lru_cache(maxsize=None)
+def code_version(module: str | None = None) -> dict[str, Any]:
+    """Package version, git commit (if any) and the fingerprint the cache keys on: of the step module's own
+    code (the project modules it imports, see `cvpipe.pipeline.code`), or of the whole package when no
+    module is named."""
+    if module:
+        info: dict[str, Any] = {"package_version": cvpipe.__version__, **code_fingerprint(module), "module": module}
+    else:
+        pkg = Path(cvpipe.__file__).parent
+        h = hashlib.sha256()
+        for p in sorted(pkg.rglob("*.py")):
+            h.update(p.relative_to(pkg).as_posix().encode())
+            h.update(p.read_bytes())
+        info = {"package_version": cvpipe.__version__, "fingerprint": h.hexdigest()[:16]}
+    info.update(_git_info())
     return info
+
+
+@lru_cache(maxsize=1)
+def _git_info() -> dict[str, Any]:
+    top = Path(cvpipe.__file__).parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=top, capture_output=True, text=True, timeout=5)
+        if commit.returncode != 0:
+            return {}
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "cvpipe"], cwd=top, capture_output=True,
+                               text=True, timeout=5)
+        return {"git_commit": commit.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {}
 
 
 def config_table(title: str, rows: dict[str, Any]) -> Table:
@@ -109,12 +133,26 @@ class Runner:
             resolved[kw] = rec
         return resolved
 
-    def cache_key(self, spec: StepSpec, params: Any, inputs: dict[str, RunRecord | None]) -> str:
+    def cache_key(self, spec: StepSpec, params: Any, inputs: dict[str, RunRecord | None],
+                  source: SourceDigest | None = None) -> str:
+        """sha256 of what decides a step's result: its params, its inputs' digests, the digest of the raw
+        data it reads (steps with a source) and its own code."""
         digests = {kw: (rec.output(spec.inputs[kw].entity)["digest"] if rec else None)
                    for kw, rec in inputs.items() if spec.inputs[kw].step != spec.name}
         payload = {"step": spec.name, "params": params.model_dump(mode="json"), "inputs": digests,
-                   "code": code_version()["fingerprint"]}
+                   "code": code_version(spec.func.__module__)["fingerprint"]}
+        if source is not None:
+            payload["source"] = source.digest
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def digest_source(self, spec: StepSpec, params: Any) -> SourceDigest | None:
+        """The step's raw source, digested (None for steps that read only the store)."""
+        if spec.source is None:
+            return None
+        try:
+            return spec.source(params)
+        except (OSError, ValueError) as e:
+            raise SourceError(f"{spec.name}: cannot read its source: {type(e).__name__}: {e}") from e
 
     # ---- running ------------------------------------------------------------------------------
     def run(self, steps: list[str]) -> list[RunRecord]:
@@ -124,23 +162,22 @@ class Runner:
         spec = get_step(name)
         params = self.cfg.params(name)
         inputs = self.resolve_inputs(spec)
-        key = self.cache_key(spec, params, inputs)
+        source = self.digest_source(spec, params)
+        key = self.cache_key(spec, params, inputs, source)
         if not self.force:
             cached = self.store.find_cached(name, key)
             if cached is not None:
-                self.console.print(f"[bold cyan]{name}[/]: inputs, params and code unchanged -> reusing run "
+                what = "source, params and code" if source else "inputs, params and code"
+                self.console.print(f"[bold cyan]{name}[/]: {what} unchanged -> reusing run "
                                    f"[bold]{cached.run_id}[/] (use --force to rerun)")
                 self.produced[name] = cached
                 return cached
-        return self._execute(spec, params, inputs, key)
+        return self._execute(spec, params, inputs, key, source)
 
-    def _execute(self, spec: StepSpec, params: Any, inputs: dict[str, RunRecord | None], key: str) -> RunRecord:
-        run_id = new_run_id()
+    def _manifest(self, spec: StepSpec, params: Any, inputs: dict[str, RunRecord | None], key: str,
+                  run_id: str, source: SourceDigest | None) -> dict[str, Any]:
+        """The run's record as written first ("running"); outputs, summary and status are filled in later."""
         store = self.store
-        rows = {"store": store.url, "env": store.env, "pipeline": store.pipeline, "step": spec.name, "run_id": run_id}
-        rows.update({f"{spec.name}.{k}": v for k, v in params.model_dump(mode="json").items()})
-        rows.update({f"input.{kw}": (f"{r.step}/{r.run_id}" if r else None) for kw, r in inputs.items()})
-        self.console.print(config_table(f"{spec.name}: effective config", rows))
         manifest: dict[str, Any] = {
             "schema": 1, "run_id": run_id, "step": spec.name, "env": store.env, "pipeline": store.pipeline,
             "status": STATUS_RUNNING, "params": params.model_dump(mode="json"),
@@ -149,69 +186,102 @@ class Runner:
                              "uri": r.output(spec.inputs[kw].entity)["uri"],
                              "digest": r.output(spec.inputs[kw].entity)["digest"]} if r else None)
                        for kw, r in inputs.items()},
-            "outputs": {}, "summary": {}, "cache_key": key, "code": code_version(),
+            "outputs": {}, "summary": {}, "cache_key": key, "code": code_version(spec.func.__module__),
             "started_at": utcnow(), "host": socket.gethostname(), "pid": os.getpid(),
             "user": getpass.getuser(), "python": platform.python_version(),
         }
-        resumable = None if self.force else store.find_resumable(spec.name, key)  # --force starts afresh
-        store.write_manifest(manifest)
+        if source is not None:
+            manifest["source"] = source.record()
+        return manifest
+
+    def _print_config(self, spec: StepSpec, params: Any, inputs: dict[str, RunRecord | None], run_id: str,
+                      source: SourceDigest | None) -> None:
+        store = self.store
+        rows = {"store": store.url, "env": store.env, "pipeline": store.pipeline, "step": spec.name, "run_id": run_id}
+        rows.update({f"{spec.name}.{k}": v for k, v in params.model_dump(mode="json").items()})
+        rows.update({f"input.{kw}": (f"{r.step}/{r.run_id}" if r else None) for kw, r in inputs.items()})
+        if source is not None:
+            rows["source.digest"] = f"sha256 {source.digest[:16]}... ({source.files} files)"
+        self.console.print(config_table(f"{spec.name}: effective config", rows))
+
+    def _execute(self, spec: StepSpec, params: Any, inputs: dict[str, RunRecord | None], key: str,
+                 source: SourceDigest | None = None) -> RunRecord:
+        run_id = new_run_id()
+        self._print_config(spec, params, inputs, run_id, source)
+        manifest = self._manifest(spec, params, inputs, key, run_id, source)
+        resumable = None if self.force else self.store.find_resumable(spec.name, key)  # --force starts afresh
+        try:
+            self.store.write_manifest(manifest)
+        except OSError as e:  # nothing of the run exists yet: just say why
+            raise StepFailed(spec.name, run_id, e) from e
         fault_point(spec.name, "start")
         staging = Path(tempfile.mkdtemp(prefix=f"cvpipe-{spec.name}-"))
-        log_path = staging / "step.log"
-        handler = logging.FileHandler(log_path)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler.setLevel(logging.INFO)
-        root = logging.getLogger()
-        root.addHandler(handler)
-        if logging.getLogger("cvpipe").getEffectiveLevel() > logging.INFO:
-            logging.getLogger("cvpipe").setLevel(logging.INFO)  # the stored log keeps INFO even when quiet
-        started = time.monotonic()
+        step_log = _StepLog(staging / "step.log")
         try:
-            ctx = StepContext(step=spec.name, run_id=run_id,
-                              outputs={o: staging / "out" / o for o in spec.outputs},
-                              scratch=staging / "scratch",
-                              input_runs={kw: (r.run_id if r else None) for kw, r in inputs.items()},
-                              state=staging / "state")
-            for p in [*ctx.outputs.values(), ctx.scratch, ctx.state]:
-                p.mkdir(parents=True)
-
-            def save_state() -> None:
-                store.put_state(spec.name, run_id, ctx.state)
-                fault_point(spec.name, "state_saved")
-
-            ctx.on_save_state = save_state
-            if resumable is not None:
-                ctx.resume = store.get_state(resumable, staging / "resume")
-                manifest["resumed_from"] = resumable.run_id
-                self.console.print(f"[bold cyan]{spec.name}[/]: resuming from the state of interrupted run "
-                                   f"{resumable.run_id}")
-            local_inputs = {kw: (store.materialize(r, spec.inputs[kw].entity) if r else None)
-                            for kw, r in inputs.items()}
-            log.info("running %s (run %s)", spec.name, run_id)
-            summary = spec.func(params, ctx, **local_inputs) or {}
-            json.dumps(summary)  # the summary must be JSON-able: fail inside the run, not after it
-            fault_point(spec.name, "before_commit")
-            for name, out in spec.outputs.items():
-                manifest["outputs"][name] = store.commit_entity(spec.name, run_id, name, ctx.outputs[name],
-                                                                content_addressed=out.content_addressed)
-                fault_point(spec.name, "mid_commit")
+            ctx = self._context(spec, run_id, staging, resumable, manifest, source)
+            manifest["outputs"], summary = self._call(spec, params, ctx, inputs)
             manifest.update(status=STATUS_COMPLETE, summary=summary)
         except BaseException as e:  # KeyboardInterrupt too: the run is recorded, then the error goes on
-            manifest.update(status=STATUS_FAILED,
-                            error={"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()})
-            log.error("%s failed: %s: %s", spec.name, type(e).__name__, e)
-            if isinstance(e, Exception):
-                manifest["outputs"] = self._keep_for_diagnosis(spec, run_id, staging)
-            self._close(manifest, started, handler, log_path, staging)
+            self._record_failure(spec, manifest, e, staging)
+            self._close(manifest, step_log, staging)
             if isinstance(e, Exception):
                 raise StepFailed(spec.name, run_id, e) from e
             raise
-        self._close(manifest, started, handler, log_path, staging)
+        self._close(manifest, step_log, staging)
         rec = RunRecord(run_id, spec.name, manifest)
         self.produced[spec.name] = rec
         self.console.print(f"[bold green]{spec.name}[/]: run [bold]{run_id}[/] complete in "
-                           f"{manifest['duration_s']:.1f} s -> {store.uri(store.run_path(spec.name, run_id))}")
+                           f"{manifest['duration_s']:.1f} s -> {self.store.uri(self.store.run_path(spec.name, run_id))}")
         return rec
+
+    def _context(self, spec: StepSpec, run_id: str, staging: Path, resumable: RunRecord | None,
+                 manifest: dict[str, Any], source: SourceDigest | None) -> StepContext:
+        """Empty output, scratch and state folders in `staging`; the state of a dead run to resume from."""
+        store = self.store
+        ctx = StepContext(step=spec.name, run_id=run_id, outputs={o: staging / "out" / o for o in spec.outputs},
+                          scratch=staging / "scratch", state=staging / "state", source=source,
+                          input_runs={kw: v["run_id"] if v else None for kw, v in manifest["inputs"].items()})
+        for p in [*ctx.outputs.values(), ctx.scratch, ctx.state]:
+            p.mkdir(parents=True)
+
+        def save_state() -> None:
+            store.put_state(spec.name, run_id, ctx.state)
+            fault_point(spec.name, "state_saved")
+
+        ctx.on_save_state = save_state
+        if resumable is not None:
+            ctx.resume = store.get_state(resumable, staging / "resume")
+            manifest["resumed_from"] = resumable.run_id
+            self.console.print(f"[bold cyan]{spec.name}[/]: resuming from the state of interrupted run "
+                               f"{resumable.run_id}")
+        return ctx
+
+    def _call(self, spec: StepSpec, params: Any, ctx: StepContext,
+              inputs: dict[str, RunRecord | None]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Materialise (and verify) the inputs, call the step, commit its outputs: (outputs, summary)."""
+        store = self.store
+        local_inputs = {kw: (store.materialize(r, spec.inputs[kw].entity) if r else None) for kw, r in inputs.items()}
+        log.info("running %s (run %s)", spec.name, ctx.run_id)
+        summary = spec.func(params, ctx, **local_inputs) or {}
+        json.dumps(summary)  # the summary must be JSON-able: fail inside the run, not after it
+        fault_point(spec.name, "before_commit")
+        outputs: dict[str, Any] = {}
+        for name, out in spec.outputs.items():
+            outputs[name] = store.commit_entity(spec.name, ctx.run_id, name, ctx.outputs[name],
+                                                content_addressed=out.content_addressed)
+            fault_point(spec.name, "mid_commit")
+        return outputs, summary
+
+    def _record_failure(self, spec: StepSpec, manifest: dict[str, Any], e: BaseException, staging: Path) -> None:
+        manifest.update(status=STATUS_FAILED,
+                        error={"type": type(e).__name__, "message": describe_error(e) if no_space(e) else str(e),
+                               "traceback": traceback.format_exc()})
+        log.error("%s failed: %s", spec.name, describe_error(e))
+        # A full disk gets nothing more written to it; other failures keep what the step wrote
+        if isinstance(e, Exception) and not no_space(e):
+            manifest["outputs"] = self._keep_for_diagnosis(spec, manifest["run_id"], staging)
+        else:
+            manifest["outputs"] = {}
 
     def _keep_for_diagnosis(self, spec: StepSpec, run_id: str, staging: Path) -> dict[str, Any]:
         """What a failed step wrote (e.g. the report explaining a failed gate), stored with the failed run.
@@ -226,16 +296,42 @@ class Runner:
                     log.warning("could not keep %s of the failed run: %s", name, err)
         return kept
 
-    def _close(self, manifest: dict, started: float, handler: logging.Handler, log_path: Path, staging: Path) -> None:
-        manifest.update(ended_at=utcnow(), duration_s=round(time.monotonic() - started, 3))
-        logging.getLogger().removeHandler(handler)
-        handler.close()
+    def _close(self, manifest: dict, step_log: "_StepLog", staging: Path) -> None:
+        """Store the log and write the manifest last (what makes the run complete or failed); the staging
+        folder goes whatever happens. A manifest that cannot be written leaves the run 'interrupted'."""
+        manifest.update(ended_at=utcnow(), duration_s=round(time.monotonic() - step_log.started, 3))
+        step_log.close()
         try:
-            manifest["log"] = self.store.put_log(manifest["step"], manifest["run_id"], log_path)
+            manifest["log"] = self.store.put_log(manifest["step"], manifest["run_id"], step_log.path)
         except OSError as e:
             log.warning("could not store the log: %s", e)
-        self.store.write_manifest(manifest)  # last write: this is what makes the run complete
-        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            self.store.write_manifest(manifest)
+        except OSError as e:
+            if manifest["status"] == STATUS_COMPLETE:
+                raise
+            log.error("could not record run %s as failed (%s); it will show as interrupted",
+                      manifest["run_id"], describe_error(e))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+class _StepLog:
+    """The run's own log file (INFO and up from every logger) while the step runs."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.started = time.monotonic()
+        self.handler = logging.FileHandler(path)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.handler.setLevel(logging.INFO)
+        logging.getLogger().addHandler(self.handler)
+        if logging.getLogger("cvpipe").getEffectiveLevel() > logging.INFO:
+            logging.getLogger("cvpipe").setLevel(logging.INFO)  # the stored log keeps INFO even when quiet
+
+    def close(self) -> None:
+        logging.getLogger().removeHandler(self.handler)
+        self.handler.close()
 
 
 def select_steps(available: list[str], steps: list[str] | None = None, start: str | None = None,

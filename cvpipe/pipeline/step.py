@@ -59,6 +59,20 @@ class Input:
         return cls(step=step, entity=entity, optional=optional)
 
 
+@dataclass(frozen=True)
+class SourceDigest:
+    """What a step reads from outside the store (raw data), identified by its content: the runner records it
+    in the manifest (`source`) and keys the step's cache on `digest`, so changed raw data is a new run."""
+
+    uri: str
+    digest: str  # sha256 over the content read (file bytes, archive bytes, or an object listing with ETags)
+    files: int
+    local: Path | None = None  # where it was fetched to, for the step to reuse (never recorded)
+
+    def record(self) -> dict[str, Any]:
+        return {"uri": self.uri, "digest": self.digest, "files": self.files}
+
+
 @dataclass
 class StepContext:
     """What a running step may know about its own run.
@@ -76,6 +90,7 @@ class StepContext:
     state: Path | None = None
     resume: Path | None = None
     on_save_state: Callable[[], None] | None = None
+    source: SourceDigest | None = None  # the step's raw source as the runner digested it (steps with `source=`)
 
     def save_state(self) -> None:
         if self.on_save_state is not None:
@@ -99,6 +114,7 @@ class StepSpec:
     inputs: dict[str, Input]
     outputs: dict[str, Output]
     description: str
+    source: Callable[[Any], SourceDigest] | None = None  # params -> digest of the raw data the step reads
 
     @property
     def upstream(self) -> set[str]:
@@ -115,11 +131,14 @@ def step(
     params: type[StepParams],
     inputs: dict[str, str | Input] | None = None,
     outputs: list[str | Output] | None = None,
+    source: Callable[[Any], SourceDigest] | None = None,
 ) -> Callable[[StepFunc], StepFunc]:
     """Register `func(params, ctx, **inputs) -> dict | None` as the step `name`.
 
     inputs: keyword name -> "producing_step.entity" (suffix "?" for optional).
     outputs: entity names or `Output`s.
+    source: for steps that read raw data from outside the store, `source(params) -> SourceDigest`; the
+        runner calls it before looking for a cached run, and hands the result to the step as `ctx.source`.
     """
 
     def register(func: StepFunc) -> StepFunc:
@@ -129,7 +148,7 @@ def step(
             if inp.step == name and not inp.optional:
                 raise ValueError(f"step {name!r}: input {key!r} on itself must be optional")
         doc = (func.__doc__ or "").strip()
-        _REGISTRY[name] = StepSpec(name, func, params, ins, outs, doc.splitlines()[0] if doc else "")
+        _REGISTRY[name] = StepSpec(name, func, params, ins, outs, doc.splitlines()[0] if doc else "", source)
         return func
 
     return register

@@ -11,25 +11,35 @@ Layout under the store URL (any fsspec URL: a local folder, s3://bucket/prefix, 
 
 A run is complete exactly when its manifest says so, and that manifest is the last thing written:
 a crash at any point leaves a run readers ignore. Committed runs are never written again.
+
+Reads verify: every name read from the store (run ids, entity index names, digests) is checked before it
+becomes a path, and materialising an entity checks the index against the manifest's digest and each file
+against the index, so a tampered or torn run is an IntegrityError naming the file, never served.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from typing import IO, Any, Callable, Iterable
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from cvpipe.store.hashing import file_digest, list_files, tree_digest
+from cvpipe.store.hashing import CHUNK, file_digest, list_files, tree_digest
+from cvpipe.store.paths import (InvalidRunId, safe_relpath, validate_digest, validate_name,
+                                validate_run_id)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +47,20 @@ MANIFEST = "manifest.json"
 STATUS_RUNNING, STATUS_COMPLETE, STATUS_FAILED = "running", "complete", "failed"
 # A "running" run whose process is gone (kill -9, power loss) is shown as interrupted.
 STATUS_INTERRUPTED = "interrupted"
+
+
+class IntegrityError(ValueError):
+    """What the store holds does not match what its manifest promises (tampered, torn or truncated)."""
+
+
+def no_space(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _copy_stream(src: IO[bytes], dst: IO[bytes]) -> None:
+    """Chunked copy (the one place local store writes move bytes; tests make it fail like a full disk)."""
+    while chunk := src.read(CHUNK):
+        dst.write(chunk)
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -100,8 +124,8 @@ class ArtifactStore:
     def __init__(self, url: str, env: str = "dev", pipeline: str = "default", cache_dir: Path | None = None,
                  storage_options: dict | None = None):
         self.url = str(url)
-        self.env = env
-        self.pipeline = pipeline
+        self.env = validate_name(env, "env")
+        self.pipeline = validate_name(pipeline, "pipeline")
         self.fs, root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
         self.root = root.rstrip("/") or "/"
         self.is_local = isinstance(self.fs, LocalFileSystem)
@@ -111,7 +135,7 @@ class ArtifactStore:
     def from_config(cls, cfg: Any) -> ArtifactStore:
         return cls(cfg.store, env=cfg.env, pipeline=cfg.pipeline)
 
-    # ---- paths ------------------------------------------------------------------------------
+    # ---- paths (every name checked before it is joined) ---------------------------------------
     def _join(self, *parts: str) -> str:
         return str(PurePosixPath(self.root, *parts))
 
@@ -120,33 +144,49 @@ class ArtifactStore:
         return self._join(self.env, self.pipeline)
 
     def run_path(self, step: str, run_id: str) -> str:
-        return self._join(self.env, self.pipeline, step, run_id)
+        return self._join(self.env, self.pipeline, validate_name(step, "step name"), validate_run_id(run_id))
+
+    def entity_path(self, step: str, run_id: str, entity: str) -> str:
+        return f"{self.run_path(step, run_id)}/{validate_name(entity, 'entity name')}"
+
+    def index_path(self, step: str, run_id: str, entity: str) -> str:
+        return f"{self.run_path(step, run_id)}/_index/{validate_name(entity, 'entity name')}.json"
 
     def uri(self, path: str) -> str:
         return self.fs.unstrip_protocol(path)
 
     def object_path(self, digest: str, suffix: str = "") -> str:
+        validate_digest(digest)
+        if suffix and not (suffix.startswith(".") and validate_name(suffix[1:], "file suffix")):
+            raise ValueError(f"invalid object suffix {suffix!r}")
         return self._join(self.env, "objects", digest[:2], digest + suffix)
 
-    # ---- low-level writes (atomic per file) -------------------------------------------------------
-    def _write_bytes(self, path: str, data: bytes) -> None:
-        if self.is_local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    # ---- low-level writes (atomic per file, no debris on failure) ---------------------------------
+    def _atomic_local(self, path: str, write: Callable[[IO[bytes]], None]) -> None:
+        """Write through a temp file beside `path`, then rename; on any error the temp file is removed."""
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+        try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                write(f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except BaseException:
+            with suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _write_bytes(self, path: str, data: bytes) -> None:
+        if self.is_local:
+            self._atomic_local(path, lambda f: f.write(data))
         else:
             self.fs.pipe_file(path, data)  # object stores make a put visible whole or not at all
 
     def _put_file(self, local: Path, path: str) -> None:
         if self.is_local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{os.path.dirname(path)}/.tmp-{uuid.uuid4().hex}"
-            self.fs.put_file(str(local), tmp)
-            os.replace(tmp, path)
+            with open(local, "rb") as src:
+                self._atomic_local(path, lambda f: _copy_stream(src, f))
         else:
             self.fs.put_file(str(local), path)
 
@@ -170,19 +210,30 @@ class ArtifactStore:
         base = self.pipeline_path
         if not self.fs.exists(base):
             return []
-        return sorted(PurePosixPath(p).name for p in self.fs.ls(base, detail=False) if self.fs.isdir(p))
+        names = (PurePosixPath(p).name for p in self.fs.ls(base, detail=False) if self.fs.isdir(p))
+        return sorted(n for n in names if n != "objects" and _is_name(n))
+
+    def _read_record(self, step: str, mpath: str) -> RunRecord | None:
+        """The run whose manifest is at `mpath`, or None (logged) when it is unreadable or names another run."""
+        dir_name = PurePosixPath(mpath).parent.name
+        try:
+            manifest = self.read_json(mpath)
+        except (OSError, ValueError) as e:  # a torn manifest never counts as a run
+            log.warning("skipping unreadable manifest %s: %s", mpath, e)
+            return None
+        if not isinstance(manifest, dict) or manifest.get("run_id") != dir_name or not _is_run_id(dir_name):
+            log.warning("skipping manifest %s: its run_id does not match its folder", mpath)
+            return None
+        return RunRecord(dir_name, step, manifest)
 
     def list_runs(self, step: str | None = None) -> list[RunRecord]:
-        """Runs with a manifest, oldest first (run ids sort by time)."""
+        """Runs with a readable manifest, oldest first (run ids sort by time)."""
         records = []
         for s in [step] if step else self.steps():
-            for mpath in self.fs.glob(self.run_path(s, "*") + "/" + MANIFEST):
-                try:
-                    manifest = self.read_json(mpath)
-                except (OSError, ValueError) as e:  # a torn manifest never counts as a run
-                    log.warning("skipping unreadable manifest %s: %s", mpath, e)
-                    continue
-                records.append(RunRecord(manifest["run_id"], s, manifest))
+            for mpath in self.fs.glob(self.pipeline_path + f"/{validate_name(s, 'step name')}/*/" + MANIFEST):
+                rec = self._read_record(s, mpath)
+                if rec is not None:
+                    records.append(rec)
         return sorted(records, key=lambda r: r.run_id)
 
     def latest_run(self, step: str, exclude: Iterable[str] = ()) -> RunRecord | None:
@@ -192,10 +243,15 @@ class ArtifactStore:
         return done[-1] if done else None
 
     def get_run(self, run_id: str, step: str | None = None) -> RunRecord:
+        """The run with this id (InvalidRunId, a ValueError and KeyError, for a malformed id)."""
+        validate_run_id(run_id)
         for s in [step] if step else self.steps():
             path = self.run_path(s, run_id) + "/" + MANIFEST
             if self.fs.exists(path):
-                return RunRecord(run_id, s, self.read_json(path))
+                rec = self._read_record(s, path)
+                if rec is None:
+                    raise IntegrityError(f"the manifest of run {run_id} ({path}) is unreadable or names another run")
+                return rec
         where = f"step {step!r} of " if step else ""
         raise KeyError(f"no run {run_id!r} in {where}{self.uri(self.pipeline_path)}")
 
@@ -207,26 +263,26 @@ class ArtifactStore:
     def commit_entity(self, step: str, run_id: str, entity: str, local_dir: Path,
                       content_addressed: bool = False) -> dict[str, Any]:
         """Upload one output directory; returns its record (uri, digest, file count, bytes)."""
-        run = self.run_path(step, run_id)
+        base = self.entity_path(step, run_id, entity)
         files: dict[str, str] = {}
         objects: dict[str, str] = {}
         size = 0
         for rel in list_files(local_dir):
-            local = local_dir / rel
+            local = local_dir / safe_relpath(rel, "output file name")
             digest = file_digest(local)
             files[rel] = digest
             size += local.stat().st_size
             if content_addressed:
-                obj = self.object_path(digest, PurePosixPath(rel).suffix.lower())
+                obj = self.object_path(digest, _suffix(rel))
                 if not self.fs.exists(obj):
                     self._put_file(local, obj)
                 objects[rel] = obj
             else:
-                self._put_file(local, f"{run}/{entity}/{rel}")
+                self._put_file(local, f"{base}/{rel}")
         index = {"files": files, "objects": {k: self.uri(v) for k, v in objects.items()}}
-        self.write_json(f"{run}/_index/{entity}.json", index)
+        self.write_json(self.index_path(step, run_id, entity), index)
         return {
-            "uri": self.uri(f"{run}/{entity}"),
+            "uri": self.uri(base),
             "digest": tree_digest(files),
             "files": len(files),
             "bytes": size,
@@ -255,7 +311,7 @@ class ArtifactStore:
     def get_state(self, rec: RunRecord, local_dir: Path) -> Path:
         base = self.run_path(rec.step, rec.run_id) + "/_state"
         for remote in self.fs.find(base):
-            rel = PurePosixPath(remote).relative_to(PurePosixPath(base))
+            rel = safe_relpath(PurePosixPath(remote).relative_to(PurePosixPath(base)).as_posix(), "state file name")
             (local_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             self.fs.get_file(remote, str(local_dir / rel))
         return local_dir
@@ -265,37 +321,162 @@ class ArtifactStore:
         self._put_file(local_log, path)
         return self.uri(path)
 
-    def materialize(self, rec: RunRecord, entity: str) -> Path:
-        """A local, read-only directory with the entity's files.
+    # ---- reads that verify ----------------------------------------------------------------------
+    def entity_files(self, rec: RunRecord, entity: str) -> dict[str, str]:
+        """The entity's {relative path: sha256} index, checked: every name safe, every digest well-formed,
+        and the whole index hashing to the digest the manifest records. IntegrityError otherwise."""
+        where = f"{entity} of {rec.step} run {rec.run_id}"
+        out = rec.output(entity)
+        try:
+            expected = validate_digest(out.get("digest"), f"manifest digest of {where}")
+            index = self.read_json(self.index_path(rec.step, rec.run_id, entity))
+            files = index.get("files") if isinstance(index, dict) else None
+            if not isinstance(files, dict):
+                raise ValueError(f"the file index of {where} has no 'files' table")
+            for rel, digest in files.items():
+                safe_relpath(rel, f"file name in the index of {where}")
+                validate_digest(digest, f"digest of {rel} in the index of {where}")
+        except (OSError, ValueError) as e:
+            raise IntegrityError(f"{where}: {e}") from None
+        if tree_digest(files) != expected:
+            raise IntegrityError(f"{where}: the file index does not hash to the manifest's digest {expected[:12]}... "
+                                 f"(the manifest or the index was changed after the run was committed)")
+        return files
+
+    def materialize(self, rec: RunRecord, entity: str, verify: bool = True) -> Path:
+        """A local, read-only directory with the entity's files, each checked against the run's manifest.
 
         Plain entities of a local store are used in place; everything else is assembled once per
         content digest in the cache (content-addressed files are linked, not copied, when local).
+        Verification streams every file through sha256 (cheap next to any step that reads them); a
+        mismatch, a missing or an extra file is an IntegrityError naming the file.
         """
         out = rec.output(entity)
-        run = self.run_path(rec.step, rec.run_id)
+        files = self.entity_files(rec, entity)
+        where = f"{entity} of {rec.step} run {rec.run_id}"
         if self.is_local and not out.get("content_addressed"):
-            return Path(f"{run}/{entity}")
-        target = self.cache_dir / out["digest"]
-        if target.is_dir():
-            return target
-        index = self.read_json(f"{run}/_index/{entity}.json")
+            local = Path(self.entity_path(rec.step, rec.run_id, entity))
+            if verify:
+                verify_directory(local, files, where)
+            return local
+        local = self.cache_dir / out["digest"]  # checked by entity_files: 64 hex characters
+        if not local.is_dir():
+            self._assemble(rec, entity, files, local)
+        elif verify:
+            try:
+                verify_directory(local, files, where)
+                return local
+            except IntegrityError as e:  # the cache is disposable: a stale entry (links into a store that
+                log.info("rebuilding cached %s: %s", where, e)  # moved, a partial copy) is built afresh
+                self._discard(local)
+                self._assemble(rec, entity, files, local)
+        if verify:
+            verify_directory(local, files, where)
+        return local
+
+    def _discard(self, cached: Path) -> None:
+        aside = Path(tempfile.mkdtemp(dir=self.cache_dir, prefix=".tmp-stale-"))
+        with suppress(OSError):
+            os.replace(cached, aside / "old")
+        shutil.rmtree(aside, ignore_errors=True)
+
+    def _assemble(self, rec: RunRecord, entity: str, files: dict[str, str], target: Path) -> None:
+        """Build the entity in a temp folder of the cache, then rename it into place (removed on failure)."""
+        content_addressed = bool(rec.output(entity).get("content_addressed"))
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.cache_dir, prefix=".tmp-"))
-        for rel, digest in index["files"].items():
-            dest = tmp / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if out.get("content_addressed"):
-                src = self.object_path(digest, PurePosixPath(rel).suffix.lower())
-                if self.is_local:
-                    os.symlink(src, dest)
-                    continue
-            else:
-                src = f"{run}/{entity}/{rel}"
-            self.fs.get_file(src, str(dest))
         try:
-            os.replace(tmp, target)
-        except OSError:  # another process materialised it first
-            import shutil
-
+            for rel, digest in files.items():
+                dest = tmp / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if content_addressed:
+                    src = self.object_path(digest, _suffix(rel))
+                    if self.is_local:
+                        os.symlink(src, dest)
+                        continue
+                else:
+                    src = f"{self.entity_path(rec.step, rec.run_id, entity)}/{rel}"
+                with self.fs.open(src, "rb") as f_in, open(dest, "wb") as f_out:
+                    _copy_stream(f_in, f_out)
+            try:
+                os.replace(tmp, target)
+            except OSError:  # another process materialised it first
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-        return target
+            raise
+
+    def verify_run(self, rec: RunRecord) -> list[dict[str, str]]:
+        """Every problem of one run's outputs: [{"entity", "problem"}] (empty when all files match)."""
+        problems = []
+        for entity in sorted(rec.manifest.get("outputs") or {}):
+            try:
+                files = self.entity_files(rec, entity)
+                if self.is_local and not rec.output(entity).get("content_addressed"):
+                    verify_directory(Path(self.entity_path(rec.step, rec.run_id, entity)), files, entity)
+                else:
+                    self._verify_remote(rec, entity, files)
+            except (IntegrityError, ValueError, OSError) as e:
+                problems.append({"entity": entity, "problem": str(e)})
+        return problems
+
+    def _verify_remote(self, rec: RunRecord, entity: str, files: dict[str, str]) -> None:
+        """Hash each stored file (object or entity file) in the store itself, streaming."""
+        content_addressed = bool(rec.output(entity).get("content_addressed"))
+        for rel, digest in files.items():
+            src = self.object_path(digest, _suffix(rel)) if content_addressed else \
+                f"{self.entity_path(rec.step, rec.run_id, entity)}/{rel}"
+            try:
+                with self.fs.open(src, "rb") as f:
+                    got = _stream_digest(f)
+            except FileNotFoundError:
+                raise IntegrityError(f"{entity}/{rel}: missing from the store ({self.uri(src)})") from None
+            if got != digest:
+                raise IntegrityError(f"{entity}/{rel}: sha256 {got[:12]}... does not match the index "
+                                     f"{digest[:12]}... ({self.uri(src)})")
+
+
+def _stream_digest(f: IO[bytes]) -> str:
+    h = hashlib.sha256()
+    while chunk := f.read(CHUNK):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_directory(local: Path, files: dict[str, str], where: str) -> None:
+    """Check that `local` holds exactly `files` ({relative path: sha256}); IntegrityError names the first
+    file that is missing, extra or different."""
+    present = set(list_files(local)) if local.is_dir() else set()
+    missing = sorted(set(files) - present)
+    if missing:
+        raise IntegrityError(f"{where}: {missing[0]} is missing ({len(missing)} file(s) missing in {local})")
+    extra = sorted(present - set(files))
+    if extra:
+        raise IntegrityError(f"{where}: {extra[0]} is not in the run's index ({len(extra)} unexpected file(s) "
+                             f"in {local})")
+    for rel, digest in files.items():
+        got = file_digest(local / rel)
+        if got != digest:
+            raise IntegrityError(f"{where}: {rel} was changed after the run was committed (sha256 {got[:12]}... "
+                                 f"!= {digest[:12]}... recorded); refusing to use it")
+
+
+def _suffix(rel: str) -> str:
+    suffix = PurePosixPath(rel).suffix.lower()
+    return suffix if _is_name(suffix[1:]) else ""
+
+
+def _is_name(name: str) -> bool:
+    try:
+        validate_name(name)
+        return True
+    except ValueError:
+        return False
+
+
+def _is_run_id(run_id: str) -> bool:
+    try:
+        validate_run_id(run_id)
+        return True
+    except InvalidRunId:
+        return False

@@ -1,0 +1,85 @@
+"""A step's own code: the modules its function's module imports from the project, transitively.
+
+The cache key hashes these files only, so fixing a typo in a report module does not retrain a model whose
+step never imports it. Imports are read from the source (the AST, imports inside functions included, since
+steps import their heavy modules lazily), never executed. "The project" is the package the step lives in
+plus cvpipe itself: a plugin step's own helpers count, third-party libraries do not (their versions are
+recorded beside the fingerprint).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+
+def _module_file(name: str) -> Path | None:
+    """The .py file of a module (a package's __init__.py), or None when it has no source or is not found."""
+    mod = sys.modules.get(name)
+    path = getattr(mod, "__file__", None) if mod is not None else None
+    if path is None:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError, AttributeError):
+            return None
+        path = spec.origin if spec is not None else None
+    return Path(path) if path and path.endswith(".py") else None
+
+
+def _imported_names(tree: ast.AST, module: str, is_package: bool) -> set[str]:
+    """Absolute names of the modules (or module attributes) a module's source imports."""
+    names: set[str] = set()
+    package = module if is_package else module.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base_parts = package.split(".")
+                base = ".".join(base_parts[: len(base_parts) - node.level + 1])
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            names.add(target)
+            names.update(f"{target}.{alias.name}" for alias in node.names if alias.name != "*")
+    return names
+
+
+def _parents(name: str) -> list[str]:
+    """a.b.c -> [a, a.b]: the packages whose __init__ runs when a.b.c is imported."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+@lru_cache(maxsize=None)
+def module_closure(module: str) -> tuple[tuple[str, Path], ...]:
+    """(name, file) of `module` and every project module it imports, transitively, sorted by name."""
+    roots = {module.split(".")[0], "cvpipe"}
+    seen: dict[str, Path] = {}
+    pending = [module]
+    while pending:
+        name = pending.pop()
+        if name in seen or name.split(".")[0] not in roots:
+            continue
+        path = _module_file(name)
+        if path is None:  # an attribute (from pkg import func), or not a source module
+            continue
+        seen[name] = path
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+        for dep in _imported_names(tree, name, path.name == "__init__.py") | {name}:
+            pending.extend(n for n in [dep, *_parents(dep)] if n not in seen)
+    return tuple(sorted(seen.items()))
+
+
+def code_fingerprint(module: str) -> dict[str, object]:
+    """sha256 (16 hex) over the names and bytes of the module's closure, and how many modules it covers."""
+    h = hashlib.sha256()
+    closure = module_closure(module)
+    for name, path in closure:
+        h.update(name.encode() + b"\0")
+        h.update(path.read_bytes())
+    return {"fingerprint": h.hexdigest()[:16], "modules": len(closure)}
