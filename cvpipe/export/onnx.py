@@ -181,7 +181,7 @@ def export_onnx(model, path: str | Path, input_size: Sequence[int], e2e: bool = 
 
 
 def ort_session(path: str | Path):
-    from cvpipe.inference.predictor import make_session
+    from cvpipe.inference.runtimes import make_session
 
     return make_session(path, 1)
 

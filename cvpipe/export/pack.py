@@ -2,10 +2,16 @@
 
     model.onnx       decoded outputs [B, N, 5+C] (dynamic batch; a bring-your-own graph may keep batch 1)
     model_e2e.onnx   decoding + per-class NMS inside (output `detections` [K, 7]; see cvpipe.export.onnx)
-    model.json       name, run_id, source run ids, input size, classes, input contract, outputs, thresholds, metrics
+    model_int8.onnx, model_openvino.{xml,bin}, model_openvino_int8.{xml,bin}
+                     the certified variants (cvpipe.export.variants), where packed
+    model.json       name, run_id, source run ids, input size, classes, input contract, outputs, thresholds,
+                     metrics, variants with their certificates, default variant, refused variants
     test_image.<ext> an image to smoke-test the model / service with
-    reference.json   the Predictor's prediction on it, exactly what POST /predict returns for it
+    reference.json   the default variant's prediction on it, exactly what POST /predict returns for it (other
+                     variants' own predictions: model.json variants.<name>.reference)
     README.md        this layout, for whoever finds the folder
+
+model.json is written only through PackedModel.save (the one writer; PackedModel.load the one reader).
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from cvpipe.vision import decode_image
+from cvpipe.inference.packed import PackedModel
 from cvpipe.inference.predictor import Predictor
+from cvpipe.vision import decode_image
 
 INPUT_CONTRACT = {"name": "images", "shape": ["batch", 3, "H", "W"], "dtype": "float32", "channels": "BGR",
                   "range": "0-255 (no mean/std)", "resize": "letterbox: one scale r = min(H/h, W/w), image in "
@@ -36,7 +43,8 @@ README = """# Packed cvpipe detection model `{name}` (run `{run_id}`)
 |---|---|
 | `model.onnx` | YOLOX graph, input `images` float32 [B,3,{h},{w}], output `output` [B,N,5+C] decoded: cx, cy, w, h in input pixels, objectness, class probabilities. Batch: {batch}. |
 | `model_e2e.onnx` | same graph + score = obj x best class prob + per-class NMS (ONNX NonMaxSuppression, IoU {nms_thr}, score >= {score_thr}); output `detections` [K,7] = batch index, x1, y1, x2, y2 (input pixels), score, class index. {e2e_note} |
-| `model.json` | classes ({n_classes}), category ids, input size, thresholds, source runs, metrics at pack time |
+| `model.json` | classes ({n_classes}), category ids, input size, thresholds, source runs, metrics at pack time, variants (runtime / precision) with their certificates |
+{variant_rows}
 | `test_image.*` | a test image; `reference.json` is the prediction on it (what `POST /predict` must return) |
 
 Input contract: BGR, 0-255 float (no normalisation), letterbox to {h}x{w}: scale r = min({h}/h, {w}/w), resized
@@ -45,7 +53,7 @@ image in the TOP-LEFT corner, rest filled with 114. Boxes in original pixels = i
 ```python
 from cvpipe.inference.predictor import Predictor
 from cvpipe.vision import decode_image
-pred = Predictor.from_dir("{dirname}")
+pred = Predictor.from_dir("{dirname}")   # default variant: {default}; variant="..." for another
 det = pred.predict(decode_image(open("test_image.jpg", "rb").read()))
 print(pred.to_json(det))
 ```
@@ -73,29 +81,60 @@ def write_model_dir(out: str | Path, *, onnx_path: str | Path, class_names: Sequ
         "input_size": [int(input_size[0]), int(input_size[1])], "class_names": class_names,
         "category_ids": category_ids, "input": INPUT_CONTRACT,
         "outputs": {k: v for k, v in OUTPUTS.items() if k == "model.onnx" or e2e_path is not None},
-        "onnx": "model.onnx", "score_thr": float(score_thr), "nms_thr": float(nms_thr), "max_det": int(max_det),
+        "onnx": "model.onnx", "e2e": "model_e2e.onnx" if e2e_path is not None else None,
+        "variants": {"fp32": {"backend": "onnxruntime", "precision": "fp32", "files": ["model.onnx"]}},
+        "default_variant": "fp32", "score_thr": float(score_thr), "nms_thr": float(nms_thr), "max_det": int(max_det),
         "metrics": metrics or {}, **(extra or {}),
     }
-    (out / "model.json").write_text(json.dumps(meta, indent=2))
-    predictor = Predictor.from_dir(out)
-    meta["batch"] = "dynamic" if predictor.fixed_batch is None else int(predictor.fixed_batch)
     if test_image is not None:
         test_image = Path(test_image)
         ext = test_image.suffix.lower() or ".jpg"
         shutil.copyfile(test_image, out / f"test_image{ext}")
-        data = test_image.read_bytes()
-        image = decode_image(data)
-        det = predictor.predict(image)
-        reference = {"detections": predictor.to_json(det),
-                     "image": {"width": int(image.shape[1]), "height": int(image.shape[0])},
-                     "model": {"run_id": run_id}}
-        (out / "reference.json").write_text(json.dumps(reference, indent=2))
         meta["test_image"] = f"test_image{ext}"
-        meta["reference_detections"] = len(det)
-    (out / "model.json").write_text(json.dumps(meta, indent=2))
-    h, w = meta["input_size"]
-    (out / "README.md").write_text(README.format(
-        name=name, run_id=run_id, h=h, w=w, batch=meta["batch"], nms_thr=nms_thr, score_thr=score_thr,
-        n_classes=len(class_names), dirname=out.name,
-        e2e_note="" if e2e_path is not None else "(not packed for this model)"))
-    return meta
+    fixed_batch = Predictor.from_dir(PackedModel.save(out, meta), "fp32").fixed_batch
+    meta["batch"] = "dynamic" if fixed_batch is None else int(fixed_batch)
+    return _write_references(PackedModel.save(out, meta))
+
+
+def set_variants(model_dir: str | Path, variants: dict, default_variant: str, refused: dict,
+                 default_choice: dict | None = None) -> dict:
+    """Record the certified variants (their files already in the dir) and the default; rewrites the
+    references (reference.json is the default variant's output) and README. Returns model.json's content."""
+    meta = dict(PackedModel.load(model_dir).meta)
+    meta.update(variants=variants, default_variant=default_variant, refused_variants=refused,
+                default_choice=default_choice or {})
+    return _write_references(PackedModel.save(model_dir, meta))
+
+
+def _reference(predictor: Predictor, image, run_id) -> dict:
+    return {"detections": predictor.to_json(predictor.predict(image)),
+            "image": {"width": int(image.shape[1]), "height": int(image.shape[0])}, "model": {"run_id": run_id}}
+
+
+def _write_references(packed: PackedModel) -> dict:
+    """reference.json from the default variant; every other variant's own prediction inside model.json (an
+    INT8 variant's boxes differ a little from fp32's, and a service checks the variant it runs)."""
+    meta = dict(packed.meta)
+    if packed.test_image is not None:
+        image = decode_image(packed.test_image.read_bytes())
+        refs = {name: _reference(Predictor.from_dir(packed, name), image, packed.run_id) for name in packed.variants}
+        default = refs[packed.default_variant]
+        (packed.dir / "reference.json").write_text(json.dumps(default, indent=2))
+        meta["reference_detections"] = len(default["detections"])
+        meta["variants"] = {n: {**v, "reference": refs[n]["detections"]} for n, v in meta["variants"].items()}
+    packed = PackedModel.save(packed.dir, meta)
+    _write_readme(packed)
+    return packed.meta
+
+
+def _write_readme(packed: PackedModel) -> None:
+    meta = packed.meta
+    h, w = packed.input_size
+    rows = "".join(f"| `{'`, `'.join(v.files)}` | variant `{n}`: {v.backend}, {meta['variants'][n].get('precision')}"
+                   f"{' (default)' if n == packed.default_variant else ''} |\n"
+                   for n, v in packed.variants.items() if n != "fp32")
+    (packed.dir / "README.md").write_text(README.format(
+        name=meta["name"], run_id=meta["run_id"], h=h, w=w, batch=meta.get("batch"), nms_thr=meta["nms_thr"],
+        score_thr=meta["score_thr"], n_classes=len(meta["class_names"]), dirname=packed.dir.name,
+        e2e_note="" if meta.get("e2e") else "(not packed for this model)", variant_rows=rows,
+        default=packed.default_variant))

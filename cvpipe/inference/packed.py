@@ -8,6 +8,17 @@ nothing else parses model.json. Torch-free: the Bento carries this module.
 Hostile input: the dir may come from a shared or remote store. Every file model.json names must be a plain
 name inside the dir (no absolute path, no `..`, no link out), class names and category ids must agree, and
 the contract version must be one this code reads; anything else is a PackedModelError naming the field.
+
+Variants (contract 2): the same model in several runtimes / precisions, each certified at pack time
+(cvpipe.export.certify) and served only if it passed:
+
+    "variants": {"fp32":     {"backend": "onnxruntime", "files": ["model.onnx"], "certificate": {...}},
+                 "openvino": {"backend": "openvino", "files": ["model_openvino.xml", "model_openvino.bin"], ...}},
+    "default_variant": "fp32",            # what a service runs when no variant is asked for
+    "refused_variants": {"int8": {"reason": "...", "certificate": {...}}}   # reported, never loadable
+
+The first file of a variant is the one its backend opens. A contract-1 dir (no "variants") has one: fp32.
+`PackedModel.save(dir, meta)` is the one writer of model.json.
 """
 
 from __future__ import annotations
@@ -18,8 +29,9 @@ from pathlib import Path
 
 from cvpipe.vision import ClassMap
 
-CONTRACT_VERSION = 1  # bump when a field changes meaning; readers refuse versions they do not know
-READABLE_VERSIONS = (1,)
+CONTRACT_VERSION = 2  # bump when a field changes meaning; readers refuse versions they do not know
+READABLE_VERSIONS = (1, 2)
+BACKENDS = ("onnxruntime", "openvino")
 
 
 class PackedModelError(ValueError):
@@ -39,6 +51,15 @@ def member(model_dir: Path, name: str, field: str) -> Path:
     if not inside:
         raise PackedModelError(f"model.json {field}={name!r} points outside the model dir")
     return path
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    backend: str  # "onnxruntime" | "openvino"
+    path: Path  # the file the backend opens (inside the model dir)
+    files: tuple[str, ...]  # every file of the variant, plain names inside the model dir
+    certificate: dict
 
 
 @dataclass(frozen=True)
@@ -63,6 +84,15 @@ class PackedModel:
         model.validate()
         return model
 
+    # ---- writing (the one writer) ----------------------------------------------------------------------
+    @classmethod
+    def save(cls, model_dir: str | Path, meta: dict) -> "PackedModel":
+        """Write model.json (stamped with this CONTRACT_VERSION) and read it back through the checks."""
+        model_dir = Path(model_dir)
+        meta = {**meta, "contract_version": CONTRACT_VERSION}
+        (model_dir / "model.json").write_text(json.dumps(meta, indent=2))
+        return cls.load(model_dir)
+
     def validate(self) -> None:
         version = self.meta.get("contract_version", 1)
         if version not in READABLE_VERSIONS:
@@ -74,6 +104,11 @@ class PackedModel:
         onnx = self.onnx_path
         if not onnx.is_file():
             raise PackedModelError(f"model.json names {onnx.name!r}, which is not in {self.dir}")
+        variants = self.variants  # parses and checks names, backends and paths
+        default = self.meta.get("default_variant", "fp32")
+        if default not in variants:
+            raise PackedModelError(f"model.json default_variant {default!r} is not a packed variant "
+                                   f"({', '.join(variants)})")
 
     # ---- fields -----------------------------------------------------------------------------------------
     @property
@@ -108,10 +143,74 @@ class PackedModel:
         path = self.dir / "reference.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
+    def reference_for(self, variant: str | None = None) -> dict | None:
+        """The prediction on the test image that a service running `variant` must return (reference.json
+        for the default variant; the variant's own boxes otherwise, e.g. INT8's)."""
+        ref = self.reference
+        name = self.default_variant if variant is None else variant
+        if ref is None or name == self.default_variant:
+            return ref
+        own = (self.meta.get("variants") or {}).get(name, {}).get("reference")
+        if not isinstance(own, list):
+            raise PackedModelError(f"model.json has no reference prediction for variant {name!r}")
+        return {**ref, "detections": own}
+
     @property
     def thresholds(self) -> dict:
         return {"score_thr": float(self.meta.get("score_thr", 0.25)), "nms_thr": float(self.meta.get("nms_thr", 0.45)),
                 "max_det": int(self.meta.get("max_det", 300))}
+
+    @property
+    def variants(self) -> dict[str, Variant]:
+        """The servable variants (refused ones are not here); fp32 is always there."""
+        raw = self.meta.get("variants") or {"fp32": {"backend": "onnxruntime", "files": [self.onnx_path.name]}}
+        if not isinstance(raw, dict) or "fp32" not in raw:
+            raise PackedModelError("model.json variants must be an object that holds 'fp32'")
+        return {name: self._variant(name, spec) for name, spec in raw.items()}
+
+    def _variant(self, name: str, spec) -> Variant:
+        field = f"variants.{name}"
+        if not isinstance(spec, dict) or spec.get("backend") not in BACKENDS:
+            raise PackedModelError(f"model.json {field}: needs a backend out of {BACKENDS}")
+        files = spec.get("files")
+        if not isinstance(files, list) or not files:
+            raise PackedModelError(f"model.json {field}.files must be a non-empty list of file names")
+        paths = [member(self.dir, f, f"{field}.files") for f in files]
+        return Variant(name, spec["backend"], paths[0], tuple(p.name for p in paths),
+                       spec.get("certificate") if isinstance(spec.get("certificate"), dict) else {})
+
+    @property
+    def default_variant(self) -> str:
+        return str(self.meta.get("default_variant", "fp32"))
+
+    @property
+    def refused_variants(self) -> dict:
+        refused = self.meta.get("refused_variants") or {}
+        return refused if isinstance(refused, dict) else {}
+
+    def variant(self, name: str | None = None) -> Variant:
+        """A servable variant by name (None: the pack's default), its files present, or PackedModelError."""
+        name = self.default_variant if name is None else name
+        variants = self.variants
+        if name not in variants:
+            why = f"it was refused at pack time: {self.refused_variants[name].get('reason')}" \
+                if name in self.refused_variants else "it was not packed"
+            raise PackedModelError(f"variant {name!r} is not servable ({why}); packed: {', '.join(variants)}")
+        found = variants[name]
+        missing = [f for f in found.files if not (self.dir / f).is_file()]
+        if missing:
+            raise PackedModelError(f"variant {name!r}: {', '.join(missing)} missing from {self.dir}")
+        return found
+
+    def files(self) -> list[str]:
+        """Every file of the pack (model.json, graphs of every servable variant, test image, reference, README):
+        what a copy of the pack (e.g. the Bento) must carry."""
+        names = {"model.json", self.onnx_path.name, "reference.json", "README.md"}
+        names |= {f for v in self.variants.values() for f in v.files}
+        if self.test_image is not None:
+            names.add(self.test_image.name)
+        names |= {member(self.dir, n, "e2e").name for n in [self.meta.get("e2e")] if n}
+        return sorted(n for n in names if (self.dir / n).is_file())
 
     def serving_contract(self) -> dict:
         """What a client of the service relies on: a model may replace a live one only if this is equal."""

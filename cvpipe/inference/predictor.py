@@ -1,33 +1,27 @@
-"""ONNX Runtime predictor of a packed model dir (or any decoded / raw YOLOX ONNX file). numpy only, no torch.
+"""Predictor of a packed model dir (or any decoded / raw YOLOX ONNX file or OpenVINO IR). numpy only, no torch.
 
-    pred = Predictor.from_dir("path/to/model")          # model.onnx + model.json
+    pred = Predictor.from_dir("path/to/model")          # the pack's default variant (model.json)
+    pred = Predictor.from_dir("path/to/model", variant="openvino")   # or "fp32", "int8", "openvino_int8"
     det = pred.predict(image_bgr)                        # Detections in original-image pixels
     pred.to_json(det)                                    # [{"box": [x1,y1,x2,y2], "score", "category_id", "category_name"}]
+
+Every variant runs behind the same pre- and post-processing (cvpipe.vision letterbox, decode, NMS); only the
+backend (cvpipe.inference.runtimes) differs.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from cvpipe.vision import decode_image
-from cvpipe.vision import Detections, decode_raw, letterbox, postprocess
+from cvpipe.inference.packed import PackedModel, PackedModelError
+from cvpipe.inference.runtimes import backend_available, make_session, open_runtime  # noqa: F401 - make_session
+from cvpipe.vision import Detections, decode_image, decode_raw, letterbox, postprocess
 
-
-def make_session(onnx_path: str | Path, intra_op_threads: int = 1):
-    """ORT CPU session; one intra-op thread by default so that N workers use N cores predictably."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = intra_op_threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
+log = logging.getLogger(__name__)
 
 
 class Predictor:
@@ -36,15 +30,16 @@ class Predictor:
     The ONNX model takes [B, 3, H, W] float32 BGR 0..255 (letterbox top-left, pad 114) and returns decoded
     predictions [B, N, 5+C] (cx, cy, w, h in input px, obj, class probs), or raw ones (dx, dy, log w, log h,
     obj, cls) when `raw_outputs`. A model with a fixed batch of 1 is run image by image in predict_batch.
+    `backend` "openvino" opens an OpenVINO IR (.xml) or ONNX file with OpenVINO instead of ONNX Runtime.
     """
 
     def __init__(self, onnx_path: str | Path, class_names: Sequence[str], category_ids: Sequence[int] | None,
                  input_size: Sequence[int], raw_outputs: bool = False, score_thr: float = 0.25,
                  nms_thr: float = 0.45, max_det: int = 300, intra_op_threads: int = 1,
-                 max_pixels: int | None = None):
-        self.onnx_path = Path(onnx_path)
+                 max_pixels: int | None = None, backend: str = "onnxruntime", variant: str = "fp32"):
+        self.onnx_path = Path(onnx_path)  # the model file the backend opens (an .xml for OpenVINO IR)
         if not self.onnx_path.is_file():
-            raise FileNotFoundError(f"ONNX model {self.onnx_path} does not exist")
+            raise FileNotFoundError(f"model file {self.onnx_path} does not exist")
         self.class_names = [str(c) for c in class_names]
         self.category_ids = [int(c) for c in category_ids] if category_ids is not None \
             else list(range(len(self.class_names)))
@@ -54,30 +49,35 @@ class Predictor:
         self.raw_outputs = raw_outputs
         self.score_thr, self.nms_thr, self.max_det = float(score_thr), float(nms_thr), int(max_det)
         self.max_pixels = max_pixels
-        self.session = make_session(self.onnx_path, intra_op_threads)
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
-        out = self.session.get_outputs()[0]
-        n_out = out.shape[-1]
-        if isinstance(n_out, int) and n_out != 5 + len(self.class_names):
+        self.backend, self.variant = backend, variant
+        self.runtime = open_runtime(backend, self.onnx_path, intra_op_threads)
+        self.fixed_batch = self.runtime.fixed_batch
+        n_out = self.runtime.output_width
+        if n_out is not None and n_out != 5 + len(self.class_names):
             raise ValueError(f"{self.onnx_path.name} outputs {n_out} values per box, which means {n_out - 5} "
                              f"classes, but {len(self.class_names)} class names were given")
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, intra_op_threads: int = 1, **overrides) -> "Predictor":
-        """A packed model dir: model.onnx (decoded outputs) + model.json (classes, input size, thresholds)."""
-        model_dir = Path(model_dir)
-        meta_path = model_dir / "model.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{model_dir} is not a packed model dir: no model.json")
-        meta = json.loads(meta_path.read_text())
-        kwargs = dict(class_names=meta["class_names"], category_ids=meta.get("category_ids"),
-                      input_size=meta["input_size"], raw_outputs=False,
-                      score_thr=meta.get("score_thr", 0.25), nms_thr=meta.get("nms_thr", 0.45),
-                      max_det=meta.get("max_det", 300), intra_op_threads=intra_op_threads)
+    def from_dir(cls, model_dir: str | Path | PackedModel, variant: str | None = None, intra_op_threads: int = 1,
+                 **overrides) -> "Predictor":
+        """A packed model dir (PackedModel.load: classes, input size, thresholds, variants).
+
+        variant: None = the pack's default variant, falling back to fp32 (with a warning) where the default's
+        backend is not installed here; a name ("fp32", "int8", "openvino", "openvino_int8") = exactly that
+        one, or PackedModelError (refused at pack time, not packed, or files missing)."""
+        packed = model_dir if isinstance(model_dir, PackedModel) else PackedModel.load(model_dir)
+        chosen = packed.variant(variant) if variant is not None else default_or_fp32(packed)
+        classes, thr = packed.classes, packed.thresholds
+        kwargs = dict(class_names=classes.names, category_ids=classes.category_ids, input_size=packed.input_size,
+                      raw_outputs=False, intra_op_threads=intra_op_threads, backend=chosen.backend,
+                      variant=chosen.name, **thr)
         kwargs.update(overrides)
-        return cls(model_dir / meta.get("onnx", "model.onnx"), **kwargs)
+        return cls(chosen.path, **kwargs)
+
+    @property
+    def session(self):
+        """The ONNX Runtime session (ORT backends only)."""
+        return getattr(self.runtime, "session", None)
 
     # --- core -------------------------------------------------------------------------------------------
     def preprocess(self, image_bgr: np.ndarray) -> tuple[np.ndarray, float]:
@@ -90,7 +90,7 @@ class Predictor:
         """[B, 3, H, W] float32 -> decoded [B, N, 5+C]."""
         if self.fixed_batch is not None and batch.shape[0] != self.fixed_batch:
             return np.concatenate([self.run(batch[i:i + 1]) for i in range(batch.shape[0])])
-        out = self.session.run(None, {self.input_name: batch})[0]
+        out = self.runtime.run(batch)
         return decode_raw(out, self.input_size) if self.raw_outputs else out
 
     def postprocess(self, decoded: np.ndarray, scale: float, image_hw: tuple[int, int],
@@ -119,6 +119,21 @@ class Predictor:
     # --- output ------------------------------------------------------------------------------------------
     def to_json(self, det: Detections) -> list[dict]:
         return detections_to_json(det, self.class_names, self.category_ids)
+
+
+def default_or_fp32(packed: PackedModel):
+    """The pack's default variant; fp32 (with a warning) where the default cannot run here: its backend is not
+    installed, or a copy of the pack (e.g. an older Bento) left its files out. fp32 is certified too."""
+    try:
+        chosen = packed.variant(None)
+    except PackedModelError as e:
+        log.warning("the pack's default variant cannot be loaded (%s): serving fp32", e)
+        return packed.variant("fp32")
+    if not backend_available(chosen.backend):
+        log.warning("the pack's default variant %r needs %s, which is not installed: serving fp32",
+                    chosen.name, chosen.backend)
+        return packed.variant("fp32")
+    return chosen
 
 
 def detections_to_json(det: Detections, class_names: Sequence[str], category_ids: Sequence[int]) -> list[dict]:
