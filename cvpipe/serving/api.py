@@ -1,60 +1,77 @@
-"""The model service's HTTP API as a plain Starlette app (BentoML mounts it; tests can also use it directly).
+"""The engine behind the service's endpoints: one packed model, its decode budget and its model thread(s).
 
-Endpoints (all JSON unless noted; each accepts GET and POST except predict, POST only):
-- POST /predict      image as multipart field `image`, or the raw image bytes as the body; optional
-                     `score_thr` (query or form field). -> {"detections": [{"box": [x1,y1,x2,y2], "score",
-                     "category_id", "category_name"}], "image": {"width", "height"}, "model": {"run_id"}}
-- /test_data         the packed test image (its own content type)
-- /test_result       the packed reference prediction on it (reference.json, as packed)
-- /info              name, version (= run id), classes, input size, thresholds, metrics at pack time
-Bad input is a 4xx with {"error": message}: 400 undecodable image / bad parameter / missing field,
-411-413 body too large, 413 image too large (pixels), 415 never (any body is tried as an image).
+The HTTP API itself is the BentoML service in cvpipe.serving.service (typed `@bentoml.api` endpoints, in
+OpenAPI); cvpipe.serving.guard sits in front of it. This module holds what those endpoints call:
+
+- DetectorEngine: PackedModel + Predictor (ONNX Runtime, variant from the settings), test image, reference;
+  `predict(image bytes, score_thr)` -> the JSON-able prediction; swapped whole by cvpipe.serving.swap.
+- DecodeBudget: the worker's memory budget for decoding, in bytes, taken from the image header before a
+  pixel is decoded (an image alone over the budget is 413; others wait for their share, then 503).
+- MicroBatcher: optional batching of concurrent requests into one model call (off by default: on CPU it
+  measured slower, see docs/production.md).
+- ClientError: what a bad request turns into (status + message), never a 5xx.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import hmac
-import json
+import ctypes
 import logging
-import mimetypes
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from cvpipe.vision import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLarge, decode_image
+from cvpipe.inference.packed import PackedModel
 from cvpipe.inference.predictor import Predictor
+from cvpipe.serving.settings import ServiceSettings
+from cvpipe.vision import ImageDecodeError, ImageTooLarge, decode_image, read_header
+from cvpipe.vision.images import decode_cost_bytes
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
 
+class ClientError(Exception):
+    """A request the service refuses: HTTP status (4xx, or 503 when busy) and a message for the client."""
 
-class BadRequest(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status, self.message = status, message
 
 
-def env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
+class DecodeBudget:
+    """Bytes of decode memory one worker hands out; acquire() waits (FIFO) until a request's share is free."""
+
+    def __init__(self, total_bytes: int, timeout_s: float = 10.0):
+        self.total, self.timeout_s = int(total_bytes), float(timeout_s)
+        self.in_use = 0
+        self._cond: asyncio.Condition | None = None
+
+    async def acquire(self, cost: int) -> None:
+        if cost > self.total:
+            raise ClientError(413, f"image too large to decode: needs about {cost / 2**20:.0f} MB, the worker's "
+                                   f"decode budget is {self.total / 2**20:.0f} MB")
+        if self._cond is None:
+            self._cond = asyncio.Condition()
+        async with self._cond:
+            try:
+                await asyncio.wait_for(self._cond.wait_for(lambda: self.in_use + cost <= self.total), self.timeout_s)
+            except asyncio.TimeoutError:
+                raise ClientError(503, "the worker is busy decoding other large images; retry later") from None
+            self.in_use += cost
+
+    async def release(self, cost: int) -> None:
+        async with self._cond:
+            self.in_use -= cost
+            self._cond.notify_all()
 
 
 class MicroBatcher:
-    """Adaptive batching: requests that arrive while the model is busy (or within `max_wait_ms` of the
-    first) run as one batch of up to `max_batch` letterboxed images on the single model thread."""
+    """Requests that arrive while the model is busy (or within `max_wait_ms` of the first) run as one batch of
+    up to `max_batch` letterboxed images on the model thread."""
 
     def __init__(self, run_batch: Callable[[np.ndarray], np.ndarray], executor: ThreadPoolExecutor,
                  max_batch: int = 8, max_wait_ms: float = 2.0):
@@ -72,18 +89,23 @@ class MicroBatcher:
         await self.queue.put((x, fut))
         return await fut
 
+    async def _collect(self) -> list:
+        loop = asyncio.get_running_loop()
+        items = [await self.queue.get()]
+        deadline = loop.time() + self.max_wait_s
+        while len(items) < self.max_batch:
+            timeout = deadline - loop.time()
+            try:
+                items.append(self.queue.get_nowait() if timeout <= 0 else
+                             await asyncio.wait_for(self.queue.get(), timeout))
+            except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                break
+        return items
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            items = [await self.queue.get()]
-            deadline = loop.time() + self.max_wait_s
-            while len(items) < self.max_batch:
-                timeout = deadline - loop.time()
-                try:
-                    items.append(self.queue.get_nowait() if timeout <= 0 else
-                                 await asyncio.wait_for(self.queue.get(), timeout))
-                except (asyncio.QueueEmpty, asyncio.TimeoutError):
-                    break
+            items = await self._collect()
             self.batch_sizes.append(len(items))
             try:
                 out = await loop.run_in_executor(self.executor, self.run_batch, np.stack([x for x, _ in items]))
@@ -97,192 +119,130 @@ class MicroBatcher:
 
 
 class DetectorEngine:
-    """The packed model (a BentoML model's dir, same layout as the `model` entity) behind the API."""
+    """A packed model dir (a BentoML model's dir, same layout as the `model` entity) ready to serve."""
 
     def __init__(self, model_dir: str | Path, intra_op_threads: int = 1, max_batch: int = 1,
-                 max_wait_ms: float = 2.0, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+                 max_wait_ms: float = 2.0, max_pixels: int | None = None, max_body_bytes: int | None = None,
+                 variant: str | None = None, model_threads: int = 1, budget: DecodeBudget | None = None,
+                 reduced_decode: bool = False):
+        defaults = ServiceSettings()
         self.model_dir = Path(model_dir)
-        self.meta = json.loads((self.model_dir / "model.json").read_text())
-        self.predictor = Predictor.from_dir(self.model_dir, intra_op_threads=intra_op_threads)
-        test_images = sorted(self.model_dir.glob("test_image.*"))
-        self.test_image = test_images[0] if test_images else None
-        ref = self.model_dir / "reference.json"
-        self.reference = json.loads(ref.read_text()) if ref.is_file() else None
-        self.max_pixels, self.max_body_bytes = max_pixels, max_body_bytes
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvpipe-model")  # one model thread
+        self.packed = PackedModel.load(self.model_dir)
+        self.meta = self.packed.meta
+        kwargs = {"variant": variant} if variant else {}  # only packed models with variants know the argument
+        self.predictor = Predictor.from_dir(self.model_dir, intra_op_threads=intra_op_threads, **kwargs)
+        self.test_image = self.packed.test_image or _legacy_test_image(self.model_dir)
+        self.reference = self.packed.reference
+        self.max_pixels = max_pixels or defaults.max_pixels
+        self.max_body_bytes = max_body_bytes or defaults.max_body_bytes  # enforced by the guard
+        self.budget = budget or DecodeBudget(defaults.decode_budget_bytes)
+        h, w = self.predictor.input_size
+        self.min_decode_size = (h, w) if reduced_decode else None
+        self.executor = ThreadPoolExecutor(max_workers=model_threads, thread_name_prefix="cvpipe-model")
         self.batcher = MicroBatcher(self.predictor.run, self.executor, max_batch, max_wait_ms) if max_batch > 1 \
             else None
 
     @classmethod
-    def from_env(cls, model_dir: str | Path) -> "DetectorEngine":
-        """Settings from CVPIPE_* environment variables (see the service README)."""
-        return cls(model_dir, intra_op_threads=env_int("CVPIPE_INTRA_OP_THREADS", 1),
-                   max_batch=env_int("CVPIPE_BATCH_MAX", 1), max_wait_ms=env_int("CVPIPE_BATCH_WAIT_MS", 2),
-                   max_pixels=env_int("CVPIPE_MAX_PIXELS", DEFAULT_MAX_PIXELS),
-                   max_body_bytes=env_int("CVPIPE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
+    def from_settings(cls, model_dir: str | Path, settings: ServiceSettings,
+                      budget: DecodeBudget | None = None) -> "DetectorEngine":
+        return cls(model_dir, intra_op_threads=settings.intra_op_threads, max_batch=settings.batch_max,
+                   max_wait_ms=settings.batch_wait_ms, max_pixels=settings.max_pixels,
+                   max_body_bytes=settings.max_body_bytes, variant=settings.variant,
+                   model_threads=settings.model_threads, reduced_decode=settings.reduced_decode,
+                   budget=budget or DecodeBudget(settings.decode_budget_bytes, settings.queue_timeout_s))
 
     @property
     def run_id(self):
-        return self.meta.get("run_id")
+        return self.packed.run_id
 
     def info(self) -> dict:
         m = self.meta
         return {"name": m.get("name"), "version": m.get("run_id"), "run_id": m.get("run_id"),
                 "source_run_ids": m.get("source_run_ids", {}), "input_size": m.get("input_size"),
-                "classes": [{"id": int(i), "name": n} for i, n in zip(m.get("category_ids", []), m["class_names"])],
+                "classes": [{"id": int(i), "name": n} for i, n in zip(self.predictor.category_ids,
+                                                                      self.predictor.class_names)],
                 "score_thr": m.get("score_thr"), "nms_thr": m.get("nms_thr"), "max_det": m.get("max_det"),
                 "metrics": m.get("metrics", {}), "created_at": m.get("created_at"),
+                "variant": getattr(self.predictor, "variant", None),
                 "batching": {"max_batch": self.batcher.max_batch if self.batcher else 1,
                              "batches": len(self.batcher.batch_sizes) if self.batcher else None,
                              "largest_batch": max(self.batcher.batch_sizes, default=0) if self.batcher else None},
+                "limits": {"max_pixels": self.max_pixels, "max_body_bytes": self.max_body_bytes,
+                           "decode_budget_bytes": self.budget.total,
+                           "reduced_decode": self.min_decode_size is not None},
                 "pid": os.getpid()}
 
-    def response(self, det, h: int, w: int) -> dict:
-        return {"detections": self.predictor.to_json(det), "image": {"width": int(w), "height": int(h)},
+    def _prepare(self, data: bytes):
+        """Decode + letterbox (on a pool thread): (original h, w), model input, scale to original pixels."""
+        image = decode_image(data, self.max_pixels, self.min_decode_size)
+        x, r = self.predictor.preprocess(image)
+        return image.shape[:2], x, r
+
+    async def predict(self, data: bytes, score_thr: float | None = None) -> dict:
+        try:
+            header = read_header(data, self.max_pixels)
+        except ImageTooLarge as e:
+            raise ClientError(413, str(e)) from None
+        except ImageDecodeError as e:
+            raise ClientError(400, str(e)) from None
+        cost = decode_cost_bytes(header, self.min_decode_size)
+        await self.budget.acquire(cost)
+        try:
+            loop = asyncio.get_running_loop()
+            decoded_hw, x, r = await loop.run_in_executor(None, self._prepare, data)
+        except ImageTooLarge as e:
+            raise ClientError(413, str(e)) from None
+        except ImageDecodeError as e:
+            raise ClientError(400, str(e)) from None
+        finally:
+            await self.budget.release(cost)
+            if cost > 64 * 2**20:
+                release_free_memory()
+        if self.batcher is not None:
+            out = await self.batcher.submit(x)
+        else:
+            out = (await loop.run_in_executor(self.executor, self.predictor.run, x[None]))[0]
+        # a reduced decode is scaled back: boxes are in the original image's pixels
+        hw = (header.height, header.width)
+        r = r * decoded_hw[1] / header.width if decoded_hw != hw else r
+        det = self.predictor.postprocess(out, r, hw, score_thr)
+        return {"detections": self.predictor.to_json(det), "image": {"width": header.width, "height": header.height},
                 "model": {"run_id": self.run_id}}
 
-    def _prepare(self, data: bytes):
-        image = decode_image(data, self.max_pixels)
-        return image.shape[:2], *self.predictor.preprocess(image)
 
-    async def predict(self, data: bytes, score_thr: float | None) -> dict:
-        # decode + letterbox and postprocess on the thread pool, the model on its own single thread
-        hw, x, r = await run_in_threadpool(self._prepare, data)
-        if self.batcher is not None:
-            decoded = await self.batcher.submit(x)
-        else:
-            loop = asyncio.get_running_loop()
-            decoded = (await loop.run_in_executor(self.executor, self.predictor.run, x[None]))[0]
-        det = await run_in_threadpool(self.predictor.postprocess, decoded, r, hw, score_thr)
-        return self.response(det, *hw)
+def _legacy_test_image(model_dir: Path) -> Path | None:
+    """Packs older than model.json's `test_image` key: the one plain test_image.* file in the dir."""
+    found = [p for p in sorted(model_dir.glob("test_image.*")) if p.is_file() and not p.is_symlink()]
+    return found[0] if found else None
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` bytes (before reading it all)."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise BadRequest(413, f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
-        except ValueError:
-            raise BadRequest(400, f"bad Content-Length header {declared!r}") from None
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(413, f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    request._body = body  # starlette re-reads the cached body when parsing a form
-    return body
-
-
-def parse_score_thr(value) -> float | None:
-    if value is None or value == "":
-        return None
+def release_free_memory() -> None:
+    """Give freed heap back to the OS after a large decode (glibc keeps it otherwise)."""
     try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise BadRequest(400, f"score_thr must be a number between 0 and 1, got {value!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise BadRequest(400, f"score_thr must be between 0 and 1, got {v}")
-    return v
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
-async def image_from_request(request: Request, limit: int) -> tuple[bytes, str | None]:
-    """(image bytes, score_thr form value) from a multipart `image` field or the raw body."""
-    body = await read_body(request, limit)
-    ctype = request.headers.get("content-type", "")
-    if ctype.startswith("multipart/form-data"):
-        try:
-            form = await request.form(max_files=4, max_fields=16)
-        except Exception as e:  # malformed multipart
-            raise BadRequest(400, f"malformed multipart body: {e}") from None
-        try:
-            field = form.get("image")
-            if field is None:
-                raise BadRequest(400, "the multipart form has no 'image' field (fields sent: "
-                                      f"{sorted(form.keys()) or 'none'}); send the image as field 'image' "
-                                      "or as the raw request body")
-            data = await field.read() if hasattr(field, "read") else str(field).encode()
-            return data, form.get("score_thr")
-        finally:
-            await form.close()
-    if ctype.startswith("application/x-www-form-urlencoded"):
-        raise BadRequest(400, "send the image as multipart field 'image' or as the raw request body, "
-                              "not as a url-encoded form")
-    return body, None
+def limit_heap_growth(mmap_threshold: int = 4 * 2**20, arenas: int = 2) -> None:
+    """glibc: allocations over mmap_threshold (decoded photos) are mmapped and unmapped when freed, and at most
+    `arenas` malloc arenas exist, so a burst of large images does not leave the worker's RSS high."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, mmap_threshold)  # M_MMAP_THRESHOLD (fixing it also stops glibc raising it)
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
 
 
 def create_app(get_engine: Callable[[], DetectorEngine], get_manager: Callable[[], object | None] = lambda: None,
-               admin_token: str | None = None) -> Starlette:
-    """The API over whatever engine `get_engine()` returns at request time (set when the service starts).
-    POST /admin/reload exists only when `admin_token` is set (Bearer auth); see cvpipe.serving.swap."""
+               admin_token: str | None = None):
+    """The service's full ASGI app (BentoML endpoints + guard) over `get_engine()`, in this process: for tests
+    and embedding. Lifespan must run (uvicorn does; use starlette's TestClient as a context manager).
+    Guard limits come from the engine (max_body_bytes, max_pixels) over the default settings."""
+    from cvpipe.serving import service
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
-
-    async def predict(request: Request) -> Response:
-        engine = get_engine()
-        try:
-            data, form_thr = await image_from_request(request, engine.max_body_bytes)
-            score_thr = parse_score_thr(request.query_params.get("score_thr", form_thr))
-            return JSONResponse(await engine.predict(data, score_thr))
-        except BadRequest as e:
-            return error(e.status, e.message)
-        except ImageTooLarge as e:
-            return error(413, str(e))
-        except ImageDecodeError as e:
-            return error(400, str(e))
-        except Exception as e:  # a bug, not the client's fault: logged, reported, the worker lives on
-            log.exception("predict failed")
-            return error(500, f"internal error: {type(e).__name__}: {e}")
-
-    async def test_data(request: Request) -> Response:
-        engine = get_engine()
-        if engine.test_image is None:
-            return error(404, "this model was packed without a test image")
-        media = mimetypes.guess_type(engine.test_image.name)[0] or "application/octet-stream"
-        return Response(engine.test_image.read_bytes(), media_type=media)
-
-    async def test_result(request: Request) -> Response:
-        engine = get_engine()
-        if engine.reference is None:
-            return error(404, "this model was packed without a reference prediction")
-        return JSONResponse(engine.reference)
-
-    async def info(request: Request) -> Response:
-        out = get_engine().info()
-        manager = get_manager()
-        if manager is not None:
-            out.update(manager.info())
-        else:
-            out["live_run_id"] = out["run_id"]
-        return JSONResponse(out)
-
-    async def admin_reload(request: Request) -> Response:
-        auth = request.headers.get("authorization", "")
-        given = auth[7:] if auth.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(given.encode(), admin_token.encode()):
-            return error(401, "missing or wrong admin token")
-        manager = get_manager()
-        if manager is None or manager.source is None:
-            return error(409, "no model store configured (set CVPIPE_FOLLOW_STORE)")
-        try:
-            body = json.loads(await read_body(request, 65536) or b"{}")
-            run_id = str(body.get("run_id", "latest"))
-        except (ValueError, AttributeError, BadRequest):
-            return error(400, 'send JSON {"run_id": "<model_pack run id>" | "latest"}')
-        result = await run_in_threadpool(manager.load, run_id)
-        if result["error"] is None:
-            manager.pinned = run_id != "latest"
-        return JSONResponse(result, status_code=200 if result["error"] is None else 422)
-
-    admin = [Route("/admin/reload", admin_reload, methods=["POST"])] if admin_token else []
-    return Starlette(routes=[*admin,
-        Route("/predict", predict, methods=["POST"]),
-        Route("/test_data", test_data, methods=["GET", "POST"]),
-        Route("/test_result", test_result, methods=["GET", "POST"]),
-        Route("/info", info, methods=["GET", "POST"]),
-    ])
+    engine = get_engine()
+    settings = ServiceSettings.load(max_body_bytes=engine.max_body_bytes, max_pixels=engine.max_pixels,
+                                    admin_token=admin_token)
+    return service.app_for(service.Hooks(get_engine, get_manager, settings))

@@ -3,8 +3,9 @@
     build_bento("model/", "bento/", name="cvpipe-detector", version=run_id)
       -> bento/cvpipe-detector.bento, bento/Dockerfile, bento/README.md
 
-The packed files become a BentoML model (bentoml.models.create) that the service declares, so the Bento
-carries them. The Bento holds only the torch-free modules the service imports (SERVICE_PACKAGES, SERVICE_MODULES) and lists
+The packed model dir becomes, whole, a BentoML model (bentoml.models.create) that the service declares, so
+the Bento carries every variant the pack holds (model_int8.onnx, OpenVINO IR, ...); `openvino` is added to
+the Bento's packages only when model.json lists an OpenVINO variant. The Bento holds only the torch-free modules the service imports (SERVICE_PACKAGES, SERVICE_MODULES) and lists
 bentoml, onnxruntime, numpy, pillow and opencv-python-headless (python.lock_packages: false).
 The build runs in a child process with BENTOML_HOME set to a temporary dir: nothing leaks into ~/bentoml.
 """
@@ -33,22 +34,47 @@ def service_files(repo_root: Path) -> list[str]:
     for pkg in SERVICE_PACKAGES:
         files += sorted(p.relative_to(repo_root).as_posix() for p in (repo_root / pkg).glob("*.py"))
     return files
+
+
 PACKAGES = ["bentoml>=1.4,<1.5", "onnxruntime>=1.17", "numpy>=1.26", "pillow>=10", "simplejpeg>=1.7", "opencv-python-headless>=4.8",
             "fsspec>=2023.1", "pyyaml>=6"]
-MODEL_FILES = ("model.onnx", "model_e2e.onnx", "model.json", "reference.json", "README.md")
+
+
+def bento_packages(model_dir: Path) -> list[str]:
+    """PACKAGES, plus openvino when the packed model has an OpenVINO variant."""
+    meta = json.loads((Path(model_dir) / "model.json").read_text())
+    variants = meta.get("variants") if isinstance(meta.get("variants"), dict) else {}
+    uses_openvino = any(isinstance(v, dict) and str(v.get("backend", name)).startswith("openvino")
+                        for name, v in variants.items())
+    return PACKAGES + (["openvino>=2024.0"] if uses_openvino else [])
+
+
+def copy_model_dir(model_dir: Path, dest: Path) -> None:
+    """Every regular file of the packed model dir, sub-folders included; links are not followed (a pack
+    from a shared store must not smuggle files from outside its dir into the Bento)."""
+    for src in sorted(model_dir.rglob("*")):
+        rel = src.relative_to(model_dir)
+        if src.is_symlink() or any(part.startswith(".") for part in rel.parts):
+            continue
+        if src.is_dir():
+            (dest / rel).mkdir(parents=True, exist_ok=True)
+        elif src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest / rel)
 
 README = """# Bento `{tag}`
 
 `{archive}` is a BentoML 1.4 Bento: the cvpipe REST service ({service}) plus the packed model as the BentoML
 model `{model_tag}`. Endpoints: POST /predict (multipart field `image` or the raw image bytes; optional
-`score_thr`), /test_data, /test_result, /info, and BentoML's /readyz, /livez, /metrics.
+`score_thr`), /test_data, /test_result, /info, and BentoML's /readyz, /livez, /metrics; OpenAPI UI at `/`.
+Settings (workers, limits, timeouts, variant): `CVPIPE_*` variables, see cvpipe/serving/settings.py.
 
 Serve it (a BentoML home of its own keeps ~/bentoml clean):
 
 ```bash
 export BENTOML_HOME=$PWD/bentoml_home BENTOML_DO_NOT_TRACK=true
 bentoml import {archive}
-bentoml serve {tag} --port 3000           # CVPIPE_WORKERS=2 for two workers, CVPIPE_BATCH_MAX=8 for batching
+bentoml serve {tag} --port 3000           # CVPIPE_WORKERS=2 for two workers (settings: CVPIPE_*)
 curl -F image=@test.jpg http://127.0.0.1:3000/predict
 ```
 
@@ -107,9 +133,7 @@ def _build_here(model_dir: Path, out_dir: Path, name: str, version: str, work_di
     with bentoml.models.create(tag, labels={"framework": "onnxruntime", "cvpipe": cvpipe.__version__},
                                metadata=json.loads((model_dir / "model.json").read_text()).get("metrics", {})
                                ) as model:
-        for f in list(MODEL_FILES) + [p.name for p in model_dir.glob("test_image.*")]:
-            if (model_dir / f).is_file():
-                shutil.copyfile(model_dir / f, Path(model.path) / f)
+        copy_model_dir(model_dir, Path(model.path))
     # a build context with only the service's modules (no torch anywhere in it)
     repo_root = Path(cvpipe.__file__).resolve().parent.parent
     ctx = work_dir / "build_ctx"
@@ -119,7 +143,7 @@ def _build_here(model_dir: Path, out_dir: Path, name: str, version: str, work_di
     bento = bentoml.bentos.build(
         SERVICE, name=name, version=version, build_ctx=str(ctx), include=["cvpipe/**/*.py"],
         labels={"cvpipe_run_id": version}, description=f"cvpipe detector {name}, model run {version}",
-        python={"packages": PACKAGES, "lock_packages": False}, args={"model_tag": tag})
+        python={"packages": bento_packages(model_dir), "lock_packages": False}, args={"model_tag": tag})
     archive = out_dir / f"{name}.bento"
     if archive.exists():
         archive.unlink()

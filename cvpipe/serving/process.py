@@ -6,10 +6,16 @@
 A `.bento` archive is first `bentoml import`ed into a BentoML home of its own (a temporary one unless
 `bentoml_home` is given), so nothing lands in ~/bentoml. The server gets a free port, is waited for on
 /readyz, and is always stopped (SIGTERM to its process group, then SIGKILL).
+
+It also dies with its parent, however the parent ends (issue 13): on Linux the server is started with
+PR_SET_PDEATHSIG=SIGTERM (it stops its workers, which themselves die with the server: see
+cvpipe.serving.service), and a normal interpreter exit stops every server still running (atexit).
 """
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import os
 import signal
 import socket
@@ -23,6 +29,30 @@ from pathlib import Path
 import httpx
 
 import yaml
+
+
+PR_SET_PDEATHSIG = 1
+_running: "set[ServiceProcess]" = set()
+
+
+def die_with_parent(sig: int = signal.SIGTERM, parent_pid: int | None = None) -> None:
+    """Ask Linux to send `sig` to this process when its parent ends; exit now if the parent is already gone
+    (it may have died before this ran). A no-op where prctl does not exist."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _stop_all_at_exit() -> None:
+    for svc in list(_running):
+        svc.stop(timeout_s=5.0)
+
+
+atexit.register(_stop_all_at_exit)
 
 
 class ServiceStartError(RuntimeError):
@@ -143,9 +173,12 @@ class ServiceProcess:
         log_path = self._log_path()
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(log_path, "ab")
+        parent = os.getpid()
         self.proc = subprocess.Popen(cmd, env=child_env(self.bentoml_home, self.workers, self.extra_env),
                                      cwd=cwd, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=lambda: die_with_parent(signal.SIGTERM, parent))
+        _running.add(self)
         try:
             self.wait_ready()
         except BaseException:
@@ -169,6 +202,7 @@ class ServiceProcess:
                                 f"server log tail:\n{self.log_tail()}")
 
     def stop(self, timeout_s: float = 15.0) -> None:
+        _running.discard(self)
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):

@@ -1,47 +1,179 @@
-"""BentoML service (1.4 style) of a packed cvpipe model: thin; the HTTP API is cvpipe.serving.api.
+"""The BentoML 1.4 service of a packed cvpipe model: typed `@bentoml.api` endpoints, all in the OpenAPI
+document (`/docs.json`, UI at `/`) and callable with `bentoml.SyncHTTPClient(url).predict(image=Path(...))`.
 
-The model artifacts (model.onnx, model.json, test image, reference.json) are a BentoML model; its tag comes
-from the bento argument `model_tag` (set at build time), else $CVPIPE_MODEL_TAG, else cvpipe-detector:latest.
-Environment: CVPIPE_WORKERS (1), CVPIPE_INTRA_OP_THREADS (1), CVPIPE_BATCH_MAX (1 = no adaptive batching),
-CVPIPE_BATCH_WAIT_MS (2), CVPIPE_MAX_BODY_BYTES (20 MiB), CVPIPE_MAX_PIXELS (40 M).
-Model updates (cvpipe.serving.swap): CVPIPE_FOLLOW_STORE (store URL; CVPIPE_STORE_ENV, CVPIPE_STORE_PIPELINE),
-CVPIPE_FOLLOW=1 to poll it every CVPIPE_FOLLOW_INTERVAL_S (10) s, CVPIPE_ADMIN_TOKEN to enable /admin/reload.
-Imports only bentoml, starlette, numpy, pillow, opencv, onnxruntime, fsspec and yaml (no torch).
+    POST /predict      image (multipart field `image`, or the raw image bytes as the body with any Content-Type),
+                       score_thr (form field or query, 0..1) -> Prediction
+    POST /test_data    the packed test image          (GET works too, for these three)
+    POST /test_result  the packed reference prediction on it
+    POST /info         model, run id, classes, thresholds, limits; live/rollback status of model updates
+    POST /admin/reload {"run_id": "latest" | RUN_ID}, Bearer token; 404 unless admin_token is set
+    BentoML's /readyz, /livez, /metrics.
+
+Settings: cvpipe.serving.settings.ServiceSettings (CVPIPE_* variables or CVPIPE_SETTINGS_FILE), read once
+per worker. cvpipe.serving.guard sits in front of the endpoints (body deadline, size limits, per-worker
+concurrency, input normalisation). The model artifacts are a BentoML model whose tag is the bento argument
+`model_tag` (set at build time) unless CVPIPE_MODEL_TAG says otherwise.
+Imports only bentoml, starlette, pydantic, numpy, pillow, opencv, onnxruntime, fsspec and yaml (no torch).
 """
 
 from __future__ import annotations
 
-import os
+import hmac
+import logging
+import mimetypes
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Callable, Optional
 
 import bentoml
+from bentoml.validators import ContentType
+from pydantic import BaseModel, Field
+from starlette.responses import JSONResponse
 
-from cvpipe.serving.api import DetectorEngine, create_app, env_int
+from cvpipe.serving.api import ClientError, DecodeBudget, DetectorEngine, limit_heap_growth
+from cvpipe.serving.guard import RequestGuard
+from cvpipe.serving.process import die_with_parent
+from cvpipe.serving.settings import ServiceSettings
 from cvpipe.serving.swap import ModelManager, StoreSource
 
-ARGS = bentoml.use_arguments()
-MODEL_TAG = os.environ.get("CVPIPE_MODEL_TAG") or getattr(ARGS, "model_tag", None) or "cvpipe-detector:latest"
+log = logging.getLogger(__name__)
 
-_state: dict[str, ModelManager] = {}
-
-
-def current_engine() -> DetectorEngine:
-    return _state["manager"].engine
+SETTINGS = ServiceSettings.load()
+MODEL_TAG = SETTINGS.model_tag or getattr(bentoml.use_arguments(), "model_tag", None) or "cvpipe-detector:latest"
 
 
-app = create_app(current_engine, lambda: _state.get("manager"), os.environ.get("CVPIPE_ADMIN_TOKEN") or None)
+class Detection(BaseModel):
+    box: list[float] = Field(description="[x1, y1, x2, y2] in the original image's pixels")
+    score: float
+    category_id: int = Field(description="the dataset's category id (e.g. COCO's)")
+    category_name: str
 
 
-@bentoml.asgi_app(app, path="/")
-@bentoml.service(name="cvpipe_detector", workers=env_int("CVPIPE_WORKERS", 1),
-                 traffic={"timeout": 60, "max_concurrency": 64})
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class ModelRef(BaseModel):
+    run_id: Optional[str] = Field(description="model_pack run that answered")
+
+
+class Prediction(BaseModel):
+    detections: list[Detection] = Field(description="highest score first")
+    image: ImageSize
+    model: ModelRef
+
+
+@dataclass
+class Hooks:
+    """Where an instance of the service gets its engine, manager and settings."""
+    get_engine: Callable[[], DetectorEngine]
+    get_manager: Callable[[], Optional[ModelManager]]
+    settings: ServiceSettings
+
+
+_pending: list[Hooks] = []  # set by app_for() for in-process apps; empty in a real `bentoml serve` worker
+_live: dict[str, Hooks] = {}  # the hooks of the running instance (what the guard reads)
+
+
+def app_for(hooks: Hooks):
+    """An in-process ASGI app of this service over the given hooks (cvpipe.serving.api.create_app)."""
+    _pending.append(hooks)
+    _live["hooks"] = hooks
+    return Detector.to_asgi(is_main=True)
+
+
+def _serving_hooks(model_path: str) -> Hooks:
+    s = SETTINGS
+    budget = DecodeBudget(s.decode_budget_bytes, s.queue_timeout_s)  # one per worker, shared across swaps
+    source = StoreSource(s.follow_store, s.store_env, s.store_pipeline) if s.follow_store else None
+    manager = ModelManager(DetectorEngine.from_settings(model_path, s, budget),
+                           lambda path: DetectorEngine.from_settings(path, s, budget), source)
+    if source is not None and s.follow:
+        manager.follow(s.follow_interval_s)
+    return Hooks(lambda: manager.engine, lambda: manager, s)
+
+
+def _error(e: ClientError) -> JSONResponse:
+    return JSONResponse({"error": e.message}, status_code=e.status,
+                        headers={"retry-after": "1"} if e.status == 503 else None)
+
+
+@bentoml.service(name="cvpipe_detector", workers=SETTINGS.workers,
+                 traffic={"timeout": SETTINGS.request_timeout_s})  # concurrency: per worker, in the guard
 class Detector:
     model = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        url = os.environ.get("CVPIPE_FOLLOW_STORE")
-        source = StoreSource(url, os.environ.get("CVPIPE_STORE_ENV", "dev"),
-                             os.environ.get("CVPIPE_STORE_PIPELINE", "default")) if url else None
-        manager = ModelManager(DetectorEngine.from_env(self.model.path), DetectorEngine.from_env, source)
-        _state["manager"] = manager
-        if source is not None and os.environ.get("CVPIPE_FOLLOW", "0") not in ("0", "", "false"):
-            manager.follow(float(os.environ.get("CVPIPE_FOLLOW_INTERVAL_S", "10")))
+        limit_heap_growth()
+        if not _pending:  # a real worker: it ends with the `bentoml serve` that started it, even on SIGKILL
+            die_with_parent(signal.SIGTERM)
+        self.hooks = _pending.pop() if _pending else _serving_hooks(self.model.path)
+        _live["hooks"] = self.hooks
+
+    @bentoml.api(route="/predict")
+    async def predict(
+        self,
+        image: Annotated[Path, ContentType("image/*"), Field(description="JPEG, PNG, BMP, WebP, TIFF, ... as a "
+                                                             "multipart field, or the raw bytes as the body")],
+        score_thr: Optional[float] = Field(None, description="score threshold 0..1 (default: the model's); "
+                                           "a query parameter works too"),
+    ) -> Prediction:
+        """Detect objects; boxes in the original image's pixels, COCO category ids. Bad input: 4xx {"error"}."""
+        engine = self.hooks.get_engine()
+        try:
+            return Prediction.model_validate(await engine.predict(image.read_bytes(), score_thr))
+        except ClientError as e:
+            return _error(e)
+
+    @bentoml.api(route="/test_data")
+    def test_data(self) -> Annotated[Path, ContentType("image/jpeg")]:
+        """The packed test image (its own content type)."""
+        engine = self.hooks.get_engine()
+        if engine.test_image is None:
+            return _error(ClientError(404, "this model was packed without a test image"))
+        return engine.test_image
+
+    @bentoml.api(route="/test_result")
+    def test_result(self) -> dict:
+        """The packed reference prediction on the test image (reference.json)."""
+        engine = self.hooks.get_engine()
+        if engine.reference is None:
+            return _error(ClientError(404, "this model was packed without a reference prediction"))
+        return engine.reference
+
+    @bentoml.api(route="/info")
+    def info(self) -> dict:
+        """Model name, version (= run id), classes, input size, thresholds, metrics, limits, update status."""
+        out = self.hooks.get_engine().info()
+        manager = self.hooks.get_manager()
+        out.update(manager.info() if manager is not None else {"live_run_id": out["run_id"]})
+        return out
+
+    @bentoml.api(route="/admin/reload")
+    async def admin_reload(self, ctx: bentoml.Context, run_id: str = "latest") -> dict:
+        """Load, check and swap to a model_pack run ("latest" or a run id): Bearer token; 404 when disabled."""
+        token = self.hooks.settings.admin_token
+        manager = self.hooks.get_manager()
+        auth = ctx.request.headers.get("authorization", "")
+        given = auth[7:] if auth.lower().startswith("bearer ") else ""
+        if token is None:
+            status, result = 404, {"error": "Not Found"}
+        elif not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+            status, result = 401, {"error": "missing or wrong admin token"}
+        elif manager is None or manager.source is None:
+            status, result = 409, {"error": "no model store configured (set CVPIPE_FOLLOW_STORE)"}
+        else:
+            import anyio
+
+            result = await anyio.to_thread.run_sync(manager.load, str(run_id))
+            status = 200 if result["error"] is None else 422
+            if status == 200:
+                manager.pinned = run_id != "latest"
+        ctx.response.status_code = status  # with a ctx parameter BentoML takes the status from it
+        return result
+
+
+Detector.add_asgi_middleware(RequestGuard, settings=lambda: _live["hooks"].settings if "hooks" in _live else SETTINGS)
+mimetypes.add_type("image/webp", ".webp")

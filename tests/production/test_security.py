@@ -49,7 +49,8 @@ def client(model_store):
     from cvpipe.serving.api import DetectorEngine, create_app
 
     engine = DetectorEngine(model_store["a"]["model"], max_body_bytes=100_000)
-    return TestClient(create_app(lambda: engine))
+    with TestClient(create_app(lambda: engine)) as client:  # the service instance is made at startup
+        yield client
 
 
 def test_body_over_the_limit_is_413(client):

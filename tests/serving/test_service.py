@@ -96,7 +96,7 @@ def _header_only_png(w, h) -> bytes:
     ("wrong field name", lambda d: {"files": {"file": ("x.jpg", d, "image/jpeg")}}, 400, "'image' field"),
     ("body over the limit", lambda d: {"content": b"\xff" * (MAX_BODY + 10)}, 413, "limit"),
     ("bad score_thr", lambda d: {"content": d, "params": {"score_thr": "2"}}, 400, "score_thr"),
-    ("url-encoded form", lambda d: {"data": {"image": "abc"}}, 400, "multipart"),
+    ("url-encoded form of text", lambda d: {"data": {"image": "abc"}}, 400, "not an image"),
 ])
 def test_bad_input_is_a_clear_4xx_and_the_service_lives(service, test_image, what, kwargs_fn, status, message):
     r = service.post("/predict", **kwargs_fn(test_image[1]))
