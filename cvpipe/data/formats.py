@@ -5,8 +5,16 @@ Conventions, so that the same boxes read the same from every format:
 - YOLO: `class cx cy w h` normalised to the image size; category ids are class index + 1 in the order of
   the classes file (classes.txt, obj.names, or `names` in data.yaml).
 - VOC: xmin..xmax are 1-based inclusive pixel indices (the devkit's convention), so x = xmin - 1 and
-  w = xmax - xmin + 1; category ids are 1.. in sorted class-name order unless `classes` is given.
+  w = xmax - xmin + 1. A box given with its corners swapped (xmax < xmin) stays swapped here, with edges
+  chosen so that data_prep's `inverted_box` fix (swapping the corners back) gives exactly the intended box.
+  Category ids are 1.. in the order of `classes`, else of a class list next to the data (classes.txt,
+  labelmap.txt, ...), else of the sorted class names found in the data. `ImageSets/Main/{train,val,test}.txt`
+  are recorded per image (extra `imageset`) for data_prep's split_from_source.
 - COCO: ids and records as they are; source fields without a column are kept in `extra`.
+
+Every file name taken from the data (COCO `file_name`, VOC `<filename>`, files found by walking the folder)
+must name a file inside the data's root, symlinks resolved: anything else is an `unsafe_path` finding, its
+image and annotations are dropped, and the file is never opened.
 """
 
 from __future__ import annotations
@@ -16,14 +24,16 @@ import logging
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import yaml
+
+from cvpipe.store.paths import is_inside, safe_relpath
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-Format = Literal["auto", "coco", "yolo", "voc"]
+CLASS_FILES = ("classes.txt", "labelmap.txt", "obj.names", "classes.names")
+IMAGESETS = ("train", "val", "test")
 
 
 @dataclass
@@ -40,19 +50,38 @@ class RawDataset:
     # file headers in its process pool, together with hashing, instead of once more here
     boxes_normalized: bool = False
 
+    def unsafe(self, what: str, image_id: int | None = None) -> None:
+        self.findings.append({"rule": "unsafe_path", "action": "dropped", "image_id": image_id, "ann_id": None,
+                              "detail": what})
+
+
+def _files(root: Path, pattern: str) -> list[Path]:
+    """Files matching `pattern` below root that stay inside it (a symlink out is never followed)."""
+    return sorted(p for p in root.rglob(pattern) if p.is_file() and is_inside(root, p))
+
 
 def _image_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return [p for p in _files(root, "*") if p.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def data_path(root: Path, name: str, base: Path | None = None) -> Path:
+    """`base / name` for a file name read from the data (default base: root); ValueError, naming the reason,
+    unless the name is relative without `..` and the path, symlinks resolved, stays inside root."""
+    rel = safe_relpath(str(name).replace("\\", "/"), "file name")
+    path = (base or root) / rel
+    if not is_inside(root, path):
+        raise ValueError(f"unsafe file name {name!r}: leads outside the data folder")
+    return path
 
 
 # ---- detection ----------------------------------------------------------------------------------
 def _coco_json(root: Path, annotations: str | None) -> Path | None:
     if annotations:
-        p = root / annotations
+        p = data_path(root, annotations)
         if not p.is_file():
             raise FileNotFoundError(f"annotation file not found: {p}")
         return p
-    candidates = sorted(root.glob("*.json")) + sorted(root.glob("annotations/*.json"))
+    candidates = [p for p in sorted(root.glob("*.json")) + sorted(root.glob("annotations/*.json")) if is_inside(root, p)]
     for p in candidates:
         try:
             with open(p, "rb") as f:
@@ -67,24 +96,50 @@ def _coco_json(root: Path, annotations: str | None) -> Path | None:
 def detect_format(root: Path) -> str:
     if _coco_json(root, None):
         return "coco"
-    if any(root.rglob("*.xml")):
+    if _files(root, "*.xml"):
         return "voc"
-    if any(root.rglob("*.txt")) or (root / "data.yaml").exists():
+    if _files(root, "*.txt") or (root / "data.yaml").exists():
         return "yolo"
     raise ValueError(f"cannot tell the annotation format of {root}: no COCO json, VOC xml or YOLO txt found; "
                      f"set data_load.format")
 
 
 # ---- COCO -----------------------------------------------------------------------------------------
-def _locate_images(root: Path, json_path: Path, names: list[str], images_dir: str | None) -> dict[str, Path]:
-    bases = [root / images_dir] if images_dir else [root / "images", root, json_path.parent / "images",
-                                                    json_path.parent, json_path.parent.parent / "images"]
-    for base in bases:
-        if names and (base / names[0]).is_file():
-            return {n: base / n for n in names}
-    # last resort: find files by name anywhere below root
-    by_name = {p.name: p for p in _image_files(root)}
-    return {n: by_name.get(Path(n).name, (bases[0] / n)) for n in names}
+def _image_bases(root: Path, json_path: Path, images_dir: str | None) -> list[Path]:
+    if images_dir:
+        return [data_path(root, images_dir)]
+    bases = [root / "images", root, json_path.parent / "images", json_path.parent, json_path.parent.parent / "images"]
+    return [b for b in bases if is_inside(root, b)]
+
+
+def _locate_images(root: Path, json_path: Path, names: list[str], images_dir: str | None) -> dict[str, Path | str]:
+    """file_name -> its path inside root, or the reason it is unsafe (a str)."""
+    located: dict[str, Path | str] = {}
+    safe: list[str] = []
+    for n in names:
+        try:
+            data_path(root, n)
+            safe.append(n)
+        except ValueError as e:
+            located[n] = str(e)
+    bases = _image_bases(root, json_path, images_dir)
+    base = next((b for b in bases if safe and (b / safe[0]).is_file()), None)
+    by_name = {p.name: p for p in _image_files(root)} if base is None else {}
+    for n in safe:  # without a base holding the first image, find files by name anywhere below root
+        try:
+            located[n] = data_path(root, n, base) if base else by_name.get(Path(n).name, data_path(root, n, bases[0]))
+        except (ValueError, IndexError) as e:
+            located[n] = str(e) or "no image folder inside the data"
+    return located
+
+
+def _coco_annotation(a: dict) -> dict:
+    bbox = a.get("bbox") or [float("nan")] * 4
+    x, y, w, h = (float(v) if v is not None else float("nan") for v in (list(bbox) + [None] * 4)[:4])
+    extra = {k: v for k, v in a.items() if k not in ("id", "image_id", "category_id", "bbox", "area", "iscrowd")}
+    return {"ann_id": int(a["id"]), "image_id": int(a["image_id"]), "category_id": int(a["category_id"]),
+            "x": x, "y": y, "w": w, "h": h, "area": float(a.get("area", w * h)), "iscrowd": int(a.get("iscrowd", 0)),
+            "extra": extra}
 
 
 def read_coco(root: Path, annotations: str | None = None, images_dir: str | None = None) -> RawDataset:
@@ -99,41 +154,59 @@ def read_coco(root: Path, annotations: str | None = None, images_dir: str | None
     if missing:
         raise ValueError(f"{json_path}: not a COCO instances file (missing {missing})")
     raw = RawDataset(format="coco", root=root)
-    paths = _locate_images(root, json_path, [im["file_name"] for im in coco["images"]], images_dir)
+    paths = _locate_images(root, json_path, [str(im["file_name"]) for im in coco["images"]], images_dir)
+    unsafe_ids = set()
     for im in coco["images"]:
+        path = paths[str(im["file_name"])]
+        if isinstance(path, str):
+            raw.unsafe(f"image {im['id']}: {path}; not read", int(im["id"]))
+            unsafe_ids.add(int(im["id"]))
+            continue
         extra = {k: v for k, v in im.items() if k not in ("id", "file_name", "width", "height")}
-        raw.images.append({"image_id": int(im["id"]), "file_name": im["file_name"], "path": paths[im["file_name"]],
+        raw.images.append({"image_id": int(im["id"]), "file_name": im["file_name"], "path": path,
                            "width": int(im.get("width") or 0), "height": int(im.get("height") or 0), "extra": extra})
     for a in coco["annotations"]:
-        bbox = a.get("bbox") or [float("nan")] * 4
-        x, y, w, h = (float(v) if v is not None else float("nan") for v in (list(bbox) + [None] * 4)[:4])
-        extra = {k: v for k, v in a.items() if k not in ("id", "image_id", "category_id", "bbox", "area", "iscrowd")}
-        raw.annotations.append({"ann_id": int(a["id"]), "image_id": int(a["image_id"]),
-                                "category_id": int(a["category_id"]), "x": x, "y": y, "w": w, "h": h,
-                                "area": float(a.get("area", w * h)), "iscrowd": int(a.get("iscrowd", 0)),
-                                "extra": extra})
+        ann = _coco_annotation(a)
+        if ann["image_id"] in unsafe_ids:
+            raw.findings.append({"rule": "unsafe_path", "action": "dropped", "image_id": ann["image_id"],
+                                 "ann_id": ann["ann_id"], "detail": "annotation of an image with an unsafe file name"})
+        else:
+            raw.annotations.append(ann)
     raw.categories = [{"category_id": int(c["id"]), "name": c["name"], "supercategory": c.get("supercategory", "")}
                       for c in coco["categories"]]
     return raw
 
 
-# ---- YOLO -----------------------------------------------------------------------------------------
-def _yolo_classes(root: Path) -> list[str] | None:
-    for name in ("data.yaml", "dataset.yaml"):
-        p = root / name
-        if p.is_file():
-            names = (yaml.safe_load(p.read_text()) or {}).get("names")
-            if isinstance(names, dict):
-                return [names[k] for k in sorted(names)]
-            if isinstance(names, list):
-                return [str(n) for n in names]
-    for name in ("classes.txt", "obj.names", "classes.names"):
-        p = root / name
-        if p.is_file():
-            return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+# ---- class lists (YOLO, VOC) ----------------------------------------------------------------------
+def _names_from_yaml(p: Path) -> list[str] | None:
+    names = (yaml.safe_load(p.read_text()) or {}).get("names")
+    if isinstance(names, dict):
+        return [str(names[k]) for k in sorted(names)]
+    if isinstance(names, list):
+        return [str(n) for n in names]
     return None
 
 
+def class_list_file(root: Path) -> list[str] | None:
+    """The class order the data ships with: `names` of data.yaml / dataset.yaml, else one name per line of
+    classes.txt, labelmap.txt (CVAT's `name:color::` lines; `#` comments), obj.names or classes.names."""
+    for name in ("data.yaml", "dataset.yaml"):
+        p = root / name
+        if p.is_file() and is_inside(root, p) and (names := _names_from_yaml(p)):
+            return names
+    for name in CLASS_FILES:
+        p = root / name
+        if p.is_file() and is_inside(root, p):
+            lines = [line.strip() for line in p.read_text().splitlines()]
+            names = [line.split(":")[0].strip() if name == "labelmap.txt" else line
+                     for line in lines if line and not line.startswith("#")]
+            if names and names[0] == "background" and name == "labelmap.txt":
+                names = names[1:]  # CVAT / TF labelmaps list the background class first
+            return names
+    return None
+
+
+# ---- YOLO -----------------------------------------------------------------------------------------
 def _label_path(root: Path, image: Path) -> Path:
     rel = image.relative_to(root)
     parts = list(rel.parts)
@@ -144,39 +217,45 @@ def _label_path(root: Path, image: Path) -> Path:
     return image.with_suffix(".txt")
 
 
+def _yolo_line(line: str) -> tuple[int, float, float, float, float]:
+    parts = line.split()
+    if len(parts) < 5:
+        raise ValueError("fewer than 5 values")
+    cx, cy, bw, bh = (float(v) for v in parts[1:5])
+    return int(parts[0]), cx, cy, bw, bh
+
+
+def _read_yolo_labels(raw: RawDataset, label: Path, image_id: int) -> None:
+    for n, line in enumerate(label.read_text().splitlines(), start=1):
+        if not line.split():
+            continue
+        try:
+            cls, cx, cy, bw, bh = _yolo_line(line)
+        except ValueError as e:
+            raw.findings.append({"rule": "bad_label_line", "action": "dropped", "image_id": image_id,
+                                 "ann_id": None, "detail": f"{label.name}:{n}: {line!r} ({e})"})
+            continue
+        # a negative width stays negative (x = the right edge): data_prep's inverted_box rule decides
+        raw.annotations.append({"ann_id": len(raw.annotations) + 1, "image_id": image_id, "category_id": cls + 1,
+                                "x": cx - bw / 2, "y": cy - bh / 2, "w": bw, "h": bh, "area": abs(bw * bh),
+                                "iscrowd": 0, "extra": {}})
+
+
 def read_yolo(root: Path, classes: list[str] | None = None) -> RawDataset:
     """Boxes come back normalised (`boxes_normalized`): data_load scales them by the header sizes.
     `classes` (index order) overrides the class list found in the data."""
     raw = RawDataset(format="yolo", root=root, boxes_normalized=True)
-    classes = classes or _yolo_classes(root)
+    classes = classes or class_list_file(root)
     if classes is None:
         raise ValueError(f"YOLO data in {root} needs a class list: classes.txt, obj.names or data.yaml with names "
                          f"(or set data_load.classes)")
     raw.categories = [{"category_id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(classes)]
-    ann_id = 0
     for image_id, path in enumerate(_image_files(root), start=1):
         rel = path.relative_to(root).as_posix()
         raw.images.append({"image_id": image_id, "file_name": rel, "path": path, "width": 0, "height": 0, "extra": {}})
         label = _label_path(root, path)
-        if not label.is_file():
-            continue
-        for n, line in enumerate(label.read_text().splitlines(), start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                if len(parts) < 5:
-                    raise ValueError("fewer than 5 values")
-                cls = int(parts[0])
-                cx, cy, bw, bh = (float(v) for v in parts[1:5])
-            except ValueError as e:
-                raw.findings.append({"rule": "bad_label_line", "action": "dropped", "image_id": image_id,
-                                     "ann_id": None, "detail": f"{label.name}:{n}: {line!r} ({e})"})
-                continue
-            ann_id += 1
-            raw.annotations.append({"ann_id": ann_id, "image_id": image_id, "category_id": cls + 1,
-                                    "x": cx - bw / 2, "y": cy - bh / 2, "w": bw, "h": bh, "area": bw * bh,
-                                    "iscrowd": 0, "extra": {}})
+        if label.is_file() and is_inside(root, label):
+            _read_yolo_labels(raw, label, image_id)
     return raw
 
 
@@ -186,48 +265,104 @@ def scale_normalized_boxes(raw: RawDataset, sizes: dict[int, tuple[int, int]]) -
         w, h = sizes.get(a["image_id"], (0, 0))
         a["x"], a["w"] = a["x"] * w, a["w"] * w
         a["y"], a["h"] = a["y"] * h, a["h"] * h
-        a["area"] = a["w"] * a["h"]
+        a["area"] = abs(a["w"] * a["h"])
     raw.boxes_normalized = False
 
 
 # ---- Pascal VOC ------------------------------------------------------------------------------------
-def read_voc(root: Path, classes: list[str] | None = None) -> RawDataset:
-    raw = RawDataset(format="voc", root=root)
-    xmls = sorted(root.rglob("*.xml"))
+def _voc_edges(lo: float, hi: float) -> tuple[float, float]:
+    """1-based inclusive pixel indices -> continuous edges. Swapped corners stay swapped, with the edges
+    of the pixels they name, so that swapping them back gives the intended box exactly."""
+    return (lo - 1, hi) if lo <= hi else (lo, hi - 1)
+
+
+def _voc_object(obj: ET.Element, ann_id: int, image_id: int, cat_ids: dict[str, int]) -> dict:
+    name = (obj.findtext("name") or "").strip()
+    box = obj.find("bndbox")
+    try:
+        xmin, ymin, xmax, ymax = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+    except (AttributeError, TypeError, ValueError):
+        xmin = ymin = xmax = ymax = float("nan")
+    x1, x2 = _voc_edges(xmin, xmax)
+    y1, y2 = _voc_edges(ymin, ymax)
+    extra = {k: obj.findtext(k) for k in ("difficult", "truncated", "pose") if obj.find(k) is not None}
+    return {"ann_id": ann_id, "image_id": image_id, "category_id": cat_ids.get(name, -1), "x": x1, "y": y1,
+            "w": x2 - x1, "h": y2 - y1, "area": abs((x2 - x1) * (y2 - y1)), "iscrowd": 0,
+            "extra": {**extra, "name": name}}
+
+
+def voc_imagesets(root: Path) -> tuple[dict[str, str], list[str]]:
+    """VOC ids (file stems) -> split from every ImageSets/Main/{train,val,test}.txt below root, and the ids
+    listed in more than one split (those get none)."""
+    split_of: dict[str, str] = {}
+    conflicts: set[str] = set()
+    for main in (p for p in root.rglob("Main") if p.parent.name == "ImageSets" and is_inside(root, p)):
+        for split in IMAGESETS:
+            listed = main / f"{split}.txt"
+            if not (listed.is_file() and is_inside(root, listed)):
+                continue
+            for line in listed.read_text().splitlines():
+                stem = line.split()[0] if line.split() else ""
+                if stem and split_of.setdefault(stem, split) != split:
+                    conflicts.add(stem)
+    for stem in conflicts:
+        split_of.pop(stem, None)
+    return split_of, sorted(conflicts)
+
+
+def _voc_class_ids(root: Path, docs: list, classes: list[str] | None) -> dict[str, int]:
+    names = classes or class_list_file(root)
+    if names is None:
+        names = sorted({(o.findtext("name") or "").strip() for _, d in docs for o in d.iter("object")} - {""})
+        log.warning("VOC data without a class list: ids follow the sorted class names found (%s); add classes.txt "
+                    "or set data_load.classes for ids that stay the same across loads", ", ".join(names[:10]))
+    return {n: i + 1 for i, n in enumerate(names)}
+
+
+def _parse_voc_files(raw: RawDataset, root: Path) -> list[tuple[Path, ET.Element]]:
     docs = []
-    for p in xmls:
+    for p in _files(root, "*.xml"):
         try:
             docs.append((p, ET.parse(p).getroot()))
         except ET.ParseError as e:
             raw.findings.append({"rule": "bad_annotation_file", "action": "dropped", "image_id": None, "ann_id": None,
                                  "detail": f"{p.relative_to(root)}: {e}"})
-    names = classes or sorted({(o.findtext("name") or "").strip() for _, d in docs for o in d.iter("object")} - {""})
-    cat_ids = {n: i + 1 for i, n in enumerate(names)}
+    return docs
+
+
+def _voc_image(root: Path, p: Path, doc: ET.Element, images_by_name: dict[str, Path]) -> Path:
+    """The image an annotation file names; ValueError when the name is unsafe."""
+    fname = (doc.findtext("filename") or p.with_suffix(".jpg").name).strip()
+    data_path(root, fname)  # the name itself must be safe, even if a file of that base name exists
+    return images_by_name.get(Path(fname).name) or data_path(root, fname, root / "JPEGImages")
+
+
+def read_voc(root: Path, classes: list[str] | None = None) -> RawDataset:
+    raw = RawDataset(format="voc", root=root)
+    docs = _parse_voc_files(raw, root)
+    cat_ids = _voc_class_ids(root, docs, classes)
     raw.categories = [{"category_id": i, "name": n, "supercategory": ""} for n, i in cat_ids.items()]
     images_by_name = {p.name: p for p in _image_files(root)}
-    ann_id = 0
+    split_of, conflicts = voc_imagesets(root)
+    for stem in conflicts:
+        raw.findings.append({"rule": "imageset_conflict", "action": "kept", "image_id": None, "ann_id": None,
+                             "detail": f"{stem} is listed in more than one of ImageSets/Main/{{train,val,test}}.txt"})
     for image_id, (p, doc) in enumerate(docs, start=1):
-        fname = (doc.findtext("filename") or p.with_suffix(".jpg").name).strip()
-        path = images_by_name.get(Path(fname).name, root / "JPEGImages" / fname)
-        rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else fname
+        try:
+            path = _voc_image(root, p, doc, images_by_name)
+        except ValueError as e:
+            raw.unsafe(f"{p.relative_to(root).as_posix()}: {e}; its image and boxes are not read", image_id)
+            continue
         size = doc.find("size")
         w = int(float(size.findtext("width") or 0)) if size is not None else 0
         h = int(float(size.findtext("height") or 0)) if size is not None else 0
-        raw.images.append({"image_id": image_id, "file_name": rel, "path": path, "width": w, "height": h,
-                           "extra": {"annotation_file": p.relative_to(root).as_posix()}})
+        extra = {"annotation_file": p.relative_to(root).as_posix()}
+        if split_of.get(p.stem) or split_of.get(path.stem):
+            extra["imageset"] = split_of.get(p.stem) or split_of[path.stem]
+        raw.images.append({"image_id": image_id, "file_name": path.relative_to(root).as_posix(), "path": path,
+                           "width": w, "height": h, "extra": extra})
         for obj in doc.iter("object"):
-            name = (obj.findtext("name") or "").strip()
-            box = obj.find("bndbox")
-            ann_id += 1
-            try:
-                xmin, ymin, xmax, ymax = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-            except (AttributeError, TypeError, ValueError):
-                xmin = ymin = xmax = ymax = float("nan")
-            bw, bh = xmax - xmin + 1, ymax - ymin + 1
-            extra = {k: obj.findtext(k) for k in ("difficult", "truncated", "pose") if obj.find(k) is not None}
-            raw.annotations.append({"ann_id": ann_id, "image_id": image_id, "category_id": cat_ids.get(name, -1),
-                                    "x": xmin - 1, "y": ymin - 1, "w": bw, "h": bh, "area": bw * bh, "iscrowd": 0,
-                                    "extra": {**extra, "name": name}})
+            raw.annotations.append(_voc_object(obj, len(raw.annotations) + 1, image_id, cat_ids))
     return raw
 
 

@@ -12,20 +12,13 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from PIL import Image
-
 from cvpipe.data.formats import RawDataset, detect_format, read_coco, read_voc, read_yolo, scale_normalized_boxes
 from cvpipe.data.schema import DetectionDataset
 from cvpipe.pipeline.executor import parallel_map
 from cvpipe.progress import track
+from cvpipe.vision import ImageDecodeError, read_header
 
 log = logging.getLogger(__name__)
-
-
-def header_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header, without decoding pixels."""
-    with Image.open(path) as im:
-        return im.size
 
 
 @dataclass
@@ -37,7 +30,8 @@ class FileInfo:
 
 
 def inspect_and_store(path: Path, out_dir: Path) -> FileInfo:
-    """Hash an image file, read its header size, copy it to out_dir as <sha256><ext> (once)."""
+    """Hash an image file, read its displayed size (EXIF orientation applied) from the header, copy it to
+    out_dir as <sha256><ext> (once)."""
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -45,8 +39,9 @@ def inspect_and_store(path: Path, out_dir: Path) -> FileInfo:
     digest = hashlib.sha256(data).hexdigest()
     info = FileInfo(digest=digest)
     try:
-        info.width, info.height = header_size(path)
-    except Exception as e:  # noqa: BLE001 - any decoder error means a corrupt image, recorded for data_prep
+        header = read_header(data)
+        info.width, info.height = header.width, header.height
+    except ImageDecodeError as e:  # a corrupt image, recorded for data_prep
         info.error = f"not a readable image: {e}"
     dest = out_dir / f"{digest}{path.suffix.lower()}"
     if not dest.exists():
@@ -108,6 +103,19 @@ def normalise(raw: RawDataset, images_out: Path, executor: str = "process",
             continue
         anns.append({**a, "extra": json.dumps(a.get("extra") or {}, sort_keys=True)})
     return DetectionDataset.build(images, anns, raw.categories), findings
+
+
+SOURCE_INFO = "source.json"
+
+
+def write_source_info(dataset_dir: Path, info: dict) -> None:
+    """What data_load read (source, format, content digest), stored with the dataset."""
+    (dataset_dir / SOURCE_INFO).write_text(json.dumps(info, indent=1, sort_keys=True))
+
+
+def read_source_info(dataset_dir: Path) -> dict:
+    p = dataset_dir / SOURCE_INFO
+    return json.loads(p.read_text()) if p.is_file() else {}
 
 
 def sweep_unreferenced(images_out: Path, ds: DetectionDataset) -> None:

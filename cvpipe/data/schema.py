@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from cvpipe.vision.classmap import ClassMap
+
 IMAGE_COLUMNS = {
     "image_id": "int64",
     "file_name": "string",
@@ -134,6 +136,10 @@ class DetectionDataset:
         cats = self.categories[self.categories["label"] >= 0].sort_values("label")
         return list(cats["name"])
 
+    def class_map(self) -> ClassMap:
+        """The vision core's ClassMap of the labelled categories: names and category ids in label order."""
+        cats = self.categories[self.categories["label"] >= 0].sort_values("label")
+        return ClassMap.from_names(list(cats["name"]), [int(c) for c in cats["category_id"]])
+
     def label_to_category_id(self) -> dict[int, int]:
-        cats = self.categories[self.categories["label"] >= 0]
-        return {int(l): int(c) for l, c in zip(cats["label"], cats["category_id"])}
+        return dict(enumerate(self.class_map().category_ids))

@@ -72,13 +72,15 @@ def _split_of_path(path: str) -> str | None:
 
 
 def source_splits(ds: DetectionDataset) -> dict[int, str]:
-    """image_id -> split recorded by the source: COCO's coco_url (.../val2017/...) or a folder of the
-    image's path (YOLO images/train/..., files under val2017/...). Images without one are left out."""
+    """image_id -> split recorded by the source: VOC's ImageSets/Main/{train,val,test}.txt (extra `imageset`),
+    COCO's coco_url (.../val2017/...) or a folder of the image's path (YOLO images/train/..., files under
+    val2017/...). Images without one are left out."""
     out = {}
     for r in ds.images.itertuples():
         extra = json.loads(r.extra) if r.extra else {}
         url = extra.get("coco_url") or ""
-        split = (_split_of_path(urlparse(url).path) if url else None) or _split_of_path(r.source or r.file_name)
+        split = _SPLIT_WORDS.get(str(extra.get("imageset", ""))) or \
+            (_split_of_path(urlparse(url).path) if url else None) or _split_of_path(r.source or r.file_name)
         if split:
             out[int(r.image_id)] = split
     return out

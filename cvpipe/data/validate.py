@@ -2,8 +2,12 @@
 
 Rules, in the order they apply:
   missing_image, corrupt_image, size_mismatch, duplicate_image   (per image, each image decoded once)
-  unknown_category, nan_box, duplicate_ann_id, out_of_image, tiny_box   (per annotation)
+  unknown_category, nan_box, duplicate_ann_id, inverted_box, out_of_image, tiny_box   (per annotation)
   empty_image                                                       (images left without annotations)
+
+inverted_box: a box whose far corner lies before its near one (x2 < x1 or y2 < y1). When the source format
+gives corners (VOC; YOLO, whose centre and size are two corners around the centre), `fix` swaps them back,
+which is what the annotator meant; COCO's xywh with a negative size means nothing, so `fix` drops it.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import pandas as pd
@@ -21,8 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from cvpipe.data.schema import DetectionDataset
 from cvpipe.pipeline.executor import parallel_map
 from cvpipe.progress import track
+from cvpipe.vision import ImageDecodeError, decode_image
 
-Image.MAX_IMAGE_PIXELS = 200_000_000  # decompression-bomb guard for data we validate
+CORNER_FORMATS = frozenset({"voc", "yolo"})  # formats whose inverted boxes are swapped corners
 
 
 class ValidationFailed(ValueError):
@@ -39,6 +44,8 @@ class ValidationPolicy(BaseModel):
     unknown_category: Literal["drop", "fail"] = "drop"
     nan_box: Literal["drop", "fail"] = "drop"
     duplicate_ann_id: Literal["fix", "drop", "fail"] = Field("fix", description="fix: give new ids")
+    inverted_box: Literal["fix", "drop", "fail"] = Field(
+        "fix", description="fix: swap the corners back when the source gives corners (VOC, YOLO), else drop")
     out_of_image: Literal["fix", "drop", "fail"] = Field("fix", description="fix: clip to the image")
     tiny_box: Literal["drop", "keep", "fail"] = "drop"
     min_box_size: float = Field(1.0, ge=0, description="boxes narrower or lower than this (px) are tiny")
@@ -54,21 +61,21 @@ class ImageCheck:
 
 
 def check_image(job: tuple[Path, bool]) -> ImageCheck:
-    """Fully decode one image (catches truncation); optionally return a small thumbnail."""
+    """Fully decode one image with the vision core's decoder (catches truncation; sizes as displayed, EXIF
+    orientation applied); optionally return a small RGB thumbnail."""
     path, want_thumb = job
     try:
-        with Image.open(path) as im:
-            im.load()
-            out = ImageCheck(width=im.width, height=im.height)
-            if want_thumb:
-                thumb = im.convert("RGB")
-                thumb.thumbnail((320, 320))
-                out.thumbnail = np.asarray(thumb)
-            return out
+        pixels = decode_image(path.read_bytes())
     except FileNotFoundError:
         return ImageCheck(error="missing")
-    except Exception as e:  # noqa: BLE001 - any decoder failure is a corrupt image
+    except (ImageDecodeError, OSError) as e:
         return ImageCheck(error=f"{type(e).__name__}: {e}")
+    out = ImageCheck(width=pixels.shape[1], height=pixels.shape[0])
+    if want_thumb:
+        thumb = Image.fromarray(np.ascontiguousarray(pixels[..., ::-1]))  # BGR -> RGB; resizing only
+        thumb.thumbnail((320, 320))
+        out.thumbnail = np.asarray(thumb)
+    return out
 
 
 @dataclass
@@ -83,102 +90,140 @@ def _finding(rule: str, action: str, image_id=None, ann_id=None, detail: str = "
             "ann_id": None if ann_id is None else int(ann_id), "detail": detail}
 
 
-def validate(ds: DetectionDataset, images_dir: Path, policy: ValidationPolicy, thumbnail_ids: set[int] = frozenset(),
-             executor: str = "process", workers: int | None = None) -> ValidationResult:
-    findings: list[dict] = []
-    images = ds.images.copy()
-    anns = ds.annotations.copy()
+ACTIONS = {"drop": "dropped", "fix": "fixed", "keep": "kept", "fail": "failed"}
 
-    def apply(rule: str, mask: pd.Series, frame: str, detail) -> pd.Series:
-        """Record each row hit by a rule; returns the mask (callers drop or fix per policy)."""
-        policy_value = getattr(policy, rule)
-        hit = (images if frame == "images" else anns)[mask]
+
+class _Validation:
+    """The tables being validated and the findings so far; one method per group of rules."""
+
+    def __init__(self, ds: DetectionDataset, policy: ValidationPolicy):
+        self.ds, self.policy = ds, policy
+        self.images, self.anns = ds.images.copy(), ds.annotations.copy()
+        self.findings: list[dict] = []
+
+    def apply(self, rule: str, mask: pd.Series, frame: str, detail: Callable,
+              action: str | None = None) -> pd.Series:
+        """Record each row hit by a rule (the policy's action unless given); returns the mask."""
+        policy_value = getattr(self.policy, rule)
+        hit = (self.images if frame == "images" else self.anns)[mask]
         if len(hit) and policy_value == "fail":
             raise ValidationFailed(f"{rule}: {len(hit)} {'images' if frame == 'images' else 'annotations'} "
                                    f"(policy 'fail'); first: {detail(next(hit.itertuples()))}")
-        action = {"drop": "dropped", "fix": "fixed", "keep": "kept"}[policy_value]
+        action = action or ACTIONS[policy_value]
         for r in hit.itertuples():
-            findings.append(_finding(rule, action, r.image_id, getattr(r, "ann_id", None), detail(r)))
+            self.findings.append(_finding(rule, action, r.image_id, getattr(r, "ann_id", None), detail(r)))
         return mask
 
-    # ---- per image: decode each once ----
+    def decoded(self, checks: list[ImageCheck]) -> None:
+        """missing_image, corrupt_image, size_mismatch, duplicate_image; then drop the dropped images' boxes."""
+        images, p = self.images, self.policy
+        errors = pd.Series([c.error for c in checks], index=images.index)
+        real_w = pd.Series([c.width for c in checks], index=images.index)
+        real_h = pd.Series([c.height for c in checks], index=images.index)
+        missing = self.apply("missing_image", errors == "missing", "images",
+                             lambda r: f"{r.file_name}: file not found")
+        corrupt = self.apply("corrupt_image", (errors != "") & (errors != "missing"), "images",
+                             lambda r: f"{r.file_name}: {errors[r.Index]}")
+        ok = ~(missing | corrupt)
+        mismatch = ok & ((real_w != images["width"]) | (real_h != images["height"]))
+        self.apply("size_mismatch", mismatch, "images", lambda r: f"{r.file_name}: recorded {r.width}x{r.height}, "
+                                                                  f"decoded {real_w[r.Index]}x{real_h[r.Index]}")
+        drop = ~ok if p.size_mismatch == "fix" else ~ok | mismatch
+        if p.size_mismatch == "fix":
+            images.loc[mismatch, "width"] = real_w[mismatch]
+            images.loc[mismatch, "height"] = real_h[mismatch]
+        dup = ok & ~drop & images["digest"].duplicated(keep="first") & (images["digest"] != "")
+        first_of = images[~images["digest"].duplicated(keep="first")].set_index("digest")["image_id"]
+        self.apply("duplicate_image", dup, "images",
+                   lambda r: f"{r.file_name}: same bytes as image {first_of.get(r.digest)}")
+        if p.duplicate_image == "drop":
+            drop |= dup
+        gone = self.anns["image_id"].isin(set(images.loc[drop, "image_id"]))
+        for r in self.anns[gone].itertuples():
+            self.findings.append(_finding("image_dropped", "dropped", r.image_id, r.ann_id,
+                                          "annotation of a dropped image"))
+        self.images, self.anns = images[~drop], self.anns[~gone]
+
+    def records(self) -> None:
+        """unknown_category, nan_box, duplicate_ann_id."""
+        known = set(self.ds.categories["category_id"])
+        unknown = self.apply("unknown_category", ~self.anns["category_id"].isin(known), "annotations",
+                             lambda r: f"category id {r.category_id} is not in the category list")
+        self.anns = self.anns[~unknown]
+        xywh = self.anns[["x", "y", "w", "h"]]
+        nan = self.apply("nan_box", xywh.isna().any(axis=1) | ~np.isfinite(xywh.to_numpy(dtype=float)).all(axis=1),
+                         "annotations", lambda r: f"box {[r.x, r.y, r.w, r.h]} is not a number")
+        self.anns = self.anns[~nan]
+        dup = self.apply("duplicate_ann_id", self.anns["ann_id"].duplicated(keep="first"), "annotations",
+                         lambda r: f"annotation id {r.ann_id} is used more than once")
+        if self.policy.duplicate_ann_id == "fix" and dup.any():
+            next_id = int(self.anns["ann_id"].max()) + 1
+            self.anns.loc[dup, "ann_id"] = np.arange(next_id, next_id + int(dup.sum()))
+        elif self.policy.duplicate_ann_id == "drop":
+            self.anns = self.anns[~dup]
+
+    def inverted(self, corners: bool) -> None:
+        """inverted_box: swap the corners back (corner formats, policy fix) or drop."""
+        a = self.anns
+        inverted = (a["w"] < 0) | (a["h"] < 0)
+        swap = corners and self.policy.inverted_box == "fix"
+        self.apply("inverted_box", inverted, "annotations", action=None if swap or self.policy.inverted_box != "fix"
+                   else "dropped", detail=lambda r: f"box xywh {[round(v, 2) for v in (r.x, r.y, r.w, r.h)]} has its "
+                                                    f"far corner before its near one")
+        if swap:
+            x1, x2 = np.minimum(a["x"], a["x"] + a["w"]), np.maximum(a["x"], a["x"] + a["w"])
+            y1, y2 = np.minimum(a["y"], a["y"] + a["h"]), np.maximum(a["y"], a["y"] + a["h"])
+            self.anns = a.assign(x=x1, y=y1, w=x2 - x1, h=y2 - y1)
+            self.anns.loc[inverted, "area"] = (self.anns["w"] * self.anns["h"])[inverted]
+        else:
+            self.anns = a[~inverted]
+
+    def geometry(self) -> None:
+        """out_of_image (clip or drop), then tiny_box."""
+        size = self.images.set_index("image_id")[["width", "height"]]
+        a = self.anns
+        W = a["image_id"].map(size["width"]).astype(float)
+        H = a["image_id"].map(size["height"]).astype(float)
+        x1, y1, x2, y2 = a["x"], a["y"], a["x"] + a["w"], a["y"] + a["h"]
+        outside = (x1 < 0) | (y1 < 0) | (x2 > W) | (y2 > H)
+        self.apply("out_of_image", outside, "annotations",
+                   lambda r: f"box xywh {[round(v, 2) for v in (r.x, r.y, r.w, r.h)]} outside the "
+                             f"{int(W[r.Index])}x{int(H[r.Index])} image")
+        if self.policy.out_of_image == "fix":
+            cx1, cx2, cy1, cy2 = x1.clip(0, W), x2.clip(0, W), y1.clip(0, H), y2.clip(0, H)
+            a = a.assign(x=cx1, y=cy1, w=cx2 - cx1, h=cy2 - cy1)
+            a.loc[outside, "area"] = (a["w"] * a["h"])[outside]
+        elif self.policy.out_of_image == "drop":
+            a = a[~outside]
+        self.anns = a
+        least = max(self.policy.min_box_size, 1e-9)
+        tiny = self.apply("tiny_box", (a["w"] < least) | (a["h"] < least), "annotations",
+                          lambda r: f"box {r.w:.2f}x{r.h:.2f} px is below {self.policy.min_box_size} px")
+        if self.policy.tiny_box == "drop":
+            self.anns = a[~tiny]
+
+    def empty(self) -> None:
+        empty = ~self.images["image_id"].isin(self.anns["image_id"])
+        self.apply("empty_image", empty, "images", lambda r: f"{r.file_name}: no annotations")
+        if self.policy.empty_image == "drop":
+            self.images = self.images[~empty]
+
+
+def validate(ds: DetectionDataset, images_dir: Path, policy: ValidationPolicy, thumbnail_ids: set[int] = frozenset(),
+             executor: str = "process", workers: int | None = None, source_format: str = "") -> ValidationResult:
+    """Apply every rule in order (see the module doc); `source_format` is data_load's (decides inverted_box)."""
     jobs = [(images_dir / b if b else images_dir / f"__missing__{i}", int(i) in thumbnail_ids)
-            for b, i in zip(images["blob"], images["image_id"])]
+            for b, i in zip(ds.images["blob"], ds.images["image_id"])]
     checks = list(track(parallel_map(check_image, jobs, kind=executor, workers=workers, chunksize=8),
                         "data_prep: decoding images", total=len(jobs)))
-    errors = pd.Series([c.error for c in checks], index=images.index)
-    real_w = pd.Series([c.width for c in checks], index=images.index)
-    real_h = pd.Series([c.height for c in checks], index=images.index)
-    missing = apply("missing_image", errors == "missing", "images", lambda r: f"{r.file_name}: file not found")
-    corrupt = apply("corrupt_image", (errors != "") & (errors != "missing"), "images",
-                    lambda r: f"{r.file_name}: {errors[r.Index]}")
-    ok = ~(missing | corrupt)
-    mismatch = ok & ((real_w != images["width"]) | (real_h != images["height"]))
-    apply("size_mismatch", mismatch, "images",
-          lambda r: f"{r.file_name}: recorded {r.width}x{r.height}, decoded {real_w[r.Index]}x{real_h[r.Index]}")
-    if policy.size_mismatch == "fix":
-        images.loc[mismatch, "width"] = real_w[mismatch]
-        images.loc[mismatch, "height"] = real_h[mismatch]
-        drop_images = ~ok
-    else:
-        drop_images = ~ok | mismatch
-    dup = ok & ~drop_images & images["digest"].duplicated(keep="first") & (images["digest"] != "")
-    first_of = images[~images["digest"].duplicated(keep="first")].set_index("digest")["image_id"]
-    apply("duplicate_image", dup, "images",
-          lambda r: f"{r.file_name}: same bytes as image {first_of.get(r.digest)}")
-    if policy.duplicate_image == "drop":
-        drop_images |= dup
-    dropped_ids = set(images.loc[drop_images, "image_id"])
-    gone = anns["image_id"].isin(dropped_ids)
-    for r in anns[gone].itertuples():
-        findings.append(_finding("image_dropped", "dropped", r.image_id, r.ann_id, "annotation of a dropped image"))
-    images, anns = images[~drop_images], anns[~gone]
-
-    # ---- per annotation ----
-    known = set(ds.categories["category_id"])
-    unknown = apply("unknown_category", ~anns["category_id"].isin(known), "annotations",
-                    lambda r: f"category id {r.category_id} is not in the category list")
-    anns = anns[~unknown]
-    nan = apply("nan_box", anns[["x", "y", "w", "h"]].isna().any(axis=1) |
-                ~np.isfinite(anns[["x", "y", "w", "h"]].to_numpy(dtype=float)).all(axis=1), "annotations",
-                lambda r: f"box {[r.x, r.y, r.w, r.h]} is not a number")
-    anns = anns[~nan]
-    dup_ann = apply("duplicate_ann_id", anns["ann_id"].duplicated(keep="first"), "annotations",
-                    lambda r: f"annotation id {r.ann_id} is used more than once")
-    if policy.duplicate_ann_id == "fix" and dup_ann.any():
-        next_id = int(anns["ann_id"].max()) + 1
-        anns.loc[dup_ann, "ann_id"] = np.arange(next_id, next_id + int(dup_ann.sum()))
-    elif policy.duplicate_ann_id == "drop":
-        anns = anns[~dup_ann]
-    size = images.set_index("image_id")[["width", "height"]]
-    W = anns["image_id"].map(size["width"]).astype(float)
-    H = anns["image_id"].map(size["height"]).astype(float)
-    x1, y1 = anns["x"], anns["y"]
-    x2, y2 = x1 + anns["w"], y1 + anns["h"]
-    outside = (x1 < 0) | (y1 < 0) | (x2 > W) | (y2 > H) | (anns["w"] < 0) | (anns["h"] < 0)
-    apply("out_of_image", outside, "annotations",
-          lambda r: f"box xywh {[round(v, 2) for v in (r.x, r.y, r.w, r.h)]} outside the "
-                    f"{int(W[r.Index])}x{int(H[r.Index])} image")
-    if policy.out_of_image == "fix":
-        lo_x, hi_x = np.minimum(x1, x2).clip(0, W), np.maximum(x1, x2).clip(0, W)
-        lo_y, hi_y = np.minimum(y1, y2).clip(0, H), np.maximum(y1, y2).clip(0, H)
-        anns = anns.assign(x=lo_x, y=lo_y, w=hi_x - lo_x, h=hi_y - lo_y)
-        anns.loc[outside, "area"] = (anns["w"] * anns["h"])[outside]
-    elif policy.out_of_image == "drop":
-        anns = anns[~outside]
-    tiny = apply("tiny_box", (anns["w"] < max(policy.min_box_size, 1e-9)) | (anns["h"] < max(policy.min_box_size, 1e-9)),
-                 "annotations", lambda r: f"box {r.w:.2f}x{r.h:.2f} px is below {policy.min_box_size} px")
-    if policy.tiny_box == "drop":
-        anns = anns[~tiny]
-
-    # ---- images left without markup ----
-    empty = ~images["image_id"].isin(anns["image_id"])
-    apply("empty_image", empty, "images", lambda r: f"{r.file_name}: no annotations")
-    if policy.empty_image == "drop":
-        images = images[~empty]
+    v = _Validation(ds, policy)
+    v.decoded(checks)
+    v.records()
+    v.inverted(source_format in CORNER_FORMATS)
+    v.geometry()
+    v.empty()
     thumbs = {int(i): c.thumbnail for i, c in zip(ds.images["image_id"], checks) if c.thumbnail is not None}
-    out = DetectionDataset.build(images, anns, ds.categories)
-    return ValidationResult(out, findings, thumbs)
+    return ValidationResult(DetectionDataset.build(v.images, v.anns, ds.categories), v.findings, thumbs)
 
 
 FINDING_COLUMNS = ["step", "rule", "action", "image_id", "ann_id", "detail"]
@@ -193,6 +238,12 @@ def write_findings(findings: list[dict], directory: Path) -> None:
     table = table.astype({"step": "string", "rule": "string", "action": "string", "image_id": "Int64",
                           "ann_id": "Int64", "detail": "string"})
     table.to_parquet(directory / "findings.parquet", index=False)
+
+
+def read_findings(directory: Path) -> list[dict]:
+    """The findings a step stored with its dataset ([] when it stored none)."""
+    p = directory / "findings.json"
+    return json.loads(p.read_text()) if p.is_file() else []
 
 
 def summarize_findings(findings: list[dict]) -> list[dict]:

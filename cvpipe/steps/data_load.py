@@ -3,12 +3,12 @@ canonical versioned dataset, images stored once per content digest."""
 
 from __future__ import annotations
 
-import json
 from typing import Literal, Optional
 
 from pydantic import Field
 
-from cvpipe.pipeline import Output, StepContext, StepParams, step
+from cvpipe.data.sources import ArchiveLimits
+from cvpipe.pipeline import Output, SourceDigest, StepContext, StepParams, step
 
 
 class DataLoadParams(StepParams):
@@ -17,22 +17,33 @@ class DataLoadParams(StepParams):
     format: Literal["auto", "coco", "yolo", "voc"] = "auto"
     annotations: Optional[str] = Field(None, description="COCO: annotation json path inside the source")
     images_dir: Optional[str] = Field(None, description="COCO: image folder inside the source")
-    classes: Optional[list[str]] = Field(None, description="class order. VOC: default sorted names; YOLO: default "
-                                                           "from data.yaml, classes.txt or obj.names")
+    classes: Optional[list[str]] = Field(None, description="class order (ids 1..K). VOC: default a classes.txt/"
+                                                           "labelmap.txt next to the data, else sorted names; "
+                                                           "YOLO: default from data.yaml, classes.txt or obj.names")
+    archive_limits: ArchiveLimits = Field(default_factory=ArchiveLimits,
+                                          description="limits on archives and downloads (bytes, files, ratio)")
     executor: Literal["serial", "process", "ray"] = "process"
     workers: Optional[int] = Field(None, ge=1)
 
 
-@step("data_load", params=DataLoadParams,
-      outputs=[Output("dataset", description="canonical tables + coco.json + findings.{json,parquet}"),
+def digest_data_source(params: DataLoadParams) -> SourceDigest:
+    """The content digest of the raw data (the runner keys data_load's cache on it)."""
+    from cvpipe.data.sources import digest_source
+
+    return digest_source(params.source, params.archive_limits)
+
+
+@step("data_load", params=DataLoadParams, source=digest_data_source,
+      outputs=[Output("dataset", description="canonical tables + coco.json + findings.{json,parquet} + source.json"),
                Output("images", content_addressed=True, description="image files named <sha256><ext>")])
 def data_load(params: DataLoadParams, ctx: StepContext) -> dict:
     """Normalise raw detection data into the canonical dataset."""
-    from cvpipe.data.load import normalise, read_raw, sweep_unreferenced
+    from cvpipe.data.load import normalise, read_raw, sweep_unreferenced, write_source_info
     from cvpipe.data.sources import fetch_source
     from cvpipe.data.validate import write_findings
 
-    root = fetch_source(params.source, ctx.scratch / "source")
+    source = ctx.source or digest_data_source(params)
+    root = fetch_source(params.source, ctx.scratch / "source", params.archive_limits, source)
     raw = read_raw(root, params.format, params.annotations, params.images_dir, params.classes)
     ds, findings = normalise(raw, ctx.output("images"), params.executor, params.workers)
     findings = [{**f, "step": "data_load"} for f in findings]
@@ -41,7 +52,8 @@ def data_load(params: DataLoadParams, ctx: StepContext) -> dict:
     ds.save(out)
     write_findings(findings, out)
     # no local paths here: they differ from run to run (scratch) and say nothing about the data
-    (out / "source.json").write_text(json.dumps({"source": params.source, "format": raw.format}, indent=1))
+    write_source_info(out, {"source": params.source, "format": raw.format, "digest": source.digest,
+                            "files": source.files})
     by_rule: dict[str, int] = {}
     for f in findings:
         by_rule[f["rule"]] = by_rule.get(f["rule"], 0) + 1

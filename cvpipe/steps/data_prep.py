@@ -40,24 +40,18 @@ class DataPrepParams(StepParams):
                Output("report", description="report.html, PNGs, findings.{json,parquet}")])
 def data_prep(params: DataPrepParams, ctx: StepContext, *, dataset: Path, images: Path) -> dict:
     """Validate, convert, split and report the loaded dataset."""
-    from cvpipe.data.convert import convert_classes
-    from cvpipe.data.load import copy_or_link
+    from cvpipe.data.load import copy_or_link, read_source_info
     from cvpipe.data.report import write_report
     from cvpipe.data.schema import DetectionDataset
-    from cvpipe.data.split import source_splits, split_table, stratified_split
-    from cvpipe.data.validate import summarize_findings, validate, write_findings
+    from cvpipe.data.split import split_table
+    from cvpipe.data.validate import read_findings, summarize_findings, validate, write_findings
 
     ds = DetectionDataset.load(dataset)
-    load_findings = json.loads((dataset / "findings.json").read_text()) if (dataset / "findings.json").exists() else []
+    load_findings = read_findings(dataset)
     candidates = set(ds.images.sort_values("digest")["image_id"].head(params.report_samples * 2).astype(int))
-    result = validate(ds, images, params.validation, candidates, params.executor, params.workers)
-    converted, conv_findings = convert_classes(result.dataset, params.classes)
-    assignment = source_splits(converted) if params.split_from_source else {}
-    rest = converted.images[~converted.images["image_id"].isin(assignment)]
-    rest_anns = converted.annotations[converted.annotations["image_id"].isin(rest["image_id"])]
-    assignment.update(stratified_split(DetectionDataset.build(rest, rest_anns, converted.categories), params.split,
-                                       params.seed))
-    converted.images["split"] = converted.images["image_id"].map(assignment).astype("string")
+    result = validate(ds, images, params.validation, candidates, params.executor, params.workers,
+                      source_format=read_source_info(dataset).get("format", ""))
+    converted, conv_findings = _convert_and_split(result.dataset, params)
     findings = [{"step": "data_load", **f} for f in load_findings] + \
                [{**f, "step": "data_prep"} for f in result.findings + conv_findings]
     converted.save(ctx.output("dataset"))
@@ -71,3 +65,19 @@ def data_prep(params: DataPrepParams, ctx: StepContext, *, dataset: Path, images
     return {"images": len(converted.images), "annotations": len(converted.annotations),
             "classes": len(converted.categories), "splits": {r["split"]: r["images"] for r in split_table(converted)},
             "findings": {f"{r['rule']}:{r['action']}": r["count"] for r in summarize_findings(findings)}}
+
+
+def _convert_and_split(ds, params: DataPrepParams):
+    """Class conversion, then the split: the source's own where asked, stratified for the rest."""
+    from cvpipe.data.convert import convert_classes
+    from cvpipe.data.schema import DetectionDataset
+    from cvpipe.data.split import source_splits, stratified_split
+
+    converted, findings = convert_classes(ds, params.classes)
+    assignment = source_splits(converted) if params.split_from_source else {}
+    rest = converted.images[~converted.images["image_id"].isin(assignment)]
+    rest_anns = converted.annotations[converted.annotations["image_id"].isin(rest["image_id"])]
+    assignment.update(stratified_split(DetectionDataset.build(rest, rest_anns, converted.categories), params.split,
+                                       params.seed))
+    converted.images["split"] = converted.images["image_id"].map(assignment).astype("string")
+    return converted, findings
