@@ -159,3 +159,46 @@ def test_micro_batcher_groups_waiting_requests_in_order():
     outs, sizes = asyncio.run(main())
     assert [o.tolist() for o in outs] == [[2 * i, 2 * i] for i in range(10)]
     assert sum(sizes) == 10 and max(sizes) == 4 and len(sizes) < 10
+
+
+def test_openapi_documents_every_endpoint_and_the_bentoml_client_works(service, test_image, reference, tmp_path):
+    import bentoml
+
+    spec = service.get("/docs.json").json()
+    for path in ("/predict", "/test_data", "/test_result", "/info", "/readyz", "/livez", "/metrics"):
+        assert path in spec["paths"], path
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert body["required"] == ["image"] and {"image", "score_thr"} <= set(body["properties"])
+    image = tmp_path / test_image[0]
+    image.write_bytes(test_image[1])
+    with bentoml.SyncHTTPClient(str(service.base_url)) as client:
+        assert client.predict(image=image) == reference
+        low = client.predict(image=image, score_thr=0.05)
+        assert len(low["detections"]) >= len(reference["detections"])
+        assert client.test_result() == reference
+        assert client.info()["run_id"] == reference["model"]["run_id"]
+
+
+@pytest.mark.parametrize("headers", [{}, {"content-type": "image/jpeg"},
+                                     {"content-type": "application/x-www-form-urlencoded"}])
+def test_raw_body_in_every_form_curl_sends(service, test_image, reference, headers):
+    """`curl --data-binary @photo.jpg URL` sends application/x-www-form-urlencoded: it must work too."""
+    r = service.post("/predict", content=test_image[1], headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json() == reference
+    high = service.post("/predict", content=test_image[1], headers=headers, params={"score_thr": 0.99})
+    assert high.status_code == 200 and high.json()["detections"] == []
+
+
+def test_settings_come_from_one_model(tmp_path):
+    from cvpipe.serving.settings import ServiceSettings, SettingsError
+
+    (tmp_path / "s.yaml").write_text("workers: 3\nmax_body_bytes: 5000\n")
+    s = ServiceSettings.load({"CVPIPE_SETTINGS_FILE": str(tmp_path / "s.yaml"), "CVPIPE_MAX_BODY_BYTES": "9000",
+                              "CVPIPE_FOLLOW": "1", "CVPIPE_ADMIN_TOKEN": "x" * 20})
+    assert (s.workers, s.max_body_bytes, s.follow) == (3, 9000, True)
+    assert s.env()["CVPIPE_ADMIN_TOKEN"] == "x" * 20 and "x" * 20 not in repr(s)
+    with pytest.raises(SettingsError, match="CVPIPE_WORKERS"):
+        ServiceSettings.load({"CVPIPE_WORKERS": "many"})
+    with pytest.raises(SettingsError, match="CVPIPE_NO_SUCH"):
+        ServiceSettings.load({}, no_such=1)
