@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cvpipe.evaluation.compare import class_deltas, stat_deltas
 from cvpipe.reporting.html import Report, escape, image, table
 
 
@@ -12,8 +11,37 @@ def _ap(v: float) -> str:
     return "n/a" if v is None or v < 0 else f"{v:.4f}"
 
 
-def build_eval_report(metrics: dict, plots: dict[str, Path], worst: list[dict], previous: dict | None,
-                      gate_message: str, gate_ok: bool) -> Report:
+def speed_of(preds) -> dict:
+    """Model and decode time per image from the evaluation loop's Predictions."""
+    import numpy as np
+
+    model_s, decode_s = preds.model_s, preds.decode_s
+    total = float(model_s.sum())
+    return {"images_per_s": len(model_s) / total if total > 0 else 0.0, "ms_mean": float(model_s.mean() * 1000),
+            "ms_p50": float(np.percentile(model_s, 50) * 1000), "ms_p95": float(np.percentile(model_s, 95) * 1000),
+            "decode_ms_mean": float(decode_s.mean() * 1000)}
+
+
+def baseline_section(m: dict) -> list[str]:
+    """Champion (or pretrained start) vs challenger: the gate, the 12 COCO numbers and AP per class."""
+    gate, base = m["gate"], m.get("baseline")
+    verdict = f"<p class='{'good' if gate['passed'] else 'bad'}'>{escape(gate['message'])}</p>"
+    if base is None:
+        return [verdict]
+    who = f"{base['kind']} ({base['name']})"
+    stats = [{"metric": k, who: _ap(base["stats"].get(k)), "this model": _ap(v),
+              "difference": f"{v - base['stats'][k]:+.4f}" if k in base["stats"] else ""}
+             for k, v in m["stats"].items()]
+    classes = [{"class": n, who: _ap(base["per_class_ap"].get(n, -1)), "this model": _ap(v),
+                "difference": f"{v - base['per_class_ap'][n]:+.4f}" if v >= 0 and base["per_class_ap"].get(n, -1) >= 0
+                else ""} for n, v in m["per_class_ap"].items()]
+    b = base["bootstrap"]
+    note = (f"<p class='note'>Same {m['images']} images for both; paired bootstrap over images "
+            f"({b['resamples']} resamples, seed {b['seed']}) of the AP difference.</p>")
+    return [verdict, note, table(stats), "<p>AP per class:</p>", table(classes)]
+
+
+def build_eval_report(metrics: dict, plots: dict[str, Path], worst: list[dict]) -> Report:
     """metrics: the metrics.json dict; plots: name -> PNG; worst: [{image_id, file, f1, tp, fp, fn, png}]."""
     m = metrics
     rep = Report(f"Model evaluation — model run {m.get('model', {}).get('run_id', '?')}")
@@ -23,21 +51,11 @@ def build_eval_report(metrics: dict, plots: dict[str, Path], worst: list[dict], 
         {"key": "images", "value": m["images"]},
         {"key": "ground-truth boxes (non-crowd)", "value": m.get("gt_boxes", "")},
         {"key": "detections (score ≥ {:g})".format(m["params"]["score_thr"]), "value": m.get("detections", "")},
-        {"key": "NMS IoU / max detections", "value": f"{m['params'].get('nms_thr')} / {m['params'].get('max_det')}"},
         {"key": "input size", "value": str(m.get("model", {}).get("input_size", ""))},
     ]))
     rep.add("COCO metrics", table([{"metric": k, "value": _ap(v)} for k, v in m["stats"].items()]),
             '<p class="note">faster-coco-eval, bbox, IoU .50:.95, areas small/medium/large, max 100 detections.</p>')
-    if previous is not None:
-        cls = "good" if gate_ok else "bad"
-        rep.add("Comparison with the previous evaluation",
-                f"<p>previous model run: {escape(previous.get('model', {}).get('run_id', '?'))}; "
-                f"<span class='{cls}'>{escape(gate_message)}</span></p>",
-                table(stat_deltas(m, previous)),
-                "<p>Largest per-class AP changes:</p>", table(class_deltas(m, previous, top=15)))
-    else:
-        rep.add("Comparison with the previous evaluation",
-                f"<p class='note'>no previous evaluation; {escape(gate_message)}</p>")
+    rep.add("Champion vs challenger", *baseline_section(m))
     s = m["speed"]
     rep.add("Speed", table([
         {"key": "images / s (model only: pre-process + ONNX + post-process)", "value": s["images_per_s"]},
@@ -45,7 +63,6 @@ def build_eval_report(metrics: dict, plots: dict[str, Path], worst: list[dict], 
         {"key": "ms / image p50", "value": s["ms_p50"]},
         {"key": "ms / image p95", "value": s["ms_p95"]},
         {"key": "image decoding ms / image (not in the above)", "value": s["decode_ms_mean"]},
-        {"key": "COCO evaluation s (not in the above)", "value": s["evaluator_s"]},
     ]))
     rep.add("Precision-recall", image(plots["pr_overall"], "PR curves"), image(plots["pr_per_class"], "PR per class"))
     rep.add("AP per class", image(plots["per_class_ap"], "AP per class"),

@@ -1,26 +1,27 @@
-"""model_eval: COCO metrics of the packed model (what will be served) on the test split, with a report."""
+"""model_eval: COCO metrics of the packed model (what will be served) on the test split, side by side with the
+champion (or the pretrained start), a paired bootstrap gate, a report, and the promotion decision."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import time
 from pathlib import Path
+from typing import Literal
 
 import cv2
-import numpy as np
-
 from pydantic import Field
 
 from cvpipe.data.schema import DetectionDataset
-from cvpipe.evaluation.coco import coco_evaluate
-from cvpipe.evaluation.compare import APDropError, ap_gate, load_metrics
+from cvpipe.evaluation.baseline import (EvalModel, gate_decision, label_map_for, onnx_eval_model,
+                                        packed_eval_model, pretrained_path)
+from cvpipe.evaluation.bootstrap import paired_bootstrap
+from cvpipe.evaluation.compare import APDropError
 from cvpipe.evaluation.confusion import confusion_matrix
+from cvpipe.evaluation.engine import evaluate
 from cvpipe.evaluation.plots import draw_errors, plot_confusion, plot_per_class_ap, plot_pr_overall, plot_pr_per_class
-from cvpipe.evaluation.report import build_eval_report
+from cvpipe.evaluation.report import build_eval_report, speed_of
 from cvpipe.pipeline import StepContext, StepParams, step
-from cvpipe.progress import track
+from cvpipe.vision import ClassMap, read_image
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +32,18 @@ class ModelEvalParams(StepParams):
     confusion_iou: float = 0.5
     confusion_score: float = 0.3  # a serving-like threshold for the confusion matrix and worst images
     worst_images: int = 8
-    max_ap_drop: float | None = Field(None, ge=0, description="fail when AP falls more than this below the previous "
-                                                              "evaluation's (None: off)")
     max_images: int | None = None  # evaluate only the first N images of the split (quick checks)
-
-
-def gt_fingerprint(gt: dict) -> str:
-    """Identifies the evaluated ground truth, to tell whether two evaluations are comparable."""
-    key = json.dumps([sorted(i["id"] for i in gt["images"]),
-                      sorted((a["image_id"], a["category_id"], *map(float, a["bbox"])) for a in gt["annotations"])])
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+    baseline: Literal["champion", "pretrained", "none"] = Field(
+        "champion", description="compare with the promoted model (the pretrained start while there is none), "
+                                "always the pretrained start, or nothing")
+    pretrained: str | None = Field(None, description="pretrained ONNX (default: what model_train started from, "
+                                                     "else weights/yolox_nano/yolox_nano.onnx)")
+    max_ap_drop: float = Field(0.0, ge=0, description="refuse when the whole bootstrap interval of the AP "
+                                                      "difference lies below -max_ap_drop")
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    resamples: int = Field(500, ge=50, le=5000)
+    seed: int = 0
+    promote: bool = Field(True, description="make the model the champion when the gate passes")
 
 
 def subset_coco(gt: dict, max_images: int | None) -> dict:
@@ -51,116 +54,128 @@ def subset_coco(gt: dict, max_images: int | None) -> dict:
     return {**gt, "images": images, "annotations": [a for a in gt["annotations"] if a["image_id"] in ids]}
 
 
-def predict_split(predictor, gt: dict, images_dir: Path, category_ids: list[int], score_thr: float):
-    """Run the predictor over the split's images. Returns (COCO results, model seconds per image,
-    decode seconds per image); only the predictor's call is in the model time."""
-    from cvpipe.vision import decode_image
-
-    results, model_s, decode_s = [], [], []
-    for img in track(gt["images"], "model_eval: predicting"):
-        path = images_dir / img["file_name"]
-        if not path.is_file():
-            raise FileNotFoundError(f"image {img['id']} ({img['file_name']}) is missing from the images entity")
-        t0 = time.perf_counter()
-        bgr = decode_image(path.read_bytes())
-        t1 = time.perf_counter()
-        det = predictor.predict(bgr, score_thr=score_thr)
-        t2 = time.perf_counter()
-        decode_s.append(t1 - t0)
-        model_s.append(t2 - t1)
-        if bgr.shape[:2] != (img["height"], img["width"]):
-            log.warning("image %s decodes to %s but the dataset says %dx%d", img["id"], bgr.shape[:2],
-                        img["height"], img["width"])
-        for box, score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist()):
-            x1, y1, x2, y2 = box
-            results.append({"image_id": int(img["id"]), "category_id": int(category_ids[label]),
-                            "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                            "score": round(float(score), 6)})
-    return results, np.asarray(model_s), np.asarray(decode_s)
-
-
-@step("model_eval", params=ModelEvalParams,
-      inputs={"dataset": "data_prep.dataset", "images": "data_prep.images", "model": "model_pack.model",
-              "previous": "model_eval.metrics?"},
-      outputs=["metrics", "predictions", "report"])
-def model_eval(params: ModelEvalParams, ctx: StepContext, *, dataset: Path, images: Path, model: Path,
-               previous: Path | None = None) -> dict:
-    """Evaluate the packed model on the test split: COCO metrics, PR curves, confusion, worst images, speed."""
-    from cvpipe.vision import decode_image
-    from cvpipe.inference.predictor import Predictor
-
+def load_split(dataset: Path, params: ModelEvalParams) -> dict:
     ds = DetectionDataset.load(dataset)
     gt = subset_coco(ds.to_coco(params.split), params.max_images)
     if not gt["images"]:
         splits = sorted(s for s in ds.images["split"].unique() if s)
         raise ValueError(f"the dataset has no images in split {params.split!r} (splits: {splits})")
-    meta = json.loads((Path(model) / "model.json").read_text())
-    category_ids = [int(c) for c in meta["category_ids"]]
-    gt_cats = {int(c["id"]) for c in gt["categories"]}
-    unknown = sorted(set(category_ids) - gt_cats)
-    if unknown:
-        raise ValueError(f"the model predicts category ids {unknown} that the dataset does not have; "
-                         f"was it trained on another dataset?")
-    not_predicted = sorted(gt_cats - set(category_ids))
-    if not_predicted:
-        log.warning("the model never predicts dataset categories %s: their AP counts as 0 where they have "
-                    "ground truth", not_predicted)
+    return gt
 
-    predictor = Predictor.from_dir(model)
-    dets, model_s, decode_s = predict_split(predictor, gt, Path(images), category_ids, params.score_thr)
 
-    t0 = time.perf_counter()
-    ev = coco_evaluate(gt, dets)
-    evaluator_s = time.perf_counter() - t0
-    cm = confusion_matrix(gt, dets, iou_thr=params.confusion_iou, score_thr=params.confusion_score)
+def run_model(model: EvalModel, gt: dict, images: Path, classes: ClassMap):
+    return evaluate(model.predict_batch, gt, images, classes, desc=f"model_eval: {model.kind}",
+                    label_map=label_map_for(model, classes))
 
-    n = len(gt["images"])
-    speed = {"images_per_s": float(n / model_s.sum()) if model_s.sum() > 0 else 0.0,
-             "ms_mean": float(model_s.mean() * 1000), "ms_p50": float(np.percentile(model_s, 50) * 1000),
-             "ms_p95": float(np.percentile(model_s, 95) * 1000), "decode_ms_mean": float(decode_s.mean() * 1000),
-             "evaluator_s": float(evaluator_s)}
-    metrics = {
-        "split": params.split, "images": n, "params": {**params.model_dump(mode="json"),
-                                                       "nms_thr": meta.get("nms_thr"), "max_det": meta.get("max_det")},
-        "gt_boxes": sum(1 for a in gt["annotations"] if not a.get("iscrowd", 0)), "detections": len(dets),
-        "gt_fingerprint": gt_fingerprint(gt),
-        "model": {"run_id": meta.get("run_id"), "input_size": meta.get("input_size"),
-                  "model_pack_run": ctx.input_runs.get("model")},
-        "stats": ev.stats, "per_class_ap": ev.per_class_ap, "speed": speed, "confusion": cm.to_dict(),
-    }
 
-    prev = load_metrics(previous)
-    prev_ap = prev["stats"]["AP"] if prev else None
-    gate_ok, gate_msg = ap_gate(ev.stats["AP"], prev_ap, params.max_ap_drop)
-    if prev is not None:
-        metrics["previous"] = {"run_id": ctx.input_runs.get("previous"),
-                               "model_run_id": prev.get("model", {}).get("run_id"), "AP": prev_ap,
-                               "same_ground_truth": prev.get("gt_fingerprint") == metrics["gt_fingerprint"]}
-        if not metrics["previous"]["same_ground_truth"]:
-            gate_msg += " (note: the previous evaluation used different ground truth)"
-    metrics["gate"] = {"max_ap_drop": params.max_ap_drop, "passed": gate_ok, "message": gate_msg}
+def reference_model(params: ModelEvalParams, ctx: StepContext, input_size) -> EvalModel | None:
+    """The champion (when baseline=champion and one is promoted), else the pretrained start, else None."""
+    from cvpipe.evaluation.store_links import champion_dir, train_summary
 
+    store = getattr(ctx, "store", None)
+    if params.baseline == "none":
+        return None
+    if params.baseline == "champion":
+        found = champion_dir(store, exclude=ctx.input_runs.get("model"))
+        if found is not None:
+            return packed_eval_model("champion", found, params.score_thr)
+    path = pretrained_path(params.pretrained, train_summary(store, ctx.input_runs.get("model")))
+    if path is None:
+        log.warning("no pretrained ONNX to compare with; the gate has nothing to compare")
+        return None
+    return onnx_eval_model(path, input_size, params.score_thr)
+
+
+def compare(params, gt, images, classes, cand_results, reference: EvalModel | None) -> tuple[dict | None, dict]:
+    """(baseline section of metrics.json, gate) for the candidate's COCO results against the reference."""
+    if reference is None:
+        return None, gate_decision(None, params.max_ap_drop, None)
+    ref_eval, ref_preds = run_model(reference, gt, images, classes)
+    boot = paired_bootstrap(gt, cand_results, ref_preds.results, params.resamples, params.seed, params.confidence)
+    gate = gate_decision(boot, params.max_ap_drop, f"{reference.kind} {reference.name}")
+    baseline = {"kind": reference.kind, "name": reference.name, "stats": ref_eval.stats,
+                "per_class_ap": ref_eval.per_class_ap, "bootstrap": boot, "predictions": ref_preds.results}
+    return baseline, gate
+
+
+@step("model_eval", params=ModelEvalParams,
+      inputs={"dataset": "data_prep.dataset", "images": "data_prep.images", "model": "model_pack.model"},
+      outputs=["metrics", "predictions", "report"])
+def model_eval(params: ModelEvalParams, ctx: StepContext, *, dataset: Path, images: Path, model: Path) -> dict:
+    """Evaluate the packed model on the test split beside the champion or the pretrained start; gate; promote."""
+    gt = load_split(dataset, params)
+    classes = ClassMap.from_coco_categories(gt["categories"])
+    candidate = packed_eval_model("candidate", model, params.score_thr)
+    ev, preds = run_model(candidate, gt, Path(images), classes)
+    baseline, gate = compare(params, gt, Path(images), classes, preds.results,
+                             reference_model(params, ctx, _input_size(model)))
+    cm = confusion_matrix(gt, preds.results, iou_thr=params.confusion_iou, score_thr=params.confusion_score)
+    metrics = {"split": params.split, "images": len(gt["images"]), "params": params.model_dump(mode="json"),
+               "gt_boxes": sum(1 for a in gt["annotations"] if not a.get("iscrowd", 0)),
+               "detections": len(preds.results),
+               "model": {"run_id": candidate.name, "input_size": list(_input_size(model)),
+                         "model_pack_run": ctx.input_runs.get("model")},
+               "stats": ev.stats, "per_class_ap": ev.per_class_ap, "speed": speed_of(preds),
+               "confusion": cm.to_dict(), "gate": gate}
+    write_outputs(ctx, params, metrics, baseline, ev, preds.results, cm, gt, Path(images))
+    log.info("model_eval: AP %.4f AP50 %.4f on %d %s images; %s", ev.stats["AP"], ev.stats["AP50"],
+             metrics["images"], params.split, gate["message"])
+    if not gate["passed"]:
+        raise APDropError(gate["message"])
+    summary = {"AP": ev.stats["AP"], "AP50": ev.stats["AP50"], "images": metrics["images"],
+               "images_per_s": metrics["speed"]["images_per_s"], "gate": gate,
+               "baseline": {k: baseline[k] for k in ("kind", "name")} | {"AP": baseline["stats"]["AP"]}
+               if baseline else None}
+    summary["promotion"] = record_promotion(params, ctx, summary)
+    return summary
+
+
+def _input_size(model: Path) -> tuple[int, int]:
+    from cvpipe.inference.packed import PackedModel
+
+    return PackedModel.load(model).input_size
+
+
+def record_promotion(params: ModelEvalParams, ctx: StepContext, summary: dict) -> str:
+    """Append the promote event (it counts once this run is complete); says what happened."""
+    store = getattr(ctx, "store", None)
+    model_run = ctx.input_runs.get("model")
+    if not params.promote:
+        return "not promoted (promote: false)"
+    if store is None or model_run is None:
+        log.warning("model_eval: no store handed to the step: promote by hand with `cvpipe promote %s`", model_run)
+        return "not promoted: no store"
+    from cvpipe.store.promotion import record_decision
+
+    event = record_decision(store, step="model_eval", step_run_id=ctx.run_id, model_run_id=model_run,
+                            passed=True, promote_on_pass=True, reason=summary["gate"]["message"],
+                            metrics={k: summary[k] for k in ("AP", "AP50", "images", "baseline")})
+    return f"promoted (event {event.seq})" if event else "already champion"
+
+
+def write_outputs(ctx, params, metrics, baseline, ev, results, cm, gt, images: Path) -> None:
     out_metrics, out_preds, out_report = ctx.output("metrics"), ctx.output("predictions"), ctx.output("report")
-    (out_preds / "predictions.json").write_text(json.dumps(dets))
+    (out_preds / "predictions.json").write_text(json.dumps(results))
+    if baseline is not None:
+        (out_preds / "baseline_predictions.json").write_text(json.dumps(baseline.pop("predictions")))
+        metrics["baseline"] = baseline
     (out_metrics / "metrics.json").write_text(json.dumps(metrics, indent=2))
-
     plots = {"pr_overall": plot_pr_overall(ev, out_report / "pr_curves.png"),
              "pr_per_class": plot_pr_per_class(ev, out_report / "pr_per_class.png"),
              "per_class_ap": plot_per_class_ap(ev.per_class_ap, out_report / "per_class_ap.png"),
              "confusion": plot_confusion(cm, out_report / "confusion_matrix.png")}
+    worst = worst_images(cm, gt, images, out_report, params.worst_images)
+    build_eval_report(metrics, plots, worst).write(out_report / "report.html")
+
+
+def worst_images(cm, gt: dict, images: Path, out: Path, n: int) -> list[dict]:
     by_id = {i["id"]: i for i in gt["images"]}
-    names = cm.names[:-1]
     worst = []
-    for res in cm.worst_images(params.worst_images):
+    for res in cm.worst_images(n):
         info = by_id[res.image_id]
-        img = decode_image((Path(images) / info["file_name"]).read_bytes())
-        png = out_report / f"worst_{len(worst) + 1:02d}_{res.image_id}.jpg"
-        cv2.imwrite(str(png), draw_errors(img, res, names), [cv2.IMWRITE_JPEG_QUALITY, 85])
+        img = read_image(images / info["file_name"])
+        png = out / f"worst_{len(worst) + 1:02d}_{res.image_id}.jpg"
+        cv2.imwrite(str(png), draw_errors(img, res, cm.names[:-1]), [cv2.IMWRITE_JPEG_QUALITY, 85])
         worst.append({"image_id": res.image_id, "file": info.get("original_file_name") or info["file_name"],
                       "f1": res.f1, "tp": res.tp, "fp": len(res.fp), "fn": len(res.fn), "png": png})
-    build_eval_report(metrics, plots, worst, prev, gate_msg, gate_ok).write(out_report / "report.html")
-    log.info("model_eval: AP %.4f AP50 %.4f on %d %s images, %.1f images/s", ev.stats["AP"],
-             ev.stats["AP50"], n, params.split, speed["images_per_s"])
-    if not gate_ok:
-        raise APDropError(gate_msg)
-    return {"AP": ev.stats["AP"], "AP50": ev.stats["AP50"], "images": n, "images_per_s": speed["images_per_s"]}
+    return worst

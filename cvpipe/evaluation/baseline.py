@@ -1,0 +1,96 @@
+"""What a candidate model is compared with in model_eval: the champion (the promoted model that is served),
+or the pretrained model training started from, evaluated on the same images by the same loop; and the gate
+on the paired bootstrap interval of the AP difference."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from cvpipe.vision import ClassMap
+
+log = logging.getLogger(__name__)
+
+SHIPPED_PRETRAINED = Path("weights/yolox_nano/yolox_nano.onnx")
+
+
+@dataclass
+class EvalModel:
+    """A model as the evaluation loop sees it: a batch predictor and its classes (mapped to the dataset's
+    by name)."""
+
+    kind: str  # "candidate" | "champion" | "pretrained"
+    name: str  # run id or file name, for the report
+    predict_batch: Callable
+    classes: ClassMap
+
+
+def packed_eval_model(kind: str, model_dir: Path, score_thr: float) -> EvalModel:
+    from cvpipe.inference.packed import PackedModel
+    from cvpipe.inference.predictor import Predictor
+
+    packed = PackedModel.load(model_dir)
+    predictor = Predictor.from_dir(model_dir)
+    return EvalModel(kind, packed.run_id or Path(model_dir).name,
+                     lambda images: predictor.predict_batch(images, score_thr=score_thr), packed.classes)
+
+
+def onnx_eval_model(onnx_path: Path, input_size: tuple[int, int], score_thr: float) -> EvalModel:
+    """A YOLOX ONNX as published (raw outputs; 80 outputs -> the COCO classes), e.g. the pretrained start."""
+    import onnx
+
+    from cvpipe.inference.coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+    from cvpipe.inference.predictor import Predictor
+
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    n_out = proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    if n_out and n_out != 85:
+        raise ValueError(f"{onnx_path.name} has {n_out - 5} classes; only an 80-class COCO start is mapped by name")
+    decoded = {e.key: e.value for e in proto.metadata_props}.get("graph") == "decoded"
+    predictor = Predictor(onnx_path, COCO_CLASS_NAMES, COCO_CATEGORY_IDS, input_size, raw_outputs=not decoded)
+    return EvalModel("pretrained", onnx_path.name, lambda images: predictor.predict_batch(images, score_thr=score_thr),
+                     ClassMap.from_names(COCO_CLASS_NAMES, COCO_CATEGORY_IDS))
+
+
+def label_map_for(model: EvalModel, dataset: ClassMap) -> dict[int, int]:
+    """Model label -> dataset label by class name; a model that shares no class with the data is an error."""
+    mapping = model.classes.subset_for(dataset)
+    if not mapping:
+        raise ValueError(f"the {model.kind} model ({model.name}) predicts none of the dataset's classes "
+                         f"{list(dataset.names)[:10]}; was it trained on another dataset?")
+    missing = [n for i, n in enumerate(dataset.names) if i not in set(mapping.values())]
+    if missing:
+        log.warning("the %s model never predicts %s: their AP counts as 0 where they have ground truth",
+                    model.kind, missing)
+    return mapping
+
+
+def pretrained_path(param: str | None, train_summary: dict | None) -> Path | None:
+    """The pretrained ONNX: the param, else what model_train says it started from, else the shipped nano."""
+    if param:
+        return Path(param)
+    info = (train_summary or {}).get("pretrained") or {}
+    path = info.get("path") if isinstance(info, dict) else None
+    if isinstance(path, str) and path.lower().endswith(".onnx") and Path(path).is_file():
+        return Path(path)
+    if path:
+        log.info("the training started from %s, which model_eval cannot run without torch; using %s", path,
+                 SHIPPED_PRETRAINED)
+    return SHIPPED_PRETRAINED if SHIPPED_PRETRAINED.is_file() else None
+
+
+def gate_decision(boot: dict | None, max_ap_drop: float, reference: str | None) -> dict:
+    """Refuse only a significant drop: the whole interval of the AP difference below -max_ap_drop."""
+    if boot is None:
+        return {"passed": True, "message": "no reference model to compare with: passes", "reference": None}
+    lo, hi = boot["ci"]
+    pct = round(boot["confidence"] * 100)
+    text = (f"AP {boot['candidate_ap']:.4f} vs {reference} {boot['reference_ap']:.4f}: difference "
+            f"{boot['delta']:+.4f}, {pct}% interval [{lo:+.4f}, {hi:+.4f}] over {boot['images']} images")
+    if hi < -max_ap_drop:
+        return {"passed": False, "reference": reference, "max_ap_drop": max_ap_drop,
+                "message": f"{text}: worse than the {reference} by more than {max_ap_drop:g} AP"}
+    return {"passed": True, "reference": reference, "max_ap_drop": max_ap_drop,
+            "message": f"{text}: not significantly worse" + (" (significantly better)" if lo > 0 else "")}
