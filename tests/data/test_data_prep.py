@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -170,3 +171,62 @@ def test_split_from_source_folders(tmp_path, run_load, run_prep, image_maker):
     assert summary["splits"] == {"train": 9, "val": 3, "test": 0}
     ds = DetectionDataset.load(ctx.output("dataset"))
     assert all(r.split in r.source.split("/") for r in ds.images.itertuples())
+
+
+def _voc_box_xml(filename: str, boxes: list[tuple[str, int, int, int, int]], w: int = 72, h: int = 48) -> str:
+    objs = "".join(f"<object><name>{n}</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax>"
+                   f"<ymax>{d}</ymax></bndbox></object>" for n, a, b, c, d in boxes)
+    return (f"<annotation><filename>{filename}</filename><size><width>{w}</width><height>{h}</height>"
+            f"<depth>3</depth></size>{objs}</annotation>")
+
+
+def test_inverted_boxes_are_their_own_rule(coco_dir, run_load, run_prep, tmp_path, image_maker):
+    # VOC gives corners: swapped corners are swapped back to exactly the box meant
+    voc = tmp_path / "voc"
+    (voc / "JPEGImages").mkdir(parents=True)
+    (voc / "Annotations").mkdir()
+    image_maker(voc / "JPEGImages" / "a.jpg", 72, 48, seed=1)
+    (voc / "Annotations" / "a.xml").write_text(_voc_box_xml("a.jpg", [("cat", 50, 10, 20, 30), ("cat", 11, 11, 30, 40)]))
+    ctx, summary = run_prep(run_load(voc)[0])
+    assert summary["findings"] == {"inverted_box:fixed": 1}
+    boxes = sorted(DetectionDataset.load(ctx.output("dataset")).annotations[["x", "y", "w", "h"]]
+                   .itertuples(index=False, name=None))
+    assert boxes == [(10.0, 10.0, 20.0, 30.0), (19.0, 9.0, 31.0, 21.0)]  # [20..50] x [10..30], 1-based inclusive
+    # COCO's xywh with a negative width means nothing: dropped, under its own rule, not out_of_image
+    coco = json.loads((coco_dir / "annotations.json").read_text())
+    coco["annotations"][0]["bbox"] = [30, 10, -20, 30]
+    (coco_dir / "annotations.json").write_text(json.dumps(coco))
+    ctx, summary = run_prep(run_load(coco_dir)[0])
+    assert summary["findings"].get("inverted_box:dropped") == 1 and "out_of_image:fixed" not in summary["findings"]
+    with pytest.raises(ValidationFailed, match="inverted_box"):
+        run_prep(run_load(coco_dir)[0], validation={"inverted_box": "fail"})
+
+
+def test_voc_imagesets_and_stable_class_ids(tmp_path, run_load, run_prep, image_maker):
+    voc = tmp_path / "VOC2012"
+    for d in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (voc / d).mkdir(parents=True)
+    sets = {"train": [], "val": [], "test": []}
+    for i in range(9):
+        stem = f"2008_{i:06d}"
+        image_maker(voc / "JPEGImages" / f"{stem}.jpg", 40, 30, seed=i)
+        name = ["dog", "person", "bird"][i % 3] if i < 6 else "person"
+        (voc / "Annotations" / f"{stem}.xml").write_text(_voc_box_xml(f"{stem}.jpg", [(name, 2, 2, 20, 20)], 40, 30))
+        sets[("train", "val", "test")[i % 3]].append(stem)
+    for split, stems in sets.items():
+        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(stems) + "\n")
+    (voc / "classes.txt").write_text("person\nbird\ndog\ncat\n")
+    load_ctx, _ = run_load(voc)
+    ds = DetectionDataset.load(load_ctx.output("dataset"))
+    assert dict(zip(ds.categories["name"], ds.categories["category_id"])) == {"person": 1, "bird": 2, "dog": 3,
+                                                                               "cat": 4}
+    ctx, summary = run_prep(load_ctx, split_from_source=True)
+    assert summary["splits"] == {"train": 3, "val": 3, "test": 3}
+    got = DetectionDataset.load(ctx.output("dataset")).images
+    want = {stem: split for split, stems in sets.items() for stem in stems}
+    assert all(want[Path(r.file_name).stem] == r.split for r in got.itertuples())
+    # a second load of only part of the project keeps the same ids
+    for xml in sorted((voc / "Annotations").glob("*.xml"))[6:]:
+        xml.unlink()
+    again = DetectionDataset.load(run_load(voc)[0].output("dataset"))
+    assert dict(zip(again.categories["name"], again.categories["category_id"]))["dog"] == 3

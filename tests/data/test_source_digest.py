@@ -1,0 +1,118 @@
+"""data_load's cache keys on the content of its source: one changed byte (in a folder, an archive, behind a
+URL) is a new run; unchanged data is reused. The digest is in the manifest."""
+
+import json
+import threading
+import zipfile
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from cvpipe.config import build_config
+from cvpipe.data.schema import DetectionDataset
+from cvpipe.data.sources import digest_source
+from cvpipe.pipeline.runner import Runner, SourceError, StepFailed
+from cvpipe.store import ArtifactStore
+
+
+@pytest.fixture
+def load_step(tmp_path):
+    def run(source: str, force: bool = False):
+        cfg = build_config({"store": str(tmp_path / "store"), "env": "test", "pipeline": "data",
+                            "data_load": {"source": str(source), "executor": "serial"}})
+        return Runner(cfg, force=force).run_step("data_load")
+
+    return run
+
+
+def _zip(src: Path, dest: Path) -> Path:
+    with zipfile.ZipFile(dest, "w") as zf:
+        for p in sorted(src.rglob("*")):
+            zf.write(p, p.relative_to(src))
+    return dest
+
+
+def _one_byte_changed(path: Path) -> None:
+    text = path.read_text()
+    path.write_text(text.replace('"bbox": [1, 10, 10, 20]', '"bbox": [1, 10, 10, 21]', 1)
+                    if '"bbox": [1, 10, 10, 20]' in text else text.replace("10", "11", 1))
+
+
+def test_folder_source_one_byte_invalidates_the_cache(coco_dir, load_step):
+    first = load_step(coco_dir)
+    assert load_step(coco_dir).run_id == first.run_id  # unchanged: reused
+    src = first.manifest["source"]
+    assert set(src) == {"uri", "digest", "files"} and src["files"] == 7 and len(src["digest"]) == 64
+    assert src["digest"] == digest_source(str(coco_dir)).digest
+    _one_byte_changed(coco_dir / "annotations.json")
+    second = load_step(coco_dir)
+    assert second.run_id != first.run_id and second.manifest["source"]["digest"] != src["digest"]
+    # an image's bytes count too, not just its size and time
+    img = coco_dir / "images" / "img3.jpg"
+    data = bytearray(img.read_bytes())
+    data[-3] ^= 0xFF
+    img.write_bytes(bytes(data))
+    assert load_step(coco_dir).run_id != second.run_id
+
+
+def test_archive_source_truncated_is_not_reused(coco_dir, load_step, tmp_path):
+    archive = _zip(coco_dir, tmp_path / "data.zip")
+    first = load_step(archive)
+    assert first.manifest["source"]["files"] == 1
+    archive.write_bytes(archive.read_bytes()[:-200])
+    with pytest.raises(StepFailed, match="not a readable archive"):
+        load_step(archive)
+    store = ArtifactStore(str(tmp_path / "store"), env="test", pipeline="data")
+    assert store.latest_run("data_load").run_id == first.run_id
+
+
+def test_url_source_changed_behind_the_server(coco_dir, load_step, tmp_path):
+    www = tmp_path / "www"
+    www.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(www)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/data.zip"
+        _zip(coco_dir, www / "data.zip")
+        first = load_step(url)
+        assert load_step(url).run_id == first.run_id
+        coco = json.loads((coco_dir / "annotations.json").read_text())
+        coco["annotations"] = coco["annotations"][:-1]
+        (coco_dir / "annotations.json").write_text(json.dumps(coco))
+        _zip(coco_dir, www / "data.zip")
+        second = load_step(url)
+        assert second.run_id != first.run_id
+        assert second.manifest["summary"]["annotations"] == first.manifest["summary"]["annotations"] - 1
+        with pytest.raises(SourceError, match="cannot download"):
+            load_step(url.replace("data.zip", "missing.zip"))
+    finally:
+        server.shutdown()
+
+
+def test_memory_store_source_digest_follows_content(coco_dir, load_step):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for p in coco_dir.rglob("*"):
+        if p.is_file():
+            fs.pipe(f"/digest-bucket/coco/{p.relative_to(coco_dir).as_posix()}", p.read_bytes())
+    first = digest_source("memory://digest-bucket/coco")
+    assert first.files == 7
+    fs.pipe("/digest-bucket/coco/annotations.json", (coco_dir / "annotations.json").read_bytes() + b" ")
+    assert digest_source("memory://digest-bucket/coco").digest != first.digest
+
+
+def test_missing_source_is_one_clear_error_before_any_run(load_step, tmp_path):
+    with pytest.raises(SourceError, match="data source not found"):
+        load_step(tmp_path / "nope")
+    assert ArtifactStore(str(tmp_path / "store"), env="test", pipeline="data").list_runs() == []
+
+
+def test_dataset_records_the_source_digest(coco_dir, load_step, tmp_path):
+    rec = load_step(coco_dir)
+    store = ArtifactStore(str(tmp_path / "store"), env="test", pipeline="data")
+    info = json.loads((store.materialize(rec, "dataset") / "source.json").read_text())
+    assert info["digest"] == rec.manifest["source"]["digest"] and info["format"] == "coco"
+    assert len(DetectionDataset.load(store.materialize(rec, "dataset")).images) == 6
