@@ -4,6 +4,8 @@ bundled COCO sample and on synthetic images. Prints what this run measured, and 
 Two views per dataset and executor (best of --repeat runs, since the machine may be shared):
   step  : the whole step function (data_prep includes its fixed-cost report: plots, sample grid)
   phase : only the per-image work the pool spreads (data_load: hash + header + store; data_prep: decode)
+Then the integrity costs: the source digest data_load's cache keys on (sha256 of every file) and the
+verification of stored files when a run is materialised, as files/s beside a whole data_load.
 
     .venv/bin/python benchmarks/bench_data.py [--synthetic 2000] [--repeat 3] [--workers 2]
 """
@@ -81,6 +83,28 @@ def measure_phases(source: Path, executor: str, workers: int) -> tuple[float, fl
     return len(ds.images) / (t1 - t0), len(ds.images) / (t2 - t1)
 
 
+def measure_integrity(source: Path) -> tuple[float, float, float]:
+    """images/s of the source digest (every file's sha256, what data_load's cache keys on), of a whole
+    data_load (hash, header, store) for comparison, and of verifying the stored images on materialise."""
+    from cvpipe.data.sources import digest_source
+    from cvpipe.store.hashing import file_digest, list_files
+    from cvpipe.store.store import verify_directory
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        n = digest_source(str(source)).files
+        t1 = time.perf_counter()
+        lc = ctx(Path(tmp), "data_load", ["dataset", "images"])
+        images = data_load(DataLoadParams(source=str(source), executor="serial"), lc)["images"]
+        t2 = time.perf_counter()
+        out = lc.output("images")
+        index = {rel: file_digest(out / rel) for rel in list_files(out)}
+        t3 = time.perf_counter()
+        verify_directory(out, index, "images")
+        t4 = time.perf_counter()
+    return n / (t1 - t0), images / (t2 - t1), len(index) / (t4 - t3)
+
+
 def best(fn, repeat: int, *args):
     runs = [fn(*args) for _ in range(repeat)]
     return tuple(max(r[i] for r in runs) for i in range(len(runs[0])))
@@ -110,6 +134,10 @@ def main() -> None:
                 print(f"{name:<16} {n:>6} {executor + f'x{workers}':<10} " + " ".join(f"{v:>7.0f}" for v in row))
                 if executor != "serial":
                     print(f"{'':<16} {'':>6} {'x':<10} " + " ".join(f"{v / b:>7.2f}" for v, b in zip(row, base)))
+        print(f"{'dataset':<16} {'digest':>8} {'load':>8} {'verify':>8}   (files/s, serial; digest / load)")
+        for name, src in sets.items():
+            digest, load, verify = best(measure_integrity, args.repeat, src)
+            print(f"{name:<16} {digest:>8.0f} {load:>8.0f} {verify:>8.0f}   x{load / digest:.2f} of load time")
         print(f"(load average {os.getloadavg()[0]:.1f} at the end: other work on the machine lowers the pool's gain)")
 
 
