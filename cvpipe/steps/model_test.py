@@ -82,8 +82,9 @@ def model_test(params: ModelTestParams, ctx: StepContext, *, bento: Path, model:
     from cvpipe.serving.process import ServiceProcess
 
     out = ctx.output("report")
-    meta = json.loads((Path(model) / "model.json").read_text())
-    run_id = meta.get("run_id")
+    from cvpipe.inference.packed import PackedModel
+
+    run_id = None
     require_loopback(f"http://[{params.host}]" if ":" in params.host else f"http://{params.host}")
     result: dict = {"passed": False, "model_run_id": run_id, "bento": None, "checks": [], "load_test": [],
                     "service": {}, "params": params.model_dump(mode="json")}
@@ -91,6 +92,7 @@ def model_test(params: ModelTestParams, ctx: StepContext, *, bento: Path, model:
     try:
         archive = find_bento(bento)
         result["bento"] = archive.name
+        run_id = result["model_run_id"] = PackedModel.load(model).run_id
         t0 = time.perf_counter()
         with ServiceProcess(archive, params.host, bentoml_home=ctx.scratch / "bentoml_home",
                             ready_timeout_s=params.ready_timeout_s) as svc:
@@ -127,12 +129,26 @@ def model_test(params: ModelTestParams, ctx: StepContext, *, bento: Path, model:
     write_report(out, result, phases, latency_png)
     failed = [c["name"] for c in result["checks"] if not c["passed"]]
     if not result["passed"]:
+        veto(ctx, f"model_test failed: {', '.join(failed) or error}")
         raise ModelTestFailed(f"model_test failed ({error or ''}{'; ' if error and failed else ''}"
                               f"{'failed checks: ' + '; '.join(failed) if failed else ''}); details in the "
                               f"run's report (report.html, report.json)")
     conc = result["load_test"][1]
     return {"checks": len(result["checks"]), "passed": True, "concurrent_rps": conc["throughput_rps"],
             "p95_ms": conc["p95_ms"], "sequential_p50_ms": result["load_test"][0]["p50_ms"]}
+
+
+def veto(ctx: StepContext, reason: str) -> None:
+    """A failed service test demotes the model when it is champion, else records the refusal."""
+    store, model_run = getattr(ctx, "store", None), ctx.input_runs.get("model")
+    if store is None or model_run is None:
+        log.warning("model_test: no store handed to the step; if %s is champion, roll back: cvpipe rollback",
+                    model_run)
+        return
+    from cvpipe.store.promotion import record_decision
+
+    record_decision(store, step="model_test", step_run_id=ctx.run_id, model_run_id=model_run, passed=False,
+                    promote_on_pass=False, reason=reason[:500], metrics={})
 
 
 def client_alive(url: str) -> bool:

@@ -288,19 +288,19 @@ def record_decision(store: ArtifactStore, *, step: str, step_run_id: str, model_
                     promote_on_pass: bool, reason: str, metrics: dict) -> PromotionEvent | None:
     """A step's verdict on a model_pack run, counted once the step's run is complete.
 
-    model_eval: passed + promote_on_pass -> the model becomes champion; failed -> a `refuse` event (the
-    champion stays). model_test: failed -> if the model is champion, it is demoted to the previous one;
+    model_eval: passed + promote_on_pass -> the model becomes champion once the eval run is complete. model_test: failed -> if the model is champion, it is demoted to the previous one;
     otherwise a `refuse` event. A passed test changes nothing.
     """
     log_ = PromotionLog(store)
     req = {"step": step, "run_id": step_run_id}
     champion = log_.champion_id()
-    common = dict(run_id=model_run_id, reason=reason, source=step, metrics=metrics, requires_run=req,
+    common = dict(run_id=model_run_id, reason=reason, source=step, metrics=metrics,
                   eval_run_id=step_run_id if step == "model_eval" else None)
     if passed:
         if not promote_on_pass or champion == model_run_id or step != "model_eval":
             return None
-        return log_.append("promote", model_run_id, **common)
+        return log_.append("promote", model_run_id, requires_run=req, **common)
+    # a veto counts at once, although its step run ends failed: serving less is the safe side
     if champion == model_run_id:
         return log_.append("demote", log_.rollback_target(), **common)
     return log_.append("refuse", champion, **common)
