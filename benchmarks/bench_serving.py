@@ -6,7 +6,8 @@ dynamic batch) and sends its test image
 - ort in-process: Predictor.predict_bytes (decode + letterbox + ONNX Runtime, 1 intra-op thread + postprocess),
   c4 = 4 threads sharing one session (they run in parallel; the service's single worker does not)
 - service: a real `bentoml serve` of the packed .bento, 1 worker, 1 ORT thread, POST /predict multipart;
-  with and without adaptive batching (CVPIPE_BATCH_MAX=4); and 2 workers
+  with and without adaptive batching (CVPIPE_BATCH_MAX=4); 1 worker running 2 model calls at once
+  (CVPIPE_MODEL_THREADS=2); and 2 workers. The RATIO lines at the end are issue 16's targets.
 - pytorch eager: the same weights as an nn.Module (torch 1 thread), same pre/post, c1 only
 overhead = p50 / p50 of ORT in-process at the same concurrency. The machine's other load skews all of it:
 compare rows of one run only.
@@ -126,6 +127,7 @@ def main() -> None:
 
         req = RequestSpec("/predict", files={"image": (args.image.name, data, "image/jpeg")})
         setups = [("service 1 worker", 1, {}), ("service 1 worker + batching(4)", 1, {"CVPIPE_BATCH_MAX": "4"}),
+                  ("service 1 worker, 2 model threads", 1, {"CVPIPE_MODEL_THREADS": "2"}),
                   ("service 2 workers", 2, {})]
         for name, workers, env in setups:
             with ServiceProcess(archive, bentoml_home=Path(tmp) / "home", workers=workers, env=env) as svc:
@@ -145,8 +147,28 @@ def main() -> None:
                       f"{r['p95_ms']:.1f}", f"{r['p50_ms'] / base[r['concurrency']]['p50_ms']:.2f}",
                       str(r["errors"]))
     console.print(table)
+    ratios = target_ratios(rows)
+    for name, (value, target) in ratios.items():
+        console.print(f"RATIO {name}: {value:.2f} (target {target})")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "cpus": os.cpu_count()}, indent=2))
+
+
+def target_ratios(rows: list[dict]) -> dict[str, tuple[float, str]]:
+    """Issue 16's targets, as ratios of rows of this one run."""
+    row = {(r["setup"], r["concurrency"]): r for r in rows}
+    ort = "ort in-process (1 thread/session)"
+    one, two = row[("service 1 worker", 1)], row[("service 1 worker", 4)]
+    return {
+        "p50 c=1, service 1 worker / in-process": (one["p50_ms"] / row[(ort, 1)]["p50_ms"], "<= 1.1"),
+        "throughput c=4, service 1 worker / in-process": (two["throughput_rps"] / row[(ort, 4)]["throughput_rps"], ">= 0.9"),
+        "throughput c=4, service 2 workers / in-process": (row[("service 2 workers", 4)]["throughput_rps"]
+                                                           / row[(ort, 4)]["throughput_rps"], ">= 0.9"),
+        "throughput c=4, 2 workers / 1 worker": (row[("service 2 workers", 4)]["throughput_rps"]
+                                                 / two["throughput_rps"], ">= 1.7 where cores allow"),
+        "throughput c=4, batching(4) / none": (row[("service 1 worker + batching(4)", 4)]["throughput_rps"]
+                                               / two["throughput_rps"], "BentoML-style batching pays off if > 1"),
+    }
 
 
 if __name__ == "__main__":

@@ -173,10 +173,23 @@ class DetectorEngine:
                 "pid": os.getpid()}
 
     def _prepare(self, data: bytes):
-        """Decode + letterbox (on a pool thread): (original h, w), model input, scale to original pixels."""
+        """Decode + letterbox: (decoded h, w), model input, letterbox scale."""
         image = decode_image(data, self.max_pixels, self.min_decode_size)
         x, r = self.predictor.preprocess(image)
         return image.shape[:2], x, r
+
+    def _finish(self, out: np.ndarray, header, decoded_hw, r: float, score_thr: float | None) -> dict:
+        hw = (header.height, header.width)
+        if decoded_hw != hw:  # a reduced decode: boxes are scaled back to the original image's pixels
+            r = r * decoded_hw[1] / header.width
+        det = self.predictor.postprocess(out, r, hw, score_thr)
+        return {"detections": self.predictor.to_json(det), "image": {"width": header.width, "height": header.height},
+                "model": {"run_id": self.run_id}}
+
+    def _predict_sync(self, data: bytes, header, score_thr: float | None) -> dict:
+        """The whole request on one model thread: every thread hand-off is a wake-up the OS may delay."""
+        decoded_hw, x, r = self._prepare(data)
+        return self._finish(self.predictor.run(x[None])[0], header, decoded_hw, r, score_thr)
 
     async def predict(self, data: bytes, score_thr: float | None = None) -> dict:
         try:
@@ -186,9 +199,11 @@ class DetectorEngine:
         except ImageDecodeError as e:
             raise ClientError(400, str(e)) from None
         cost = decode_cost_bytes(header, self.min_decode_size)
+        loop = asyncio.get_running_loop()
         await self.budget.acquire(cost)
         try:
-            loop = asyncio.get_running_loop()
+            if self.batcher is None:
+                return await loop.run_in_executor(self.executor, self._predict_sync, data, header, score_thr)
             decoded_hw, x, r = await loop.run_in_executor(None, self._prepare, data)
         except ImageTooLarge as e:
             raise ClientError(413, str(e)) from None
@@ -198,16 +213,8 @@ class DetectorEngine:
             await self.budget.release(cost)
             if cost > 64 * 2**20:
                 release_free_memory()
-        if self.batcher is not None:
-            out = await self.batcher.submit(x)
-        else:
-            out = (await loop.run_in_executor(self.executor, self.predictor.run, x[None]))[0]
-        # a reduced decode is scaled back: boxes are in the original image's pixels
-        hw = (header.height, header.width)
-        r = r * decoded_hw[1] / header.width if decoded_hw != hw else r
-        det = self.predictor.postprocess(out, r, hw, score_thr)
-        return {"detections": self.predictor.to_json(det), "image": {"width": header.width, "height": header.height},
-                "model": {"run_id": self.run_id}}
+        out = await self.batcher.submit(x)  # the decoded image is freed: only the letterboxed input waits
+        return self._finish(out, header, decoded_hw, r, score_thr)
 
 
 def _legacy_test_image(model_dir: Path) -> Path | None:

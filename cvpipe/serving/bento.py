@@ -37,7 +37,7 @@ def service_files(repo_root: Path) -> list[str]:
 
 
 PACKAGES = ["bentoml>=1.4,<1.5", "onnxruntime>=1.17", "numpy>=1.26", "pillow>=10", "simplejpeg>=1.7", "opencv-python-headless>=4.8",
-            "fsspec>=2023.1", "pyyaml>=6"]
+            "fsspec>=2023.1", "pyyaml>=6", "httptools>=0.6", "uvloop>=0.19"]  # uvicorn's C parser and loop
 
 
 def bento_packages(model_dir: Path) -> list[str]:
