@@ -22,16 +22,22 @@ def _model_pack_run(config: Optional[Path], run_id: Optional[str], overrides: Op
         if rec.step != "model_pack":
             _fail(f"run {run_id} is a {rec.step} run; give a model_pack run id (cvpipe runs --step model_pack)")
     else:
-        rec = st.latest_run("model_pack")
+        from cvpipe.store.promotion import servable_run
+
+        rec = servable_run(st)  # the champion: a model that passed its evaluation, or one promoted by hand
         if rec is None:
-            _fail("no complete model_pack run in the store; run `cvpipe step model_pack CONFIG` first")
+            packed = st.latest_run("model_pack")
+            hint = (f"the newest packed model {packed.run_id} was not promoted; `cvpipe promotions` tells why, "
+                    f"`cvpipe promote {packed.run_id}` promotes it by hand, or give its run id to serve it anyway"
+                    if packed else "no complete model_pack run either: run the pipeline first")
+            _fail(f"nothing promoted to serve in {st.uri(st.pipeline_path)}: {hint}")
     if rec.status != "complete":
         _fail(f"model_pack run {rec.run_id} is {rec.status}, not complete")
     return st, rec
 
 
 def serve(
-    run_id: Optional[str] = typer.Argument(None, help="model_pack run to serve (default: the latest complete one)."),
+    run_id: Optional[str] = typer.Argument(None, help="model_pack run to serve (default: the promoted one, the champion; see `cvpipe promotions`)."),
     config: Optional[Path] = ConfigOpt,
     overrides: Optional[List[str]] = SetOpt,
     allow_plugin: Optional[List[str]] = AllowPluginOpt,

@@ -12,7 +12,7 @@ import pytest
 
 from coco_data import ANNOTATIONS, NANO_ONNX, largest_person, need_data
 
-RUN_A, RUN_B, RUN_BAD = "20261124-100000-aaaa", "20261124-110000-bbbb", "20261124-120000-cccc"
+RUN_A, RUN_B, RUN_BAD = "20261124T100000000Z-aaaaaa", "20261124T110000000Z-bbbbbb", "20261124T120000000Z-cccccc"
 
 
 def _pack(root: Path, run_id: str, score_thr: float, bento: bool, test_image: Path) -> dict:
