@@ -19,7 +19,7 @@ from cvpipe.export.certify import ValSplit, batch_invariance, match_f1
 from cvpipe.export.variants import Budget, verdict
 from cvpipe.inference.packed import CONTRACT_VERSION, PackedModel, PackedModelError
 from cvpipe.inference.predictor import Predictor
-from cvpipe.vision import ClassMap, Detections, read_image
+from cvpipe.vision import Detections, read_image
 
 
 @pytest.fixture(scope="module")
