@@ -12,8 +12,8 @@ from cvpipe.cli.common import AllowPluginOpt, ConfigOpt, SetOpt, fail as _fail, 
 
 
 def _model_pack_run(config: Optional[Path], run_id: Optional[str], overrides: Optional[List[str]] = None,
-                    allow_plugin: Optional[List[str]] = None):
-    st = open_store(pick_config(None, config), overrides, allow_plugin)
+                    allow_plugin: Optional[List[str]] = None, st=None):
+    st = st or open_store(pick_config(None, config), overrides, allow_plugin)
     if run_id:
         try:
             rec = st.get_run(run_id)
@@ -50,33 +50,47 @@ def serve(
     follow_interval: float = typer.Option(10.0, min=0.5, help="Seconds between polls with --follow."),
     admin_token_env: Optional[str] = typer.Option(None, "--admin-token-env", help="Name of an environment "
                                                   "variable holding the token that enables POST /admin/reload."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Packed runtime/precision variant to serve "
+                                          "(e.g. fp32, int8, openvino; default: the pack's choice)."),
+    max_concurrency: Optional[int] = typer.Option(None, "--max-concurrency", min=1,
+                                                  help="Requests one worker processes at once [default: 16]."),
+    body_timeout: Optional[float] = typer.Option(None, "--body-timeout", min=0.1,
+                                                 help="Seconds a request body may take to arrive [default: 10]."),
+    max_body_bytes: Optional[int] = typer.Option(None, "--max-body-bytes", min=1024,
+                                                 help="Largest request body [default: 20 MiB]."),
+    settings_file: Optional[Path] = typer.Option(None, "--settings", help="YAML/JSON file of service settings "
+                                                 "(docs/production.md lists them)."),
 ) -> None:
     """Serve a packed model's Bento over REST until Ctrl-C: POST /predict (multipart field `image` or raw
     image bytes), /info, /test_data, /test_result, /readyz, /livez, /metrics."""
+    import os
     import time
 
     from rich.console import Console
 
     from cvpipe.serving.process import ServiceProcess, ServiceStartError
+    from cvpipe.serving.settings import SETTINGS_FILE_ENV, ServiceSettings, SettingsError
 
     console = Console(stderr=True)
-    st, rec = _model_pack_run(config, run_id, overrides, allow_plugin)
+    st = open_store(pick_config(None, config), overrides, allow_plugin)
+    token = os.environ.get(admin_token_env, "") if admin_token_env else None
+    if admin_token_env and not token:
+        _fail(f"${admin_token_env} is empty: it must hold the admin token", 2)
+    try:  # checked here, before a server starts, with the same model the workers read
+        settings = ServiceSettings.load(
+            {**os.environ, **({SETTINGS_FILE_ENV: str(settings_file)} if settings_file else {})}, batch_max=batch,
+            variant=variant, max_concurrency=max_concurrency, body_timeout_s=body_timeout,
+            max_body_bytes=max_body_bytes, follow_store=st.url if (follow or admin_token_env) else None,
+            store_env=st.env, store_pipeline=st.pipeline, follow=follow, follow_interval_s=follow_interval,
+            admin_token=token)
+    except SettingsError as e:
+        _fail(str(e).replace("CVPIPE_ADMIN_TOKEN", f"${admin_token_env}" if admin_token_env else "CVPIPE_ADMIN_TOKEN"), 2)
+    st, rec = _model_pack_run(config, run_id, st=st)
     bento_dir = st.materialize(rec, "bento")
     archives = sorted(Path(bento_dir).glob("*.bento"))
     if not archives:
         _fail(f"model_pack run {rec.run_id} has no .bento archive in its bento entity (packed with bento: false?)")
-    env = {"CVPIPE_BATCH_MAX": str(batch)}
-    if follow or admin_token_env:  # the service reads the same store to find new runs (cvpipe.serving.swap)
-        env.update(CVPIPE_FOLLOW_STORE=st.url, CVPIPE_STORE_ENV=st.env, CVPIPE_STORE_PIPELINE=st.pipeline)
-    if follow:
-        env.update(CVPIPE_FOLLOW="1", CVPIPE_FOLLOW_INTERVAL_S=str(follow_interval))
-    if admin_token_env:
-        import os
-
-        token = os.environ.get(admin_token_env, "")
-        if len(token) < 16:
-            _fail(f"${admin_token_env} must hold the admin token (16 characters or more)")
-        env["CVPIPE_ADMIN_TOKEN"] = token
+    env = {k: v for k, v in settings.env().items() if k != "CVPIPE_WORKERS"}  # ServiceProcess sets workers
 
     def stop_on_signal(signum, frame):  # SIGTERM / SIGHUP stop the server as Ctrl-C does
         raise KeyboardInterrupt
@@ -102,13 +116,13 @@ def serve(
 
 
 def _load_predictor(model: str, arch: Optional[str], config: Optional[Path], score_thr: Optional[float],
-                    overrides: Optional[List[str]] = None):
+                    overrides: Optional[List[str]] = None, variant: Optional[str] = None):
     """(predict(image) -> Detections, class names, category ids) for a run id, a model dir, an ONNX or a .pt."""
     from cvpipe.inference.predictor import Predictor
 
     path = Path(model)
     if path.is_dir():
-        p = Predictor.from_dir(path)
+        p = Predictor.from_dir(path, variant=variant)
         return p.predict, p.class_names, p.category_ids
     if path.suffix.lower() == ".onnx" and path.is_file():
         import onnx
@@ -129,7 +143,7 @@ def _load_predictor(model: str, arch: Optional[str], config: Optional[Path], sco
     if path.exists():
         _fail(f"{path}: expected a model_pack run id, a packed model dir, an .onnx or a .pt/.pth checkpoint")
     st, rec = _model_pack_run(config, model, overrides)
-    p = Predictor.from_dir(st.materialize(rec, "model"))
+    p = Predictor.from_dir(st.materialize(rec, "model"), variant=variant)
     return p.predict, p.class_names, p.category_ids
 
 
@@ -179,6 +193,8 @@ def predict(
     score_thr: Optional[float] = typer.Option(None, "--score-thr", min=0.0, max=1.0,
                                               help="Score threshold (default: the model's, 0.25)."),
     save_vis: Optional[Path] = typer.Option(None, "--save-vis", help="Folder to write images with boxes drawn."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Packed runtime/precision variant (e.g. fp32, "
+                                          "int8, openvino; default: the pack's choice)."),
     config: Optional[Path] = ConfigOpt,
     overrides: Optional[List[str]] = SetOpt,
 ) -> None:
@@ -190,7 +206,7 @@ def predict(
     from cvpipe.inference.predictor import detections_to_json
 
     out = Console()
-    predict_fn, names, ids = _load_predictor(model, arch, config, score_thr, overrides)
+    predict_fn, names, ids = _load_predictor(model, arch, config, score_thr, overrides, variant)
     results, failed = [], 0
     if save_vis:
         save_vis.mkdir(parents=True, exist_ok=True)

@@ -239,7 +239,7 @@ class Runner:
         """Empty output, scratch and state folders in `staging`; the state of a dead run to resume from."""
         store = self.store
         ctx = StepContext(step=spec.name, run_id=run_id, outputs={o: staging / "out" / o for o in spec.outputs},
-                          scratch=staging / "scratch", state=staging / "state", source=source,
+                          scratch=staging / "scratch", state=staging / "state", source=source, store=store,
                           input_runs={kw: v["run_id"] if v else None for kw, v in manifest["inputs"].items()})
         for p in [*ctx.outputs.values(), ctx.scratch, ctx.state]:
             p.mkdir(parents=True)

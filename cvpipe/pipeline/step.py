@@ -91,6 +91,9 @@ class StepContext:
     resume: Path | None = None
     on_save_state: Callable[[], None] | None = None
     source: SourceDigest | None = None  # the step's raw source as the runner digested it (steps with `source=`)
+    # The artifact store, for steps that record a decision beside their outputs (model_eval and model_test
+    # append promotion events, and compare with the promoted champion); entities still come as arguments.
+    store: Any = None
 
     def save_state(self) -> None:
         if self.on_save_state is not None:

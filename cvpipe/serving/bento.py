@@ -25,8 +25,8 @@ import cvpipe
 
 SERVICE = "cvpipe.serving.service:Detector"
 # the torch-free modules the service imports: whole packages (every .py in them) plus single modules
-SERVICE_PACKAGES = ("cvpipe/inference", "cvpipe/vision", "cvpipe/serving")
-SERVICE_MODULES = ("cvpipe/__init__.py", "cvpipe/store/__init__.py", "cvpipe/store/store.py", "cvpipe/store/hashing.py")
+SERVICE_PACKAGES = ("cvpipe/inference", "cvpipe/vision", "cvpipe/serving", "cvpipe/store")
+SERVICE_MODULES = ("cvpipe/__init__.py",)
 
 
 def service_files(repo_root: Path) -> list[str]:

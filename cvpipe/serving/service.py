@@ -74,6 +74,7 @@ class Hooks:
 
 
 _pending: list[Hooks] = []  # set by app_for() for in-process apps; empty in a real `bentoml serve` worker
+_metrics: dict[str, object] = {}
 _live: dict[str, Hooks] = {}  # the hooks of the running instance (what the guard reads)
 
 
@@ -90,9 +91,32 @@ def _serving_hooks(model_path: str) -> Hooks:
     source = StoreSource(s.follow_store, s.store_env, s.store_pipeline) if s.follow_store else None
     manager = ModelManager(DetectorEngine.from_settings(model_path, s, budget),
                            lambda path: DetectorEngine.from_settings(path, s, budget), source)
+    manager.on_event = _update_counter()
     if source is not None and s.follow:
         manager.follow(s.follow_interval_s)
     return Hooks(lambda: manager.engine, lambda: manager, s)
+
+
+def _update_counter() -> Callable[[str], None]:
+    """`cvpipe_model_updates_total{event=swap|refusal|follow_error}` on /metrics. prometheus_client is imported
+    here, in the worker, after BentoML has set up its multiprocess directory (else /metrics would not see it)."""
+    import prometheus_client
+
+    if "counter" not in _metrics:  # one registration per process
+        _metrics["counter"] = prometheus_client.Counter(
+            "cvpipe_model_updates", "model updates of this worker: swaps, refused candidates, failed store polls",
+            ["event"])
+    counter = _metrics["counter"]
+    return lambda event: counter.labels(event=event).inc()
+
+
+def _authorised(settings: ServiceSettings, request) -> bool:
+    """A Bearer token equal to the admin token (constant-time); never true when no token is configured."""
+    if settings.admin_token is None:
+        return False
+    auth = request.headers.get("authorization", "")
+    given = auth[7:] if auth.lower().startswith("bearer ") else ""
+    return hmac.compare_digest(given.encode(), settings.admin_token.get_secret_value().encode())
 
 
 def _error(e: ClientError) -> JSONResponse:
@@ -144,23 +168,22 @@ class Detector:
         return engine.reference
 
     @bentoml.api(route="/info")
-    def info(self) -> dict:
-        """Model name, version (= run id), classes, input size, thresholds, metrics, limits, update status."""
+    def info(self, ctx: bentoml.Context) -> dict:
+        """Model name, version (= run id), classes, input size, thresholds, metrics, limits, update status
+        (counts for anyone; the text of update errors only with the admin token)."""
         out = self.hooks.get_engine().info()
         manager = self.hooks.get_manager()
-        out.update(manager.info() if manager is not None else {"live_run_id": out["run_id"]})
+        private = _authorised(self.hooks.settings, ctx.request)
+        out.update(manager.info(private=private) if manager is not None else {"live_run_id": out["run_id"]})
         return out
 
     @bentoml.api(route="/admin/reload")
     async def admin_reload(self, ctx: bentoml.Context, run_id: str = "latest") -> dict:
         """Load, check and swap to a model_pack run ("latest" or a run id): Bearer token; 404 when disabled."""
-        token = self.hooks.settings.admin_token
         manager = self.hooks.get_manager()
-        auth = ctx.request.headers.get("authorization", "")
-        given = auth[7:] if auth.lower().startswith("bearer ") else ""
-        if token is None:
+        if self.hooks.settings.admin_token is None:
             status, result = 404, {"error": "Not Found"}
-        elif not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+        elif not _authorised(self.hooks.settings, ctx.request):
             status, result = 401, {"error": "missing or wrong admin token"}
         elif manager is None or manager.source is None:
             status, result = 409, {"error": "no model store configured (set CVPIPE_FOLLOW_STORE)"}

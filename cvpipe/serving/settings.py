@@ -26,6 +26,9 @@ class SettingsError(ValueError):
     """Settings that do not validate; the message names the variable or key."""
 
 
+MIN_TOKEN_CHARS = 16  # a shorter (e.g. inherited, forgotten) token refuses to start rather than guard reloads
+
+
 class ServiceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_default=True)
 
@@ -66,7 +69,8 @@ class ServiceSettings(BaseModel):
     store_pipeline: str = "default"
     follow: bool = Field(False, description="Poll follow_store and move to each newer good run.")
     follow_interval_s: float = Field(10.0, gt=0)
-    admin_token: Optional[SecretStr] = Field(None, description="Enables POST /admin/reload (Bearer token).")
+    admin_token: Optional[SecretStr] = Field(None, min_length=MIN_TOKEN_CHARS, description="Enables POST "
+                                             f"/admin/reload (Bearer token, {MIN_TOKEN_CHARS} characters or more).")
 
     @property
     def decode_budget_bytes(self) -> int:

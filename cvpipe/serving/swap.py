@@ -161,6 +161,14 @@ class ModelManager:
         self.rejected: set[str] = set()  # refused run ids: the follower does not retry them
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.on_event: Callable[[str], None] | None = None  # "swap" | "refusal" | "follow_error" (for /metrics)
+
+    def _count(self, event: str) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:  # noqa: BLE001 - metrics must never break a swap
+                log.exception("metrics hook failed")
 
     @property
     def live_run_id(self):
@@ -188,6 +196,7 @@ class ModelManager:
                 return self._refused(rid, _text(e))
             old, self.engine = self.engine, new  # the swap: requests already running keep `old`
             self.swaps += 1
+            self._count("swap")
             self.last_swap_error = None
             self._remember({"run_id": rid, "at": time.time(), "event": "swap", "check": why})
             log.info("now serving model_pack run %s (was %s): %s", rid, old.run_id, why)
@@ -197,6 +206,7 @@ class ModelManager:
     def _refused(self, rid: str | None, error: str) -> dict:
         error = scrub_paths(error, self.source.roots if self.source else ())
         self.refusals += 1
+        self._count("refusal")
         self.last_refused_run_id = rid
         self.last_swap_error = f"run {rid}: {error}" if rid else error
         self._remember({"run_id": rid, "at": time.time(), "event": "rejected", "error": error})
@@ -226,6 +236,7 @@ class ModelManager:
             rid = self.source.latest_run_id()
         except Exception as e:  # noqa: BLE001 - a store hiccup must not kill the follower
             self.follow_errors += 1
+            self._count("follow_error")
             self.last_follow_error = scrub_paths(_text(e), self.source.roots)
             log.warning("polling the store failed: %s", self.last_follow_error)
             return None

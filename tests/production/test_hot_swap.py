@@ -8,6 +8,8 @@ zero failed requests."""
 
 from __future__ import annotations
 
+import re
+
 import asyncio
 import json
 import shutil
@@ -274,6 +276,8 @@ def test_promote_rollback_refusals_and_reload_storm_under_load(swap_store, perso
         wait_for_run(load, RUN_A)
         n_during = len(load.results)
         info = httpx.get(svc.url + "/info").json()
+        private = httpx.get(svc.url + "/info", headers={"authorization": f"Bearer {TOKEN}"}).json()
+        metrics = httpx.get(svc.url + "/metrics").text
     results = load.results
     failed = [r for r in results if r[0] != 200]
     assert not failed, f"{len(failed)} failed requests of {len(results)}: {failed[:5]}"
@@ -281,4 +285,8 @@ def test_promote_rollback_refusals_and_reload_storm_under_load(swap_store, perso
     assert {RUN_A, RUN_B} <= served and not served & set(BAD.values()), served
     assert n_during > 20 and info["live_run_id"] == RUN_A and info["refusals"] >= len(BAD)
     assert "last_swap_error" not in info  # error texts are for authorised callers only
+    assert private["last_swap_error"] and private["history"] and str(st.url) not in json.dumps(private)
+    refusals = re.search(r'cvpipe_model_updates_total\{event="refusal"[^}]*\} ([0-9.]+)', metrics)
+    swaps = re.search(r'cvpipe_model_updates_total\{event="swap"[^}]*\} ([0-9.]+)', metrics)
+    assert refusals and float(refusals.group(1)) >= len(BAD) and swaps and float(swaps.group(1)) >= 2, metrics[-2000:]
     assert TOKEN not in log_path.read_text(errors="replace")

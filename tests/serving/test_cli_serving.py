@@ -45,3 +45,17 @@ def test_serve_help_and_missing_run(tmp_path):
     cfg.write_text(f"store: {tmp_path / 'store'}\nenv: dev\npipeline: p\n")
     r = runner.invoke(app, ["serve", "--config", str(cfg)])
     assert r.exit_code != 0 and "no complete model_pack run" in r.output
+
+
+def test_serve_checks_settings_before_starting(tmp_path, monkeypatch):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"store: {tmp_path / 'store'}\nenv: dev\npipeline: p\n")
+    monkeypatch.setenv("CVPIPE_ADMIN_TOKEN", "a")  # an inherited, too short token: refused, never used
+    r = runner.invoke(app, ["serve", "-c", str(cfg)])
+    assert r.exit_code == 2 and "CVPIPE_ADMIN_TOKEN" in r.output and "16" in r.output, r.output
+    monkeypatch.delenv("CVPIPE_ADMIN_TOKEN")
+    monkeypatch.setenv("MY_TOKEN", "short")
+    r = runner.invoke(app, ["serve", "-c", str(cfg), "--admin-token-env", "MY_TOKEN"])
+    assert r.exit_code == 2 and "$MY_TOKEN" in r.output, r.output
+    r = runner.invoke(app, ["serve", "-c", str(cfg), "--max-body-bytes", "10"])
+    assert r.exit_code == 2 and "max-body-bytes" in r.output.replace("\n", ""), r.output
