@@ -17,6 +17,9 @@ from cvpipe.training.params import TrainParams
 
 log = logging.getLogger(__name__)
 
+OUTPUTS = ("checkpoints", "curves", "test_image")
+STATE_FILES = ("last.pt", "best.pt", "checkpoints.json")  # the checkpoints entity's files (cvpipe.training.checkpoints)
+
 
 class ModelTrainParams(TrainParams):
     nproc_per_node: int = Field(1, ge=1, description="training processes on this machine (DDP over GPUs, or gloo "
@@ -25,35 +28,41 @@ class ModelTrainParams(TrainParams):
 
 @step("model_train", params=ModelTrainParams,
       inputs={"dataset": "data_prep.dataset", "images": "data_prep.images"},
-      outputs=["checkpoints", "curves", "test_image"])
+      outputs=list(OUTPUTS))
 def model_train(params: ModelTrainParams, ctx: StepContext, *, dataset: Path, images: Path) -> dict:
-    """Train YOLOX on the train split, validating on val; writes last.pt / best.pt, metrics.csv / curves.png and
-    one validation image with its ground truth."""
+    """Train YOLOX on the train split, validating on val (epoch 0 = the pretrained start); writes the checkpoints
+    (best.pt, last.pt, checkpoints.json), metrics.csv / curves.png and one validation image with its ground
+    truth. The summary names the pretrained weights (source, path, sha256) and the hyper-parameters used."""
     from cvpipe.training.run import run_training  # heavy (torch, cv2): imported here so `cvpipe --help` stays fast
 
-    outputs = {name: ctx.output(name) for name in ("checkpoints", "curves", "test_image")}
+    outputs = {name: ctx.output(name) for name in OUTPUTS}
     if params.nproc_per_node > 1:
         return launch_torchrun(params, ctx, dataset, images, outputs)
-    checkpoints = outputs["checkpoints"]
-    if ctx.resume is not None and (ctx.resume / "last.pt").is_file() and params.resume is None:
-        # an earlier run with the same inputs, params and code died: carry on from its last epoch
-        if (ctx.resume / "best.pt").is_file():
-            shutil.copyfile(ctx.resume / "best.pt", checkpoints / "best.pt")
-        params = params.model_copy(update={"resume": str(ctx.resume / "last.pt")})
-
-    def keep_state() -> None:
-        """After each epoch the checkpoints become the run's resumable state (stored at once)."""
-        if ctx.state is None:
-            return
-        for name in ("last.pt", "best.pt"):
-            if (checkpoints / name).is_file():
-                shutil.copyfile(checkpoints / name, ctx.state / name)
-        ctx.save_state()
-
-    summary = run_training(params, dataset, images, outputs, on_saved=keep_state)
+    params = resume_from_state(params, ctx, outputs["checkpoints"])
+    summary = run_training(params, dataset, images, outputs, on_saved=lambda: keep_state(ctx, outputs["checkpoints"]))
     if params.resume is not None and ctx.resume is not None:
         summary["resumed"] = True
     return summary
+
+
+def resume_from_state(params: ModelTrainParams, ctx: StepContext, checkpoints: Path) -> ModelTrainParams:
+    """When an earlier run with the same inputs, params and code died, carry on from its last epoch."""
+    if ctx.resume is None or not (ctx.resume / "last.pt").is_file() or params.resume is not None:
+        return params
+    for name in STATE_FILES:
+        if name != "last.pt" and (ctx.resume / name).is_file():
+            shutil.copyfile(ctx.resume / name, checkpoints / name)
+    return params.model_copy(update={"resume": str(ctx.resume / "last.pt")})
+
+
+def keep_state(ctx: StepContext, checkpoints: Path) -> None:
+    """After each epoch the checkpoints become the run's resumable state (stored at once)."""
+    if ctx.state is None:
+        return
+    for name in STATE_FILES:
+        if (checkpoints / name).is_file():
+            shutil.copyfile(checkpoints / name, ctx.state / name)
+    ctx.save_state()
 
 
 def launch_torchrun(params: ModelTrainParams, ctx: StepContext, dataset: Path, images: Path,

@@ -1,4 +1,5 @@
-"""Training curves: metrics.csv (one row per epoch) and curves.png (losses, val AP, learning rate)."""
+"""Training curves: metrics.csv (one row per epoch, row 0 = the start before training) and curves.png (losses,
+val AP, learning rate)."""
 
 from __future__ import annotations
 
@@ -29,13 +30,14 @@ def plot_curves(history: list[dict], path: Path) -> None:
     epochs = [r["epoch"] for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for key in ("total_loss", "iou_loss", "obj_loss", "cls_loss", "l1_loss"):
-        axes[0].plot(epochs, [r[key] for r in history], marker="o", label=key)
-    axes[0].set_title("training loss")
+        values = [r.get(key) for r in history]
+        axes[0].plot(epochs, [float("nan") if v is None else v for v in values], marker="o", label=key)
+    axes[0].set_title("training loss (epoch 0: the start, no augmentation)")
     axes[0].legend()
     evaluated = [r for r in history if r.get("AP") is not None]
     for key in ("AP", "AP50"):
         axes[1].plot([r["epoch"] for r in evaluated], [r[key] for r in evaluated], marker="o", label=key)
-    axes[1].set_title("validation mAP (EMA weights)")
+    axes[1].set_title("validation AP (epoch 0: the pretrained start)")
     axes[1].legend()
     axes[2].plot(epochs, [r["lr"] for r in history], marker="o")
     axes[2].set_title("learning rate (end of epoch)")

@@ -30,68 +30,16 @@ OUT_DIR gets checkpoints/, curves/, test_image/ (the model_train step's outputs)
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
-import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import torch.distributed as tdist
 
+from .process_group import init_from_env
+
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DistInfo:
-    """This process' place in the job (defaults: a single process)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            tdist.barrier()
-
-    def mean(self, values: dict[str, float], device: torch.device) -> dict[str, float]:
-        """Average scalars over all processes (for logging)."""
-        if self.world_size == 1:
-            return values
-        keys = sorted(values)
-        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-        tdist.all_reduce(t)
-        return {k: float(v) / self.world_size for k, v in zip(keys, t.tolist())}
-
-
-def in_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def init_from_env(device: str = "auto") -> DistInfo:
-    """Join the process group torchrun describes in the environment (a single-process DistInfo outside it)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda:
-        if torch.cuda.device_count() <= local_rank:
-            raise RuntimeError(f"local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible)")
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
-    if not tdist.is_initialized():
-        tdist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30))
-    return DistInfo(rank, world, local_rank, dev)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,23 +15,30 @@ class TrainParams(StepParams):
     pretrained: str = Field("coco", description='weights to start from: a path, an http(s) URL, "coco" (the '
                             'standard COCO checkpoint of the scale), "nano-onnx" (the shipped YOLOX-Nano ONNX, fused) '
                             'or "none"')
-    pretrained_required: bool = Field(False, description="fail instead of starting from random weights when the "
-                                      "pretrained weights cannot be had")
+    pretrained_required: bool = Field(True, description="fail (before training) when the pretrained weights cannot "
+                                      "be had; false = start from random weights with a warning")
+    keep_fused: bool = Field(False, description="keep a BN-folded start (nano-onnx) fused, which trains only its "
+                             "head; by default it is un-folded into BatchNorm form and every layer trains")
     # schedule
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(8, ge=1, description="images per optimizer step, over all processes")
     lr_per_img: float = Field(0.01 / 64, gt=0, description="learning rate = lr_per_img * batch_size")
-    warmup_epochs: float = Field(1.0, ge=0)
+    warmup_epochs: Optional[float] = Field(None, ge=0, description="quadratic LR warm-up; None = auto: one epoch "
+                                           "but at least 30 iterations, at most a quarter of the run")
     warmup_lr_start: float = Field(0.0, ge=0)
     min_lr_ratio: float = Field(0.05, ge=0, le=1)
-    no_aug_epochs: int = Field(2, ge=0, description="last epochs without augmentation, with the L1 box loss")
+    no_aug_epochs: Optional[int] = Field(None, ge=0, description="last epochs without augmentation (plain "
+                                         "letterboxed images, L1 box loss on); None = auto: 15 %% of the epochs "
+                                         "(at least 1) when augmenting, 0 otherwise".replace("%%", "%"))
+    no_aug_lr: Literal["cosine", "min"] = Field("cosine", description='LR in the no-aug epochs: "cosine" carries '
+                                               'the cosine decay on to the last iteration; "min" holds it at the '
+                                               'minimum (YOLOX\'s 300-epoch recipe)')
     weight_decay: float = Field(5e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     grad_clip: Optional[float] = Field(None, description="max gradient L2 norm (None / 0 = no clipping)")
     freeze_bn: bool = Field(False, description="keep BatchNorm statistics and affine weights fixed")
-    freeze_backbone: Optional[bool] = Field(None, description="train only the head (backbone + PAFPN fixed); None = "
-                                            "auto: on for fused (BN-folded) models such as nano-onnx, whose "
-                                            "BN-free backbone diverges when trained, off otherwise")
+    freeze_backbone: bool = Field(False, description="train only the head (backbone + PAFPN fixed); always so for a "
+                                  "fused (keep_fused) start, whose BN-free backbone diverges when trained")
     ema: bool = True
     ema_decay: float = Field(0.9998, gt=0, lt=1)
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
@@ -79,6 +86,15 @@ class TrainParams(StepParams):
         if not 0 < v[0] <= v[1]:
             raise ValueError(f"scale range must be 0 < low <= high, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _auto(self):
+        """Resolve auto no_aug_epochs for this run length (auto warm-up depends on the iterations per epoch: the
+        trainer resolves it and reports it)."""
+        if self.no_aug_epochs is None:
+            augmenting = self.mosaic or self.mixup or self.affine or self.hsv or self.flip
+            self.no_aug_epochs = max(1, round(0.15 * self.epochs)) if augmenting else 0
+        return self
 
     @model_validator(mode="after")
     def _check(self):

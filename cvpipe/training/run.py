@@ -10,7 +10,7 @@ from typing import Callable
 
 from cvpipe.data.schema import DetectionDataset
 
-from .distributed import DistInfo
+from .process_group import DistInfo
 from .model_init import build_model
 from .params import TrainParams
 from .trainer import Trainer, TrainOutputs, seed_everything
@@ -61,17 +61,22 @@ def write_test_image(ds: DetectionDataset, images_dir: Path, out: Path) -> dict 
     return meta
 
 
-def run_training(params: TrainParams, dataset_dir: Path, images_dir: Path, outputs: dict[str, Path],
-                 dist: DistInfo | None = None, stop_after_epoch: int | None = None,
-                 on_saved: Callable[[], None] | None = None) -> dict:
-    """Train on the dataset's train split (validating on val) and fill outputs checkpoints / curves / test_image.
+def calibration_batches(train: DetectionDataset, images_dir: Path, img_size: int, images: int = 32,
+                        batch_size: int = 8):
+    """Letterboxed training images (the lowest image_ids), in batches, to re-estimate BatchNorm statistics."""
+    import torch
 
-    Returns the summary {best_ap, best_epoch, epochs, train_images, val_images, seconds, ...}.
-    """
-    dist = dist or DistInfo()
-    ds = DetectionDataset.load(dataset_dir)
-    class_names = ds.class_names
-    if not class_names:
+    from .dataset import YoloxTrainDataset
+
+    data = YoloxTrainDataset(train, images_dir, img_size, None, 1, 1, cache=False)
+    picks = list(range(min(images, len(data))))
+    for start in range(0, len(picks), batch_size):
+        yield torch.stack([data[i][0] for i in picks[start:start + batch_size]])
+
+
+def training_splits(ds: DetectionDataset, params: TrainParams) -> tuple[DetectionDataset, DetectionDataset]:
+    """(train, val) of a prepared dataset, with max_train_images applied; clear errors when unusable."""
+    if not ds.class_names:
         raise ValueError("the dataset has no labelled categories (run data_prep first: it assigns training labels)")
     train, val = ds.split("train"), ds.split("val")
     if len(train.images) == 0:
@@ -84,22 +89,47 @@ def run_training(params: TrainParams, dataset_dir: Path, images_dir: Path, outpu
                                        train.categories)
     if len(val.images) == 0:
         log.warning("no 'val' images: training without validation; best.pt = last.pt")
-    label_to_cat = ds.label_to_category_id()
+    return train, val
 
+
+def run_training(params: TrainParams, dataset_dir: Path, images_dir: Path, outputs: dict[str, Path],
+                 dist: DistInfo | None = None, stop_after_epoch: int | None = None,
+                 on_saved: Callable[[], None] | None = None) -> dict:
+    """Train on the dataset's train split (validating on val) and fill outputs checkpoints / curves / test_image.
+
+    Returns the summary: best / start AP, epochs, images, seconds, the pretrained source and the hyper-parameters.
+    """
+    dist = dist or DistInfo()
+    ds = DetectionDataset.load(dataset_dir)
+    train, val = training_splits(ds, params)
+    class_names, label_to_cat = ds.class_names, ds.label_to_category_id()
     seed_everything(params.seed)
     model, init_info = build_model(params.scale, len(class_names), params.pretrained, params.pretrained_required,
-                                   class_names)
+                                   class_names, calibration_batches(train, images_dir, params.img_size),
+                                   params.keep_fused)
     meta = {"class_names": class_names, "category_ids": [label_to_cat[i] for i in range(len(class_names))],
             "pretrained": init_info, "train_params": params.model_dump(mode="json")}
     trainer = Trainer(params, model, train, val, images_dir,
                       TrainOutputs(outputs["checkpoints"], outputs["curves"]), meta, dist)
     trainer.on_saved = on_saved
+    if dist.is_main:
+        log.info("hyper-parameters:\n%s", format_table(trainer.hyperparameters))
     result = trainer.fit(stop_after_epoch=stop_after_epoch)
-    summary = result.summary()
-    summary["pretrained_loaded"] = init_info["loaded"]
-    summary["device"] = str(trainer.device)
-    summary["world_size"] = dist.world_size
+    summary = {**result.summary(), "pretrained": _pretrained_summary(init_info),
+               "hyperparameters": trainer.hyperparameters, "device": str(trainer.device),
+               "world_size": dist.world_size}
     if dist.is_main and "test_image" in outputs:
         picked = write_test_image(ds, images_dir, outputs["test_image"])
         summary["test_image_id"] = None if picked is None else picked["image_id"]
     return summary
+
+
+def _pretrained_summary(info: dict) -> dict:
+    keys = ("source", "path", "sha256", "loaded", "layout", "fused", "class_rows", "bn_calibration_images", "skipped")
+    return {k: info[k] for k in keys if k in info}
+
+
+def format_table(rows: dict) -> str:
+    """`key  value` lines, aligned (the printed hyper-parameter table)."""
+    width = max(map(len, rows), default=0)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows.items())

@@ -25,11 +25,12 @@ from torch.utils.data import DataLoader
 
 from cvpipe.data.schema import DetectionDataset
 
+from .checkpoints import Checkpoints
 from .curves import write_curves
 from .dataset import AugmentConfig, EpochSampler, YoloxTrainDataset, collate
-from .distributed import DistInfo
+from .process_group import DistInfo
 from .ema import ModelEMA, unwrap
-from .evaluate import evaluate_model
+from .validation import evaluate_model
 from .params import TrainParams
 from .schedule import WarmCosineLR
 
@@ -64,6 +65,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             (bn_weights if isinstance(module, nn.modules.batchnorm._NormBase) else weights).append(weight)
     return [{"params": bn_weights, "weight_decay": 0.0}, {"params": weights, "weight_decay": weight_decay},
             {"params": biases, "weight_decay": 0.0}]
+
+
+def warmup_epochs(params: TrainParams, iters_per_epoch: int, least_iters: int = 30) -> float:
+    """The given warm-up, or auto: one epoch but at least `least_iters` iterations (a few images make epochs of
+    1-2 iterations; a fresh head and un-settled BN statistics need more), at most a quarter of the run."""
+    if params.warmup_epochs is not None:
+        return params.warmup_epochs
+    total = iters_per_epoch * params.epochs
+    iters = min(max(iters_per_epoch, least_iters), total / 4)
+    return iters / iters_per_epoch
 
 
 def freeze_batchnorm(model: nn.Module) -> int:
@@ -121,8 +132,9 @@ class TrainResult:
 
     def summary(self) -> dict:
         best_row = next((r for r in self.history if r.get("epoch") == self.best_epoch), {})
+        start = next((r for r in self.history if r.get("epoch") == 0), {})
         return {"best_ap": self.best_ap, "best_ap50": best_row.get("AP50"), "best_epoch": self.best_epoch,
-                "epochs": self.epochs,
+                "start_ap": start.get("AP"), "start_ap50": start.get("AP50"), "epochs": self.epochs,
                 "train_images": self.train_images, "val_images": self.val_images, "seconds": round(self.seconds, 2)}
 
 
@@ -171,13 +183,7 @@ class Trainer:
         self.dist = dist or DistInfo()
         self.device = self.dist.device if self.dist.world_size > 1 else select_device(params.device)
         self.model = model.to(self.device)
-        fused = bool(getattr(model, "fused", False))
-        if params.freeze_backbone or (params.freeze_backbone is None and fused):
-            n = freeze_backbone(self.model)
-            log.info("backbone frozen (%d tensors)%s: training the head only", n,
-                     " because the model is fused (no BatchNorm)" if params.freeze_backbone is None else "")
-        if params.freeze_bn:
-            freeze_batchnorm(self.model)
+        self.frozen_backbone = self.freeze_layers()
         self.train_split, self.val_split = train, val if val is not None and len(val.images) else None
         self.images_dir = Path(images_dir)
         self.outputs = outputs
@@ -186,21 +192,12 @@ class Trainer:
             raise ValueError(f"batch_size {params.batch_size} must be divisible by the number of processes "
                              f"{self.dist.world_size}")
         self.rank_batch = params.batch_size // self.dist.world_size
-        aug = AugmentConfig.from_params(params)
-        cache = params.cache_images
-        if cache is None:  # every worker (or the main process) keeps its own copy
-            cache = len(train.images) * params.img_size ** 2 * 3 * max(1, params.workers) < 1 << 30
-        self.dataset = YoloxTrainDataset(train, images_dir, params.img_size, aug, params.epochs, params.no_aug_epochs,
-                                         params.seed, params.max_labels, cache)
-        self.sampler = EpochSampler(len(self.dataset), self.rank_batch, params.seed, self.dist.rank,
-                                    self.dist.world_size, shuffle=True, drop_last=True)
-        self.loader = DataLoader(self.dataset, batch_size=self.rank_batch, sampler=self.sampler, collate_fn=collate,
-                                 num_workers=params.workers, persistent_workers=params.workers > 0,
-                                 pin_memory=self.device.type == "cuda", worker_init_fn=_seed_worker,
-                                 generator=torch.Generator().manual_seed(params.seed))
+        self.dataset, self.sampler, self.loader = self.make_loader(train)
         self.iters_per_epoch = max(1, math.ceil(len(self.sampler) / self.rank_batch))
-        self.schedule = WarmCosineLR(params.lr, self.iters_per_epoch, params.epochs, params.warmup_epochs,
-                                     params.no_aug_epochs, params.min_lr_ratio, params.warmup_lr_start)
+        flat_tail = params.no_aug_epochs if params.no_aug_lr == "min" else 0
+        self.schedule = WarmCosineLR(params.lr, self.iters_per_epoch, params.epochs,
+                                     warmup_epochs(params, self.iters_per_epoch), flat_tail, params.min_lr_ratio,
+                                     params.warmup_lr_start)
         self.optimizer = torch.optim.SGD(param_groups(self.model, params.weight_decay), lr=params.lr,
                                          momentum=params.momentum, nesterov=True)
         self.use_amp = params.amp and self.device.type == "cuda"
@@ -217,6 +214,48 @@ class Trainer:
         self.on_saved: Callable[[], None] | None = None  # after each epoch's checkpoints (resumable state)
         if params.resume:
             self.load_resume(Path(params.resume))
+
+    def freeze_layers(self) -> bool:
+        """Freeze what the params ask (a fused model always trains its head only); True when the backbone is."""
+        p = self.p
+        fused = bool(getattr(self.model, "fused", False))
+        if p.freeze_backbone or fused:
+            n = freeze_backbone(self.model)
+            log.info("backbone frozen (%d tensors)%s: training the head only", n,
+                     "" if p.freeze_backbone else " because the model is fused (no BatchNorm)")
+        if p.freeze_bn:
+            freeze_batchnorm(self.model)
+        return bool(p.freeze_backbone or fused)
+
+    def make_loader(self, train: DetectionDataset) -> tuple[YoloxTrainDataset, EpochSampler, DataLoader]:
+        p = self.p
+        cache = p.cache_images
+        if cache is None:  # every worker (or the main process) keeps its own copy
+            cache = len(train.images) * p.img_size ** 2 * 3 * max(1, p.workers) < 1 << 30
+        dataset = YoloxTrainDataset(train, self.images_dir, p.img_size, AugmentConfig.from_params(p), p.epochs,
+                                    p.no_aug_epochs, p.seed, p.max_labels, cache)
+        sampler = EpochSampler(len(dataset), self.rank_batch, p.seed, self.dist.rank, self.dist.world_size,
+                               shuffle=True, drop_last=True)
+        loader = DataLoader(dataset, batch_size=self.rank_batch, sampler=sampler, collate_fn=collate,
+                            num_workers=p.workers, persistent_workers=p.workers > 0,
+                            pin_memory=self.device.type == "cuda", worker_init_fn=_seed_worker,
+                            generator=torch.Generator().manual_seed(p.seed))
+        return dataset, sampler, loader
+
+    @property
+    def hyperparameters(self) -> dict:
+        """What decides the result, as used (auto values resolved): printed at the start and in the summary."""
+        p, a = self.p, self.dataset.aug
+        return {"scale": p.scale, "pretrained": p.pretrained, "img_size": p.img_size, "epochs": p.epochs,
+                "batch_size": p.batch_size, "iterations": self.schedule.total_iters, "lr": p.lr,
+                "warmup_iterations": self.schedule.warmup_iters, "min_lr_ratio": p.min_lr_ratio,
+                "no_aug_epochs": p.no_aug_epochs, "no_aug_lr": p.no_aug_lr, "weight_decay": p.weight_decay,
+                "momentum": p.momentum, "ema_decay": p.ema_decay if p.ema else None,
+                "frozen": "backbone" if self.frozen_backbone else ("bn" if p.freeze_bn else "none"),
+                "mosaic_prob": a.mosaic_prob, "mixup_prob": a.mixup_prob,
+                "affine_scale": list(a.scale) if a.affine else None, "hsv_prob": a.hsv_prob, "flip_prob": a.flip_prob,
+                "train_images": len(self.dataset),
+                "val_images": 0 if self.val_split is None else len(self.val_split.images)}
 
     # ---- state ----------------------------------------------------------------------------------
     @property
@@ -257,15 +296,10 @@ class Trainer:
         log.info("resuming from %s after epoch %d (iteration %d)", path, self.start_epoch, self.iteration)
 
     def save(self, epoch: int, metrics: dict, improved: bool) -> None:
-        from cvpipe.models.yolox import save_checkpoint
-
         meta = dict(self.meta, epoch=epoch, input_size=[self.p.img_size, self.p.img_size], metrics=metrics,
                     ema=self.ema is not None)
-        ckdir = self.outputs.checkpoints
-        save_checkpoint(self.eval_model, ckdir / "last.pt", meta, optimizer=self.optimizer,
-                        extra=self.resume_state(epoch))
-        if improved or not (ckdir / "best.pt").exists():
-            save_checkpoint(self.eval_model, ckdir / "best.pt", meta)
+        Checkpoints.save_epoch(self.outputs.checkpoints, self.eval_model, meta, improved, self.optimizer,
+                               self.resume_state(epoch))
 
     # ---- loop -----------------------------------------------------------------------------------
     def set_lr(self) -> float:
@@ -320,6 +354,53 @@ class Trainer:
         return {"epoch": epoch + 1, "lr": lr, **means, "augment": augmenting,
                 "imgs_per_s": images_seen * self.dist.world_size / max(seconds, 1e-9), "seconds": seconds}
 
+    @torch.no_grad()
+    def start_loss(self, most_images: int = 256) -> float:
+        """Mean training loss of the untrained start on un-augmented training images (eval mode: BN untouched)."""
+        model = unwrap(self.model)
+        was_training = model.training
+        model.eval()
+        head = getattr(model, "head", None)
+        use_l1 = getattr(head, "use_l1", None)
+        if use_l1 is not None:
+            head.use_l1 = False
+        total, batches = 0.0, 0
+        try:
+            n = min(len(self.dataset), most_images)
+            for start in range(0, n, self.rank_batch):
+                items = [self.dataset[(i, self.p.epochs)] for i in range(start, min(start + self.rank_batch, n))]
+                images, targets, _ = collate(items)
+                total += float(model(images.to(self.device), targets.to(self.device))["total_loss"])
+                batches += 1
+        finally:
+            model.train(was_training)
+            if use_l1 is not None:
+                head.use_l1 = use_l1
+        return total / max(batches, 1)
+
+    def record_start(self) -> None:
+        """Epoch 0 of the curves: the start evaluated on val before any step. A pretrained start is a candidate
+        for best.pt like every epoch (training never ends below where it started, on val); a random one is not."""
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return
+        row: dict = {"epoch": 0, "lr": 0.0, "total_loss": self.start_loss(), "augment": False, "seconds": 0.0}
+        metrics: dict = {}
+        if self.val_split is not None:
+            t0 = time.perf_counter()
+            metrics = evaluate_model(self.eval_model, self.val_split, self.images_dir, self.p.img_size, self.device,
+                                     self.p.eval_batch_size)
+            row["eval_seconds"] = time.perf_counter() - t0
+        pretrained = bool((self.meta.get("pretrained") or {}).get("loaded"))
+        if pretrained and metrics:
+            self.best_ap, self.best_epoch = metrics.get("AP"), 0
+        row["AP"], row["AP50"] = metrics.get("AP"), metrics.get("AP50")
+        self.history.append(row)
+        log.info("epoch 0 (the start): loss %.3f%s", row["total_loss"],
+                 "" if row["AP"] is None else f"  val AP {row['AP']:.4f} AP50 {row['AP50']:.4f}")
+        self.save(0, metrics, improved=pretrained)
+        self.dist.barrier()
+
     def fit(self, stop_after_epoch: int | None = None) -> TrainResult:
         """Train to `epochs` (or only up to `stop_after_epoch`, as if interrupted there); returns the result."""
         p = self.p
@@ -330,6 +411,8 @@ class Trainer:
             log.info("training on %s: %d train / %d val images, %d x %d iterations, batch %d, lr %.5g, img %d",
                      self.device, len(self.dataset), 0 if self.val_split is None else len(self.val_split.images),
                      p.epochs, self.iters_per_epoch, p.batch_size, p.lr, p.img_size)
+        if self.start_epoch == 0 and not self.history:
+            self.record_start()
         last = p.epochs if stop_after_epoch is None else min(stop_after_epoch, p.epochs)
         for epoch in range(self.start_epoch, last):
             row = self.train_epoch(epoch)

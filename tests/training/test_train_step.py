@@ -35,7 +35,8 @@ def test_step_writes_checkpoints_curves_and_test_image(synthetic, tmp_path):
     assert summary["best_ap50"] is not None and summary["best_ap50"] >= summary["best_ap"]
     json.dumps(summary)
     rows = list(csv.DictReader(open(out["curves"] / "metrics.csv")))
-    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]  # issue 11: epoch 0 = the start, before training
+    rows = rows[1:]
     assert rows[0]["augment"] == "True" and rows[1]["augment"] == "False"
     assert float(rows[1]["l1_loss"]) > 0 and float(rows[0]["l1_loss"]) == 0  # L1 only in the no-aug epoch
     assert (out["curves"] / "curves.png").stat().st_size > 1000
@@ -77,7 +78,7 @@ def test_resume_gives_the_same_weights(synthetic, tmp_path):
             assert torch.equal(t, b[key][name]), name
     for name, t in a["extra"]["model"].items():  # raw weights
         assert torch.equal(t, b["extra"]["model"][name]), name
-    assert len(b["extra"]["history"]) == 2
+    assert len(b["extra"]["history"]) == 3  # issue 11: epoch 0 (the start) + 2 epochs
     # and a run with another seed differs (the comparison above can fail)
     other = outputs(tmp_path / "other")
     run_training(params.model_copy(update={"seed": 4}), ds_dir, images_dir, other)

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -71,6 +72,7 @@ class LoadResult:
     meta: dict = field(default_factory=dict)
     reinitialized: list[str] = field(default_factory=list)  # model keys left freshly initialised
     ignored: list[str] = field(default_factory=list)  # checkpoint keys deliberately not used
+    skipped: list[str] = field(default_factory=list)  # objects of foreign classes not unpickled (runner state)
     optimizer: dict | None = None
     extra: Any = None
 
@@ -155,18 +157,93 @@ def save_checkpoint(model: YOLOX, path: str | Path, meta: Mapping | None = None,
     return path
 
 
-def read_checkpoint(src: str | Path) -> dict:
-    """torch.load a checkpoint file safely (weights_only) with clear errors."""
+def read_checkpoint(src: str | Path, skipped: list[str] | None = None) -> dict:
+    """torch.load a checkpoint file without running code from it, with clear errors.
+
+    Plain checkpoints (tensors, containers, numbers, strings) load with torch.load(weights_only=True). Training
+    runner checkpoints (mmengine / mmdetection 3.x: `message_hub` with HistoryBuffer objects, optimizer,
+    param_schedulers, ...) hold objects of other classes: each such class is replaced by an inert stub that
+    takes no action when built, still under the weights-only unpickler, and every stubbed object is dropped from
+    the result. What was dropped ("key.path (module.Class)") is logged and appended to `skipped`.
+    """
     path = Path(src)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, pickle with arbitrary objects, not a torch file, ...
-        raise CheckpointError(f"{path} is not a readable torch checkpoint (torch.load weights_only): {e}") from e
+    except Exception as e:  # corrupt file, foreign classes inside, not a torch file, ...
+        ckpt = _load_stubbing_foreign_classes(path, e)
+        dropped: list[str] = []
+        ckpt = _drop_stubs(ckpt, "", dropped)
+        log.info("%s: kept tensors and plain containers; skipped %d objects of other classes: %s", path.name,
+                 len(dropped), _shorten(dropped, 8))
+        if skipped is not None:
+            skipped += dropped
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
     return ckpt
+
+
+class _Stub:
+    """Stands in for a class a checkpoint names but we do not trust: building it does nothing."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
+
+
+def _stub_class(qualified: str) -> type:
+    module, _, name = qualified.rpartition(".")
+    return type(name, (_Stub,), {"__module__": module, "__qualname__": name})
+
+
+def _load_stubbing_foreign_classes(path: Path, first_error: Exception):
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:
+        names = []
+    if not names:
+        raise CheckpointError(f"{path} is not a readable torch checkpoint (torch.load weights_only): "
+                              f"{first_error}") from first_error
+    stubs = [_stub_class(n) for n in names]
+    try:
+        with torch.serialization.safe_globals(stubs):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable torch checkpoint even with its {len(names)} foreign "
+                              f"classes ({', '.join(names[:5])}) stubbed: {e}") from e
+
+
+def _drop_stubs(obj, where: str, dropped: list[str]):
+    """obj without stub instances (dict entries removed, list items None); `dropped` gets their places."""
+    if isinstance(obj, _Stub):
+        dropped.append(f"{where or '<root>'} ({type(obj).__module__}.{type(obj).__qualname__})")
+        return None
+    if isinstance(obj, dict):
+        out = type(obj)() if type(obj) in (dict, OrderedDict) else {}
+        for k, v in obj.items():
+            kept = _drop_stubs(v, f"{where}.{k}" if where else str(k), dropped)
+            if kept is not None or not isinstance(v, _Stub):
+                out[k] = kept
+        return out
+    if isinstance(obj, (list, tuple)):
+        items = [_drop_stubs(v, f"{where}[{i}]", dropped) for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    return obj
 
 
 def _is_state_dict(d) -> bool:
@@ -211,7 +288,8 @@ def load_checkpoint(model: YOLOX, src: str | Path | Mapping, layout: str = "auto
     """
     if isinstance(src, (str, Path)) and str(src).lower().endswith(".onnx"):
         return _load_onnx(model, Path(src))
-    ckpt = read_checkpoint(src) if isinstance(src, (str, Path)) else src
+    skipped: list[str] = []
+    ckpt = read_checkpoint(src, skipped) if isinstance(src, (str, Path)) else src
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"expected a checkpoint dict, got {type(ckpt).__name__}")
     found, sd = detect_layout(ckpt)
@@ -222,15 +300,11 @@ def load_checkpoint(model: YOLOX, src: str | Path | Mapping, layout: str = "auto
             raise CheckpointError(f"checkpoint looks like layout {found!r}, not {layout!r}")
         found = layout if found != "mmdet" else found
     meta = dict(ckpt.get("meta") or {}) if isinstance(ckpt.get("meta"), Mapping) else {}
-    result = LoadResult(layout=found, meta=meta, optimizer=ckpt.get("optimizer"), extra=ckpt.get("extra"))
+    result = LoadResult(layout=found, meta=meta, optimizer=ckpt.get("optimizer"), extra=ckpt.get("extra"),
+                        skipped=skipped)
 
     if found == "mmdet":
-        ignored = [k for k in sd if k.startswith(MMDET_IGNORED_PREFIXES)]
-        if ignored:
-            log.info("ignoring %d non-model keys of the mmdetection checkpoint (EMA buffers / preprocessor)", len(ignored))
-        result.ignored += ignored
-        sd = {k: v for k, v in sd.items() if k not in set(ignored)}
-
+        sd = _drop_mmdet_extras(sd, result)
     ckpt_fused = not any(".bn." in k for k in sd)
     if model.fused and not ckpt_fused:  # fold BN on the way in
         plain = build_yolox(model.scale, model.num_classes, fused=False)
@@ -240,37 +314,58 @@ def load_checkpoint(model: YOLOX, src: str | Path | Mapping, layout: str = "auto
         return result
 
     sd = _to_ours(model, sd, found)
+    _check_keys(model, sd, found, ckpt_fused)
+    sd = _fit_class_count(model, sd, result)
+    sd = _drop_mismatched(model, sd, result, found, strict_shapes)
+    merged = dict(model.state_dict())
+    merged.update(sd)
+    model.load_state_dict(merged, strict=True)
+    return result
+
+
+def _drop_mmdet_extras(sd: dict, result: LoadResult) -> dict:
+    ignored = [k for k in sd if k.startswith(MMDET_IGNORED_PREFIXES)]
+    if ignored:
+        log.info("ignoring %d non-model keys of the mmdetection checkpoint (EMA buffers / preprocessor)", len(ignored))
+    result.ignored += ignored
+    return {k: v for k, v in sd.items() if k not in set(ignored)}
+
+
+def _check_keys(model: YOLOX, sd: dict, layout: str, ckpt_fused: bool) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in own]
     if missing or unexpected:
         hint = " (fused/deploy weights into an unfused model?)" if ckpt_fused and not model.fused else ""
-        raise CheckpointError(f"checkpoint ({found}) does not fit YOLOX-{model.scale}{hint}: "
+        raise CheckpointError(f"checkpoint ({layout}) does not fit YOLOX-{model.scale}{hint}: "
                               f"missing [{_shorten(missing)}]; unexpected [{_shorten(unexpected)}]")
 
-    cls_keys = [k for k in own if k.startswith("head.cls_preds.")]
-    ckpt_classes = sd[cls_keys[0]].shape[0] if cls_keys else model.num_classes
-    if ckpt_classes != model.num_classes:
-        log.warning("checkpoint has %d classes, model %d: re-initialising the class predictors (%s); "
-                    "all other weights loaded", ckpt_classes, model.num_classes, ", ".join(cls_keys))
-        model.head.reset_cls_preds(model.num_classes)
-        own = model.state_dict()
-        result.reinitialized += cls_keys
-        sd = {k: v for k, v in sd.items() if k not in set(cls_keys)}
 
+def _fit_class_count(model: YOLOX, sd: dict, result: LoadResult) -> dict:
+    """Class predictors of another class count are re-initialised (logged); the state_dict without them."""
+    cls_keys = [k for k in model.state_dict() if k.startswith("head.cls_preds.")]
+    ckpt_classes = sd[cls_keys[0]].shape[0] if cls_keys else model.num_classes
+    if ckpt_classes == model.num_classes:
+        return sd
+    log.warning("checkpoint has %d classes, model %d: re-initialising the class predictors (%s); "
+                "all other weights loaded", ckpt_classes, model.num_classes, ", ".join(cls_keys))
+    model.head.reset_cls_preds(model.num_classes)
+    result.reinitialized += cls_keys
+    return {k: v for k, v in sd.items() if k not in set(cls_keys)}
+
+
+def _drop_mismatched(model: YOLOX, sd: dict, result: LoadResult, layout: str, strict_shapes: bool) -> dict:
+    own = model.state_dict()
     bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
            for k, v in sd.items() if v.shape != own[k].shape]
-    if bad:
-        if strict_shapes:
-            raise CheckpointError(f"shape mismatch loading {found} checkpoint into YOLOX-{model.scale}: " + "; ".join(bad[:12]))
-        log.warning("skipping %d tensors with mismatched shapes: %s", len(bad), "; ".join(bad[:12]))
-        skipped = [b.split(":")[0] for b in bad]
-        result.reinitialized += skipped
-        sd = {k: v for k, v in sd.items() if k not in set(skipped)}
-    merged = dict(own)
-    merged.update(sd)
-    model.load_state_dict(merged, strict=True)
-    return result
+    if not bad:
+        return sd
+    if strict_shapes:
+        raise CheckpointError(f"shape mismatch loading {layout} checkpoint into YOLOX-{model.scale}: " + "; ".join(bad[:12]))
+    log.warning("skipping %d tensors with mismatched shapes: %s", len(bad), "; ".join(bad[:12]))
+    skipped = [b.split(":")[0] for b in bad]
+    result.reinitialized += skipped
+    return {k: v for k, v in sd.items() if k not in set(skipped)}
 
 
 def _load_onnx(model: YOLOX, path: Path) -> LoadResult:
@@ -317,11 +412,13 @@ def load_model(src: str | Path | Mapping, scale: str | None = None, num_classes:
                fused: bool = False) -> tuple[YOLOX, LoadResult]:
     """Build the model a checkpoint holds and load it: scale and class count from the cvpipe meta, else inferred
     from the tensors (or given). Returns (model in eval mode, LoadResult)."""
-    ckpt = read_checkpoint(src) if isinstance(src, (str, Path)) else src
+    skipped: list[str] = []
+    ckpt = read_checkpoint(src, skipped) if isinstance(src, (str, Path)) else src
     _, sd = detect_layout(ckpt)
     meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), Mapping) else {}
     guessed_scale, guessed_classes = infer_architecture(sd)
     scale = scale or (meta.get("scale") if meta.get("format") == FORMAT_TAG else None) or guessed_scale
     model = build_yolox(scale, num_classes or guessed_classes, fused=fused)
     result = load_checkpoint(model, ckpt)
+    result.skipped = skipped
     return model.eval(), result

@@ -86,6 +86,30 @@ def simota_assign(pred_boxes, obj_logit, cls_logit, gt_boxes, gt_classes, center
     return fg_mask, matched_gt, matched_iou
 
 
+def _assign_targets(targets, pred_boxes, obj_logit, cls_logit, grid, stride, centers, num_classes: int,
+                    use_l1: bool):
+    """Per image, SimOTA: (foreground masks [N], class targets (IoU-weighted one-hot), box targets, L1 targets)."""
+    fg_masks, cls_targets, reg_targets, l1_targets = [], [], [], []
+    for b in range(pred_boxes.shape[0]):
+        gt = targets[b][targets[b].abs().sum(-1) > 0]
+        if gt.shape[0] == 0:
+            fg_masks.append(torch.zeros(pred_boxes.shape[1], dtype=torch.bool, device=pred_boxes.device))
+            continue
+        gt_classes, gt_boxes = gt[:, 0].long(), gt[:, 1:5]
+        if gt_classes.min() < 0 or gt_classes.max() >= num_classes:
+            raise ValueError(f"target labels must be in [0, {num_classes}), got {gt_classes.tolist()}")
+        fg, matched_gt, matched_iou = simota_assign(pred_boxes[b].detach(), obj_logit[b].detach(),
+                                                    cls_logit[b].detach(), gt_boxes, gt_classes, centers, stride)
+        fg_masks.append(fg)
+        cls_targets.append(F.one_hot(gt_classes[matched_gt], num_classes).float() * matched_iou[:, None])
+        box_t = gt_boxes[matched_gt]
+        reg_targets.append(box_t)
+        if use_l1:
+            st, g = stride[fg][:, None], grid[fg]
+            l1_targets.append(torch.cat([box_t[:, :2] / st - g, torch.log(box_t[:, 2:] / st + 1e-8)], 1))
+    return fg_masks, cls_targets, reg_targets, l1_targets
+
+
 def yolox_loss(logits: torch.Tensor, grid: torch.Tensor, stride: torch.Tensor, targets: torch.Tensor,
                num_classes: int, use_l1: bool = False) -> dict[str, torch.Tensor]:
     """logits [B,N,5+C] (raw reg, obj logit, cls logits), grid [N,2], stride [N], targets [B,M,5] =
@@ -106,25 +130,8 @@ def yolox_loss(logits: torch.Tensor, grid: torch.Tensor, stride: torch.Tensor, t
     pred_boxes = torch.cat([(reg_raw[..., :2] + grid) * s, torch.exp(reg_raw[..., 2:4]) * s], -1)
     centers = (grid + 0.5) * s
 
-    fg_masks, cls_targets, reg_targets, l1_targets = [], [], [], []
-    for b in range(batch):
-        gt = targets[b][targets[b].abs().sum(-1) > 0]
-        if gt.shape[0] == 0:
-            fg_masks.append(torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device))
-            continue
-        gt_classes, gt_boxes = gt[:, 0].long(), gt[:, 1:5]
-        if gt_classes.min() < 0 or gt_classes.max() >= num_classes:
-            raise ValueError(f"target labels must be in [0, {num_classes}), got {gt_classes.tolist()}")
-        fg, matched_gt, matched_iou = simota_assign(pred_boxes[b].detach(), obj_logit[b].detach(),
-                                                    cls_logit[b].detach(), gt_boxes, gt_classes, centers, stride)
-        fg_masks.append(fg)
-        cls_targets.append(F.one_hot(gt_classes[matched_gt], num_classes).float() * matched_iou[:, None])
-        box_t = gt_boxes[matched_gt]
-        reg_targets.append(box_t)
-        if use_l1:
-            st, g = stride[fg][:, None], grid[fg]
-            l1_targets.append(torch.cat([box_t[:, :2] / st - g, torch.log(box_t[:, 2:] / st + 1e-8)], 1))
-
+    fg_masks, cls_targets, reg_targets, l1_targets = _assign_targets(
+        targets, pred_boxes, obj_logit, cls_logit, grid, stride, centers, num_classes, use_l1)
     fg_mask = torch.stack(fg_masks)  # [B, N]
     num_fg_total = fg_mask.sum()
     norm = num_fg_total.clamp(min=1).float()

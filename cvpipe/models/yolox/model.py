@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .blocks import BN_EPS, BN_MOMENTUM, ConvBNAct
+from .blocks import ConvBNAct
 from .head import YOLOXHead
 from .neck import YOLOPAFPN
 
@@ -91,13 +91,6 @@ def fuse_model(model: YOLOX) -> YOLOX:
     return fused.eval()
 
 
-def set_bn_hyperparams(model: nn.Module, eps: float = BN_EPS, momentum: float = BN_MOMENTUM) -> None:
-    """YOLOX's BN settings on every BatchNorm (useful after replacing modules)."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.eps, m.momentum = eps, momentum
-
-
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, batches) -> None:
     """Re-estimate BatchNorm running statistics as exact averages over `batches` (image tensors).
@@ -120,56 +113,92 @@ def recalibrate_bn(model: nn.Module, batches) -> None:
         model.eval()
 
 
+class _CalibrationStats:
+    """Per ConvBNAct block of a fused model: moments of its conv output (bias removed) and of its input."""
+
+    def __init__(self, blocks: dict[str, ConvBNAct]):
+        self.out = {name: [0, 0.0, 0.0] for name in blocks}  # count per channel, sum, sum of squares
+        self.inp = {name: [0, 0.0, 0.0] for name in blocks}  # count, sum, sum of squares (all channels)
+        self.hooks = [m.conv.register_forward_hook(self._hook(name)) for name, m in blocks.items()]
+
+    def _hook(self, name: str):
+        def hook(conv, inputs, out):
+            y = (out - conv.bias[None, :, None, None]).double()
+            s = self.out[name]
+            s[0] += y.numel() // y.shape[1]
+            s[1] = s[1] + y.sum((0, 2, 3))
+            s[2] = s[2] + (y * y).sum((0, 2, 3))
+            x = inputs[0].double()
+            t = self.inp[name]
+            t[0] += x.numel()
+            t[1] += float(x.sum())
+            t[2] += float((x * x).sum())
+        return hook
+
+    def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
+
+    def output_moments(self, name: str, like: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        count, total, squares = self.out[name]
+        if count <= 1:  # no calibration: neutral statistics
+            return torch.zeros_like(like), torch.full_like(like, 1 - eps)
+        mean = (total / count).float()
+        return mean, ((squares - total * total / count) / (count - 1)).clamp(min=0).float()
+
+    def input_std(self, name: str) -> float:
+        count, total, squares = self.inp[name]
+        if count <= 1:
+            return 1.0
+        return max((squares / count - (total / count) ** 2) ** 0.5, 1e-6)
+
+
+def _collect_stats(fused: YOLOX, blocks: dict[str, ConvBNAct], batches) -> _CalibrationStats:
+    stats = _CalibrationStats(blocks)
+    was_training = fused.training
+    fused.eval()
+    try:
+        for images in batches or ():
+            fused(images)
+    finally:
+        stats.remove()
+        fused.train(was_training)
+    return stats
+
+
 @torch.no_grad()
-def unfuse_model(fused: YOLOX, calibration_batches=None) -> YOLOX:
+def unfuse_model(fused: YOLOX, calibration_batches=None, normalise_inputs: bool = True) -> YOLOX:
     """A trainable (BatchNorm) model computing the same function as a fused one, e.g. the nano ONNX weights.
 
-    Each BN is set so that, in eval mode, BN(conv(x)) == conv(x) + fused bias exactly. Without calibration the
-    BN stats are neutral (mean 0, var 1 - eps). With `calibration_batches` (image tensors) the running stats
-    are the real per-channel statistics of each conv's output and gamma/beta undo them, so train mode (batch
-    statistics) also starts close to the fused function -- the better start for fine-tuning.
+    Each BN is set so that, in eval mode, BN(conv(x)) == conv(x) + fused bias (up to float rounding). Without
+    calibration the BN stats are neutral (mean 0, var 1 - eps). With `calibration_batches` (image tensors) the
+    running stats are the real per-channel statistics of each conv's output and gamma/beta undo them, so train
+    mode (batch statistics) also starts close to the fused function -- the better start for fine-tuning.
+
+    `normalise_inputs` (with calibration): each conv's weights are multiplied by the standard deviation of its
+    input (the BN after it absorbs the factor, so the function is unchanged). Why: a conv followed by BN is
+    scale-invariant, so one SGD step changes it by lr * |g| / |W| ~ lr / |W|^2 relative to itself. Folding BN
+    divided every weight by its output's batch std; for the stem, which sees raw 0-255 pixels (std ~ 60), that
+    left weights ~60x too small, and its relative update was ~250x that of any other tensor (1.24 vs <= 5e-3 at
+    lr 0.00125): one step wrecked the stem. Scaled by the input std, every conv's weights are those of a conv on
+    unit-variance inputs, and the stem's relative update falls in line with the rest.
     """
     if not fused.fused:
         raise ValueError("model is not fused")
     model = build_yolox(fused.scale, fused.num_classes).to(next(fused.parameters()).device)
     model.head.decode_in_inference = fused.head.decode_in_inference
     blocks = {name: m for name, m in fused.named_modules() if isinstance(m, ConvBNAct)}
-    stats: dict[str, list] = {name: [0, 0.0, 0.0] for name in blocks}  # count, sum, sum of squares
-
-    if calibration_batches is not None:
-        def record(name):
-            def hook(conv, inputs, out):
-                y = (out - conv.bias[None, :, None, None]).double()
-                s = stats[name]
-                s[0] += y.numel() // y.shape[1]
-                s[1] = s[1] + y.sum((0, 2, 3))
-                s[2] = s[2] + (y * y).sum((0, 2, 3))
-            return hook
-
-        hooks = [m.conv.register_forward_hook(record(name)) for name, m in blocks.items()]
-        was_training = fused.training
-        fused.eval()
-        try:
-            for images in calibration_batches:
-                fused(images)
-        finally:
-            for h in hooks:
-                h.remove()
-            fused.train(was_training)
-
+    stats = _collect_stats(fused, blocks, calibration_batches)
     target = dict(model.named_modules())
     for name, src in blocks.items():
         conv, bn = target[name].conv, target[name].bn
-        conv.weight.copy_(src.conv.weight)
-        count, total, squares = stats[name]
-        if count > 1:
-            mean = (total / count).float()
-            var = ((squares - total * total / count) / (count - 1)).clamp(min=0).float()
-        else:
-            mean, var = torch.zeros_like(bn.running_mean), torch.full_like(bn.running_var, 1 - bn.eps)
-        bn.running_mean.copy_(mean)
-        bn.running_var.copy_(var)
-        bn.weight.copy_(torch.sqrt(var + bn.eps))
+        mean, var = stats.output_moments(name, bn.running_mean, bn.eps)
+        c = stats.input_std(name) if normalise_inputs else 1.0
+        # BN'(c y) with mean' = c m, var' = c^2 v, gamma' = sqrt(c^2 v + eps) / c, beta' = m + b  equals  y + b
+        conv.weight.copy_(src.conv.weight * c)
+        bn.running_mean.copy_(mean * c)
+        bn.running_var.copy_(var * c * c)
+        bn.weight.copy_(torch.sqrt(var * c * c + bn.eps) / c)
         bn.bias.copy_(mean + src.conv.bias)
     for name, mod in fused.named_modules():
         if isinstance(mod, nn.Conv2d) and name.split(".")[1:2] and name.split(".")[1].endswith("preds"):

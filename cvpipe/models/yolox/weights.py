@@ -32,7 +32,6 @@ DEFAULT_WEIGHTS: dict[str, str] = {
     "l": f"{_MMDET}/yolox_l_8x8_300e_coco/yolox_l_8x8_300e_coco_20211126_140236-d3bd2b23.pth",
     "x": f"{_MMDET}/yolox_x_8x8_300e_coco/yolox_x_8x8_300e_coco_20211126_140254-1ef88d67.pth",
 }
-MEGVII_WEIGHTS: dict[str, str] = {s: f"{_MEGVII}/yolox_{s}.pth" for s in ("nano", "tiny", "s", "m", "l", "x")}
 
 CACHE_ENV = "CVPIPE_WEIGHTS_DIR"
 CHUNK = 1 << 20
