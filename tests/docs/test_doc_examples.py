@@ -91,23 +91,24 @@ def _wait_ready(proc: subprocess.Popen, port: int, e: Example) -> None:
     pytest.fail(f"{e.id}: the server was not ready on port {port} after {SERVER_START_S} s")
 
 
-def _run_file(path: Path, work: Path, env: dict[str, str]) -> list[str]:
+def _run_examples(examples: list[Example], work: Path, env: dict[str, str]) -> list[str]:
+    """Run in order; servers (background examples) stay up until every example has run."""
     port, servers, skipped = _free_port(), [], []
     try:
-        for e in extract(path):
+        for e in examples:
             if e.mode == "skip":
                 skipped.append(f"{e.id}: {e.reason}")
-                continue
-            if e.mode == "background":
-                log = open(work / f"server-{e.line}.log", "w")
+            elif e.mode == "background":
+                log = open(work / f"server-{e.file.stem}-{e.line}.log", "w")
                 servers.append(subprocess.Popen(_command(e, port), cwd=work, env=env, stdout=log,
                                                 stderr=subprocess.STDOUT, start_new_session=True))
                 _wait_ready(servers[-1], port, e)
-                continue
-            res = subprocess.run(_command(e, port), cwd=work, env=env, capture_output=True, text=True, timeout=1200)
-            if res.returncode != 0:
-                pytest.fail(f"{e.id} exited {res.returncode}:\n{e.code}\n--- output ---\n"
-                            f"{(res.stdout + res.stderr)[-3000:]}")
+            else:
+                res = subprocess.run(_command(e, port), cwd=work, env=env, capture_output=True, text=True,
+                                     timeout=1200)
+                if res.returncode != 0:
+                    pytest.fail(f"{e.id} exited {res.returncode}:\n{e.code}\n--- output ---\n"
+                                f"{(res.stdout + res.stderr)[-3000:]}")
     finally:
         for proc in servers:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -119,12 +120,12 @@ def _run_file(path: Path, work: Path, env: dict[str, str]) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("doc", [p.relative_to(REPO).as_posix() for p in doc_files(REPO)])
-def test_doc_examples_run_verbatim(doc, tmp_path):
-    path = REPO / doc
-    if not any(e.mode != "skip" for e in extract(path)):
-        pytest.skip(f"{doc} has no runnable example")
+def test_doc_examples_run_verbatim(tmp_path):
+    """README.md first, then docs/*.md, as a reader goes: one scratch copy of the repo, one store, one served
+    model; a later example sees what an earlier one made."""
     work = _scratch_repo(tmp_path / "repo")
-    skipped = _run_file(work / doc, work, _environment(work))
-    if skipped:  # visible in the summary, with the reason given in the Markdown
+    examples = [e for path in doc_files(work) for e in extract(path)]
+    assert any(e.mode == "run" for e in examples)
+    skipped = _run_examples(examples, work, _environment(work))
+    if skipped:  # visible in the output, with the reason given in the Markdown
         print("examples not run here:\n  " + "\n  ".join(skipped))
