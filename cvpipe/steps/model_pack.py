@@ -90,15 +90,15 @@ def read_class_list(spec) -> tuple[list[str], list[int] | None]:
     return names, None
 
 
-def find_checkpoint(checkpoints: Path, which: str) -> Path:
-    found = [p for p in sorted(checkpoints.rglob("*")) if p.is_file() and p.suffix in (".pt", ".pth")]
-    for p in found:
-        if p.stem == which or p.stem in (f"{which}_ckpt", f"{which}_checkpoint", f"{which}_model"):
-            return p
-    named = [p for p in found if which in p.stem]
-    if len(named) == 1:
-        return named[0]
-    raise FileNotFoundError(f"no '{which}' checkpoint in {checkpoints} (files: {[p.name for p in found] or 'none'})")
+def checkpoint_file(checkpoints: Path, which: str) -> tuple[Path, dict]:
+    """(the best or last checkpoint, its metadata) through model_train's Checkpoints entity."""
+    from cvpipe.training.checkpoints import Checkpoints
+
+    ck = Checkpoints.load(checkpoints)
+    path = ck.best if which == "best" else ck.last
+    if path is None:
+        raise FileNotFoundError(f"no '{which}' checkpoint in {checkpoints} (best: {ck.best.name})")
+    return path, ck.meta if which == "best" else {}
 
 
 @dataclass
@@ -190,8 +190,8 @@ def byo_source(params: ModelPackParams, image, work: Path) -> Source:
 
 
 def checkpoint_source(params: ModelPackParams, image, work: Path, checkpoints: Path | None, run_id: str) -> Source:
-    """A model_train checkpoint: export to ONNX, parity against PyTorch. (Checkpoint files are found here
-    until the training package offers a Checkpoints entity.)"""
+    """A model_train checkpoint (cvpipe.training.checkpoints.Checkpoints): export to ONNX, parity against
+    PyTorch."""
     if checkpoints is None:
         raise ValueError("model_pack has nothing to pack: no complete model_train run (checkpoints) and no "
                          "model_pack.onnx given")
@@ -200,9 +200,9 @@ def checkpoint_source(params: ModelPackParams, image, work: Path, checkpoints: P
     from cvpipe.export.onnx import check_parity, export_onnx, load_trained
 
     torch.set_num_threads(min(torch.get_num_threads(), 2))
-    ckpt = find_checkpoint(Path(checkpoints), params.checkpoint)
-    model, loaded = load_trained(ckpt)
-    meta = loaded.meta or {}
+    ckpt, meta = checkpoint_file(Path(checkpoints), params.checkpoint)
+    model, loaded = load_trained(ckpt)  # fused (BN-folded) or plain weights, whichever the file holds
+    meta = meta or loaded.meta or {}
     class_names = [str(c) for c in meta.get("class_names") or []] or [str(i) for i in range(model.num_classes)]
     size = meta.get("input_size") or params.input_size
     if size is None:
