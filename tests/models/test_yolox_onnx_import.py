@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -53,7 +52,7 @@ def test_every_conv_is_fused_and_mapped(imported):
 
 
 def test_raw_outputs_match_onnxruntime(imported, session):
-    image = cv2.imread(str(val_images(1)[0]))
+    image = processing.read_image(val_images(1)[0])
     x, _ = processing.letterbox(image, SIZE)
     ref = session.run(None, {"images": x[None]})[0]
     imported.head.decode_in_inference = False
@@ -78,7 +77,7 @@ def test_detections_match_onnx_path(imported, session):
     assert len(images) == 20
     total = 0
     for path in images:
-        image = cv2.imread(str(path))
+        image = processing.read_image(path)
         x, r = processing.letterbox(image, SIZE)
         ref = processing.decode_raw(session.run(None, {"images": x[None]})[0][0], SIZE)
         with torch.no_grad():
@@ -103,7 +102,7 @@ def test_unfused_onnx_weights_are_trainable_and_equivalent(imported):
 
     images = []
     for path in val_images(3):
-        x, _ = processing.letterbox(cv2.imread(str(path)), (256, 256))
+        x, _ = processing.letterbox(processing.read_image(path), (256, 256))
         images.append(x)
     batch = torch.from_numpy(np.stack(images))
     plain = unfuse_model(imported)

@@ -97,7 +97,8 @@ def resolve_weights(spec: str | os.PathLike | None, cache_dir: Path | None = Non
         _download(text, target, sha256, timeout)
     except (httpx.HTTPError, OSError) as e:
         msg = (f"could not download pretrained weights from {text} ({type(e).__name__}: {e}). "
-               f"Download the file by hand and put it at {target} (or set the weights to its local path)")
+               f"Download the file by hand and put it at {target}, or give its local path or another URL "
+               f"(model_train: --set model_train.pretrained=PATH_OR_URL)")
         if required:
             raise WeightsUnavailable(msg) from e
         log.warning("%s; continuing with random initialisation", msg)
