@@ -15,3 +15,18 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_bentoml_metrics():
+    """BentoML registers its HTTP metrics in prometheus' global registry once per in-process app; a real
+    worker makes one app, but tests make many in one process: forget them between tests."""
+    yield
+    import sys
+
+    if "prometheus_client" not in sys.modules:
+        return
+    registry = sys.modules["prometheus_client"].REGISTRY
+    for collector, names in list(registry._collector_to_names.items()):
+        if any(n.startswith("bentoml_") for n in names):
+            registry.unregister(collector)

@@ -129,10 +129,9 @@ class DetectorEngine:
         self.model_dir = Path(model_dir)
         self.packed = PackedModel.load(self.model_dir)
         self.meta = self.packed.meta
-        kwargs = {"variant": variant} if variant else {}  # only packed models with variants know the argument
-        self.predictor = Predictor.from_dir(self.model_dir, intra_op_threads=intra_op_threads, **kwargs)
+        self.predictor = Predictor.from_dir(self.packed, variant=variant, intra_op_threads=intra_op_threads)
         self.test_image = self.packed.test_image or _legacy_test_image(self.model_dir)
-        self.reference = self.packed.reference
+        self.reference = self.packed.reference_for(self.predictor.variant)  # each variant has its own reference
         self.max_pixels = max_pixels or defaults.max_pixels
         self.max_body_bytes = max_body_bytes or defaults.max_body_bytes  # enforced by the guard
         self.budget = budget or DecodeBudget(defaults.decode_budget_bytes)
