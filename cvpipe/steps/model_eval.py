@@ -68,8 +68,13 @@ def run_model(model: EvalModel, gt: dict, images: Path, classes: ClassMap):
                     label_map=label_map_for(model, classes))
 
 
-def reference_model(params: ModelEvalParams, ctx: StepContext, input_size) -> EvalModel | None:
-    """The champion (when baseline=champion and one is promoted), else the pretrained start, else None."""
+def reference_model(params: ModelEvalParams, ctx: StepContext, input_size, classes: ClassMap | None = None
+                    ) -> EvalModel | None:
+    """The champion (when baseline=champion and one is promoted), else the pretrained start, else None.
+
+    A start that knows none of the dataset's classes (a COCO model on blood cells) cannot be compared: when it
+    stands in for a missing champion, there is no baseline (the first champion is the candidate); asked for
+    explicitly (baseline=pretrained), it is an error."""
     from cvpipe.evaluation.store_links import champion_dir, train_summary
 
     store = getattr(ctx, "store", None)
@@ -83,7 +88,12 @@ def reference_model(params: ModelEvalParams, ctx: StepContext, input_size) -> Ev
     if path is None:
         log.warning("no pretrained ONNX to compare with; the gate has nothing to compare")
         return None
-    return onnx_eval_model(path, input_size, params.score_thr)
+    start = onnx_eval_model(path, input_size, params.score_thr)
+    if params.baseline == "champion" and classes is not None and not start.classes.subset_for(classes):
+        log.warning("no champion yet, and the pretrained start (%s) knows none of the dataset's classes: "
+                    "nothing to compare with", start.name)
+        return None
+    return start
 
 
 def compare(params, gt, images, classes, cand_results, reference: EvalModel | None) -> tuple[dict | None, dict]:
@@ -108,7 +118,7 @@ def model_eval(params: ModelEvalParams, ctx: StepContext, *, dataset: Path, imag
     candidate = packed_eval_model("candidate", model, params.score_thr)
     ev, preds = run_model(candidate, gt, Path(images), classes)
     baseline, gate = compare(params, gt, Path(images), classes, preds.results,
-                             reference_model(params, ctx, _input_size(model)))
+                             reference_model(params, ctx, _input_size(model), classes))
     cm = confusion_matrix(gt, preds.results, iou_thr=params.confusion_iou, score_thr=params.confusion_score)
     metrics = {"split": params.split, "images": len(gt["images"]), "params": params.model_dump(mode="json"),
                "gt_boxes": sum(1 for a in gt["annotations"] if not a.get("iscrowd", 0)),

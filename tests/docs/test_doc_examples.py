@@ -41,7 +41,15 @@ def test_every_doc_block_is_closed_and_every_skip_says_why():
 
 
 def _scratch_repo(dest: Path) -> Path:
-    """The tracked files (mtimes kept, so make sees the install as current) and the project's .venv."""
+    """The tracked files (mtimes kept, so make sees the install as current) and the project's .venv.
+
+    The .venv is shared: were its install older than pyproject.toml, the examples' `make run` would reinstall
+    the project from the scratch copy into it, so that is refused first (CI's `make test` installs first)."""
+    stamp = REPO / ".venv" / ".cvpipe-installed"
+    stale = [p.name for p in (REPO / "pyproject.toml", REPO / "constraints" / "cpu.txt")
+             if not stamp.is_file() or p.stat().st_mtime > stamp.stat().st_mtime]
+    if stale:
+        pytest.fail(f"the .venv install is older than {', '.join(stale)}: run `make install` first")
     files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
     for rel in filter(None, (f.decode() for f in files)):
         src = REPO / rel

@@ -138,3 +138,20 @@ def test_missing_split_is_a_clear_error(eval_inputs, tmp_path):
     spec = get_step("model_eval")
     with pytest.raises(ValueError, match="no images in split 'val'"):
         spec.func(spec.params(split="val"), ctx_for(tmp_path), dataset=dataset, images=images, model=model)
+
+
+def test_a_start_without_the_datasets_classes_is_no_baseline(tmp_path):
+    """BCCD: the COCO start knows no blood cells; standing in for a missing champion it gives no baseline (the
+    candidate becomes the first champion), asked for by name it stays (and fails later, loudly)."""
+    from cvpipe.steps.model_eval import ModelEvalParams, reference_model
+    from cvpipe.vision import ClassMap
+
+    if not NANO_ONNX.is_file():
+        pytest.skip(f"{NANO_ONNX} not found")
+    cells = ClassMap.from_names(["Platelets", "RBC", "WBC"], [1, 2, 3])
+    ctx = ctx_for(tmp_path)
+    assert reference_model(ModelEvalParams(baseline="champion"), ctx, (416, 416), cells) is None
+    start = reference_model(ModelEvalParams(baseline="champion"), ctx, (416, 416),
+                            ClassMap.from_names(["person", "car"], [1, 3]))
+    assert start is not None and start.kind == "pretrained"
+    assert reference_model(ModelEvalParams(baseline="pretrained"), ctx, (416, 416), cells) is not None
