@@ -63,48 +63,59 @@ def serve(
 ) -> None:
     """Serve a packed model's Bento over REST until Ctrl-C: POST /predict (multipart field `image` or raw
     image bytes), /info, /test_data, /test_result, /readyz, /livez, /metrics."""
+    st = open_store(pick_config(None, config), overrides, allow_plugin)
+    settings = _service_settings(st, settings_file, admin_token_env, batch_max=batch, variant=variant,
+                                 max_concurrency=max_concurrency, body_timeout_s=body_timeout,
+                                 max_body_bytes=max_body_bytes, follow=follow, follow_interval_s=follow_interval)
+    st, rec = _model_pack_run(config, run_id, st=st)
+    archives = sorted(Path(st.materialize(rec, "bento")).glob("*.bento"))
+    if not archives:
+        _fail(f"model_pack run {rec.run_id} has no .bento archive in its bento entity (packed with bento: false?)")
+    env = {k: v for k, v in settings.env().items() if k != "CVPIPE_WORKERS"}  # ServiceProcess sets workers
+    notes = ("; following the store" if follow else "") + ("; POST /admin/reload enabled" if admin_token_env else "")
+    _serve_until_stopped(archives[0], rec.run_id, host, port, workers, env, notes)
+
+
+def _service_settings(st, settings_file: Optional[Path], admin_token_env: Optional[str], *, follow: bool, **values):
+    """The service's settings, checked here before a server starts, with the model its workers read: the
+    user's CVPIPE_* environment and settings file, then the command line."""
     import os
+
+    from cvpipe.serving.settings import SETTINGS_FILE_ENV, ServiceSettings, SettingsError
+
+    token = os.environ.get(admin_token_env, "") if admin_token_env else None
+    if admin_token_env and not token:
+        _fail(f"${admin_token_env} is empty: it must hold the admin token", 2)
+    environ = {**os.environ, **({SETTINGS_FILE_ENV: str(settings_file)} if settings_file else {})}
+    try:
+        return ServiceSettings.load(environ, follow_store=st.url if (follow or admin_token_env) else None,
+                                    store_env=st.env, store_pipeline=st.pipeline, follow=follow, admin_token=token,
+                                    **values)
+    except SettingsError as e:
+        named = f"${admin_token_env}" if admin_token_env else "CVPIPE_ADMIN_TOKEN"
+        _fail(str(e).replace("CVPIPE_ADMIN_TOKEN", named), 2)
+
+
+def _serve_until_stopped(archive: Path, run_id: str, host: str, port: int, workers: int, env: dict, notes: str):
+    """Run `bentoml serve` on the archive until Ctrl-C, SIGTERM or SIGHUP (or the server dies: exit 1)."""
+    import signal
     import time
 
     from rich.console import Console
 
     from cvpipe.serving.process import ServiceProcess, ServiceStartError
-    from cvpipe.serving.settings import SETTINGS_FILE_ENV, ServiceSettings, SettingsError
 
-    console = Console(stderr=True)
-    st = open_store(pick_config(None, config), overrides, allow_plugin)
-    token = os.environ.get(admin_token_env, "") if admin_token_env else None
-    if admin_token_env and not token:
-        _fail(f"${admin_token_env} is empty: it must hold the admin token", 2)
-    try:  # checked here, before a server starts, with the same model the workers read
-        settings = ServiceSettings.load(
-            {**os.environ, **({SETTINGS_FILE_ENV: str(settings_file)} if settings_file else {})}, batch_max=batch,
-            variant=variant, max_concurrency=max_concurrency, body_timeout_s=body_timeout,
-            max_body_bytes=max_body_bytes, follow_store=st.url if (follow or admin_token_env) else None,
-            store_env=st.env, store_pipeline=st.pipeline, follow=follow, follow_interval_s=follow_interval,
-            admin_token=token)
-    except SettingsError as e:
-        _fail(str(e).replace("CVPIPE_ADMIN_TOKEN", f"${admin_token_env}" if admin_token_env else "CVPIPE_ADMIN_TOKEN"), 2)
-    st, rec = _model_pack_run(config, run_id, st=st)
-    bento_dir = st.materialize(rec, "bento")
-    archives = sorted(Path(bento_dir).glob("*.bento"))
-    if not archives:
-        _fail(f"model_pack run {rec.run_id} has no .bento archive in its bento entity (packed with bento: false?)")
-    env = {k: v for k, v in settings.env().items() if k != "CVPIPE_WORKERS"}  # ServiceProcess sets workers
-
-    def stop_on_signal(signum, frame):  # SIGTERM / SIGHUP stop the server as Ctrl-C does
+    def stop_on_signal(signum, frame):
         raise KeyboardInterrupt
-
-    import signal
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, stop_on_signal)
+    console = Console(stderr=True)
     try:
-        with ServiceProcess(archives[0], host=host, port=port, workers=workers, env=env) as svc:
-            console.print(f"serving [bold]{archives[0].name}[/] (model_pack run {rec.run_id}) at [bold]{svc.url}[/] "
-                          f"with {workers} worker(s)"
-                          f"{'; following the store' if follow else ''}"
-                          f"{'; POST /admin/reload enabled' if admin_token_env else ''}; Ctrl-C to stop\n  try: curl -F image=@photo.jpg {svc.url}/predict")
+        with ServiceProcess(archive, host=host, port=port, workers=workers, env=env) as svc:
+            console.print(f"serving [bold]{archive.name}[/] (model_pack run {run_id}) at [bold]{svc.url}[/] with "
+                          f"{workers} worker(s){notes}; Ctrl-C to stop\n  try: curl -F image=@photo.jpg "
+                          f"{svc.url}/predict", highlight=False)
             while svc.proc is not None and svc.proc.poll() is None:
                 time.sleep(0.5)
             console.print(f"[red]the server exited[/]; log tail:\n{svc.log_tail()}")
@@ -200,10 +211,9 @@ def predict(
 ) -> None:
     """Detect objects in images with a packed model (run id or dir), an ONNX file or a PyTorch checkpoint."""
     from rich.console import Console
-    from rich.table import Table
 
-    from cvpipe.vision import ImageDecodeError, decode_image
     from cvpipe.inference.predictor import detections_to_json
+    from cvpipe.vision import ImageDecodeError, read_image
 
     out = Console()
     predict_fn, names, ids = _load_predictor(model, arch, config, score_thr, overrides, variant)
@@ -212,32 +222,41 @@ def predict(
         save_vis.mkdir(parents=True, exist_ok=True)
     for path in images:
         try:
-            image = decode_image(Path(path).read_bytes())
+            image = read_image(path)
         except (OSError, ImageDecodeError) as e:
             failed += 1
             results.append({"image": str(path), "error": str(e)})
             if not json:
                 Console(stderr=True).print(f"[red]{path}: {e}[/]")
             continue
-        det = predict_fn(image, score_thr)
-        dets = detections_to_json(det, names, ids)
+        dets = detections_to_json(predict_fn(image, score_thr), names, ids)
         results.append({"image": str(path), "width": image.shape[1], "height": image.shape[0], "detections": dets})
         if save_vis:
-            from cvpipe.inference.visualize import draw_detections
-            import cv2
-
-            vis = draw_detections(image, [d["box"] for d in dets], [d["category_name"] for d in dets],
-                                  [d["score"] for d in dets])
-            cv2.imwrite(str(save_vis / (Path(path).stem + "_det.jpg")), vis)
+            _save_vis(image, dets, save_vis / (Path(path).stem + "_det.jpg"))
         if not json:
-            table = Table(title=f"{path} ({image.shape[1]}x{image.shape[0]}): {len(dets)} detections",
-                          title_justify="left")
-            for col in ("class", "score", "x1", "y1", "x2", "y2"):
-                table.add_column(col, justify="left" if col == "class" else "right")
-            for d in dets:
-                table.add_row(d["category_name"], f"{d['score']:.3f}", *(f"{v:.1f}" for v in d["box"]))
-            out.print(table)
+            out.print(_detections_table(path, image, dets))
     if json:
         out.print_json(jsonlib.dumps(results))
     if failed:
         raise typer.Exit(1)
+
+
+def _save_vis(image, dets: list[dict], path: Path) -> None:
+    import cv2
+
+    from cvpipe.inference.visualize import draw_detections
+
+    vis = draw_detections(image, [d["box"] for d in dets], [d["category_name"] for d in dets],
+                          [d["score"] for d in dets])
+    cv2.imwrite(str(path), vis)
+
+
+def _detections_table(path: Path, image, dets: list[dict]):
+    from rich.table import Table
+
+    table = Table(title=f"{path} ({image.shape[1]}x{image.shape[0]}): {len(dets)} detections", title_justify="left")
+    for col in ("class", "score", "x1", "y1", "x2", "y2"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for d in dets:
+        table.add_row(d["category_name"], f"{d['score']:.3f}", *(f"{v:.1f}" for v in d["box"]))
+    return table

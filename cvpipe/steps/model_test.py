@@ -79,46 +79,13 @@ def write_report(out: Path, result: dict, phases, latency_png: Path | None) -> N
       outputs=["report"])
 def model_test(params: ModelTestParams, ctx: StepContext, *, bento: Path, model: Path) -> dict:
     """Serve the packed .bento, check its REST API against the packed reference, load-test it."""
-    from cvpipe.serving.process import ServiceProcess
-
-    out = ctx.output("report")
-    from cvpipe.inference.packed import PackedModel
-
-    run_id = None
     require_loopback(f"http://[{params.host}]" if ":" in params.host else f"http://{params.host}")
-    result: dict = {"passed": False, "model_run_id": run_id, "bento": None, "checks": [], "load_test": [],
+    out = ctx.output("report")
+    result: dict = {"passed": False, "model_run_id": None, "bento": None, "checks": [], "load_test": [],
                     "service": {}, "params": params.model_dump(mode="json")}
     phases, latency_png, error = [], None, None
     try:
-        archive = find_bento(bento)
-        result["bento"] = archive.name
-        run_id = result["model_run_id"] = PackedModel.load(model).run_id
-        t0 = time.perf_counter()
-        with ServiceProcess(archive, params.host, bentoml_home=ctx.scratch / "bentoml_home",
-                            ready_timeout_s=params.ready_timeout_s) as svc:
-            result["service"] = {"bento": archive.name, "url": svc.url,
-                                 "startup_s": round(time.perf_counter() - t0, 2)}
-            log.info("model_test: service up at %s after %.1f s", svc.url, time.perf_counter() - t0)
-            with httpx.Client(base_url=svc.url, timeout=params.request_timeout_s) as client:
-                checks, reference = check_service(client, Path(model), run_id, params.min_iou, params.score_tol)
-            result["checks"] += [c.to_dict() for c in checks]
-
-            ref_dets = reference_detections(reference)
-            test_image = find_test_image(Path(model))
-
-            def same_as_reference(resp: httpx.Response) -> str | None:
-                ok, detail = match_detections(reference_detections(resp.json()), ref_dets, params.min_iou,
-                                              params.score_tol)
-                return None if ok else f"mismatch: {detail}"
-
-            request = RequestSpec("/predict", files=image_part(test_image, test_image.read_bytes()))
-            phases = run_load_test(svc.url, request, duration_s=params.duration_s, concurrency=params.concurrency,
-                                   max_requests=params.max_requests, timeout_s=params.request_timeout_s,
-                                   warmup_requests=params.warmup_requests, check=same_as_reference)
-            result["load_test"] = [p.stats() for p in phases]
-            result["checks"] += [c.to_dict() for c in load_checks(phases, params.max_error_rate, params.max_p95_ms)]
-            alive = client_alive(svc.url)
-            result["checks"].append(Check("service still up after the load test", alive, "GET /readyz").to_dict())
+        phases = serve_and_check(params, ctx, Path(bento), Path(model), result)
     except Exception as e:  # the report is written whatever happened; the step fails below
         error = f"{type(e).__name__}: {e}"
         log.error("model_test: %s", error)
@@ -127,15 +94,55 @@ def model_test(params: ModelTestParams, ctx: StepContext, *, bento: Path, model:
     result["error"] = error
     result["passed"] = error is None and bool(result["checks"]) and all(c["passed"] for c in result["checks"])
     write_report(out, result, phases, latency_png)
-    failed = [c["name"] for c in result["checks"] if not c["passed"]]
     if not result["passed"]:
-        veto(ctx, f"model_test failed: {', '.join(failed) or error}")
-        raise ModelTestFailed(f"model_test failed ({error or ''}{'; ' if error and failed else ''}"
-                              f"{'failed checks: ' + '; '.join(failed) if failed else ''}); details in the "
-                              f"run's report (report.html, report.json)")
+        fail_and_veto(ctx, result, error)
     conc = result["load_test"][1]
     return {"checks": len(result["checks"]), "passed": True, "concurrent_rps": conc["throughput_rps"],
             "p95_ms": conc["p95_ms"], "sequential_p50_ms": result["load_test"][0]["p50_ms"]}
+
+
+def serve_and_check(params: ModelTestParams, ctx: StepContext, bento: Path, model: Path, result: dict) -> list:
+    """Start the service from the .bento, run the REST checks and the load test; fill `result`; the phases."""
+    from cvpipe.inference.packed import PackedModel
+    from cvpipe.serving.process import ServiceProcess
+
+    archive = find_bento(bento)
+    result["bento"] = archive.name
+    run_id = result["model_run_id"] = PackedModel.load(model).run_id
+    t0 = time.perf_counter()
+    with ServiceProcess(archive, params.host, bentoml_home=ctx.scratch / "bentoml_home",
+                        ready_timeout_s=params.ready_timeout_s) as svc:
+        result["service"] = {"bento": archive.name, "url": svc.url, "startup_s": round(time.perf_counter() - t0, 2)}
+        log.info("model_test: service up at %s after %.1f s", svc.url, time.perf_counter() - t0)
+        with httpx.Client(base_url=svc.url, timeout=params.request_timeout_s) as client:
+            checks, reference = check_service(client, model, run_id, params.min_iou, params.score_tol)
+        result["checks"] += [c.to_dict() for c in checks]
+        ref_dets = reference_detections(reference)
+        test_image = find_test_image(model)
+
+        def same_as_reference(resp: httpx.Response) -> str | None:
+            ok, detail = match_detections(reference_detections(resp.json()), ref_dets, params.min_iou,
+                                          params.score_tol)
+            return None if ok else f"mismatch: {detail}"
+
+        request = RequestSpec("/predict", files=image_part(test_image, test_image.read_bytes()))
+        phases = run_load_test(svc.url, request, duration_s=params.duration_s, concurrency=params.concurrency,
+                               max_requests=params.max_requests, timeout_s=params.request_timeout_s,
+                               warmup_requests=params.warmup_requests, check=same_as_reference)
+        result["load_test"] = [p.stats() for p in phases]
+        result["checks"] += [c.to_dict() for c in load_checks(phases, params.max_error_rate, params.max_p95_ms)]
+        alive = client_alive(svc.url)
+        result["checks"].append(Check("service still up after the load test", alive, "GET /readyz").to_dict())
+    return phases
+
+
+def fail_and_veto(ctx: StepContext, result: dict, error: str | None) -> None:
+    """A failed service test vetoes the model (demoted if champion), then fails the step."""
+    failed = [c["name"] for c in result["checks"] if not c["passed"]]
+    veto(ctx, f"model_test failed: {', '.join(failed) or error}")
+    raise ModelTestFailed(f"model_test failed ({error or ''}{'; ' if error and failed else ''}"
+                          f"{'failed checks: ' + '; '.join(failed) if failed else ''}); details in the "
+                          f"run's report (report.html, report.json)")
 
 
 def veto(ctx: StepContext, reason: str) -> None:
