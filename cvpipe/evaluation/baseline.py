@@ -16,6 +16,10 @@ log = logging.getLogger(__name__)
 SHIPPED_PRETRAINED = Path("weights/yolox_nano/yolox_nano.onnx")
 
 
+class APDropError(RuntimeError):
+    """The candidate is significantly worse than the model it competes with (the gate refused it)."""
+
+
 @dataclass
 class EvalModel:
     """A model as the evaluation loop sees it: a batch predictor and its classes (mapped to the dataset's

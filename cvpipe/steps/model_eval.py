@@ -15,7 +15,7 @@ from cvpipe.data.schema import DetectionDataset
 from cvpipe.evaluation.baseline import (EvalModel, gate_decision, label_map_for, onnx_eval_model,
                                         packed_eval_model, pretrained_path)
 from cvpipe.evaluation.bootstrap import paired_bootstrap
-from cvpipe.evaluation.compare import APDropError
+from cvpipe.evaluation.baseline import APDropError
 from cvpipe.evaluation.confusion import confusion_matrix
 from cvpipe.evaluation.engine import evaluate
 from cvpipe.evaluation.plots import draw_errors, plot_confusion, plot_per_class_ap, plot_pr_overall, plot_pr_per_class

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cvpipe.evaluation.compare import APDropError
+from cvpipe.evaluation.baseline import APDropError
 from cvpipe.pipeline import StepContext
 from cvpipe.pipeline.step import get_step
 
