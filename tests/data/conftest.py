@@ -13,6 +13,22 @@ CATEGORIES = [{"id": 1, "name": "cat", "supercategory": "animal"}, {"id": 3, "na
               {"id": 7, "name": "car", "supercategory": "vehicle"}]
 
 
+@pytest.fixture
+def copy_to_memory():
+    """copy(folder, prefix) -> "memory://prefix": every file of the folder as an object-storage source
+    without a server."""
+    import fsspec
+
+    def copy(folder: Path, prefix: str) -> str:
+        fs = fsspec.filesystem("memory")
+        for p in folder.rglob("*"):
+            if p.is_file():
+                fs.pipe(f"/{prefix}/{p.relative_to(folder).as_posix()}", p.read_bytes())
+        return f"memory://{prefix}"
+
+    return copy
+
+
 def make_image(path: Path, w: int, h: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path, quality=90)

@@ -117,12 +117,8 @@ def test_http_url_source(coco_dir, run_load, tmp_path):
         server.shutdown()
 
 
-def test_fsspec_url_source(coco_dir, run_load):
-    fs = fsspec.filesystem("memory")
-    for p in coco_dir.rglob("*"):
-        if p.is_file():
-            fs.pipe(f"/bucket/coco/{p.relative_to(coco_dir).as_posix()}", p.read_bytes())
-    ctx, summary = run_load("memory://bucket/coco")
+def test_fsspec_url_source(coco_dir, run_load, copy_to_memory):
+    ctx, summary = run_load(copy_to_memory(coco_dir, "bucket/coco"))
     assert summary["images"] == 6 and canonical(ctx) == canonical(run_load(coco_dir)[0])
 
 

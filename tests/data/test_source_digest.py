@@ -91,13 +91,11 @@ def test_url_source_changed_behind_the_server(coco_dir, load_step, tmp_path):
         server.shutdown()
 
 
-def test_memory_store_source_digest_follows_content(coco_dir, load_step):
+def test_memory_store_source_digest_follows_content(coco_dir, load_step, copy_to_memory):
     import fsspec
 
     fs = fsspec.filesystem("memory")
-    for p in coco_dir.rglob("*"):
-        if p.is_file():
-            fs.pipe(f"/digest-bucket/coco/{p.relative_to(coco_dir).as_posix()}", p.read_bytes())
+    copy_to_memory(coco_dir, "digest-bucket/coco")
     first = digest_source("memory://digest-bucket/coco")
     assert first.files == 7
     fs.pipe("/digest-bucket/coco/annotations.json", (coco_dir / "annotations.json").read_bytes() + b" ")
