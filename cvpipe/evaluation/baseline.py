@@ -53,6 +53,9 @@ def onnx_eval_model(onnx_path: Path, input_size: tuple[int, int], score_thr: flo
     if n_out and n_out != 85:
         raise ValueError(f"{onnx_path.name} has {n_out - 5} classes; only an 80-class COCO start is mapped by name")
     decoded = {e.key: e.value for e in proto.metadata_props}.get("graph") == "decoded"
+    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    if len(dims) == 4 and dims[2] and dims[3]:  # a fixed input size (Megvii's export: 416) wins over the candidate's
+        input_size = (dims[2], dims[3])
     predictor = Predictor(onnx_path, COCO_CLASS_NAMES, COCO_CATEGORY_IDS, input_size, raw_outputs=not decoded)
     return EvalModel("pretrained", onnx_path.name, lambda images: predictor.predict_batch(images, score_thr=score_thr),
                      ClassMap.from_names(COCO_CLASS_NAMES, COCO_CATEGORY_IDS))

@@ -45,11 +45,16 @@ def test_whole_pipeline_then_cached_rerun(tiny_config):
     assert [r["step"] for r in runs] == STEPS and all(r["status"] == "complete" for r in runs)
     assert by_step["model_eval"]["summary"]["AP"] > 0.05  # fine-tuned from real COCO weights
     shown = json.loads(cvpipe("show", by_step["model_test"]["run_id"], "-c", str(tiny_config), "--json").stdout)
-    node, chain = shown["lineage"], []
-    while node["inputs"]:
+    dag, chain = shown["lineage"], []
+    node = dag["runs"][dag["root"]]
+    while node["inputs"]:  # model_test's first input back to the raw data
         chain.append(node["step"])
-        node = next(iter(node["inputs"].values()))
+        node = dag["runs"][next(iter(node["inputs"].values()))["run_id"]]
     assert chain + [node["step"]] == ["model_test", "model_pack", "model_train", "data_prep", "data_load"]
+    assert node["source"]["digest"]  # what data_load read, by content
+    promotions = json.loads(cvpipe("promotions", "-c", str(tiny_config), "--json").stdout)
+    assert promotions["champion"] == by_step["model_pack"]["run_id"]  # passed its evaluation: promoted, served
+    assert [e["action"] for e in promotions["events"]] == ["promote"]
     second = cvpipe("run", str(tiny_config))
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stderr.count("reusing run") == len(STEPS)
