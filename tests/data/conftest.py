@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from step_context import step_context
+
 import json
 from pathlib import Path
 
@@ -59,12 +61,9 @@ def coco_dir(tmp_path) -> Path:
     return root
 
 
-def make_ctx(tmp_path: Path, step: str, outputs: list[str]) -> StepContext:
-    base = tmp_path / f"run-{step}-{len(list(tmp_path.glob('run-*')))}"
-    ctx = StepContext(step=step, run_id="test", outputs={o: base / o for o in outputs}, scratch=base / "scratch")
-    for p in [*ctx.outputs.values(), ctx.scratch]:
-        p.mkdir(parents=True)
-    return ctx
+def make_ctx(tmp_path: Path, step: str) -> StepContext:
+    """A fresh context for each call (runs of one test do not share folders)."""
+    return step_context(tmp_path / f"run-{step}-{len(list(tmp_path.glob('run-*')))}", step)
 
 
 @pytest.fixture
@@ -72,7 +71,7 @@ def run_load(tmp_path):
     from cvpipe.steps.data_load import DataLoadParams, data_load
 
     def run(source, **params):
-        ctx = make_ctx(tmp_path, "data_load", ["dataset", "images"])
+        ctx = make_ctx(tmp_path, "data_load")
         params.setdefault("executor", "serial")
         summary = data_load(DataLoadParams(source=str(source), **params), ctx)
         return ctx, summary
@@ -85,7 +84,7 @@ def run_prep(tmp_path):
     from cvpipe.steps.data_prep import DataPrepParams, data_prep
 
     def run(load_ctx, **params):
-        ctx = make_ctx(tmp_path, "data_prep", ["dataset", "images", "report"])
+        ctx = make_ctx(tmp_path, "data_prep")
         params.setdefault("executor", "serial")
         summary = data_prep(DataPrepParams(**params), ctx, dataset=load_ctx.output("dataset"),
                             images=load_ctx.output("images"))

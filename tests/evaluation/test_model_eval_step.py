@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
+from step_context import step_context
+
 import json
 
 import pytest
 
 from cvpipe.evaluation.baseline import APDropError
-from cvpipe.pipeline import StepContext
 from cvpipe.pipeline.step import get_step
 
 from .helpers import NANO_ONNX, write_dataset
 
 
 def ctx_for(tmp, name="eval"):
-    outs = {k: tmp / name / k for k in ("metrics", "predictions", "report")}
-    for p in outs.values():
-        p.mkdir(parents=True)
-    (tmp / name / "scratch").mkdir()
-    return StepContext(step="model_eval", run_id=name, outputs=outs, scratch=tmp / name / "scratch",
+    return step_context(tmp / name, "model_eval", run_id=name,
                        input_runs={"model": "pack-1"})
 
 

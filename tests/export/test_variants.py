@@ -4,6 +4,8 @@ box-match F1, batch-position check)."""
 
 from __future__ import annotations
 
+from step_context import step_context
+
 import json
 import shutil
 import subprocess
@@ -29,16 +31,12 @@ def coco() -> dict:
 
 
 def pack(root: Path, coco: dict, **params) -> Path:
-    from cvpipe.pipeline import StepContext
     from cvpipe.steps.model_pack import ModelPackParams, model_pack
 
-    outputs = {"model": root / "model", "bento": root / "bento"}
-    for d in [*outputs.values(), root / "scratch"]:
-        d.mkdir(parents=True)
-    ctx = StepContext(step="model_pack", run_id="variants-test", outputs=outputs, scratch=root / "scratch")
+    ctx = step_context(root, "model_pack", run_id="variants-test")
     model_pack(ModelPackParams(onnx=NANO_ONNX, class_names=ANNOTATIONS, test_image=largest_person(coco)[0],
                                bento=False, **params), ctx)
-    return outputs["model"]
+    return ctx.output("model")
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from step_context import step_context
+
 import json
 import os
 import shutil
 
 import pytest
 
-from cvpipe.pipeline import StepContext
 from cvpipe.pipeline.step import get_step
 
 
@@ -29,10 +30,7 @@ def bento_inputs(tmp_path_factory):
 
 
 def ctx_for(tmp, name):
-    out = tmp / name / "report"
-    out.mkdir(parents=True)
-    (tmp / name / "scratch").mkdir()
-    return StepContext(step="model_test", run_id=name, outputs={"report": out}, scratch=tmp / name / "scratch")
+    return step_context(tmp / name, "model_test", run_id=name)
 
 
 def processes_using(bentoml_home) -> list[int]:

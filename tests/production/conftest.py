@@ -4,6 +4,8 @@ its model does not reproduce). Run ids sort in that order, so "latest" is BAD.""
 
 from __future__ import annotations
 
+from step_context import step_context
+
 import json
 import shutil
 from pathlib import Path
@@ -16,17 +18,13 @@ RUN_A, RUN_B, RUN_BAD = "20261124T100000000Z-aaaaaa", "20261124T110000000Z-bbbbb
 
 
 def _pack(root: Path, run_id: str, score_thr: float, bento: bool, test_image: Path) -> dict:
-    from cvpipe.pipeline import StepContext
     from cvpipe.steps.model_pack import ModelPackParams, model_pack
 
-    outputs = {"model": root / run_id / "model", "bento": root / run_id / "bento"}
-    for d in [*outputs.values(), root / run_id / "scratch"]:
-        d.mkdir(parents=True)
-    ctx = StepContext(step="model_pack", run_id=run_id, outputs=outputs, scratch=root / run_id / "scratch")
+    ctx = step_context(root / run_id, "model_pack", run_id=run_id)
     params = ModelPackParams(onnx=NANO_ONNX, class_names=ANNOTATIONS, test_image=test_image, score_thr=score_thr,
                              bento=bento, e2e=False)
     summary = model_pack(params, ctx)
-    return {"summary": summary, **outputs}
+    return {"summary": summary, **ctx.outputs}
 
 
 def _commit(store, run_id: str, dirs: dict, summary: dict) -> None:

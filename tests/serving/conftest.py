@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from step_context import step_context
+
 import json
 from pathlib import Path
 
@@ -25,14 +27,10 @@ def person_image(coco) -> tuple[Path, list[list[float]]]:
 @pytest.fixture(scope="session")
 def packed(tmp_path_factory, person_image) -> dict:
     """The model_pack step run on the BYO nano ONNX: {"summary", "model", "bento", "run_id"}."""
-    from cvpipe.pipeline import StepContext
     from cvpipe.steps.model_pack import ModelPackParams, model_pack
 
     root = tmp_path_factory.mktemp("packed")
-    outputs = {"model": root / "model", "bento": root / "bento"}
-    for d in [*outputs.values(), root / "scratch"]:
-        d.mkdir()
-    ctx = StepContext(step="model_pack", run_id="20261124-test-pack", outputs=outputs, scratch=root / "scratch")
+    ctx = step_context(root, "model_pack", run_id="20261124-test-pack")
     params = ModelPackParams(onnx=NANO_ONNX, class_names=ANNOTATIONS, test_image=person_image[0])
     summary = model_pack(params, ctx)
-    return {"summary": summary, "model": outputs["model"], "bento": outputs["bento"], "run_id": ctx.run_id}
+    return {"summary": summary, "model": ctx.output("model"), "bento": ctx.output("bento"), "run_id": ctx.run_id}

@@ -1,4 +1,5 @@
 """The model_pack step function end to end: bring-your-own nano (session fixture) and a trained checkpoint."""
+from step_context import step_context
 
 import json
 import shutil
@@ -9,7 +10,6 @@ import tarfile
 import pytest
 import yaml
 
-from cvpipe.pipeline import StepContext
 from cvpipe.steps.model_pack import ModelPackParams, model_pack, read_class_list
 
 
@@ -54,10 +54,7 @@ def test_service_modules_import_without_torch(tmp_path):
 
 
 def _ctx(tmp_path, run_id="test-run"):
-    outs = {"model": tmp_path / "model", "bento": tmp_path / "bento"}
-    for d in [*outs.values(), tmp_path / "scratch"]:
-        d.mkdir()
-    return StepContext(step="model_pack", run_id=run_id, outputs=outs, scratch=tmp_path / "scratch",
+    return step_context(tmp_path, "model_pack", run_id=run_id,
                        input_runs={"checkpoints": "train-1", "test_image": "train-1"})
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from step_context import step_context
+
 import json
 import os
 import subprocess
@@ -31,17 +33,12 @@ def test_torchrun_two_cpu_processes(synthetic, tmp_path):
 
 
 def test_step_launches_torchrun(synthetic, tmp_path):
-    from cvpipe.pipeline import StepContext
     from cvpipe.steps.model_train import ModelTrainParams, model_train
 
     ds_dir, images_dir = synthetic
-    outs = {n: tmp_path / n for n in ("checkpoints", "curves", "test_image")}
-    for p in outs.values():
-        p.mkdir()
-    (tmp_path / "scratch").mkdir()
-    ctx = StepContext(step="model_train", run_id="t", outputs=outs, scratch=tmp_path / "scratch")
+    ctx = step_context(tmp_path, "model_train", run_id="t")
     params = ModelTrainParams(scale="nano", pretrained="none", img_size=64, batch_size=2, epochs=1, no_aug_epochs=0,
                               device="cpu", nproc_per_node=2)
     summary = model_train(params, ctx, dataset=ds_dir, images=images_dir)
     assert summary["world_size"] == 2
-    assert (outs["checkpoints"] / "best.pt").is_file() and (outs["test_image"] / "meta.json").is_file()
+    assert (ctx.output("checkpoints") / "best.pt").is_file() and (ctx.output("test_image") / "meta.json").is_file()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cvpipe.models.yolox import build_yolox, load_checkpoint
-from cvpipe.pipeline import StepContext
+from step_context import step_context
 from cvpipe.steps.model_train import ModelTrainParams, model_train
 from cvpipe.training.run import run_training
 
@@ -26,8 +26,8 @@ def outputs(root):
 
 def test_step_writes_checkpoints_curves_and_test_image(synthetic, tmp_path):
     ds_dir, images_dir = synthetic
-    out = outputs(tmp_path / "out")
-    ctx = StepContext(step="model_train", run_id="test", outputs=out, scratch=tmp_path / "scratch")
+    ctx = step_context(tmp_path / "out", "model_train")
+    out = ctx.outputs
     summary = model_train(ModelTrainParams(**TINY), ctx, dataset=ds_dir, images=images_dir)
 
     assert summary["epochs"] == 2 and summary["train_images"] == 4 and summary["val_images"] == 2
