@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from coco_data import need_data
 
 from .helpers import DEV, NANO_ONNX, nano_detections
 
@@ -10,8 +11,7 @@ from .helpers import DEV, NANO_ONNX, nano_detections
 @pytest.fixture(scope="session")
 def dev_gt() -> dict:
     p = DEV / "annotations.json"
-    if not p.is_file():
-        pytest.skip(f"COCO dev data not found at {DEV}")
+    need_data()
     return json.loads(p.read_text())
 
 
@@ -23,8 +23,7 @@ def crowd_image_ids(dev_gt) -> list[int]:
 @pytest.fixture(scope="session")
 def nano_dets_subset(dev_gt, crowd_image_ids):
     """Nano detections on 24 dev images (8 of them with crowd regions) and the GT restricted to them."""
-    if not NANO_ONNX.is_file():
-        pytest.skip(f"{NANO_ONNX} not found")
+    need_data()
     plain = [i["id"] for i in dev_gt["images"] if i["id"] not in set(crowd_image_ids)]
     ids = sorted(crowd_image_ids[:8] + plain[:16])
     sub = {**dev_gt, "images": [i for i in dev_gt["images"] if i["id"] in set(ids)],

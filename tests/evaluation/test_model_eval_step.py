@@ -7,6 +7,7 @@ from step_context import step_context
 import json
 
 import pytest
+from coco_data import need_data
 
 from cvpipe.evaluation.baseline import APDropError
 from cvpipe.pipeline.step import get_step
@@ -23,8 +24,7 @@ def ctx_for(tmp, name="eval"):
 def eval_inputs(tmp_path_factory, dev_gt, crowd_image_ids):
     from .packed_model import write_packed_model
 
-    if not NANO_ONNX.is_file():
-        pytest.skip(f"{NANO_ONNX} not found")
+    need_data()
     tmp = tmp_path_factory.mktemp("model_eval")
     ids = [i["id"] for i in dev_gt["images"][:20]] + crowd_image_ids[:4]
     dataset, images = write_dataset(tmp, dev_gt, ids)
@@ -143,8 +143,7 @@ def test_a_start_without_the_datasets_classes_is_no_baseline(tmp_path):
     from cvpipe.steps.model_eval import ModelEvalParams, reference_model
     from cvpipe.vision import ClassMap
 
-    if not NANO_ONNX.is_file():
-        pytest.skip(f"{NANO_ONNX} not found")
+    need_data()
     cells = ClassMap.from_names(["Platelets", "RBC", "WBC"], [1, 2, 3])
     ctx = ctx_for(tmp_path)
     assert reference_model(ModelEvalParams(baseline="champion"), ctx, (416, 416), cells) is None

@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
+from coco_data import need_data
 import torch
 
 from cvpipe.export.onnx import ParityError, append_decode, append_e2e, check_onnx_parity, check_parity, export_onnx, \
@@ -22,14 +23,14 @@ if not IMAGES.is_dir():  # the bundled sample holds the same kind of images
 def real_images(n=2):
     files = sorted(IMAGES.glob("*.jpg"))[:n]
     if len(files) < n:
-        pytest.skip("needs the COCO dev sample")
+        need_data()
+        pytest.fail(f"fewer than {n} images in {IMAGES}")
     return [cv2.imread(str(f)) for f in files]
 
 
 @pytest.fixture(scope="module")
 def nano():
-    if not NANO_ONNX.is_file():
-        pytest.skip("needs weights/yolox_nano/yolox_nano.onnx")
+    need_data()
     from cvpipe.models.yolox.onnx_import import load_nano_from_onnx
 
     return load_nano_from_onnx(NANO_ONNX)

@@ -9,6 +9,7 @@ import os
 import shutil
 
 import pytest
+from coco_data import need_data
 
 from cvpipe.pipeline.step import get_step
 
@@ -20,8 +21,7 @@ def bento_inputs(tmp_path_factory):
 
     from cvpipe.serving.bento import build_bento
 
-    if not NANO_ONNX.is_file() or not (DEV / "annotations.json").is_file():
-        pytest.skip("nano ONNX or COCO dev data missing")
+    need_data()
     tmp = tmp_path_factory.mktemp("model_test")
     gt = json.loads((DEV / "annotations.json").read_text())
     model = write_packed_model(tmp / "model", gt, run_id="20260101-000000-abcd")

@@ -8,6 +8,7 @@ import shutil
 
 import httpx
 import pytest
+from coco_data import need_data
 
 from cvpipe.loadtest.checks import check_service, match_detections
 from cvpipe.loadtest.runner import RequestSpec, run_load_test
@@ -20,8 +21,7 @@ def packed(tmp_path_factory):
     from evaluation.helpers import DEV, NANO_ONNX
     from evaluation.packed_model import write_packed_model
 
-    if not NANO_ONNX.is_file() or not (DEV / "annotations.json").is_file():
-        pytest.skip("nano ONNX or COCO dev data missing")
+    need_data()
     gt = json.loads((DEV / "annotations.json").read_text())
     return write_packed_model(tmp_path_factory.mktemp("svc") / "model", gt, run_id="run-123")
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from coco_data import need_data
 import torch
 
 from cvpipe.training.model_init import COCO_CLASSES, build_model, find_nano_onnx
@@ -10,7 +11,7 @@ def test_coco_class_subset_keeps_trained_predictor_rows():
     try:
         find_nano_onnx()
     except FileNotFoundError:
-        pytest.skip("shipped nano ONNX not found")
+        need_data()
     full, _ = build_model("nano", 80, "nano-onnx")
     sub, info = build_model("nano", 2, "nano-onnx", class_names=["dog", "person"])
     assert info["class_rows"] == [COCO_CLASSES.index("dog"), 0] == [16, 0]
