@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cvpipe.vision.boxes import box_intersection, box_iou
+from cvpipe.vision.boxes import box_intersection, box_iou, xywh_to_xyxy
 
 BACKGROUND = "background"
 
 
-def xywh_to_xyxy(b: np.ndarray) -> np.ndarray:
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
+def _xyxy(coco_boxes) -> np.ndarray:
+    """COCO xywh boxes (a possibly empty list) as an N x 4 float64 xyxy array."""
+    return xywh_to_xyxy(np.asarray(coco_boxes, dtype=np.float64).reshape(-1, 4))
 
 
 def _inside_fraction(dets: np.ndarray, regions: np.ndarray) -> np.ndarray:
@@ -156,9 +156,9 @@ def confusion_matrix(gt: dict, detections: list[dict], iou_thr: float = 0.5, sco
         g, c, dd = gts.get(iid, []), crowds.get(iid, []), dets.get(iid, [])
         res, confusions = match_image(
             iid,
-            xywh_to_xyxy([a["bbox"] for a in g]), [index[a["category_id"]] for a in g],
-            xywh_to_xyxy([a["bbox"] for a in c]), [index[a["category_id"]] for a in c],
-            xywh_to_xyxy([x["bbox"] for x in dd]), [index[x["category_id"]] for x in dd], [x["score"] for x in dd],
+            _xyxy([a["bbox"] for a in g]), [index[a["category_id"]] for a in g],
+            _xyxy([a["bbox"] for a in c]), [index[a["category_id"]] for a in c],
+            _xyxy([x["bbox"] for x in dd]), [index[x["category_id"]] for x in dd], [x["score"] for x in dd],
             iou_thr)
         for j in res.tp_gt:
             matrix[res.gt_labels[j], res.gt_labels[j]] += 1

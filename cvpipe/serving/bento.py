@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import cvpipe
+from cvpipe.inference.packed import PackedModel
 
 SERVICE = "cvpipe.serving.service:Detector"
 # the torch-free modules the service imports: whole packages (every .py in them) plus single modules
@@ -40,12 +41,9 @@ PACKAGES = ["bentoml>=1.4,<1.5", "onnxruntime>=1.17", "numpy>=1.26", "pillow>=10
             "fsspec>=2023.1", "pyyaml>=6", "httptools>=0.6", "uvloop>=0.19"]  # uvicorn's C parser and loop
 
 
-def bento_packages(model_dir: Path) -> list[str]:
+def bento_packages(packed: PackedModel) -> list[str]:
     """PACKAGES, plus openvino when the packed model has an OpenVINO variant."""
-    meta = json.loads((Path(model_dir) / "model.json").read_text())
-    variants = meta.get("variants") if isinstance(meta.get("variants"), dict) else {}
-    uses_openvino = any(isinstance(v, dict) and str(v.get("backend", name)).startswith("openvino")
-                        for name, v in variants.items())
+    uses_openvino = any(v.backend == "openvino" for v in packed.variants.values())
     return PACKAGES + (["openvino>=2024.0"] if uses_openvino else [])
 
 
@@ -106,7 +104,7 @@ def build_bento(model_dir: str | Path, out_dir: str | Path, name: str = "cvpipe-
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     name = bento_name(name)
-    version = bento_version(version or json.loads((model_dir / "model.json").read_text()).get("run_id"))
+    version = bento_version(version or PackedModel.load(model_dir).run_id)
     with tempfile.TemporaryDirectory(prefix="cvpipe-bento-") as tmp:
         home = Path(bentoml_home) if bentoml_home else Path(tmp) / "bentoml_home"
         env = dict(os.environ, BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true",
@@ -130,8 +128,9 @@ def _build_here(model_dir: Path, out_dir: Path, name: str, version: str, work_di
     import bentoml
 
     tag = f"{name}:{version}"
+    packed = PackedModel.load(model_dir)
     with bentoml.models.create(tag, labels={"framework": "onnxruntime", "cvpipe": cvpipe.__version__},
-                               metadata=json.loads((model_dir / "model.json").read_text()).get("metrics", {})
+                               metadata=packed.meta.get("metrics", {})
                                ) as model:
         copy_model_dir(model_dir, Path(model.path))
     # a build context with only the service's modules (no torch anywhere in it)
@@ -143,7 +142,7 @@ def _build_here(model_dir: Path, out_dir: Path, name: str, version: str, work_di
     bento = bentoml.bentos.build(
         SERVICE, name=name, version=version, build_ctx=str(ctx), include=["cvpipe/**/*.py"],
         labels={"cvpipe_run_id": version}, description=f"cvpipe detector {name}, model run {version}",
-        python={"packages": bento_packages(model_dir), "lock_packages": False}, args={"model_tag": tag})
+        python={"packages": bento_packages(packed), "lock_packages": False}, args={"model_tag": tag})
     archive = out_dir / f"{name}.bento"
     if archive.exists():
         archive.unlink()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cvpipe.evaluation.coco import STAT_NAMES, coco_evaluate, evaluate_detections
-from cvpipe.evaluation.confusion import box_iou, xywh_to_xyxy
+from cvpipe.vision import box_iou, xywh_to_xyxy
 
 from .helpers import perturbed_gt_detections
 

@@ -40,17 +40,24 @@ def person_image() -> Path:
     return largest_person(json.loads(ANNOTATIONS.read_text()))[0]
 
 
-@pytest.fixture(scope="session")
-def model_store(tmp_path_factory, person_image) -> dict:  # noqa: F811
+def two_pack_store(root: Path, test_image: Path, bento_a: bool):
+    """A store with two committed model_pack runs of the nano: A (score_thr 0.25, a .bento if asked) and B
+    (0.5). Returns (store, A's dirs, B's dirs)."""
     need_data()
     from cvpipe.store import ArtifactStore
 
-    root = tmp_path_factory.mktemp("production")
     store = ArtifactStore(str(root / "store"), env="test", pipeline="swap", cache_dir=root / "cache")
-    a = _pack(root / "work", RUN_A, 0.25, True, person_image)
-    b = _pack(root / "work", RUN_B, 0.5, False, person_image)
+    a = _pack(root / "work", RUN_A, 0.25, bento_a, test_image)
+    b = _pack(root / "work", RUN_B, 0.5, False, test_image)
     _commit(store, RUN_A, a, a["summary"])
     _commit(store, RUN_B, b, b["summary"])
+    return store, a, b
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory, person_image) -> dict:  # noqa: F811
+    root = tmp_path_factory.mktemp("production")
+    store, a, b = two_pack_store(root, person_image, bento_a=True)
     bad = {"model": root / "work" / "bad" / "model", "bento": b["bento"]}
     shutil.copytree(b["model"], bad["model"])
     ref = json.loads((bad["model"] / "reference.json").read_text())

@@ -20,9 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coco_data import need_data
 
-from .conftest import _commit, _pack
+from .conftest import _commit, _pack, two_pack_store
 
 RUN_A, RUN_B = "20261124T100000000Z-aaaaaa", "20261124T110000000Z-bbbbbb"
 BAD = {  # candidate kind -> its model_pack run id (newer than A and B)
@@ -76,16 +75,10 @@ def _make_candidate(kind: str, b_model: Path, dest: Path, run_id: str) -> None:
 
 @pytest.fixture(scope="module")
 def swap_store(tmp_path_factory, person_image):
-    need_data()
-    from cvpipe.store import ArtifactStore
     from cvpipe.store.promotion import promote
 
     root = tmp_path_factory.mktemp("swap")
-    store = ArtifactStore(str(root / "store"), env="test", pipeline="swap", cache_dir=root / "cache")
-    a = _pack(root / "work", RUN_A, 0.25, False, person_image)
-    b = _pack(root / "work", RUN_B, 0.5, False, person_image)
-    _commit(store, RUN_A, a, a["summary"])
-    _commit(store, RUN_B, b, b["summary"])
+    store, a, b = two_pack_store(root, person_image, bento_a=False)
     for kind, rid in BAD.items():
         dest = root / "work" / kind / "model"
         _make_candidate(kind, Path(b["model"]), dest, rid)
