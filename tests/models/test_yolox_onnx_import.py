@@ -1,24 +1,16 @@
 """The nano ONNX imported into our fused model reproduces onnxruntime's outputs and detections."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from coco_data import COCO_DEV as COCO, NANO_ONNX as ONNX, need_data
 
 from cvpipe import vision as processing
 from cvpipe.models.yolox.onnx_import import conv_execution_order, load_nano_from_onnx
 
-ROOT = Path(__file__).resolve().parents[2]
-ONNX = ROOT / "weights" / "yolox_nano" / "yolox_nano.onnx"
-COCO = ROOT.parent / "shared" / "data" / "coco_real" / "dev"
-if not COCO.is_dir():  # the bundled sample: same layout, its annotations say which images are val2017
-    COCO = ROOT / "examples" / "coco_sample"
 SIZE = (416, 416)
-
-pytestmark = pytest.mark.skipif(not ONNX.is_file() or not (COCO / "annotations.json").is_file(),
-                                reason="nano ONNX or shared COCO images not available")
 
 
 def val_images(n):
@@ -29,6 +21,7 @@ def val_images(n):
 
 @pytest.fixture(scope="module")
 def imported():
+    need_data()  # every test of the bundled weights goes through this fixture
     return load_nano_from_onnx(ONNX)
 
 
@@ -36,6 +29,7 @@ def imported():
 def session():
     import onnxruntime as ort
 
+    need_data()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     return ort.InferenceSession(str(ONNX), opts, providers=["CPUExecutionProvider"])
