@@ -9,12 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from cvpipe.models.pretrained_files import find_nano_onnx
 from cvpipe.vision import ClassMap
 
 log = logging.getLogger(__name__)
-
-SHIPPED_PRETRAINED = Path("weights/yolox_nano/yolox_nano.onnx")
-
 
 class APDropError(RuntimeError):
     """The candidate is significantly worse than the model it competes with (the gate refused it)."""
@@ -75,17 +73,22 @@ def label_map_for(model: EvalModel, dataset: ClassMap) -> dict[int, int]:
 
 
 def pretrained_path(param: str | None, train_summary: dict | None) -> Path | None:
-    """The pretrained ONNX: the param, else what model_train says it started from, else the shipped nano."""
+    """The pretrained ONNX: the param, else what model_train says it started from, else the shipped nano
+    (found as training finds it: cvpipe.models.pretrained_files), else None."""
     if param:
         return Path(param)
     info = (train_summary or {}).get("pretrained") or {}
     path = info.get("path") if isinstance(info, dict) else None
     if isinstance(path, str) and path.lower().endswith(".onnx") and Path(path).is_file():
         return Path(path)
+    try:
+        shipped = find_nano_onnx()
+    except FileNotFoundError as e:
+        log.info("no pretrained ONNX to compare with: %s", e)
+        return None
     if path:
-        log.info("the training started from %s, which model_eval cannot run without torch; using %s", path,
-                 SHIPPED_PRETRAINED)
-    return SHIPPED_PRETRAINED if SHIPPED_PRETRAINED.is_file() else None
+        log.info("the training started from %s, which model_eval cannot run without torch; using %s", path, shipped)
+    return shipped
 
 
 def gate_decision(boot: dict | None, max_ap_drop: float, reference: str | None) -> dict:

@@ -10,11 +10,10 @@ import torch
 from torch import nn
 
 from cvpipe.inference.coco_classes import COCO_CLASS_NAMES as COCO_CLASSES  # class order of COCO weights
+from cvpipe.models.pretrained_files import find_nano_onnx
 from cvpipe.models.yolox.weights import sha256_of
 
 log = logging.getLogger(__name__)
-
-NANO_ONNX = Path("weights") / "yolox_nano" / "yolox_nano.onnx"
 
 
 def coco_rows(class_names: list[str] | None) -> list[int] | None:
@@ -34,19 +33,6 @@ def keep_class_rows(model: nn.Module, rows: list[int]) -> None:
     for conv, (w, b) in zip(head.cls_preds, old):
         conv.weight.copy_(w[idx])
         conv.bias.copy_(b[idx])
-
-
-def find_nano_onnx() -> Path:
-    """The shipped YOLOX-Nano ONNX: under the working directory, else beside the installed package."""
-    import cvpipe
-
-    candidates = [Path.cwd() / NANO_ONNX, Path(cvpipe.__file__).resolve().parent.parent / NANO_ONNX,
-                  Path(cvpipe.__file__).resolve().parent / NANO_ONNX]
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise FileNotFoundError("YOLOX-Nano ONNX weights not found; looked at " + ", ".join(map(str, candidates)) +
-                            ". Run from the repository root or give pretrained as a path")
 
 
 def build_model(scale: str, num_classes: int, pretrained: str, required: bool = True,

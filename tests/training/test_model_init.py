@@ -4,7 +4,8 @@ import pytest
 from coco_data import need_data
 import torch
 
-from cvpipe.training.model_init import COCO_CLASSES, build_model, find_nano_onnx
+from cvpipe.models.pretrained_files import find_nano_onnx
+from cvpipe.training.model_init import COCO_CLASSES, build_model
 
 
 def test_coco_class_subset_keeps_trained_predictor_rows():
