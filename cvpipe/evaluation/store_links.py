@@ -1,24 +1,39 @@
 """What model_eval reads from the store beside its inputs (when the runner hands it the store): the
-champion's packed model and the summary of the training run behind the candidate."""
+champion it compares with and the summary of the training run behind the candidate."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 
-def champion_dir(store, exclude: str | None = None) -> Path | None:
-    """The champion's local model dir, unless there is none or it is the candidate itself."""
+def reference_run(store, candidate: str | None):
+    """The model_pack run (RunRecord) a candidate is compared with, or None when nothing is promoted.
+
+    It is the champion; when the candidate is the champion itself (model_eval promoted it, and the pipeline
+    runs again), it is the champion the candidate replaced, the one it was compared with when it was promoted
+    (None when it was the first). So model_eval's own promotion does not change what it compares with, and a
+    rerun with nothing changed reuses its cached run; a promotion or rollback by anyone else does change it.
+    """
     if store is None:
         return None
-    from cvpipe.store.promotion import servable_run
+    from cvpipe.store.promotion import PromotionLog
 
-    rec = servable_run(store)
-    if rec is None or rec.run_id == exclude:
+    promotions = PromotionLog(store)
+    champion = promotions.champion()
+    if champion is None or champion.run_id != candidate:
+        return champion
+    replaced = promotions.rollback_target()
+    if replaced is None or replaced == candidate:
         return None
-    return Path(store.materialize(rec, "model"))
+    try:
+        rec = store.get_run(replaced, step="model_pack")
+    except (KeyError, OSError, ValueError) as e:
+        log.warning("the champion %s replaced %s, which cannot be read (%s): no champion to compare with",
+                    candidate, replaced, e)
+        return None
+    return rec if rec.complete else None
 
 
 def train_summary(store, model_pack_run: str | None) -> dict | None:

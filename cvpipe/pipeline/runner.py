@@ -134,15 +134,18 @@ class Runner:
         return resolved
 
     def cache_key(self, spec: StepSpec, params: Any, inputs: dict[str, RunRecord | None],
-                  source: SourceDigest | None = None) -> str:
+                  source: SourceDigest | None = None, depends: dict[str, Any] | None = None) -> str:
         """sha256 of what decides a step's result: its params, its inputs' digests, the digest of the raw
-        data it reads (steps with a source) and its own code."""
+        data it reads (steps with a source), the store state it depends on (steps with depends_on) and its
+        own code."""
         digests = {kw: (rec.output(spec.inputs[kw].entity)["digest"] if rec else None)
                    for kw, rec in inputs.items() if spec.inputs[kw].step != spec.name}
         payload = {"step": spec.name, "params": params.model_dump(mode="json"), "inputs": digests,
                    "code": code_version(spec.func.__module__)["fingerprint"]}
         if source is not None:
             payload["source"] = source.digest
+        if depends is not None:  # absent for other steps: their keys stay as they were
+            payload["depends_on"] = depends
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def digest_source(self, spec: StepSpec, params: Any) -> SourceDigest | None:
@@ -154,6 +157,15 @@ class Runner:
         except (OSError, ValueError) as e:
             raise SourceError(f"{spec.name}: cannot read its source: {type(e).__name__}: {e}") from e
 
+    def read_dependencies(self, spec: StepSpec, params: Any,
+                          inputs: dict[str, RunRecord | None]) -> dict[str, Any] | None:
+        """What the step says its result depends on in the store beyond its inputs (None for most steps)."""
+        if spec.depends_on is None:
+            return None
+        runs = {kw: (rec.run_id if rec else None) for kw, rec in inputs.items()}
+        depends = spec.depends_on(params, self.store, runs)
+        return json.loads(json.dumps(depends, sort_keys=True)) if depends is not None else None  # JSON-able now
+
     # ---- running ------------------------------------------------------------------------------
     def run(self, steps: list[str]) -> list[RunRecord]:
         return [self.run_step(name) for name in steps]
@@ -163,19 +175,21 @@ class Runner:
         params = self.cfg.params(name)
         inputs = self.resolve_inputs(spec)
         source = self.digest_source(spec, params)
-        key = self.cache_key(spec, params, inputs, source)
+        depends = self.read_dependencies(spec, params, inputs)
+        key = self.cache_key(spec, params, inputs, source, depends)
         if not self.force:
             cached = self.store.find_cached(name, key)
             if cached is not None:
-                what = "source, params and code" if source else "inputs, params and code"
+                what = ("source" if source else "inputs") + (", " + ", ".join(depends) if depends else "")
+                what += ", params and code"
                 self.console.print(f"[bold cyan]{name}[/]: {what} unchanged -> reusing run "
                                    f"[bold]{cached.run_id}[/] (use --force to rerun)")
                 self.produced[name] = cached
                 return cached
-        return self._execute(spec, params, inputs, key, source)
+        return self._execute(spec, params, inputs, key, source, depends)
 
     def _manifest(self, spec: StepSpec, params: Any, inputs: dict[str, RunRecord | None], key: str,
-                  run_id: str, source: SourceDigest | None) -> dict[str, Any]:
+                  run_id: str, source: SourceDigest | None, depends: dict[str, Any] | None) -> dict[str, Any]:
         """The run's record as written first ("running"); outputs, summary and status are filled in later."""
         store = self.store
         manifest: dict[str, Any] = {
@@ -192,23 +206,26 @@ class Runner:
         }
         if source is not None:
             manifest["source"] = source.record()
+        if depends is not None:
+            manifest["depends_on"] = depends
         return manifest
 
     def _print_config(self, spec: StepSpec, params: Any, inputs: dict[str, RunRecord | None], run_id: str,
-                      source: SourceDigest | None) -> None:
+                      source: SourceDigest | None, depends: dict[str, Any] | None) -> None:
         store = self.store
         rows = {"store": store.url, "env": store.env, "pipeline": store.pipeline, "step": spec.name, "run_id": run_id}
         rows.update({f"{spec.name}.{k}": v for k, v in params.model_dump(mode="json").items()})
         rows.update({f"input.{kw}": (f"{r.step}/{r.run_id}" if r else None) for kw, r in inputs.items()})
         if source is not None:
             rows["source.digest"] = f"sha256 {source.digest[:16]}... ({source.files} files)"
+        rows.update({f"depends_on.{k}": json.dumps(v) for k, v in (depends or {}).items()})
         self.console.print(config_table(f"{spec.name}: effective config", rows))
 
     def _execute(self, spec: StepSpec, params: Any, inputs: dict[str, RunRecord | None], key: str,
-                 source: SourceDigest | None = None) -> RunRecord:
+                 source: SourceDigest | None = None, depends: dict[str, Any] | None = None) -> RunRecord:
         run_id = new_run_id()
-        self._print_config(spec, params, inputs, run_id, source)
-        manifest = self._manifest(spec, params, inputs, key, run_id, source)
+        self._print_config(spec, params, inputs, run_id, source, depends)
+        manifest = self._manifest(spec, params, inputs, key, run_id, source, depends)
         resumable = None if self.force else self.store.find_resumable(spec.name, key)  # --force starts afresh
         try:
             self.store.write_manifest(manifest)

@@ -107,6 +107,8 @@ class StepContext:
 
 
 StepFunc = Callable[..., "dict[str, Any] | None"]
+# (params, store, input run ids by keyword) -> JSON-able facts the result depends on; see `step(depends_on=)`
+DependsOn = Callable[[Any, Any, "dict[str, str | None]"], "dict[str, Any] | None"]
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ class StepSpec:
     outputs: dict[str, Output]
     description: str
     source: Callable[[Any], SourceDigest] | None = None  # params -> digest of the raw data the step reads
+    depends_on: DependsOn | None = None  # what else in the store decides the result (see `step`)
 
     @property
     def upstream(self) -> set[str]:
@@ -135,6 +138,7 @@ def step(
     inputs: dict[str, str | Input] | None = None,
     outputs: list[str | Output] | None = None,
     source: Callable[[Any], SourceDigest] | None = None,
+    depends_on: DependsOn | None = None,
 ) -> Callable[[StepFunc], StepFunc]:
     """Register `func(params, ctx, **inputs) -> dict | None` as the step `name`.
 
@@ -142,6 +146,11 @@ def step(
     outputs: entity names or `Output`s.
     source: for steps that read raw data from outside the store, `source(params) -> SourceDigest`; the
         runner calls it before looking for a cached run, and hands the result to the step as `ctx.source`.
+    depends_on: for steps whose result depends on store state that is not an input entity (model_eval
+        compares with the promoted champion), `depends_on(params, store, input_runs) -> dict` names that state
+        (JSON-able, e.g. {"reference": {"champion": RUN_ID}}); input_runs maps each input keyword to its run id
+        (or None). The runner calls it before looking for a cached run, keys the cache on it and records it in
+        the manifest as `depends_on`: a changed answer is a new run, an unchanged one reuses the cached run.
     """
 
     def register(func: StepFunc) -> StepFunc:
@@ -151,7 +160,8 @@ def step(
             if inp.step == name and not inp.optional:
                 raise ValueError(f"step {name!r}: input {key!r} on itself must be optional")
         doc = (func.__doc__ or "").strip()
-        _REGISTRY[name] = StepSpec(name, func, params, ins, outs, doc.splitlines()[0] if doc else "", source)
+        _REGISTRY[name] = StepSpec(name, func, params, ins, outs, doc.splitlines()[0] if doc else "", source,
+                                   depends_on)
         return func
 
     return register

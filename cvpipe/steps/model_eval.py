@@ -21,6 +21,7 @@ from cvpipe.evaluation.engine import evaluate
 from cvpipe.evaluation.plots import draw_errors, plot_confusion, plot_per_class_ap, plot_pr_overall, plot_pr_per_class
 from cvpipe.evaluation.report import build_eval_report, speed_of
 from cvpipe.pipeline import StepContext, StepParams, step
+from cvpipe.store.hashing import file_digest
 from cvpipe.vision import ClassMap, read_image
 
 log = logging.getLogger(__name__)
@@ -68,27 +69,54 @@ def run_model(model: EvalModel, gt: dict, images: Path, classes: ClassMap):
                     label_map=label_map_for(model, classes))
 
 
+def reference_source(params: ModelEvalParams, store, model_run: str | None):
+    """What the candidate (the model_pack run `model_run`) is compared with: the champion's model_pack run
+    (baseline=champion and one is promoted; see store_links.reference_run), else the pretrained ONNX's path,
+    else None. The step and its cache key (reference_key) both decide through here."""
+    from cvpipe.evaluation.store_links import reference_run, train_summary
+
+    if params.baseline == "none":
+        return None
+    if params.baseline == "champion":
+        rec = reference_run(store, model_run)
+        if rec is not None:
+            return rec
+    return pretrained_path(params.pretrained, train_summary(store, model_run))
+
+
+def reference_key(params: ModelEvalParams, store, input_runs: dict[str, str | None]) -> dict:
+    """The runner's extra cache key material (step `depends_on`): the model the gate compares with, a champion
+    by run id (committed runs never change), a pretrained ONNX by content (where it was found does not matter).
+    A promotion or rollback that changes it makes the next run evaluate again."""
+    ref = reference_source(params, store, input_runs.get("model"))
+    if ref is None:
+        return {"reference": None}
+    if isinstance(ref, Path):
+        return {"reference": {"pretrained_sha256": file_digest(ref) if ref.is_file() else None}}
+    return {"reference": {"champion": ref.run_id}}
+
+
 def reference_model(params: ModelEvalParams, ctx: StepContext, input_size, classes: ClassMap | None = None
                     ) -> EvalModel | None:
-    """The champion (when baseline=champion and one is promoted), else the pretrained start, else None.
+    """The champion (when baseline=champion and one is promoted; the champion it replaced when the candidate
+    is the champion already), else the pretrained start, else None.
 
     A start that knows none of the dataset's classes (a COCO model on blood cells) cannot be compared: when it
     stands in for a missing champion, there is no baseline (the first champion is the candidate); asked for
     explicitly (baseline=pretrained), it is an error."""
-    from cvpipe.evaluation.store_links import champion_dir, train_summary
-
     store = getattr(ctx, "store", None)
-    if params.baseline == "none":
+    model_run = ctx.input_runs.get("model")
+    ref = reference_source(params, store, model_run)
+    if ref is None:
+        if params.baseline != "none":
+            log.warning("no pretrained ONNX to compare with; the gate has nothing to compare")
         return None
-    if params.baseline == "champion":
-        found = champion_dir(store, exclude=ctx.input_runs.get("model"))
-        if found is not None:
-            return packed_eval_model("champion", found, params.score_thr)
-    path = pretrained_path(params.pretrained, train_summary(store, ctx.input_runs.get("model")))
-    if path is None:
-        log.warning("no pretrained ONNX to compare with; the gate has nothing to compare")
-        return None
-    start = onnx_eval_model(path, input_size, params.score_thr)
+    if not isinstance(ref, Path):  # a champion; the one it replaced when the candidate is the champion now
+        from cvpipe.store.promotion import PromotionLog
+
+        kind = "previous champion" if PromotionLog(store).champion_id() == model_run else "champion"
+        return packed_eval_model(kind, Path(store.materialize(ref, "model")), params.score_thr)
+    start = onnx_eval_model(ref, input_size, params.score_thr)
     if params.baseline == "champion" and classes is not None and not start.classes.subset_for(classes):
         log.warning("no champion yet, and the pretrained start (%s) knows none of the dataset's classes: "
                     "nothing to compare with", start.name)
@@ -110,7 +138,7 @@ def compare(params, gt, images, classes, cand_results, reference: EvalModel | No
 
 @step("model_eval", params=ModelEvalParams,
       inputs={"dataset": "data_prep.dataset", "images": "data_prep.images", "model": "model_pack.model"},
-      outputs=["metrics", "predictions", "report"])
+      outputs=["metrics", "predictions", "report"], depends_on=reference_key)
 def model_eval(params: ModelEvalParams, ctx: StepContext, *, dataset: Path, images: Path, model: Path) -> dict:
     """Evaluate the packed model on the test split beside the champion or the pretrained start; gate; promote."""
     gt = load_split(dataset, params)
