@@ -1,19 +1,24 @@
-"""Model service overhead: the BentoML service over HTTP vs the same model in-process.
+"""Model service overhead: the BentoML service over HTTP vs the same model in-process (issue 16's targets).
 
 Packs YOLOX-Nano (Megvii's weights, imported from their ONNX, through model_pack's checkpoint path: 416 px,
-dynamic batch) and sends its test image
-(a COCO image) again and again. Each row: throughput and latency p50/p95 at a concurrency of 1 and 4.
+dynamic batch) and sends its test image (a COCO image) again and again. Each row: throughput, latency p50/p95
+and CPU time per request (user + system of the process(es) doing the work, client excluded) at a concurrency
+of 1 and 4.
 - ort in-process: Predictor.predict_bytes (decode + letterbox + ONNX Runtime, 1 intra-op thread + postprocess),
-  c4 = 4 threads sharing one session (they run in parallel; the service's single worker does not)
-- service: a real `bentoml serve` of the packed .bento, 1 worker, 1 ORT thread, POST /predict multipart;
-  with and without adaptive batching (CVPIPE_BATCH_MAX=4); 1 worker running 2 model calls at once
-  (CVPIPE_MODEL_THREADS=2); and 2 workers. The RATIO lines at the end are issue 16's targets.
+  c4 = 4 threads sharing one session (both cores busy)
+- service: a real `bentoml serve` of the packed .bento, POST /predict multipart, sent by benchmarks/lean_http.py
+  (keep-alive sockets, one pre-encoded request: tens of microseconds per request; the client shares the
+  cores with the service, so a heavy client would be charged to the service). Setups: the defaults (1 worker,
+  one model thread per CPU); 1 worker with 1 model thread; 2 workers with 1 model thread each; 1 model thread
+  with adaptive batching (CVPIPE_BATCH_MAX=4); and the defaults driven by httpx (cvpipe.loadtest, what
+  model_test uses), to show what a Python client costs.
 - pytorch eager: the same weights as an nn.Module (torch 1 thread), same pre/post, c1 only
-overhead = p50 / p50 of ORT in-process at the same concurrency. The machine's other load skews all of it:
-compare rows of one run only.
+The RATIO lines at the end are issue 16's targets, as ratios of rows of this one run. The machine's other load
+skews all of it: compare rows of one run only, and look at the CPU per request, which load skews least.
 
-    .venv/bin/python benchmarks/bench_serving.py                 # ~2 min
+    .venv/bin/python benchmarks/bench_serving.py                 # ~3 min
     .venv/bin/python benchmarks/bench_serving.py --seconds 5 --json out.json
+    .venv/bin/python benchmarks/bench_serving.py --scale s     # YOLOX-S 640: the same overhead, a bigger model
 """
 
 from __future__ import annotations
@@ -22,24 +27,30 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 from rich.console import Console
 from rich.table import Table
 
 from cvpipe.loadtest.runner import RequestSpec, run_phase
 from cvpipe.loadtest.stats import latency_stats
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lean_http import multipart_request, run_lean  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 NANO = REPO / "weights" / "yolox_nano" / "yolox_nano.onnx"
 COCO = Path(os.environ.get("CVPIPE_COCO_DEV", REPO.parent / "shared" / "data" / "coco_real" / "dev"))
 
 
-def pack(tmp: Path, image: Path) -> tuple[Path, Path]:
-    """model_pack's checkpoint path on the nano weights (a dynamic-batch model.onnx, so batching can batch)."""
+def pack(tmp: Path, image: Path, scale: str = "nano") -> tuple[Path, Path]:
+    """model_pack's checkpoint path (a dynamic-batch model.onnx, so batching can batch): nano = Megvii's weights
+    at 416; s = an untrained YOLOX-S at 640 (its speed does not depend on the weights)."""
     from cvpipe.inference.coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
     from cvpipe.models.yolox import save_checkpoint
     from cvpipe.models.yolox.onnx_import import load_nano_from_onnx
@@ -49,11 +60,17 @@ def pack(tmp: Path, image: Path) -> tuple[Path, Path]:
     outs = {"model": tmp / "model", "bento": tmp / "bento"}
     for d in [*outs.values(), tmp / "scratch", tmp / "checkpoints"]:
         d.mkdir()
-    save_checkpoint(load_nano_from_onnx(NANO), tmp / "checkpoints" / "best.pt",
+    if scale == "nano":
+        model, size = load_nano_from_onnx(NANO), 416
+    else:
+        from cvpipe.models.yolox import build_yolox
+
+        model, size = build_yolox(scale, num_classes=80).eval(), 640
+    save_checkpoint(model, tmp / "checkpoints" / "best.pt",
                     meta={"class_names": list(COCO_CLASS_NAMES), "category_ids": list(COCO_CATEGORY_IDS),
-                          "input_size": [416, 416]})
+                          "input_size": [size, size]})
     ctx = StepContext(step="model_pack", run_id="bench", outputs=outs, scratch=tmp / "scratch")
-    summary = model_pack(ModelPackParams(test_image=image), ctx, checkpoints=tmp / "checkpoints")
+    summary = model_pack(ModelPackParams(test_image=image, variants=[]), ctx, checkpoints=tmp / "checkpoints")
     return outs["model"], outs["bento"] / summary["bento"]
 
 
@@ -69,10 +86,42 @@ def in_process(fn, concurrency: int, seconds: float, max_requests: int) -> dict:
             fn()
             lat.append(time.perf_counter() - s)
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(lambda _: worker(), range(concurrency)))
-    return latency_stats(lat, time.perf_counter() - t0)
+    st = latency_stats(lat, time.perf_counter() - t0)
+    return {**st, "cpu_ms_per_request": 1000 * (time.process_time() - cpu0) / max(1, st["requests"])}
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its children (the server and its workers)."""
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def measured(pid: int, phase) -> dict:
+    """phase() -> latency stats, with the server tree's CPU per request added."""
+    cpu0 = tree_cpu_s(pid)
+    st = phase()
+    return {**st, "cpu_ms_per_request": 1000 * (tree_cpu_s(pid) - cpu0) / max(1, st["requests"])}
+
+
+ORT = "ort in-process (1 thread/session)"
+DEFAULTS = "service defaults (1 worker)"
+ONE_THREAD = "service 1 worker, 1 model thread"
+TWO_WORKERS = "service 2 workers, 1 model thread each"
+BATCHING = "service 1 model thread + batching(4)"
+HTTPX = "service defaults, httpx client"
+SETUPS = [(DEFAULTS, 1, {}, "lean"), (ONE_THREAD, 1, {"CVPIPE_MODEL_THREADS": "1"}, "lean"),
+          (TWO_WORKERS, 2, {"CVPIPE_MODEL_THREADS": "1"}, "lean"),
+          (BATCHING, 1, {"CVPIPE_MODEL_THREADS": "1", "CVPIPE_BATCH_MAX": "4"}, "lean"), (HTTPX, 1, {}, "httpx")]
 
 
 def main() -> None:
@@ -81,74 +130,91 @@ def main() -> None:
     ap.add_argument("--max-requests", type=int, default=2000)
     ap.add_argument("--image", type=Path, default=COCO / "images" / "000000000009.jpg")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument("--scale", choices=["nano", "s"], default="nano",
+                    help="nano: Megvii's YOLOX-Nano at 416 (the issue's model); s: an untrained YOLOX-S at 640 "
+                         "(latency only; no pytorch row)")
     args = ap.parse_args()
-    console = Console(width=150)
+    console = Console(width=160)
     rows: list[dict] = []
 
     def add(name: str, conc: int, st: dict) -> None:
         rows.append({"setup": name, "concurrency": conc, **st})
-        console.print(f"{name:<36} c={conc}  {st['throughput_rps']:6.1f} req/s  p50 {st['p50_ms']:6.1f} ms  "
-                      f"p95 {st['p95_ms']:6.1f} ms  errors {st['errors']}")
+        console.print(f"{name:<40} c={conc}  {st['throughput_rps']:6.1f} req/s  p50 {st['p50_ms']:6.1f} ms  "
+                      f"p95 {st['p95_ms']:6.1f} ms  cpu {st['cpu_ms_per_request']:5.1f} ms/req  "
+                      f"errors {st['errors']}")
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-        model_dir, archive = pack(Path(tmp), args.image)
+        model_dir, archive = pack(Path(tmp), args.image, args.scale)
         data = args.image.read_bytes()
+        in_process_rows(model_dir, data, args, add)
+        for name, workers, env, client in SETUPS:
+            service_rows(archive, Path(tmp), name, workers, env, client, data, args, add)
+    print_results(console, rows, args)
 
-        from cvpipe.inference.predictor import Predictor
 
-        pred = Predictor.from_dir(model_dir, intra_op_threads=1)
-        for _ in range(5):
-            pred.predict_bytes(data)
+def in_process_rows(model_dir: Path, data: bytes, args, add) -> None:
+    from cvpipe.inference.predictor import Predictor
+
+    pred = Predictor.from_dir(model_dir, intra_op_threads=1)
+    for _ in range(5):
+        pred.predict_bytes(data)
+    for c in (1, 4):
+        add(ORT, c, in_process(lambda: pred.predict_bytes(data), c, args.seconds, args.max_requests))
+    if args.scale != "nano":
+        return
+
+    import torch
+
+    from cvpipe.models.yolox.onnx_import import load_nano_from_onnx
+    from cvpipe.vision import decode_image, letterbox, postprocess
+
+    torch.set_num_threads(1)
+    model = load_nano_from_onnx(NANO)
+
+    def torch_predict():
+        image = decode_image(data)
+        x, r = letterbox(image, (416, 416))
+        with torch.no_grad():
+            out = model(torch.from_numpy(x[None]))[0].numpy()
+        return postprocess(out, r, 0.25, 0.45, 300, image.shape[:2])
+
+    for _ in range(3):
+        torch_predict()
+    add("pytorch eager in-process (1 thread)", 1, in_process(torch_predict, 1, args.seconds, args.max_requests))
+
+
+def service_rows(archive: Path, tmp: Path, name: str, workers: int, env: dict, client: str, data: bytes, args,
+                 add) -> None:
+    from cvpipe.serving.process import ServiceProcess
+
+    raw = multipart_request("/predict", "image", args.image.name, data)
+    req = RequestSpec("/predict", files={"image": (args.image.name, data, "image/jpeg")})
+    with ServiceProcess(archive, bentoml_home=tmp / "home", workers=workers, env=env) as svc:
+        run_lean(svc.url, raw, 2 * workers, 3.0, 50 * workers)  # warm every worker
         for c in (1, 4):
-            add("ort in-process (1 thread/session)", c, in_process(lambda: pred.predict_bytes(data), c,
-                                                                   args.seconds, args.max_requests))
+            if client == "lean":
+                phase = lambda: run_lean(svc.url, raw, c, args.seconds, args.max_requests)  # noqa: E731
+            else:
+                phase = lambda: run_phase(svc.url, req, name=name, concurrency=c,  # noqa: E731
+                                          duration_s=args.seconds, max_requests=args.max_requests).stats()
+            add(name, c, measured(svc.proc.pid, phase))
 
-        import torch
 
-        from cvpipe.vision import decode_image
-        from cvpipe.vision import letterbox, postprocess
-        from cvpipe.models.yolox.onnx_import import load_nano_from_onnx
-
-        torch.set_num_threads(1)
-        model = load_nano_from_onnx(NANO)
-
-        def torch_predict():
-            image = decode_image(data)
-            x, r = letterbox(image, (416, 416))
-            with torch.no_grad():
-                out = model(torch.from_numpy(x[None]))[0].numpy()
-            return postprocess(out, r, 0.25, 0.45, 300, image.shape[:2])
-
-        for _ in range(3):
-            torch_predict()
-        add("pytorch eager in-process (1 thread)", 1, in_process(torch_predict, 1, args.seconds, args.max_requests))
-
-        from cvpipe.serving.process import ServiceProcess
-
-        req = RequestSpec("/predict", files={"image": (args.image.name, data, "image/jpeg")})
-        setups = [("service 1 worker", 1, {}), ("service 1 worker + batching(4)", 1, {"CVPIPE_BATCH_MAX": "4"}),
-                  ("service 1 worker, 2 model threads", 1, {"CVPIPE_MODEL_THREADS": "2"}),
-                  ("service 2 workers", 2, {})]
-        for name, workers, env in setups:
-            with ServiceProcess(archive, bentoml_home=Path(tmp) / "home", workers=workers, env=env) as svc:
-                run_phase(svc.url, req, name="warmup", concurrency=workers, duration_s=30, max_requests=5 * workers)
-                for c in (1, 4):
-                    ph = run_phase(svc.url, req, name=name, concurrency=c, duration_s=args.seconds,
-                                   max_requests=args.max_requests)
-                    add(name, c, ph.stats())
-
-    base = {r["concurrency"]: r for r in rows if r["setup"].startswith("ort")}
-    table = Table(title=f"serving benchmark: YOLOX-Nano 416, {args.image.name}, {os.cpu_count()} CPUs "
+def print_results(console: Console, rows: list[dict], args) -> None:
+    base = {r["concurrency"]: r for r in rows if r["setup"] == ORT}
+    model = "YOLOX-Nano 416" if args.scale == "nano" else f"YOLOX-{args.scale.upper()} 640 (untrained)"
+    table = Table(title=f"serving benchmark: {model}, {args.image.name}, {os.cpu_count()} CPUs "
                         f"({platform.processor() or platform.machine()})", title_justify="left")
-    for col in ("setup", "conc.", "req/s", "p50 ms", "p95 ms", "p50 / ort p50 (same conc.)", "errors"):
+    for col in ("setup", "conc.", "req/s", "p50 ms", "p95 ms", "p50 / ort p50", "CPU ms/req", "CPU / ort CPU",
+                "errors"):
         table.add_column(col, justify="left" if col == "setup" else "right")
     for r in rows:
+        ort = base[r["concurrency"]]
         table.add_row(r["setup"], str(r["concurrency"]), f"{r['throughput_rps']:.1f}", f"{r['p50_ms']:.1f}",
-                      f"{r['p95_ms']:.1f}", f"{r['p50_ms'] / base[r['concurrency']]['p50_ms']:.2f}",
-                      str(r["errors"]))
+                      f"{r['p95_ms']:.1f}", f"{r['p50_ms'] / ort['p50_ms']:.2f}", f"{r['cpu_ms_per_request']:.1f}",
+                      f"{r['cpu_ms_per_request'] / ort['cpu_ms_per_request']:.2f}", str(r["errors"]))
     console.print(table)
-    ratios = target_ratios(rows)
-    for name, (value, target) in ratios.items():
+    for name, (value, target) in target_ratios(rows).items():
         console.print(f"RATIO {name}: {value:.2f} (target {target})")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "cpus": os.cpu_count()}, indent=2))
@@ -157,17 +223,20 @@ def main() -> None:
 def target_ratios(rows: list[dict]) -> dict[str, tuple[float, str]]:
     """Issue 16's targets, as ratios of rows of this one run."""
     row = {(r["setup"], r["concurrency"]): r for r in rows}
-    ort = "ort in-process (1 thread/session)"
-    one, two = row[("service 1 worker", 1)], row[("service 1 worker", 4)]
+    rps = lambda setup, c=4: row[(setup, c)]["throughput_rps"]  # noqa: E731
     return {
-        "p50 c=1, service 1 worker / in-process": (one["p50_ms"] / row[(ort, 1)]["p50_ms"], "<= 1.1"),
-        "throughput c=4, service 1 worker / in-process": (two["throughput_rps"] / row[(ort, 4)]["throughput_rps"], ">= 0.9"),
-        "throughput c=4, service 2 workers / in-process": (row[("service 2 workers", 4)]["throughput_rps"]
-                                                           / row[(ort, 4)]["throughput_rps"], ">= 0.9"),
-        "throughput c=4, 2 workers / 1 worker": (row[("service 2 workers", 4)]["throughput_rps"]
-                                                 / two["throughput_rps"], ">= 1.7 where cores allow"),
-        "throughput c=4, batching(4) / none": (row[("service 1 worker + batching(4)", 4)]["throughput_rps"]
-                                               / two["throughput_rps"], "BentoML-style batching pays off if > 1"),
+        "p50 c=1, service / in-process": (row[(DEFAULTS, 1)]["p50_ms"] / row[(ORT, 1)]["p50_ms"], "<= 1.1"),
+        "p50 c=1 minus in-process p50, ms": (row[(DEFAULTS, 1)]["p50_ms"] - row[(ORT, 1)]["p50_ms"],
+                                             "the service's own cost per request"),
+        "CPU per request c=4, service / in-process": (row[(DEFAULTS, 4)]["cpu_ms_per_request"]
+                                                      / row[(ORT, 4)]["cpu_ms_per_request"], "the cost in CPU"),
+        "throughput c=4, service / in-process": (rps(DEFAULTS) / rps(ORT), ">= 0.9"),
+        "throughput c=4, 2 workers / 1 worker (1 model thread each)": (rps(TWO_WORKERS) / rps(ONE_THREAD),
+                                                                       ">= 1.7 where cores allow"),
+        "throughput c=4, batching(4) / none (1 model thread)": (rps(BATCHING) / rps(ONE_THREAD),
+                                                                "batching pays off if > 1"),
+        "p50 c=1, httpx client / lean client": (row[(HTTPX, 1)]["p50_ms"] / row[(DEFAULTS, 1)]["p50_ms"],
+                                                "what the client costs"),
     }
 
 

@@ -137,6 +137,7 @@ class DetectorEngine:
         self.budget = budget or DecodeBudget(defaults.decode_budget_bytes)
         h, w = self.predictor.input_size
         self.min_decode_size = (h, w) if reduced_decode else None
+        self.model_threads = model_threads
         self.executor = ThreadPoolExecutor(max_workers=model_threads, thread_name_prefix="cvpipe-model")
         self.batcher = MicroBatcher(self.predictor.run, self.executor, max_batch, max_wait_ms) if max_batch > 1 \
             else None
@@ -147,7 +148,7 @@ class DetectorEngine:
         return cls(model_dir, intra_op_threads=settings.intra_op_threads, max_batch=settings.batch_max,
                    max_wait_ms=settings.batch_wait_ms, max_pixels=settings.max_pixels,
                    max_body_bytes=settings.max_body_bytes, variant=settings.variant,
-                   model_threads=settings.model_threads, reduced_decode=settings.reduced_decode,
+                   model_threads=settings.model_threads_or_auto, reduced_decode=settings.reduced_decode,
                    budget=budget or DecodeBudget(settings.decode_budget_bytes, settings.queue_timeout_s))
 
     @property
@@ -163,6 +164,7 @@ class DetectorEngine:
                 "score_thr": m.get("score_thr"), "nms_thr": m.get("nms_thr"), "max_det": m.get("max_det"),
                 "metrics": m.get("metrics", {}), "created_at": m.get("created_at"),
                 "variant": getattr(self.predictor, "variant", None),
+                "model_threads": self.model_threads,
                 "batching": {"max_batch": self.batcher.max_batch if self.batcher else 1,
                              "batches": len(self.batcher.batch_sizes) if self.batcher else None,
                              "largest_batch": max(self.batcher.batch_sizes, default=0) if self.batcher else None},

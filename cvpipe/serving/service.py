@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
 from cvpipe.serving.api import ClientError, DecodeBudget, DetectorEngine, limit_heap_growth
+from cvpipe.serving.bentoml_fixes import fix_timeout_middleware
 from cvpipe.serving.guard import RequestGuard
 from cvpipe.serving.process import die_with_parent
 from cvpipe.serving.settings import ServiceSettings
@@ -40,6 +41,7 @@ from cvpipe.serving.swap import ModelManager, StoreSource
 log = logging.getLogger(__name__)
 
 SETTINGS = ServiceSettings.load()
+fix_timeout_middleware()  # BentoML keeps a 60 s timer per request alive: ~5 KB each (cvpipe/serving/bentoml_fixes.py)
 MODEL_TAG = SETTINGS.model_tag or getattr(bentoml.use_arguments(), "model_tag", None) or "cvpipe-detector:latest"
 
 

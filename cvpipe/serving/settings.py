@@ -39,7 +39,9 @@ class ServiceSettings(BaseModel):
                                    "default: the packed model's default).")
     workers: int = Field(1, ge=1, le=64, description="Worker processes (one model each; about one per core).")
     intra_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime threads per model call.")
-    model_threads: int = Field(1, ge=1, le=16, description="Model calls one worker runs at the same time.")
+    model_threads: Optional[int] = Field(None, ge=1, le=64, description="Model calls one worker runs at the same "
+                                         "time (default: the CPUs this worker may use, at most 8: a worker that "
+                                         "gets most connections can still use every core).")
     batch_max: int = Field(1, ge=1, le=64, description="Adaptive batching: most images per model call "
                            "(1 = off; measured slower on CPU, see docs/production.md).")
     batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="Adaptive batching: longest wait for a batch.")
@@ -73,6 +75,10 @@ class ServiceSettings(BaseModel):
                                              f"/admin/reload (Bearer token, {MIN_TOKEN_CHARS} characters or more).")
 
     @property
+    def model_threads_or_auto(self) -> int:
+        return self.model_threads or min(8, usable_cpus())
+
+    @property
     def decode_budget_bytes(self) -> int:
         return self.decode_budget_mb * 2**20
 
@@ -103,6 +109,14 @@ class ServiceSettings(BaseModel):
                 value = value.get_secret_value()
             out[ENV_PREFIX + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
         return out
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _read_file(path: Path) -> dict:

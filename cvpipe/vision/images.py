@@ -169,9 +169,12 @@ def _decode_jpeg_turbo(data: bytes, header: ImageHeader, min_size: tuple[int, in
     import simplejpeg
 
     factor = 1 if min_size is None else _jpeg_scale_factor(header, min_size)
+    # simplejpeg scales only towards min_height/min_width (min_factor alone is ignored): ask for exactly the
+    # 1/factor size (rounded up, as libjpeg does) that decode_cost_bytes charges for, in stored orientation
+    stored_h, stored_w = (header.width, header.height) if header.orientation >= 5 else (header.height, header.width)
     try:
         return simplejpeg.decode_jpeg(bytes(data), colorspace="BGR", strict=True, fastdct=False, fastupsample=False,
-                                      min_factor=factor)
+                                      min_height=-(-stored_h // factor), min_width=-(-stored_w // factor))
     except Exception:  # corrupt, truncated, or a JPEG flavour turbo's fast path refuses: Pillow decides
         return None
 

@@ -38,14 +38,6 @@ class DecodeNotReduced(AssertionError):
     """reduced_decode is on but the decoder returned other pixels than the reduced size it promises."""
 
 
-# simplejpeg 1.9 ignores `min_factor` unless min_height/min_width are given, so images.py's fast JPEG path
-# decodes at full size while decode_cost_bytes charges the reduced size. Until images._decode_jpeg_turbo passes
-# the target size (min_height/min_width), these tests are expected to fail with DecodeNotReduced, and only with
-# that: any other failure is reported, and once the decoder is fixed they pass and strict=True makes pytest
-# say so. Then delete this marker.
-pytestmark = pytest.mark.xfail(raises=DecodeNotReduced, strict=True,
-                               reason="JPEG scale-on-decode is a no-op on the simplejpeg path (images.py)")
-
 IMAGES = 48
 SCALES = (4, 3)  # alternating: a 640 px COCO image decodes at 1/4 (4x) or 1/2 (3x) for a 416 input
 JPEG_QUALITY = 95
