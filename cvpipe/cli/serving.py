@@ -43,7 +43,8 @@ def serve(
     allow_plugin: Optional[List[str]] = AllowPluginOpt,
     host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 for all)."),
     port: int = typer.Option(3000, help="Port of the REST API."),
-    workers: int = typer.Option(1, min=1, help="Service worker processes (one ONNX Runtime thread each)."),
+    workers: int = typer.Option(1, min=1, help="Service worker processes, one model each; each runs a model call per CPU, so 1 "
+                                 "uses every core (docs/production.md, Scale-out)."),
     batch: int = typer.Option(1, min=1, help="Adaptive batching: max images per model call (1 = off)."),
     follow: bool = typer.Option(False, "--follow", help="Poll the store and move to each newer complete "
                                 "model_pack run that passes its check, without interruption."),

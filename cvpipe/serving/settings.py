@@ -37,7 +37,8 @@ class ServiceSettings(BaseModel):
                                      "at build time).")
     variant: Optional[str] = Field(None, description="Packed model variant to run (e.g. fp32, int8, openvino; "
                                    "default: the packed model's default).")
-    workers: int = Field(1, ge=1, le=64, description="Worker processes (one model each; about one per core).")
+    workers: int = Field(1, ge=1, le=64, description="Worker processes (one model each; one already uses every "
+                         "core through model_threads).")
     intra_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime threads per model call.")
     model_threads: Optional[int] = Field(None, ge=1, le=64, description="Model calls one worker runs at the same "
                                          "time (default: the CPUs this worker may use, at most 8: a worker that "
