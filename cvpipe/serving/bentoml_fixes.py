@@ -8,7 +8,7 @@ response went out. The worker's memory then grows with request rate x timeout: m
 behaviour, minus the leak: the timer is cancelled once the request is over.
 
 The fix replaces the class's `__call__` only when the class still looks like the one it was written against
-(its `_set_timer_out` helper and `timeout` attribute); otherwise it logs and leaves BentoML alone.
+(it has the `_set_timer_out` helper the fix calls); otherwise it logs and leaves BentoML alone.
 """
 
 from __future__ import annotations

@@ -202,3 +202,19 @@ def test_settings_come_from_one_model(tmp_path):
         ServiceSettings.load({"CVPIPE_WORKERS": "many"})
     with pytest.raises(SettingsError, match="CVPIPE_NO_SUCH"):
         ServiceSettings.load({}, no_such=1)
+
+
+def test_one_worker_runs_a_model_call_per_cpu_unless_told(monkeypatch, packed):
+    from cvpipe.serving import settings as settings_module
+    from cvpipe.serving.api import DetectorEngine
+    from cvpipe.serving.settings import ServiceSettings
+
+    monkeypatch.setattr(settings_module, "usable_cpus", lambda: 3)
+    assert ServiceSettings.load({}).model_threads_or_auto == 3
+    monkeypatch.setattr(settings_module, "usable_cpus", lambda: 64)
+    assert ServiceSettings.load({}).model_threads_or_auto == 8  # capped
+    told = ServiceSettings.load({"CVPIPE_MODEL_THREADS": "1"})
+    assert told.model_threads_or_auto == 1 and told.env()["CVPIPE_MODEL_THREADS"] == "1"
+    assert "CVPIPE_MODEL_THREADS" not in ServiceSettings.load({}).env()  # a child worker decides for itself
+    engine = DetectorEngine.from_settings(packed["model"], ServiceSettings.load({}))
+    assert engine.info()["model_threads"] == engine.executor._max_workers == 8
