@@ -21,12 +21,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from cvpipe.pipeline.entity import link_tree
-from cvpipe.vision.classmap import ClassMap
+
+if TYPE_CHECKING:  # cvpipe.vision imports cv2; step modules import this one, and `cvpipe --help` stays light
+    from cvpipe.vision.classmap import ClassMap
 
 IMAGE_COLUMNS = {
     "image_id": "int64",
@@ -111,9 +113,14 @@ class DetectionDataset:
         anns = self.annotations[self.annotations["image_id"].isin(imgs["image_id"])]
         return DetectionDataset.build(imgs, anns, self.categories)
 
-    def to_coco(self, split: str | None = None) -> dict:
-        """COCO instances dict; `file_name` is the blob name inside the `images` entity."""
+    def to_coco(self, split: str | None = None, max_images: int | None = None) -> dict:
+        """COCO instances dict; `file_name` is the blob name inside the `images` entity. `max_images`: only the
+        first N images by id (quick evaluations, calibration sets)."""
         ds = self.split(split) if split else self
+        if max_images is not None and max_images < len(ds.images):
+            keep = ds.images.sort_values("image_id").head(max_images)
+            ds = DetectionDataset.build(keep, ds.annotations[ds.annotations["image_id"].isin(keep["image_id"])],
+                                        ds.categories)
         images = []
         for r in ds.images.itertuples():
             extra = json.loads(r.extra) if r.extra else {}
@@ -140,6 +147,8 @@ class DetectionDataset:
 
     def class_map(self) -> ClassMap:
         """The vision core's ClassMap of the labelled categories: names and category ids in label order."""
+        from cvpipe.vision.classmap import ClassMap
+
         cats = self.categories[self.categories["label"] >= 0].sort_values("label")
         return ClassMap.from_names(list(cats["name"]), [int(c) for c in cats["category_id"]])
 

@@ -267,23 +267,17 @@ def near_ties(decoded: np.ndarray, score_thr: float, tol: float, nms_thr: float 
 def check_parity(model, onnx_path: str | Path, image: np.ndarray, input_size: Sequence[int] | None = None,
                  atol: float = 1e-4, score_thr: float = 0.25, nms_thr: float = 0.45,
                  e2e_path: str | Path | None = None, max_det: int = 300) -> dict:
-    """ONNX Runtime vs PyTorch on one BGR image: decoded outputs within `atol` (scores absolute, boxes in
-    units of the input side, see output_diff) and the same final detections; the e2e graph (if given) must give the same detections too. Raises ParityError, else returns
-    {"max_abs_diff", "max_scaled_diff", "detections", ...}."""
-    import torch
+    """ONNX Runtime vs PyTorch (the torch predictor: raw head outputs decoded by cvpipe.vision, so the graph's
+    own decode is checked too) on one BGR image: decoded outputs within `atol` (scores absolute, boxes in units
+    of the input side, see output_diff) and the same final detections; the e2e graph (if given) must give the
+    same detections too. Raises ParityError, else returns {"max_abs_diff", "max_scaled_diff", "detections", ...}."""
+    from cvpipe.inference.torch_predictor import TorchPredictor
 
     if input_size is None:
         shape = ort_session(onnx_path).get_inputs()[0].shape
         input_size = (int(shape[2]), int(shape[3]))
     x, r = letterbox(image, tuple(input_size))
-    model.eval()
-    decode = model.head.decode_in_inference
-    model.head.decode_in_inference = True
-    try:
-        with torch.no_grad():
-            ref = model(torch.from_numpy(x[None])).numpy()
-    finally:
-        model.head.decode_in_inference = decode
+    ref = TorchPredictor(model, input_size).decoded(x[None])
     got = ort_session(onnx_path).run(None, {INPUT_NAME: x[None]})[0]
     if got.shape != ref.shape:
         raise ParityError(f"ONNX output shape {got.shape} != PyTorch {ref.shape}")

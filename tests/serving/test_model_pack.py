@@ -1,5 +1,5 @@
 """The model_pack step function end to end: bring-your-own nano (session fixture) and a trained checkpoint."""
-from step_context import step_context
+from step_context import run_step, step_context
 
 import json
 import shutil
@@ -10,7 +10,8 @@ import tarfile
 import pytest
 import yaml
 
-from cvpipe.steps.model_pack import ModelPackParams, model_pack, read_class_list
+from cvpipe.export.pack import read_class_list
+from cvpipe.steps.model_pack import ModelPackParams
 
 
 def test_byo_pack_outputs(packed):
@@ -74,7 +75,7 @@ def test_trained_checkpoint_pack(tmp_path, person_image):
     shutil.copyfile(person_image[0], test_image / "image.jpg")
     (test_image / "ground_truth.json").write_text("[]")
     ctx = _ctx(tmp_path)
-    summary = model_pack(ModelPackParams(bento=False, score_thr=0.3), ctx, checkpoints=ckpts, test_image=test_image)
+    summary = run_step(ctx, ModelPackParams(bento=False, score_thr=0.3), checkpoints=ckpts, test_image=test_image)
     meta = json.loads((ctx.outputs["model"] / "model.json").read_text())
     assert summary["parity_max_scaled_diff"] < 1e-4 and summary["bento"] is None
     assert meta["input_size"] == [128, 160] and meta["category_ids"] == [3, 5, 9]
@@ -84,20 +85,20 @@ def test_trained_checkpoint_pack(tmp_path, person_image):
     assert pred.class_names == ["cat", "dog", "fox"] and pred.input_size == (128, 160)
     (tmp_path / "again").mkdir()
     with pytest.raises(FileNotFoundError, match="'last'"):
-        model_pack(ModelPackParams(checkpoint="last", bento=False), _ctx(tmp_path / "again"), checkpoints=ckpts,
-                   test_image=test_image)
+        run_step(_ctx(tmp_path / "again"), ModelPackParams(checkpoint="last", bento=False), checkpoints=ckpts,
+                 test_image=test_image)
 
 
 def test_clear_errors_without_a_model_or_image(tmp_path, person_image):
     with pytest.raises(ValueError, match="nothing to pack"):
-        model_pack(ModelPackParams(test_image=person_image[0]), _ctx(tmp_path))
+        run_step(_ctx(tmp_path), ModelPackParams(test_image=person_image[0]))
     (tmp_path / "b").mkdir()
     with pytest.raises(ValueError, match="test image"):
-        model_pack(ModelPackParams(), _ctx(tmp_path / "b"))
+        run_step(_ctx(tmp_path / "b"), ModelPackParams())
     (tmp_path / "c").mkdir()
     with pytest.raises(ValueError, match="class_names"):
-        model_pack(ModelPackParams(onnx="weights/yolox_nano/yolox_nano.onnx", test_image=person_image[0]),
-                   _ctx(tmp_path / "c"))
+        run_step(_ctx(tmp_path / "c"), ModelPackParams(onnx="weights/yolox_nano/yolox_nano.onnx",
+                                                      test_image=person_image[0]))
     with pytest.raises(ValueError, match="multiples of 32"):
         ModelPackParams(input_size=(100, 100))
 
