@@ -195,8 +195,13 @@ class PackedModel:
 
     @property
     def test_image(self) -> Path | None:
+        """The pack's smoke-test image; in packs older than model.json's `test_image` key, the one plain
+        test_image.* file in the dir."""
         name = self.meta.get("test_image")
-        return None if name is None else member(self.dir, name, "test_image")
+        if name is not None:
+            return member(self.dir, name, "test_image")
+        found = [p for p in sorted(self.dir.glob("test_image.*")) if p.is_file() and not p.is_symlink()]
+        return found[0] if len(found) == 1 else None
 
     @property
     def reference(self) -> dict | None:

@@ -154,8 +154,10 @@ class StepContext:
         return self.on_decide(decision)
 
     def workdir(self, name: str) -> Path:
-        """A fresh, empty folder in scratch to build an entity in (the runner saves it from there)."""
-        path = self.scratch / "entities" / name
+        """An empty folder to build an entity in. For a declared output it is where the runner collects that
+        output (saving the returned entity then moves nothing, and a step that fails after writing its
+        report still has it kept for diagnosis); any other name gets a fresh folder in scratch."""
+        path = self.outputs.get(name) or self.scratch / "entities" / name
         if path.exists():
             shutil.rmtree(path)
         path.mkdir(parents=True)
