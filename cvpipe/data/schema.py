@@ -239,4 +239,4 @@ class TestImage:
         """image.<ext> (else any image file in the entity), or None when training found no image with objects."""
         files = [p for p in sorted(self.directory.iterdir()) if p.suffix.lower() in IMAGE_EXTS]
         named = [p for p in files if p.stem == "image"]
-        return (named or files or [None])[0]
+        return (named or files)[0] if files else None

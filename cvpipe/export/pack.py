@@ -210,7 +210,7 @@ def prepare_trained(model: TrainedModel, settings: PackSettings, image: np.ndarr
     decoded = export_onnx(net, work / "model.onnx", input_size, opset=settings.opset,
                           metadata={"run_id": run_id, "scale": net.scale})
     reference = TorchPredictor(net, input_size, **settings.thresholds)
-    parity = check_parity(net, decoded, image, input_size, **settings.thresholds)
+    parity = check_parity(reference, decoded, image)
     source = {"checkpoint": path.name, "layout": loaded.layout, "epoch": meta.get("epoch")}
     return Prepared(decoded, ClassMap.from_names(names, meta.get("category_ids")), input_size,
                     settings.name or f"yolox-{net.scale}", parity,
@@ -266,7 +266,7 @@ def pack(model: TrainedModel | OnnxModel, settings: PackSettings, *, test_image:
                   for name, v in variants["variants"].items()}
     card = ModelCard(
         name=prepared.name, run_id=run_id, source_run_ids=source_run_ids or {},
-        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         input_size=list(prepared.input_size), class_names=list(prepared.classes.names),
         category_ids=list(prepared.classes.category_ids),
         outputs={k: v for k, v in GRAPH_OUTPUTS.items() if k == "model.onnx" or settings.e2e},
@@ -392,7 +392,7 @@ pred = Predictor.from_dir("{dirname}")   # default variant: {default}; variant="
 det = pred.predict(decode_image(open("test_image.jpg", "rb").read()))
 print(pred.to_json(det))
 ```
-"""
+"""  # noqa: E501 - markdown table rows are one line each
 
 
 def write_readme(packed: PackedModel) -> None:

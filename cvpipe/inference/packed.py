@@ -121,7 +121,7 @@ class PackedModel:
 
     # ---- reading ----------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, model_dir: str | Path) -> "PackedModel":
+    def load(cls, model_dir: str | Path) -> PackedModel:
         model_dir = Path(model_dir)
         path = model_dir / "model.json"
         if not path.is_file():
@@ -233,7 +233,7 @@ class PackedModel:
             raise PackedModelError("model.json variants must be an object that holds 'fp32'")
         return {name: self._variant(name, spec) for name, spec in raw.items()}
 
-    def _variant(self, name: str, spec) -> Variant:
+    def _variant(self, name: str, spec: Any) -> Variant:
         field = f"variants.{name}"
         if not isinstance(spec, dict) or spec.get("backend") not in BACKENDS:
             raise PackedModelError(f"model.json {field}: needs a backend out of {BACKENDS}")
@@ -241,8 +241,9 @@ class PackedModel:
         if not isinstance(files, list) or not files:
             raise PackedModelError(f"model.json {field}.files must be a non-empty list of file names")
         paths = [member(self.dir, f, f"{field}.files") for f in files]
+        certificate = spec.get("certificate")
         return Variant(name, spec["backend"], paths[0], tuple(p.name for p in paths),
-                       spec.get("certificate") if isinstance(spec.get("certificate"), dict) else {})
+                       certificate if isinstance(certificate, dict) else {})
 
     @property
     def default_variant(self) -> str:

@@ -23,7 +23,7 @@ from cvpipe.vision import Detections, decode_raw, letterbox, postprocess
 @contextlib.contextmanager
 def raw_inference(model: nn.Module) -> Iterator[nn.Module]:
     """The model in eval mode with raw head outputs, without gradients; both restored afterwards."""
-    head: Any = getattr(getattr(model, "module", model), "head")  # DDP wraps the model in .module
+    head: Any = getattr(model, "module", model).head  # DDP wraps the model in .module
     was_training, decode = model.training, head.decode_in_inference
     model.eval()
     head.decode_in_inference = False

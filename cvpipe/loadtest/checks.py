@@ -8,6 +8,7 @@ from __future__ import annotations
 import mimetypes
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import httpx
@@ -105,7 +106,8 @@ def check_service(client: httpx.Client, model: PackedModel | Path, run_id: str |
     checks.append(Check("info reports the packed run id", ok,
                         f"HTTP {r.status_code}, version {info.get('version')!r}, packed run {run_id!r}"))
 
-    bad = [("empty body", {"content": b""}),
+    bad: list[tuple[str, dict[str, Any]]] = [
+           ("empty body", {"content": b""}),
            ("empty image file", {"files": image_part("empty.jpg", b"")}),
            ("garbage bytes", {"files": image_part("garbage.jpg", np.random.default_rng(0).bytes(2048))}),
            ("truncated JPEG", {"files": image_part("truncated.jpg", truncated_jpeg(image_bytes))})]

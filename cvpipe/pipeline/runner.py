@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 import traceback
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,19 @@ from rich.table import Table
 
 import cvpipe
 from cvpipe.pipeline.code import code_fingerprint
-from cvpipe.pipeline.faults import fault_point
 from cvpipe.pipeline.entity import load_entity, save_entity
+from cvpipe.pipeline.faults import fault_point
 from cvpipe.pipeline.step import Decision, Produced, Resolved, SourceDigest, StepContext, StepSpec, get_step
-from cvpipe.store.store import (STATUS_COMPLETE, STATUS_FAILED, STATUS_RUNNING, ArtifactStore, RunRecord,
-                                new_run_id, no_space, utcnow)
+from cvpipe.store.store import (
+    STATUS_COMPLETE,
+    STATUS_FAILED,
+    STATUS_RUNNING,
+    ArtifactStore,
+    RunRecord,
+    new_run_id,
+    no_space,
+    utcnow,
+)
 
 log = logging.getLogger("cvpipe.runner")
 
@@ -37,7 +45,8 @@ log = logging.getLogger("cvpipe.runner")
 def describe_error(e: BaseException) -> str:
     """One line a user can act on: a full disk says where; anything else is `Type: message`."""
     if no_space(e):
-        where = f" while writing {e.filename}" if getattr(e, "filename", None) else ""
+        filename = getattr(e, "filename", None)
+        where = f" while writing {filename}" if filename else ""
         return (f"no space left on device{where}: free some space (or point the store, TMPDIR or CVPIPE_CACHE "
                 f"elsewhere) and run again")
     return f"{type(e).__name__}: {e}"
@@ -59,7 +68,7 @@ class SourceError(MissingInput):
     """A step's raw source cannot be read (not found, unsafe, over a limit): said before any run exists."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def code_version(module: str | None = None) -> dict[str, Any]:
     """Package version, git commit (if any) and the fingerprint the cache keys on: of the step module's own
     code (the project modules it imports, see `cvpipe.pipeline.code`), or of the whole package when no
@@ -218,7 +227,8 @@ class Runner:
     def _print_config(self, spec: StepSpec, params: Any, inputs: dict[str, RunRecord | None], run_id: str,
                       source: SourceDigest | None, depends: dict[str, Any] | None) -> None:
         store = self.store
-        rows = {"store": store.url, "env": store.env, "pipeline": store.pipeline, "step": spec.name, "run_id": run_id}
+        rows: dict[str, Any] = {"store": store.url, "env": store.env, "pipeline": store.pipeline, "step": spec.name,
+                                "run_id": run_id}
         rows.update({f"{spec.name}.{k}": v for k, v in params.model_dump(mode="json").items()})
         rows.update({f"input.{kw}": (f"{r.step}/{r.run_id}" if r else None) for kw, r in inputs.items()})
         if source is not None:
@@ -253,22 +263,23 @@ class Runner:
         self._close(manifest, step_log, staging)
         rec = RunRecord(run_id, spec.name, manifest)
         self.produced[spec.name] = rec
+        where = self.store.uri(self.store.run_path(spec.name, run_id))
         self.console.print(f"[bold green]{spec.name}[/]: run [bold]{run_id}[/] complete in "
-                           f"{manifest['duration_s']:.1f} s -> {self.store.uri(self.store.run_path(spec.name, run_id))}")
+                           f"{manifest['duration_s']:.1f} s -> {where}")
         return rec
 
     def _context(self, spec: StepSpec, run_id: str, staging: Path, resumable: RunRecord | None,
                  manifest: dict[str, Any], source: SourceDigest | None) -> StepContext:
         """Empty output, scratch and state folders in `staging`; the state of a dead run to resume from."""
-        store = self.store
+        store, state = self.store, staging / "state"
         ctx = StepContext(step=spec.name, run_id=run_id, outputs={o: staging / "out" / o for o in spec.outputs},
-                          scratch=staging / "scratch", state=staging / "state", source=source,
+                          scratch=staging / "scratch", state=state, source=source,
                           input_runs={kw: v["run_id"] if v else None for kw, v in manifest["inputs"].items()})
-        for p in [*ctx.outputs.values(), ctx.scratch, ctx.state]:
+        for p in [*ctx.outputs.values(), ctx.scratch, state]:
             p.mkdir(parents=True)
 
         def save_state() -> None:
-            store.put_state(spec.name, run_id, ctx.state)
+            store.put_state(spec.name, run_id, state)
             fault_point(spec.name, "state_saved")
 
         ctx.on_save_state = save_state
@@ -319,7 +330,7 @@ class Runner:
                     log.warning("could not keep %s of the failed run: %s", name, err)
         return kept
 
-    def _close(self, manifest: dict, step_log: "_StepLog", staging: Path) -> None:
+    def _close(self, manifest: dict, step_log: _StepLog, staging: Path) -> None:
         """Store the log and write the manifest last (what makes the run complete or failed); the staging
         folder goes whatever happens. A manifest that cannot be written leaves the run 'interrupted'."""
         manifest.update(ended_at=utcnow(), duration_s=round(time.monotonic() - step_log.started, 3))

@@ -7,14 +7,21 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 from pydantic import Field
 
 from cvpipe.data.schema import DetectionData, DetectionDataset, ImageFiles
-from cvpipe.evaluation.baseline import (APDropError, EvalModel, gate_decision, label_map_for, onnx_eval_model,
-                                        packed_eval_model, pretrained_path)
+from cvpipe.evaluation.baseline import (
+    APDropError,
+    EvalModel,
+    gate_decision,
+    label_map_for,
+    onnx_eval_model,
+    packed_eval_model,
+    pretrained_path,
+)
 from cvpipe.evaluation.bootstrap import paired_bootstrap
 from cvpipe.evaluation.confusion import confusion_matrix
 from cvpipe.evaluation.engine import evaluate
@@ -124,6 +131,7 @@ def reference_model(params: ModelEvalParams, reference: Reference | None, input_
         return None
     if reference.model is not None:
         return packed_eval_model(reference.kind, reference.model, params.score_thr)
+    assert reference.onnx is not None  # a Reference is a packed champion or a pretrained ONNX
     start = onnx_eval_model(reference.onnx, input_size, params.score_thr)
     if params.baseline == "champion" and classes is not None and not start.classes.subset_for(classes):
         log.warning("no champion yet, and the pretrained start (%s) knows none of the dataset's classes: "
@@ -167,7 +175,7 @@ def model_eval(params: ModelEvalParams, ctx: StepContext, *, dataset: DetectionD
                          "model_pack_run": ctx.input_runs.get("model")},
                "stats": ev.stats, "per_class_ap": ev.per_class_ap, "speed": speed_of(preds),
                "confusion": cm.to_dict(), "gate": gate}
-    outputs = write_outputs(ctx, params, metrics, baseline, ev, preds.results, cm, gt, images.directory)
+    outputs = write_outputs(ctx, params, metrics, baseline, Evaluated(gt, ev, preds.results, cm), images.directory)
     log.info("model_eval: AP %.4f AP50 %.4f on %d %s images; %s", ev.stats["AP"], ev.stats["AP50"],
              metrics["images"], params.split, gate["message"])
     if not gate["passed"]:
@@ -192,9 +200,21 @@ def promotion(params: ModelEvalParams, ctx: StepContext, summary: dict) -> str:
                                metrics=metrics))
 
 
-def write_outputs(ctx, params, metrics, baseline, ev, results, cm, gt, images: Path) -> dict[str, Folder]:
+@dataclass(frozen=True)
+class Evaluated:
+    """The candidate's evaluation: ground truth, COCO evaluation, detections (COCO results), confusion matrix."""
+
+    gt: dict
+    evaluation: Any
+    results: list[dict]
+    confusion: Any
+
+
+def write_outputs(ctx: StepContext, params: ModelEvalParams, metrics: dict, baseline: dict | None,
+                  evaluated: Evaluated, images: Path) -> dict[str, Folder]:
     out_metrics, out_preds, out_report = (ctx.workdir(n) for n in ("metrics", "predictions", "report"))
-    (out_preds / "predictions.json").write_text(json.dumps(results))
+    ev, cm = evaluated.evaluation, evaluated.confusion
+    (out_preds / "predictions.json").write_text(json.dumps(evaluated.results))
     if baseline is not None:
         (out_preds / "baseline_predictions.json").write_text(json.dumps(baseline.pop("predictions")))
         metrics["baseline"] = baseline
@@ -203,14 +223,14 @@ def write_outputs(ctx, params, metrics, baseline, ev, results, cm, gt, images: P
              "pr_per_class": plot_pr_per_class(ev, out_report / "pr_per_class.png"),
              "per_class_ap": plot_per_class_ap(ev.per_class_ap, out_report / "per_class_ap.png"),
              "confusion": plot_confusion(cm, out_report / "confusion_matrix.png")}
-    worst = worst_images(cm, gt, images, out_report, params.worst_images)
+    worst = worst_images(cm, evaluated.gt, images, out_report, params.worst_images)
     build_eval_report(metrics, plots, worst).write(out_report / "report.html")
     return {"metrics": Folder(out_metrics), "predictions": Folder(out_preds), "report": Folder(out_report)}
 
 
 def worst_images(cm, gt: dict, images: Path, out: Path, n: int) -> list[dict]:
     by_id = {i["id"]: i for i in gt["images"]}
-    worst = []
+    worst: list[dict] = []
     for res in cm.worst_images(n):
         info = by_id[res.image_id]
         img = read_image(images / info["file_name"])

@@ -9,12 +9,18 @@ from pathlib import Path
 
 import httpx
 
-from cvpipe.loadtest.checks import Check, check_service, find_test_image, image_part, match_detections, \
-    reference_detections
-from cvpipe.loadtest.report import plot_latency, stats_table
-from cvpipe.loadtest.runner import RequestSpec, require_loopback, run_load_test
 from cvpipe.export.pack import Bento
 from cvpipe.inference.packed import PackedModel
+from cvpipe.loadtest.checks import (
+    Check,
+    check_service,
+    find_test_image,
+    image_part,
+    match_detections,
+    reference_detections,
+)
+from cvpipe.loadtest.report import plot_latency, stats_table
+from cvpipe.loadtest.runner import RequestSpec, require_loopback, run_load_test
 from cvpipe.pipeline import Decision, Folder, Output, Produced, StepContext, StepParams, step
 from cvpipe.reporting.html import Report, escape, image, table
 
