@@ -20,16 +20,15 @@ from cvpipe.evaluation.baseline import (
     label_map_for,
     onnx_eval_model,
     packed_eval_model,
-    pretrained_path,
 )
 from cvpipe.evaluation.bootstrap import paired_bootstrap
 from cvpipe.evaluation.confusion import confusion_matrix
 from cvpipe.evaluation.engine import evaluate
 from cvpipe.evaluation.plots import draw_errors, plot_confusion, plot_per_class_ap, plot_pr_overall, plot_pr_per_class
 from cvpipe.evaluation.report import build_eval_report, speed_of
+from cvpipe.evaluation.store_links import Reference, resolve_reference
 from cvpipe.inference.packed import PackedModel
-from cvpipe.pipeline import Decision, Folder, Output, Produced, Resolved, StepContext, StepParams, step
-from cvpipe.store.hashing import file_digest
+from cvpipe.pipeline import Decision, Folder, Output, Produced, StepContext, StepParams, step
 from cvpipe.vision import ClassMap, read_image
 
 log = logging.getLogger(__name__)
@@ -66,51 +65,6 @@ def load_split(dataset: DetectionDataset, params: ModelEvalParams) -> dict:
 def run_model(model: EvalModel, gt: dict, images: Path, classes: ClassMap):
     return evaluate(model.predict_batch, gt, images, classes, desc=f"model_eval: {model.kind}",
                     label_map=label_map_for(model, classes))
-
-
-@dataclass(frozen=True)
-class Reference:
-    """What the candidate is compared with: a packed champion, or a pretrained ONNX (the training's start)."""
-
-    kind: str  # "champion" | "previous champion" | "pretrained"
-    model: PackedModel | None = None
-    onnx: Path | None = None
-
-
-def reference_source(params: ModelEvalParams, store, model_run: str | None):
-    """What the candidate (the model_pack run `model_run`) is compared with: the champion's model_pack run
-    (baseline=champion and one is promoted; see store_links.reference_run), else the pretrained ONNX's path,
-    else None."""
-    from cvpipe.evaluation.store_links import reference_run, train_summary
-
-    if params.baseline == "none":
-        return None
-    if params.baseline == "champion":
-        rec = reference_run(store, model_run)
-        if rec is not None:
-            return rec
-    return pretrained_path(params.pretrained, train_summary(store, model_run))
-
-
-def resolve_reference(params: ModelEvalParams, store, input_runs: dict[str, str | None]) -> Resolved:
-    """The step's `reference` (resolved by the runner): keyed on the champion's run id (committed runs never
-    change) or the pretrained ONNX's content (where it was found does not matter), so a promotion or rollback
-    that changes it makes the next run evaluate again; loaded only when the step runs."""
-    model_run = input_runs.get("model")
-    ref = reference_source(params, store, model_run)
-    if ref is None:
-        return Resolved(None)
-    if isinstance(ref, Path):
-        return Resolved({"pretrained_sha256": file_digest(ref) if ref.is_file() else None},
-                        lambda: Reference("pretrained", onnx=ref))
-
-    def champion() -> Reference:  # the one it replaced when the candidate is the champion now
-        from cvpipe.store.promotion import PromotionLog
-
-        kind = "previous champion" if PromotionLog(store).champion_id() == model_run else "champion"
-        return Reference(kind, model=PackedModel.load(store.materialize(ref, "model")))
-
-    return Resolved({"champion": ref.run_id}, champion)
 
 
 def reference_key(params: ModelEvalParams, store, input_runs: dict[str, str | None]) -> dict:
