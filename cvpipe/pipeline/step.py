@@ -124,7 +124,8 @@ class SourceDigest:
 
 @dataclass
 class StepContext:
-    """What a running step may know about its own run.
+    """What a running step may know about its own run: its id, the run ids of its inputs (for the record:
+    model_eval names the model_pack run it judged), a scratch folder, and two hooks the runner wires.
 
     Long steps keep resumable state (e.g. the last training checkpoint) in `state` and call
     `save_state()`: the runner stores it at once. When an earlier run with the same inputs, params and
@@ -149,6 +150,7 @@ class StepContext:
             self.on_save_state()
 
     def decide(self, decision: Decision) -> str:
+        """Hand a promotion decision to the runner, which records it; what happened, in words."""
         if self.on_decide is None:
             return f"not recorded: no store behind this run (decide by hand: cvpipe promote {decision.model_run_id})"
         return self.on_decide(decision)
@@ -164,6 +166,7 @@ class StepContext:
         return path
 
     def output(self, name: str) -> Path:
+        """The folder of a plain-directory output (`Output(name)` without an entity class: throwaway steps)."""
         try:
             return self.outputs[name]
         except KeyError:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import TYPE_CHECKING, Literal, Optional, Union
 
 from pydantic import Field
 
@@ -21,10 +21,18 @@ from cvpipe.inference.packed import PackedModel
 from cvpipe.pipeline import Output, Produced, StepContext, StepParams, step
 from cvpipe.training.checkpoints import Checkpoints
 
+if TYPE_CHECKING:
+    from cvpipe.export.pack import OnnxModel, TrainedModel
+
 log = logging.getLogger(__name__)
 
 
+PACK_FIELDS = set(PackSettings.model_fields)
+
+
 class ModelPackParams(StepParams, PackSettings):
+    """Where the model comes from (a model_train checkpoint, or your own ONNX) and how to pack it."""
+
     checkpoint: Literal["best", "last"] = "best"
     bento: bool = Field(True, description="build the BentoML Bento (.bento archive)")
     # bring your own ONNX
@@ -73,10 +81,7 @@ def model_pack(params: ModelPackParams, ctx: StepContext, *, checkpoints: Checkp
     return Produced(summary, model=packed, bento=bento)
 
 
-PACK_FIELDS = set(PackSettings.model_fields)
-
-
-def model_source(params: ModelPackParams, checkpoints: Checkpoints | None):
+def model_source(params: ModelPackParams, checkpoints: Checkpoints | None) -> OnnxModel | TrainedModel:
     """What to pack: your own ONNX (with its class list), else model_train's checkpoint."""
     from cvpipe.export.pack import OnnxModel, TrainedModel, read_class_list
 
