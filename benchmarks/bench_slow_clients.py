@@ -30,14 +30,17 @@ def pack(tmp: Path) -> tuple[Path, Path]:
     from coco_data import ANNOTATIONS, NANO_ONNX, largest_person
 
     from cvpipe.pipeline import StepContext
-    from cvpipe.steps.model_pack import ModelPackParams, model_pack
+    from cvpipe.pipeline.runner import invoke
+    from cvpipe.pipeline.step import get_step
+    from cvpipe.steps.model_pack import ModelPackParams
 
     outs = {"model": tmp / "model", "bento": tmp / "bento"}
     for d in [*outs.values(), tmp / "scratch"]:
         d.mkdir()
     image = largest_person(json.loads(ANNOTATIONS.read_text()))[0]
     ctx = StepContext(step="model_pack", run_id="bench-slow", outputs=outs, scratch=tmp / "scratch")
-    summary = model_pack(ModelPackParams(onnx=NANO_ONNX, class_names=ANNOTATIONS, test_image=image), ctx)
+    summary = invoke(get_step("model_pack"), ModelPackParams(onnx=NANO_ONNX, class_names=ANNOTATIONS, test_image=image),
+                     ctx, {"checkpoints": None, "test_image": None, "dataset": None, "images": None})
     return outs["model"], outs["bento"] / summary["bento"]
 
 

@@ -135,10 +135,17 @@ def steps() -> None:
     for col in ("step", "inputs", "outputs", "description"):
         table.add_column(col, overflow="fold")
     for name, spec in registry().items():
-        ins = ", ".join(f"{k}<-{i.step}.{i.entity}{'?' if i.optional else ''}" for k, i in spec.inputs.items())
-        outs = ", ".join(o + (" (content-addressed)" if v.content_addressed else "") for o, v in spec.outputs.items())
+        classes = spec.input_classes()
+        ins = ", ".join(f"{k}: {_cls(classes[k])} <- {i.step}.{i.entity}{'?' if i.optional else ''}"
+                        for k, i in spec.inputs.items())
+        outs = ", ".join(f"{o}: {_cls(v.entity)}" + (" (content-addressed)" if v.content_addressed else "")
+                         for o, v in spec.outputs.items())
         table.add_row(name, ins, outs, spec.description)
     out.print(table)
+
+
+def _cls(entity: type | None) -> str:
+    return entity.__name__ if entity is not None else "folder"
 
 
 def _run_row(r: RunRecord) -> dict[str, Any]:

@@ -169,10 +169,8 @@ def _coco_or_numbered(num_classes: int):
 
 def _torch_predictor(path: Path, arch: Optional[str]):
     """PyTorch eager through the same letterbox / postprocess as the ONNX predictor."""
-    import torch
-
-    from cvpipe.vision import letterbox, postprocess
     from cvpipe.export.onnx import load_trained
+    from cvpipe.inference.torch_predictor import TorchPredictor
     from cvpipe.models.yolox import SCALES
 
     scale = arch.lower().removeprefix("yolox-").removeprefix("yolox_") if arch else None
@@ -182,17 +180,8 @@ def _torch_predictor(path: Path, arch: Optional[str]):
     ids = meta.get("category_ids") or _coco_or_numbered(model.num_classes)[1]
     size = meta.get("input_size") or SCALES[model.scale].input_size
     size = tuple(size) if isinstance(size, (list, tuple)) else (int(size), int(size))
-    thr = {"score_thr": meta.get("score_thr", 0.25)}
-
-    def predict(image, score_thr=None):
-        x, r = letterbox(image, size)
-        with torch.no_grad():
-            out = model(torch.from_numpy(x[None]))[0].numpy()
-        det = postprocess(out, r, thr["score_thr"] if score_thr is None else score_thr, 0.45, 300, image.shape[:2])
-        det.image_size = image.shape[:2]
-        return det
-
-    return predict, list(names), [int(i) for i in ids]
+    predictor = TorchPredictor(model, size, score_thr=meta.get("score_thr", 0.25))
+    return predictor.predict, list(names), [int(i) for i in ids]
 
 
 def predict(
