@@ -35,6 +35,8 @@ class ServiceSettings(BaseModel):
     # --- the model ------------------------------------------------------------------------------------------
     model_tag: Optional[str] = Field(None, description="BentoML model to serve (default: the bento's own, set "
                                      "at build time).")
+    model_dir: Optional[Path] = Field(None, description="A packed model dir to serve instead of the BentoML "
+                                      "model (the service run in-process, e.g. by tests, without a Bento).")
     variant: Optional[str] = Field(None, description="Packed model variant to run (e.g. fp32, int8, openvino; "
                                    "default: the packed model's default).")
     workers: int = Field(1, ge=1, le=64, description="Worker processes (one model each; one already uses every "
@@ -63,8 +65,9 @@ class ServiceSettings(BaseModel):
     queue_timeout_s: float = Field(10.0, gt=0, description="Longest wait for a processing slot or decode budget.")
     body_timeout_s: float = Field(10.0, gt=0, description="The whole request body must arrive within this "
                                   "time of the headers, else 408 (slow clients cannot hold a worker).")
-    max_receiving_mb: int = Field(512, ge=1, description="Bytes of request bodies one worker holds while they "
-                                  "arrive; past it new uploads get 503.")
+    upload_budget_mb: int = Field(512, ge=1, description="Memory for request bodies one worker holds at once: "
+                                  "arriving, waiting for a slot or being processed (a body counts from its "
+                                  "Content-Length until its answer); an upload that does not fit gets 503.")
     request_timeout_s: float = Field(60.0, gt=0, description="BentoML's per-request timeout (504).")
     # --- model updates (cvpipe.serving.swap) -----------------------------------------------------------------
     follow_store: Optional[str] = Field(None, description="Store URL to load new model_pack runs from.")
@@ -82,6 +85,10 @@ class ServiceSettings(BaseModel):
     @property
     def decode_budget_bytes(self) -> int:
         return self.decode_budget_mb * 2**20
+
+    @property
+    def upload_budget_bytes(self) -> int:
+        return self.upload_budget_mb * 2**20
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides) -> "ServiceSettings":
@@ -108,6 +115,8 @@ class ServiceSettings(BaseModel):
         for name, value in self.model_dump(exclude_none=True).items():
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
+            elif isinstance(value, Path):
+                value = str(value)
             out[ENV_PREFIX + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
         return out
 

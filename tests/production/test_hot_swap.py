@@ -109,7 +109,7 @@ def _bento_of_a(swap_store) -> Path:
 
 @pytest.fixture
 def manager(swap_store):
-    from cvpipe.serving.api import DetectorEngine
+    from cvpipe.serving.engine import DetectorEngine
     from cvpipe.serving.swap import ModelManager, StoreSource
 
     st = swap_store["store"]
