@@ -4,8 +4,9 @@ and never looks inside a body (BentoML parses the multipart form, the endpoint d
 BentoML's own concurrency limit counts a request while its body is still arriving, so a few dozen clients that
 trickle their bodies would hold every slot (issue 16), and bodies waiting for a slot were held uncounted
 (issue 24 item 11). Per worker, for the endpoints that take a body (/predict, /admin/reload):
-1. a Content-Length over the limit is 413 before the body is read (the part the client sends anyway is read
-   and dropped, within limits, so it sees the 413 and not a connection reset);
+1. a Content-Length over the limit is 413 before the body is read (what the client sends anyway is read and
+   dropped, up to twice the limit within the body deadline, so it reads the 413 instead of a connection reset;
+   every refusal before the body is read does the same);
 2. the body's bytes are reserved in the worker's UploadBudget (declared length up front; a chunked body as it
    arrives) and stay reserved until the answer is sent: all bodies arriving, waiting or in processing share
    one budget (503 past it);
@@ -100,8 +101,8 @@ class AdmissionControl:
             self.uploads.release(body.reserved)
 
     async def _discard_body(self, receive: Receive, most: int) -> None:
-        """Read and drop up to `most` bytes for up to a second, so the client reads the refusal instead of
-        a connection reset."""
+        """Read and drop up to `most` bytes within the body deadline, so the client reads the refusal instead
+        of a connection reset (nothing is kept: a refused upload costs no memory)."""
         async def drain() -> None:
             seen = 0
             while seen < most:
@@ -110,7 +111,7 @@ class AdmissionControl:
                 if message["type"] != "http.request" or not message.get("more_body", False):
                     return
         try:
-            await asyncio.wait_for(drain(), min(1.0, self.settings.body_timeout_s))
+            await asyncio.wait_for(drain(), self.settings.body_timeout_s)
         except asyncio.TimeoutError:
             pass
 
