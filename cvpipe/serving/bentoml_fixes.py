@@ -155,6 +155,7 @@ def fix_input_parsing() -> bool:
         return False
     IOMixin.bentoml_from_http_request = parse
     IOMixin.from_http_request = classmethod(_parse_input)
+    MultipartSerde.bentoml_ensure_file = MultipartSerde.ensure_file  # kept for the test that shows the difference
     MultipartSerde.ensure_file = staticmethod(_file_parts_only)
     return True
 
