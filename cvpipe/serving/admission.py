@@ -21,7 +21,8 @@ routes as POST.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from cvpipe.serving.errors import RequestRefused, error_body
 from cvpipe.serving.settings import ServiceSettings
@@ -80,7 +81,7 @@ class AdmissionControl:
                 await self._discard_body(receive, min(request.declared or request.limit, 2 * request.limit))
             await _send_error(send, e, close=request.unread)
 
-    async def _admit(self, request: "_Upload", send: Send) -> None:
+    async def _admit(self, request: _Upload, send: Send) -> None:
         s = self.settings
         if request.scope["method"] != "POST":
             raise RequestRefused(405, f"{request.scope['path']} takes POST", {"allow": "POST"})
@@ -90,7 +91,7 @@ class AdmissionControl:
         try:
             try:
                 await asyncio.wait_for(self._receive_into(body, request), s.body_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise RequestRefused(408, f"the request body did not arrive within {s.body_timeout_s:g} s") from None
             request.unread = False
             scope = request.scope
@@ -112,10 +113,10 @@ class AdmissionControl:
                     return
         try:
             await asyncio.wait_for(drain(), self.settings.body_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
-    async def _receive_into(self, body: "BodyBuffer", request: "_Upload") -> None:
+    async def _receive_into(self, body: BodyBuffer, request: _Upload) -> None:
         while True:
             message = await request.receive()
             if message["type"] == "http.disconnect":
@@ -130,13 +131,13 @@ class AdmissionControl:
             if not message.get("more_body", False):
                 return
 
-    async def _with_slot(self, scope: Scope, body: "BodyBuffer", send: Send) -> None:
+    async def _with_slot(self, scope: Scope, body: BodyBuffer, send: Send) -> None:
         s = self.settings
         if self._slots is None:
             self._slots = asyncio.Semaphore(s.max_concurrency)
         try:
             await asyncio.wait_for(self._slots.acquire(), s.queue_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RequestRefused(503, f"the worker is busy ({s.max_concurrency} requests in progress for "
                                       f"{s.queue_timeout_s:g} s); retry later") from None
         try:

@@ -50,7 +50,7 @@ async def _call_with_cancelled_timer(self, scope, receive, send) -> None:
     task = asyncio.ensure_future(self.app(scope, receive, _send))
     try:
         await waiter
-    except asyncio.TimeoutError:
+    except TimeoutError:
         if task.cancel():
             from starlette.responses import JSONResponse
 

@@ -18,9 +18,9 @@ import collections
 import ctypes
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class DecodeBudget:
         async with self._cond:
             try:
                 await asyncio.wait_for(self._cond.wait_for(lambda: self.in_use + cost <= self.total), self.timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise RequestRefused(503, "the worker is busy decoding other large images; retry later") from None
             self.in_use += cost
 
@@ -90,7 +90,7 @@ class MicroBatcher:
             try:
                 items.append(self.queue.get_nowait() if timeout <= 0 else
                              await asyncio.wait_for(self.queue.get(), timeout))
-            except (asyncio.QueueEmpty, asyncio.TimeoutError):
+            except (TimeoutError, asyncio.QueueEmpty):
                 break
         return items
 

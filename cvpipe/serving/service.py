@@ -22,8 +22,9 @@ from __future__ import annotations
 import hmac
 import mimetypes
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import bentoml
 from pydantic import BaseModel, Field
@@ -59,7 +60,7 @@ class ImageSize(BaseModel):
 
 
 class ModelRef(BaseModel):
-    run_id: Optional[str] = Field(description="model_pack run that answered")
+    run_id: str | None = Field(description="model_pack run that answered")
 
 
 class Prediction(BaseModel):
@@ -79,7 +80,7 @@ async def predict_raw_body(request: Request) -> Response:
     return JSONResponse(prediction.model_dump())
 
 
-def parse_score_thr(value: Optional[str]) -> Optional[float]:
+def parse_score_thr(value: str | None) -> float | None:
     if value is None or not value.strip():
         return None
     try:
@@ -114,7 +115,7 @@ class Detector:
     def engine(self) -> DetectorEngine:
         return self.manager.engine  # read once per request: a swap replaces it whole
 
-    async def detect(self, image: bytes, score_thr: Optional[float]) -> Prediction:
+    async def detect(self, image: bytes, score_thr: float | None) -> Prediction:
         return Prediction.model_validate(await self.engine.predict(image, score_thr))
 
     @bentoml.api(route="/predict")
@@ -123,7 +124,7 @@ class Detector:
         ctx: bentoml.Context,
         image: Annotated[Path, Field(description="JPEG, PNG, BMP, WebP, TIFF, ... as the multipart file field "
                                                  "`image`, or the raw bytes as the body (any other Content-Type)")],
-        score_thr: Optional[float] = Field(None, ge=0.0, le=1.0, description="score threshold 0..1 (default: "
+        score_thr: float | None = Field(None, ge=0.0, le=1.0, description="score threshold 0..1 (default: "
                                            "the model's); a query parameter works too"),
     ) -> Prediction:
         """Detect objects; boxes in the original image's pixels, COCO category ids. Bad input: 4xx {"error"}."""

@@ -22,10 +22,15 @@ import numpy as np
 import pytest
 
 from cvpipe.serving.process import ServiceProcess
-from cvpipe.vision import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLarge, decode_image
+from cvpipe.vision import (
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    ImageTooLarge,
+    decode_image,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "production"))
-from test_fuzz_decoder import SEEDS, png_header  # noqa: E402
+from test_fuzz_decoder import SEEDS, png_header
 
 MAX_BODY = 2_000_000
 

@@ -3,7 +3,8 @@ waiting for a slot or in processing; each body held once, in one buffer that goe
 request ends. The attack of the issue against a real `bentoml serve`: 40 and 80 clients each sending all but
 the last MiB of a 19.5 MiB body, then 40 clients sending complete 19.5 MiB non-images. The worker's RSS peak
 stays within its baseline + the budget + a fixed slack, RSS is back near the baseline after each burst, every
-client reads an HTTP answer (no connection reset), and the service still predicts."""
+client reads an HTTP answer (no connection reset), and the service still predicts. Then 10 clients send whole
+25 MiB bodies (over the 20 MiB limit): each reads its 413 instead of a connection reset."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def test_upload_attack_is_bounded_by_one_budget_and_memory_comes_back(packed, tm
         start_mb = worker.memory_info().rss / MiB
         runs = {f"{n} stalled": attack(svc.port, worker, n, complete=False) for n in (40, 80)}
         runs["40 complete"] = attack(svc.port, worker, 40, complete=True)
+        over = attack(svc.port, worker, 10, complete=True, body_bytes=25 * MiB)  # over the 20 MiB limit
         final = httpx.post(svc.url + "/predict", content=image, timeout=60)
         end_mb = worker.memory_info().rss / MiB
     for name, r in runs.items():
@@ -45,5 +47,6 @@ def test_upload_attack_is_bounded_by_one_budget_and_memory_comes_back(packed, tm
         assert r.statuses.get("503", 0) >= int(name.split()[0]) - 2 * admitted, (name, r.statuses)
         assert r.peak_over_mb < BUDGET_MB + PEAK_SLACK_MB, f"{name}: peak +{r.peak_over_mb:.0f} MB"
         assert r.kept_mb < KEPT_MB, f"{name}: +{r.kept_mb:.0f} MB kept after the burst"
+    assert over.statuses == {"413": 10}, over.statuses  # read as answers, not connection resets
     assert end_mb - start_mb < KEPT_MB, f"RSS {start_mb:.0f} -> {end_mb:.0f} MB over the three bursts"
     assert final.status_code == 200

@@ -53,7 +53,7 @@ async def _one(port: int, body_bytes: int, sent_bytes: int, timeout_s: float, pa
             await writer.drain()
         line = await asyncio.wait_for(reader.readline(), timeout_s)
         return line.decode(errors="replace").strip() or "closed without an answer"
-    except (OSError, asyncio.TimeoutError) as e:
+    except (TimeoutError, OSError) as e:
         return type(e).__name__
     finally:
         writer.close()
