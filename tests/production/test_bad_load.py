@@ -18,6 +18,7 @@ import pytest
 
 DURATION_S = 12.0
 LIMIT = 1_000_000
+GROWTH_MB = 40  # server tree RSS over the 12 s after warm-up (measured +2 MB, loaded; 150 MB allowed before)
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -130,11 +131,11 @@ def test_mixed_bad_load(model_store, person_image, tmp_path):
     assert all(line.endswith("200 OK") for line in slow_results) and len(slow_results) == 3, slow_results
     assert pids_before == pids_after and len(pids_before) == 2
     assert livez == 200 and final.status_code == 200
-    assert rss_after - rss_before < 150, f"RSS grew {rss_before:.0f} -> {rss_after:.0f} MB"
+    assert rss_after - rss_before < GROWTH_MB, f"RSS grew {rss_before:.0f} -> {rss_after:.0f} MB"
 
 
 REQUESTS_PER_KIND = 1500
-SLOPE_KB = 0.5  # RSS growth bound per request, each kind (measured: see the printout and docs/production.md)
+SLOPE_KB = 1.0  # RSS growth per request, each kind (measured <= 0.3 KB, loaded; BentoML's timer leak: ~5 KB)
 
 
 def _rss_slope_kb(send, worker: psutil.Process, n: int) -> float:
