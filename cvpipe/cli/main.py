@@ -13,8 +13,8 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.tree import Tree
 
-from cvpipe.cli.common import (AllowPluginOpt, ConfigOpt, SetOpt, StoreOpt, console, cvpipe_command, fail, load,
-                               open_store, out, pick_config)
+from cvpipe.cli.common import (AllowPluginOpt, ConfigOpt, SetOpt, StoreOpt, console, cvpipe_command, fail,
+                               failed_run_note, load, open_store, out, pick_config)
 from cvpipe.config import did_you_mean
 from cvpipe.pipeline.runner import MissingInput, Runner, StepFailed, select_steps
 from cvpipe.pipeline.step import registry
@@ -47,7 +47,7 @@ def _execute(cfg: Any, names: list[str], force: bool, config: Path) -> None:
     try:
         runs = runner.run(names)
     except StepFailed as e:
-        fail(f"{e}\n  the run is recorded as failed: {cvpipe_command()} show {e.run_id} -c {config}")
+        fail(f"{e}\n  {failed_run_note(runner.store, e.run_id, config)}")
     except MissingInput as e:
         fail(str(e))
     except KeyboardInterrupt:
