@@ -159,12 +159,14 @@ def _missing(labels, preds, crowd, pairs, s: ScoreSettings) -> pd.DataFrame:
     much less so where books rarely are. Among overlapping candidates only the strongest stays."""
     il, ip, iou = pairs  # the label x prediction pairs score_labels made
     covered = segment_max(iou, ip, len(preds))
-    labelled = segment_max(np.where(labels.label[il] == preds.label[ip], iou, 0.0), ip, len(preds)) >= s.match_iou
+    same_iou = segment_max(np.where(labels.label[il] == preds.label[ip], iou, 0.0), ip, len(preds))
+    labelled = same_iou >= s.match_iou
     if crowd is not None and len(crowd):
         cp, cc = image_pairs(preds, crowd)
         covered = np.maximum(covered, segment_max(pair_ioa(preds.xyxy[cp], crowd.xyxy[cc]), cp, len(preds)))
     rate = labelled_rate(preds, labelled)
-    cand = np.flatnonzero((covered < s.miss_iou) & (preds.score >= s.miss_min_score))
+    # a prediction overlapping a label of its class is that label's (bad_location), not a missing object
+    cand = np.flatnonzero((covered < s.miss_iou) & (same_iou < s.loc_min_iou) & (preds.score >= s.miss_min_score))
     cands = preds.take(cand)  # still sorted by image
     a, b = image_pairs(cands, cands)
     stronger = (cands.score[b] > cands.score[a]) | ((cands.score[b] == cands.score[a]) & (b < a))
