@@ -99,7 +99,13 @@ def pair_ioa(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def segment_max(values: np.ndarray, groups: np.ndarray, n: int, fill: float = 0.0) -> np.ndarray:
     """Per group 0..n-1, the max of `values` whose group it is (`fill` for groups without any)."""
     out = np.full(n, fill, dtype=np.float64)
-    np.maximum.at(out, groups, values)  # fill must be <= every value for this to be the plain max
+    if len(values) == 0:
+        return out
+    if np.all(groups[1:] >= groups[:-1]):  # grouped (image_pairs' order): one reduceat, no scatter
+        starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+        out[groups[starts]] = np.maximum(np.maximum.reduceat(values, starts), fill)
+    else:
+        np.maximum.at(out, groups, values)  # fill must be <= every value for this to be the plain max
     return out
 
 

@@ -33,12 +33,13 @@ def grid_labels(images: int = 40, per_image: int = 6, classes: int = 4, seed: in
     return BoxTable.build(a[:, 0], a[:, 1], a[:, 2:6], None, np.arange(1, len(a) + 1))
 
 
-def agreeing_model(labels: BoxTable, score: float = 0.9) -> BoxTable:
-    """Predictions that are the labels themselves, at one confident score, plus a weak stray box per image."""
+def agreeing_model(labels: BoxTable, score: float = 0.9, shift: float = 0.0) -> BoxTable:
+    """Predictions that are the labels (moved `shift` px right), at one confident score, plus a weak stray box per
+    image."""
     stray = np.tile([[300.0, 20.0, 310.0, 30.0]], (len(np.unique(labels.image_id)), 1))
     return BoxTable.build(np.r_[labels.image_id, np.unique(labels.image_id)],
                           np.r_[labels.label, np.zeros(len(stray), np.int64)],
-                          np.concatenate([labels.xyxy, stray]),
+                          np.concatenate([labels.xyxy + [shift, 0, shift, 0], stray]),
                           np.r_[np.full(len(labels), score), np.full(len(stray), 0.01)])
 
 

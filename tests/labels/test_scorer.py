@@ -63,7 +63,12 @@ def _with_errors(labels: BoxTable) -> tuple[BoxTable, dict]:
 def test_every_queue_puts_its_planted_error_first():
     clean = grid_labels()
     noisy, truth = _with_errors(clean)
-    queues = score_labels(noisy, agreeing_model(clean))
+    model = agreeing_model(clean)
+    # an ambiguous object: its own class predicted at 0.9 and another at 0.95 -- weak evidence of a wrong class,
+    # far weaker than a label whose own class the model does not see at all
+    ambiguous = BoxTable.build(np.r_[model.image_id, 7], np.r_[model.label, (clean.label[36] + 1) % 4],
+                               np.concatenate([model.xyxy, clean.xyxy[36:37]]), np.r_[model.score, 0.95])
+    queues = score_labels(noisy, ambiguous)
     assert set(queues) == set(ERROR_TYPES)
     for kind in ("wrong_class", "bad_location", "spurious"):
         assert queues[kind]["ann_id"].iloc[0] == truth[kind], (kind, queues[kind].head(3))

@@ -14,8 +14,8 @@ from conftest import SIZES, agreeing_model, grid_labels
 
 def test_injection_counts_and_geometry():
     labels = grid_labels()
-    inj = inject_errors(labels, SIZES, num_classes=4, rate=0.05, seed=3)
-    per_type = round(0.05 * len(labels))
+    inj = inject_errors(labels, SIZES, num_classes=4, rate=0.2, seed=3)
+    per_type = round(0.2 * len(labels))
     assert (inj.truth.groupby("type").size() == per_type).all() and set(inj.truth["type"]) == set(ERROR_TYPES)
     assert len(inj.labels) == len(labels) - per_type + 2 * per_type  # dropped, plus duplicates and spawned
     noisy = dict(zip(inj.labels.ann_id, range(len(inj.labels))))
@@ -28,13 +28,13 @@ def test_injection_counts_and_geometry():
     assert all(inj.labels.label[noisy[a]] != labels.label[orig[a]] for a in flipped)
     spawned = inj.truth[inj.truth["type"] == "spurious"]
     assert (spawned["x1"] >= 0).all() and (spawned["x2"] <= 640).all() and (spawned["y2"] <= 480).all()
-    other = inject_errors(labels, SIZES, num_classes=4, rate=0.05, seed=4)
+    other = inject_errors(labels, SIZES, num_classes=4, rate=0.2, seed=4)
     assert not inj.truth.equals(other.truth)  # seeds are independent draws
 
 
 def test_a_model_that_sees_the_objects_finds_the_injected_errors():
     labels = grid_labels()
-    test = self_test(labels, agreeing_model(labels), None, SIZES, 4, seeds=3)
+    test = self_test(labels, agreeing_model(labels, shift=2.0), None, SIZES, 4, seeds=3)  # boxes as a model draws them
     summary = summarize(test.table).set_index("type")
     print(summary.round(3).to_string())
     assert summary.loc["overall", "recall"] >= 0.95
