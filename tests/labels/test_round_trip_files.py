@@ -151,3 +151,47 @@ def test_tasks_and_cvat_xml_carry_labels_and_proposals(checked, tmp_path):
     boxes = list(root_el.iter("box"))
     assert labels == set(ds.class_names) and boxes and all(b.get("label") in labels for b in boxes)
     assert {b.findtext("attribute") for b in boxes} <= {"label", "proposal"}
+
+
+@pytest.fixture(scope="module")
+def stored_version(checked, tmp_path_factory):
+    """The 12 images as a data_prep run in a store (through data_load and data_prep), and its config."""
+    from cvpipe.config import load_config
+    from cvpipe.pipeline.runner import Runner
+
+    ds, images, *_ = checked
+    root = tmp_path_factory.mktemp("stored")
+    write_corrected_version(ds, images, {}, root / "v1")
+    config = root / "v1.yaml"
+    config.write_text(f"store: {root / 'store'}\npipeline: v1\ndata_load: {{source: {root / 'v1'}, format: coco}}\n"
+                      f"data_prep: {{split_from_source: true, executor: serial}}\n")
+    runner = Runner(load_config(config))
+    _, prep = runner.run(["data_load", "data_prep"])
+    return DetectionDataset.load(runner.store.materialize(prep, "dataset")), prep.run_id, config
+
+
+@pytest.mark.slow  # data_load + data_prep through the runner: ~20 s idle
+def test_cli_import_applies_a_good_export_and_refuses_a_bad_one(stored_version, tmp_path):
+    from typer.testing import CliRunner
+
+    from cvpipe.cli.main import app
+
+    ds, run_id, config = stored_version
+    first = int(ds.images["image_id"].iloc[0])
+    good = _export(ds, {first: [(ds.class_names[0], [5, 5, 40, 40])]})
+    for t in good:
+        t["data"]["cvpipe_run"] = run_id
+    bad = json.loads(json.dumps(good))
+    bad[0]["annotations"][0]["result"][0]["value"]["rectanglelabels"] = ["no-such-class"]
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    cli = CliRunner()
+    refused = cli.invoke(app, ["labels", "import", str(tmp_path / "bad.json"), "-c", str(config), "--out",
+                               str(tmp_path / "bad_out")])
+    assert refused.exit_code == 1 and "no-such-class" in " ".join(refused.output.split()) and not (tmp_path / "bad_out").exists()
+    applied = cli.invoke(app, ["labels", "import", str(tmp_path / "good.json"), "-c", str(config), "--out",
+                               str(tmp_path / "good_out")])
+    assert applied.exit_code == 0, applied.output
+    assert "1 images corrected" in " ".join(applied.output.split()) and (tmp_path / "good_out" / "annotations.json").is_file()
+    helped = cli.invoke(app, ["labels", "--help"])
+    assert all(c in helped.output for c in ("queues", "export", "push", "pull", "import"))
