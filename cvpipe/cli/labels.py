@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.table import Table
 
-from cvpipe.cli.common import AllowPluginOpt, ConfigOpt, SetOpt, StoreOpt, cvpipe_command, fail, open_store, out, \
-    pick_config
+from cvpipe.cli.common import (
+    AllowPluginOpt,
+    ConfigOpt,
+    SetOpt,
+    StoreOpt,
+    cvpipe_command,
+    fail,
+    open_store,
+    out,
+    pick_config,
+)
 
 app = typer.Typer(help="Label errors: the data_qa step's ranked queues, and a round trip through Label Studio "
                        "or CVAT. Run `cvpipe step data_qa CONFIG` first.", no_args_is_help=True)
@@ -29,7 +37,7 @@ TokenOpt = typer.Option(..., "--token", envvar="LABEL_STUDIO_TOKEN", help="Label
                         "(Account & Settings), or LABEL_STUDIO_TOKEN.")
 
 
-def _check_run(config: Optional[Path], overrides, allow_plugins, store, run_id: Optional[str]):
+def _check_run(config: Path | None, overrides, allow_plugins, store, run_id: str | None):
     """(store, data_qa run, data_prep run it checked)."""
     st = open_store(pick_config(None, config), overrides, allow_plugins, store)
     try:
@@ -49,12 +57,12 @@ def _data(st, prep):
 
 
 def queues(
-    kind: Optional[str] = typer.Option(None, "--type", help="Only this queue: missing, spurious, wrong_class, "
+    kind: str | None = typer.Option(None, "--type", help="Only this queue: missing, spurious, wrong_class, "
                                                             "bad_location or duplicate."),
     top: int = typer.Option(10, "--top", help="Entries shown per queue."),
-    run_id: Optional[str] = typer.Option(None, "--run", help="data_qa run (default: the latest)."),
-    config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = SetOpt,
-    allow_plugins: Optional[List[str]] = AllowPluginOpt, store: Optional[str] = StoreOpt,
+    run_id: str | None = typer.Option(None, "--run", help="data_qa run (default: the latest)."),
+    config: Path | None = ConfigOpt, overrides: list[str] | None = SetOpt,
+    allow_plugins: list[str] | None = AllowPluginOpt, store: str | None = StoreOpt,
 ) -> None:
     """Print the first entries of each queue, each with its self-test line (recall at 2 x injected, precision
     of the first 100): how far to trust it on this data."""
@@ -87,9 +95,9 @@ def export(
     top: int = TopOpt,
     image_url: str = typer.Option("/data/local-files/?d={blob}", "--image-url", help="How Label Studio reaches "
                                   "an image; {blob} is its file name in the data version's images."),
-    run_id: Optional[str] = typer.Option(None, "--run", help="data_qa run (default: the latest)."),
-    config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = SetOpt,
-    allow_plugins: Optional[List[str]] = AllowPluginOpt, store: Optional[str] = StoreOpt,
+    run_id: str | None = typer.Option(None, "--run", help="data_qa run (default: the latest)."),
+    config: Path | None = ConfigOpt, overrides: list[str] | None = SetOpt,
+    allow_plugins: list[str] | None = AllowPluginOpt, store: str | None = StoreOpt,
 ) -> None:
     """Write the first entries of every queue (and unlabelled images, with the model's boxes) for a labelling
     tool: each image once, its current labels and the model's proposals as pre-annotations."""
@@ -125,9 +133,9 @@ def push(
     title: str = typer.Option("cvpipe label check", "--title", help="Project title."),
     image_url: str = typer.Option("/data/local-files/?d={blob}", "--image-url", help="How Label Studio reaches "
                                   "an image; {blob} is its file name in the data version's images."),
-    run_id: Optional[str] = typer.Option(None, "--run", help="data_qa run (default: the latest)."),
-    config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = SetOpt,
-    allow_plugins: Optional[List[str]] = AllowPluginOpt, store: Optional[str] = StoreOpt,
+    run_id: str | None = typer.Option(None, "--run", help="data_qa run (default: the latest)."),
+    config: Path | None = ConfigOpt, overrides: list[str] | None = SetOpt,
+    allow_plugins: list[str] | None = AllowPluginOpt, store: str | None = StoreOpt,
 ) -> None:
     """Create a Label Studio project with the queue's tasks (through its REST API)."""
     from cvpipe.labels.labelstudio import LabelStudio, label_config
@@ -162,10 +170,10 @@ def pull(
 def import_(
     export_file: Path = typer.Argument(..., help="Label Studio JSON export (`cvpipe labels pull` or the UI)."),
     dest: Path = typer.Option(..., "--out", help="New folder for the corrected data version (COCO)."),
-    run_id: Optional[str] = typer.Option(None, "--data-run", help="data_prep run the tasks were made from "
+    run_id: str | None = typer.Option(None, "--data-run", help="data_prep run the tasks were made from "
                                          "(default: the one the tasks name)."),
-    config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = SetOpt,
-    allow_plugins: Optional[List[str]] = AllowPluginOpt, store: Optional[str] = StoreOpt,
+    config: Path | None = ConfigOpt, overrides: list[str] | None = SetOpt,
+    allow_plugins: list[str] | None = AllowPluginOpt, store: str | None = StoreOpt,
 ) -> None:
     """Apply the corrections of a Label Studio export to the data version it was made from, as a new COCO folder.
     Anything that does not fit (unknown labels, boxes outside the image, images not in the data version, a

@@ -42,7 +42,7 @@ class BoxTable:
     def from_frame(cls, frame: pd.DataFrame) -> BoxTable:
         """Columns image_id, label, x1, y1, x2, y2, score (and ann_id)."""
         return cls.build(frame["image_id"], frame["label"], frame[["x1", "y1", "x2", "y2"]].to_numpy(),
-                         frame["score"], frame["ann_id"] if "ann_id" in frame else None)
+                         frame["score"], frame.get("ann_id"))
 
     def to_frame(self) -> pd.DataFrame:
         x1, y1, x2, y2 = self.xyxy.T

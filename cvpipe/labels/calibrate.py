@@ -6,6 +6,8 @@ the real ones, and precision is measured against the injected ones only.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pandas as pd
 
@@ -17,8 +19,8 @@ def hit_rate_curve(scores: np.ndarray, hit: np.ndarray, bins: int = 20) -> tuple
     order = np.argsort(scores, kind="stable")
     s, h = np.asarray(scores, float)[order], np.asarray(hit, float)[order]
     edges = np.linspace(0, len(s), min(bins, len(s)) + 1).astype(int)
-    centres = np.array([s[a:b].mean() for a, b in zip(edges[:-1], edges[1:]) if b > a])
-    rates = np.array([h[a:b].mean() for a, b in zip(edges[:-1], edges[1:]) if b > a])
+    centres = np.array([s[a:b].mean() for a, b in pairwise(edges) if b > a])
+    rates = np.array([h[a:b].mean() for a, b in pairwise(edges) if b > a])
     return centres, np.maximum.accumulate(rates)  # a higher score is never less likely an error
 
 

@@ -48,7 +48,7 @@ def write_corrected_version(ds: DetectionDataset, images_dir: Path, corrected: d
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     before = ds.annotations[ds.annotations["image_id"].isin(list(corrected))]
-    return {"images_corrected": len(corrected), "boxes_before": int(len(before)),
+    return {"images_corrected": len(corrected), "boxes_before": len(before),
             "boxes_after": sum(len(v) for v in corrected.values()), "annotations": len(anns), "folder": str(out)}
 
 

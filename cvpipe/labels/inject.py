@@ -27,7 +27,7 @@ def inject_errors(labels: BoxTable, image_sizes: dict[int, tuple[int, int]], num
     """The noisy copy of `labels` and what was done; image_sizes: image_id -> (width, height)."""
     rng = np.random.default_rng(seed)
     n = len(labels)
-    per_type = max(1, int(round(rate * n)))
+    per_type = max(1, round(rate * n))
     picked = rng.permutation(n)
     drop, flip, move, dup = (picked[i * per_type:(i + 1) * per_type] for i in range(4))
     label = labels.label.copy()

@@ -131,8 +131,8 @@ def read_export(path: Path) -> list[dict]:
     except json.JSONDecodeError as e:
         raise ImportRejected([f"{path}: not JSON (line {e.lineno}, column {e.colno}: {e.msg})"]) from None
     if not isinstance(data, list) or not all(isinstance(t, dict) for t in data):
-        raise ImportRejected([f"{path}: a Label Studio JSON export is a list of task objects, got "
-                              f"{type(data).__name__}"])
+        kind = type(data).__name__
+        raise ImportRejected([f"{path}: a Label Studio JSON export is a list of task objects, got {kind}"])
     return data
 
 
@@ -218,14 +218,19 @@ class LabelStudio:
     """The few REST calls the round trip needs (token auth). Errors name the call and the server's answer."""
 
     def __init__(self, url: str, token: str, timeout: float = 60.0):
-        import requests
+        import httpx
 
-        self.url, self.timeout = url.rstrip("/"), timeout
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Token {token}"
+        self.url = url.rstrip("/")
+        self.client = httpx.Client(headers={"Authorization": f"Token {token}"}, timeout=timeout,
+                                   follow_redirects=True)
 
-    def call(self, method: str, path: str, **kwargs) -> Any:
-        r = self.session.request(method, f"{self.url}{path}", timeout=self.timeout, **kwargs)
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        try:
+            r = self.client.request(method, f"{self.url}{path}", **kwargs)
+        except httpx.HTTPError as e:
+            raise RuntimeError(f"Label Studio {method} {path}: {type(e).__name__}: {e}") from None
         if r.status_code >= 400:
             raise RuntimeError(f"Label Studio {method} {path}: HTTP {r.status_code}: {r.text[:300]}")
         return r.json() if r.content else None

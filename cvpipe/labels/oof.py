@@ -18,8 +18,9 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -49,9 +50,9 @@ class OOFParams(BaseModel):
     tiles: bool = Field(True, description="also predict 2 x 2 overlapping crops of each image (5 passes): the "
                         "scorer can only judge the labels the model sees, and crops let it see small objects")
     batch_size: int = Field(8, ge=1)
-    train: dict[str, Any] = Field(default_factory=lambda: dict(
-        scale="nano", pretrained="nano-onnx", img_size=416, epochs=3, no_aug_epochs=3,
-        lr_per_img=0.000078125, batch_size=8, workers=0),
+    train: dict[str, Any] = Field(default_factory=lambda: {
+        "scale": "nano", "pretrained": "nano-onnx", "img_size": 416, "epochs": 3, "no_aug_epochs": 3,
+        "lr_per_img": 0.000078125, "batch_size": 8, "workers": 0},
         description="model_train params of each fold's fine-tune (the example's recipe by default)")
     cache: bool = Field(True, description="reuse predictions cached for the same data and settings")
 
@@ -96,8 +97,8 @@ def out_of_fold_predictions(ds: DetectionDataset, images_dir: Path, params: OOFP
         frame, info = _pretrained_predictions(ds, images_dir, params)
     else:
         frame, info = _kfold_predictions(ds, images_dir, params)
-    info = {**info, "scheme": params.scheme, "key": key, "images": int(len(ds.images)),
-            "predictions": int(len(frame))}
+    info = {**info, "scheme": params.scheme, "key": key, "images": len(ds.images),
+            "predictions": len(frame)}
     if params.cache:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{os.getpid()}.tmp")

@@ -21,7 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .boxes import BoxTable, image_pairs, pair_ioa, pair_iou, segment_argmax, segment_max
+from .boxes import (
+    BoxTable,
+    image_pairs,
+    pair_ioa,
+    pair_iou,
+    segment_argmax,
+    segment_max,
+)
 
 ERROR_TYPES = ("missing", "spurious", "wrong_class", "bad_location", "duplicate")
 QUEUE_COLUMNS = ["type", "image_id", "ann_id", "label", "x1", "y1", "x2", "y2", "proposal_label", "px1", "py1",
@@ -51,9 +58,9 @@ def _queue(kind: str, n: int, **cols) -> pd.DataFrame:
 
 
 def score_labels(labels: BoxTable, preds: BoxTable, crowd: BoxTable | None = None,
-                 settings: ScoreSettings = ScoreSettings()) -> dict[str, pd.DataFrame]:
+                 settings: ScoreSettings | None = None) -> dict[str, pd.DataFrame]:
     """{error type: queue}, each sorted by score (highest first), rank column from 1."""
-    s = settings
+    s = settings or ScoreSettings()
     ia, ib = image_pairs(labels, preds)
     iou = pair_iou(labels.xyxy[ia], preds.xyxy[ib])
     same_cls = labels.label[ia] == preds.label[ib]

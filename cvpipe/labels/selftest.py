@@ -70,7 +70,7 @@ class SelfTest:
 
 
 def self_test(labels: BoxTable, preds: BoxTable, crowd: BoxTable | None, image_sizes: dict[int, tuple[int, int]],
-              num_classes: int, seeds: int = 5, rate: float = 0.05, settings: ScoreSettings = ScoreSettings(),
+              num_classes: int, seeds: int = 5, rate: float = 0.05, settings: ScoreSettings | None = None,
               images: set[int] | None = None, first_seed: int = 0) -> SelfTest:
     """Inject, score and evaluate once per seed; `images` limits the test to those images."""
     if images is not None:
@@ -80,7 +80,7 @@ def self_test(labels: BoxTable, preds: BoxTable, crowd: BoxTable | None, image_s
     rows, scored = [], {k: ([], []) for k in ERROR_TYPES}
     for seed in range(first_seed, first_seed + seeds):
         injected = inject_errors(labels, image_sizes, num_classes, rate, seed)
-        queues = score_labels(injected.labels, preds, crowd, settings)
+        queues = score_labels(injected.labels, preds, crowd, settings or ScoreSettings())
         for kind, r in evaluate_queues(queues, injected.truth).items():
             rows.append({"seed": seed, "type": kind, **r})
         for kind in ERROR_TYPES:

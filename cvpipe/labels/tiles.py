@@ -8,7 +8,7 @@ its inner edges are dropped: the object is cut there, and the neighbouring crop 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -20,7 +20,7 @@ PredictBatch = Callable[[Sequence[np.ndarray]], "list[Detections]"]
 
 def crop_windows(height: int, width: int, share: float = 0.6) -> list[tuple[int, int, int, int]]:
     """(x0, y0, x1, y1) of the 2 x 2 crops, each `share` of the image per side, overlapping in the middle."""
-    ch, cw = int(round(height * share)), int(round(width * share))
+    ch, cw = round(height * share), round(width * share)
     return [(x0, y0, x0 + cw, y0 + ch) for y0 in (0, height - ch) for x0 in (0, width - cw)]
 
 

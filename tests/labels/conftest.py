@@ -15,7 +15,7 @@ from cvpipe.data.schema import DetectionDataset
 from cvpipe.labels.boxes import BoxTable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from coco_data import REPO, need_data  # noqa: E402
+from coco_data import REPO, need_data
 
 SAMPLE = REPO / "examples" / "coco_sample"
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+from conftest import grid_labels
 
 from cvpipe.evaluation.coco import coco_evaluate
 from cvpipe.labels.apgain import class_ap, estimate_gains
 from cvpipe.labels.boxes import BoxTable
 from cvpipe.labels.score import score_labels
-
-from conftest import grid_labels
 
 
 def _noisy_model(labels: BoxTable, seed: int) -> BoxTable:

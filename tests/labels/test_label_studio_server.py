@@ -13,12 +13,17 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from cvpipe.data.schema import DetectionDataset
 from cvpipe.labels.corrections import write_corrected_version
-from cvpipe.labels.labelstudio import ExportSource, LabelStudio, build_tasks, corrected_boxes, label_config
-
-from conftest import REPO
+from cvpipe.labels.labelstudio import (
+    ExportSource,
+    LabelStudio,
+    build_tasks,
+    corrected_boxes,
+    label_config,
+)
 
 pytestmark = pytest.mark.slow
 TOKEN = "cvpipe0test0token00000000000000000000000"
@@ -49,40 +54,40 @@ def server(tmp_path_factory, prepared):
     env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(home), "LATEST_VERSION_CHECK": "false",
            "COLLECT_ANALYTICS": "false", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
            "LOCAL_FILES_SERVING_ENABLED": "true", "LOCAL_FILES_DOCUMENT_ROOT": str(prepared[1])}
-    log = open(home / "server.log", "wb")
-    proc = subprocess.Popen([str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),
-                             "--data-dir", str(home / "data"), "--username", "qa@example.com", "--password",
-                             "cvpipe-test-pass", "--user-token", TOKEN, "--enable-legacy-api-token"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    client = LabelStudio(url, TOKEN, timeout=30)
-    try:
-        deadline = time.monotonic() + 600  # first start migrates a fresh SQLite database: minutes on a busy CPU
-        while True:
-            try:
-                client.call("GET", "/api/projects")
-                break
-            except Exception:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"Label Studio did not start; log: {(home / 'server.log').read_text()[-2000:]}")
-                time.sleep(2)
-        yield client
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+    with open(home / "server.log", "wb") as log:
+        proc = subprocess.Popen([str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),
+                                 "--data-dir", str(home / "data"), "--username", "qa@example.com", "--password",
+                                 "cvpipe-test-pass", "--user-token", TOKEN, "--enable-legacy-api-token"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+            yield _wait_until_up(LabelStudio(f"http://127.0.0.1:{port}", TOKEN, timeout=30), proc, home)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _wait_until_up(client: LabelStudio, proc: subprocess.Popen, home: Path) -> LabelStudio:
+    deadline = time.monotonic() + 600  # the first start migrates a fresh SQLite database: minutes on a busy CPU
+    while True:
+        try:
+            client.call("GET", "/api/projects")
+            return client
+        except RuntimeError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Label Studio did not start; log: {(home / 'server.log').read_text()[-2000:]}")
+            time.sleep(2)
 
 
 def test_round_trip_through_label_studio(server, prepared, tmp_path, monkeypatch):
+    import pandas as pd
+
     from cvpipe.config import load_config
     from cvpipe.labels.find import LabelCheckParams, find_label_errors, load_queues
     from cvpipe.labels.oof import OOFParams
     from cvpipe.pipeline.runner import Runner
-
-    import pandas as pd
 
     monkeypatch.setenv("CVPIPE_CACHE", str(tmp_path / "cache"))
     dataset, images = prepared

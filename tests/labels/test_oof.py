@@ -3,13 +3,20 @@ cache key follows the data, and (slow) a real k-fold fine-tune through cvpipe's 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pytest
 import torch
 
 from cvpipe.data.schema import DetectionDataset
 from cvpipe.labels import oof
-from cvpipe.labels.oof import OOFParams, cache_key, fold_of_images, out_of_fold_predictions
+from cvpipe.labels.oof import (
+    OOFParams,
+    cache_key,
+    fold_of_images,
+    out_of_fold_predictions,
+)
 
 
 def test_folds_are_balanced_seeded_and_cover_every_image():
@@ -33,7 +40,7 @@ def test_the_cache_key_follows_labels_and_settings(prepared):
 class _Recorder:
     """Stands in for the trainer: records the images each fold trains on; its model predicts nothing."""
 
-    trained: list[set[int]] = []
+    trained: ClassVar[list[set[int]]] = []
 
     def __init__(self, params, model, train, val, images_dir, outputs, meta=None):
         _Recorder.trained.append(set(train.images["image_id"].astype(int)))
@@ -48,9 +55,7 @@ class _Recorder:
 
 
 def test_no_fold_model_sees_the_images_it_predicts(prepared, monkeypatch, tmp_path):
-    import cvpipe.training.model_init as model_init
-    import cvpipe.training.run as run
-    import cvpipe.training.trainer as trainer
+    from cvpipe.training import model_init, run, trainer
 
     ds = DetectionDataset.load(prepared[0])
     predicted: list[set[int]] = []

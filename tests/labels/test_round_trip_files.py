@@ -16,8 +16,14 @@ from cvpipe.data.schema import DetectionDataset
 from cvpipe.labels.corrections import write_corrected_version
 from cvpipe.labels.cvat import write_cvat
 from cvpipe.labels.find import LabelCheckParams, find_label_errors, load_queues
-from cvpipe.labels.labelstudio import (ExportSource, ImportRejected, corrected_boxes, label_config, read_export,
-                                       region)
+from cvpipe.labels.labelstudio import (
+    ExportSource,
+    ImportRejected,
+    corrected_boxes,
+    label_config,
+    read_export,
+    region,
+)
 from cvpipe.labels.oof import OOFParams
 
 
@@ -84,7 +90,7 @@ def test_corrections_become_a_data_version_data_prep_accepts(checked, tmp_path):
     config.write_text(f"store: {tmp_path / 'store'}\npipeline: v2\ndata_load: {{source: {tmp_path / 'v2'}, "
                       f"format: coco}}\ndata_prep: {{split_from_source: true, executor: serial}}\n")
     runner = Runner(load_config(config))
-    load_run, prep_run = runner.run(["data_load", "data_prep"])
+    _, prep_run = runner.run(["data_load", "data_prep"])
     new = DetectionDataset.load(runner.store.materialize(prep_run, "dataset"))
     boxes = new.annotations[new.annotations["image_id"] == first]
     assert sorted(boxes["w"].round(3)) == [50.0, 50.0]

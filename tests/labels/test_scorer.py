@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import agreeing_model, grid_labels
 
-from cvpipe.labels.boxes import BoxTable, image_pairs, pair_iou, segment_argmax, segment_max
+from cvpipe.labels.boxes import (
+    BoxTable,
+    image_pairs,
+    pair_iou,
+    segment_argmax,
+    segment_max,
+)
 from cvpipe.labels.score import ERROR_TYPES, score_labels
 from cvpipe.vision.boxes import box_iou
-
-from conftest import agreeing_model, grid_labels
 
 
 def random_table(n: int, images: int, seed: int) -> BoxTable:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+from conftest import SIZES, agreeing_model, grid_labels
 
 from cvpipe.labels.boxes import BoxTable, pair_iou
 from cvpipe.labels.inject import inject_errors
 from cvpipe.labels.score import ERROR_TYPES
 from cvpipe.labels.selftest import self_test, summarize
-
-from conftest import SIZES, agreeing_model, grid_labels
 
 
 def test_injection_counts_and_geometry():
@@ -40,7 +39,7 @@ def test_a_model_that_sees_the_objects_finds_the_injected_errors():
     assert summary.loc["overall", "recall"] >= 0.95
     for kind in ERROR_TYPES:
         assert summary.loc[kind, "recall_min"] >= 0.9, kind
-    scores, rates = test.curves["wrong_class"]
+    _, rates = test.curves["wrong_class"]
     assert np.all(np.diff(rates) >= 0) and rates[-1] > 0.5
 
 
