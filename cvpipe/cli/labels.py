@@ -192,13 +192,32 @@ def import_(
             raise ImportRejected([f"the tasks name {len(named)} data versions {sorted(named)}: give --data-run"])
         prep = st.get_run(run, step="data_prep")
         ds = DetectionDataset.load(st.materialize(prep, "dataset"))
-        result = write_corrected_version(ds, st.materialize(prep, "images"), corrected_boxes(tasks, ds, run), dest)
+        corrections = corrected_boxes(tasks, ds, run)
+        result = write_corrected_version(ds, st.materialize(prep, "images"), corrections, dest)
     except (ImportRejected, FileExistsError, KeyError) as e:
         fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
     out.print(f"corrected data version written to {dest}: {result['images_corrected']} images corrected "
               f"({result['boxes_before']} boxes -> {result['boxes_after']})")
+    _print_held_out_ap(st, prep, ds, corrections)
     out.print(f"retrain from it: {cvpipe_command()} run {config} --set data_load.source={dest} "
               f"--set data_prep.split_from_source=true", highlight=False)
+
+
+def _print_held_out_ap(st, prep, ds, corrections) -> None:
+    """Before/after AP on the test split with the data_qa predictions of this data version, where there are any."""
+    import pandas as pd
+
+    from cvpipe.labels.corrections import held_out_ap
+
+    checks = [r for r in st.list_runs("data_qa") if r.complete and
+              (r.manifest.get("inputs") or {}).get("dataset", {}).get("run_id") == prep.run_id]
+    if not checks:
+        return
+    preds = pd.read_parquet(st.materialize(checks[-1], "predictions") / "predictions.parquet")
+    ap = held_out_ap(ds, corrections, preds)
+    out.print(f"held-out {ap['split']} split ({ap['images']} images, {ap['images_corrected']} corrected): AP of the "
+              f"out-of-fold predictions {ap['ap_before']:.2f} against the old labels, {ap['ap_after']:.2f} against "
+              f"the corrected ones")
 
 
 def register(root: typer.Typer) -> None:

@@ -89,3 +89,9 @@ def estimate_gains(queue: pd.DataFrame, labels: BoxTable, preds: BoxTable, limit
             delta += (0.0 if np.isnan(after) else after) - (0.0 if np.isnan(old) else old)
         gains[i] = 100.0 * delta / len(classes)
     return gains
+
+
+def mean_ap(labels: BoxTable, preds: BoxTable) -> float:
+    """Mean over the classes that have labels of `class_ap` (AP@[.5:.95]), 0-100."""
+    aps = [class_ap(_of_class(labels, int(c)), _of_class(preds, int(c))) for c in np.unique(labels.label)]
+    return 100.0 * float(np.mean(aps)) if aps else float("nan")

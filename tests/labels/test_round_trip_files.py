@@ -201,3 +201,19 @@ def test_cli_import_applies_a_good_export_and_refuses_a_bad_one(stored_version, 
     assert "1 images corrected" in " ".join(applied.output.split()) and (tmp_path / "good_out" / "annotations.json").is_file()
     helped = cli.invoke(app, ["labels", "--help"])
     assert all(c in helped.output for c in ("queues", "export", "push", "pull", "import"))
+
+
+def test_held_out_ap_before_and_after_follows_the_corrections(checked):
+    from cvpipe.labels.corrections import held_out_ap
+
+    ds, _, _, _, root = checked
+    preds = pd.read_parquet(root / "predictions" / "predictions.parquet")
+    test_ids = [int(i) for i in ds.images.loc[ds.images["split"] == "test", "image_id"]]
+    # "corrections" that make the test labels exactly the model's confident boxes: it can only score better
+    confident = preds[preds["score"] >= 0.3]
+    agree = {i: [(ds.class_names[int(r.label)], [r.x1, r.y1, r.x2, r.y2])
+                 for r in confident[confident["image_id"] == i].itertuples()] for i in test_ids}
+    ap = held_out_ap(ds, agree, preds)
+    assert ap["images"] == len(test_ids) == ap["images_corrected"]
+    assert ap["ap_after"] > ap["ap_before"] and ap["ap_after"] > 90
+    assert held_out_ap(ds, {}, preds)["ap_after"] == ap["ap_before"]  # nothing corrected, nothing changes
