@@ -16,6 +16,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from cvpipe.data.load import copy_or_link
 from cvpipe.data.schema import DetectionDataset
 
@@ -71,3 +74,29 @@ def _place_image(r, images_dir: Path, root: Path) -> dict:
     extra = {k: v for k, v in (json.loads(r.extra) if r.extra else {}).items() if k != "coco_url"}
     return {**extra, "id": int(r.image_id), "file_name": rel.relative_to("images").as_posix(), "width": int(r.width),
             "height": int(r.height)}
+
+
+def held_out_ap(ds: DetectionDataset, corrected: dict[int, list[tuple[str, list[float]]]],
+                predictions: pd.DataFrame, split: str = "test") -> dict:
+    """AP of the same out-of-fold predictions on the held-out split, against the labels before and after the
+    corrections: how much the fixes change what the evaluation measures (retraining is `cvpipe run`'s part)."""
+    from .apgain import mean_ap
+    from .boxes import BoxTable, labels_of
+
+    ids = set(ds.images.loc[ds.images["split"] == split, "image_id"].astype(int))
+    before = labels_of(ds)
+    label_of = {n: i for i, n in enumerate(ds.class_names)}
+    fixed_ids = [i for i in corrected if i in ids]
+    keep = np.flatnonzero(~np.isin(before.image_id, fixed_ids))
+    new = [(i, label_of[n], b) for i in fixed_ids for n, b in corrected[i]]
+    after = BoxTable.build(np.r_[before.image_id[keep], [r[0] for r in new]],
+                           np.r_[before.label[keep], [r[1] for r in new]],
+                           np.concatenate([before.xyxy[keep], np.array([r[2] for r in new]).reshape(-1, 4)]))
+    preds = BoxTable.from_frame(predictions)
+
+    def on_split(t: BoxTable) -> BoxTable:
+        return t.take(np.flatnonzero(np.isin(t.image_id, list(ids))))
+
+    return {"split": split, "images": len(ids), "images_corrected": len(fixed_ids),
+            "ap_before": round(mean_ap(on_split(before), on_split(preds)), 3),
+            "ap_after": round(mean_ap(on_split(after), on_split(preds)), 3)}
