@@ -217,3 +217,21 @@ def test_held_out_ap_before_and_after_follows_the_corrections(checked):
     assert ap["images"] == len(test_ids) == ap["images_corrected"]
     assert ap["ap_after"] > ap["ap_before"] and ap["ap_after"] > 90
     assert held_out_ap(ds, {}, preds)["ap_after"] == ap["ap_before"]  # nothing corrected, nothing changes
+
+
+def test_the_data_qa_step_reads_data_prep_and_fills_its_outputs(prepared, tmp_path, monkeypatch):
+    from step_context import step_context
+
+    from cvpipe.pipeline.step import get_step
+
+    spec = get_step("data_qa")
+    assert {i.step for i in spec.inputs.values()} == {"data_prep"}
+    assert set(spec.outputs) == {"predictions", "queues", "report"}
+    monkeypatch.setenv("CVPIPE_CACHE", str(tmp_path / "cache"))
+    ctx = step_context(tmp_path / "run", "data_qa")
+    params = spec.params(oof={"scheme": "pretrained", "tiles": False}, selftest_seeds=1, report_top=1)
+    summary = spec.func(params, ctx, dataset=prepared[0], images=prepared[1])
+    assert summary["images"] == 12 and set(summary["queues"]) == {"missing", "spurious", "wrong_class",
+                                                                  "bad_location", "duplicate"}
+    assert (ctx.output("report") / "report.html").is_file() and (ctx.output("queues") / "queues.parquet").is_file()
+    assert (ctx.output("predictions") / "predictions.parquet").is_file()
