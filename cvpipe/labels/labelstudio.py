@@ -153,7 +153,8 @@ def corrected_boxes(tasks: list[dict], ds: DetectionDataset, run_id: str | None)
     out: dict[int, list[tuple[str, list[float]]]] = {}
     for n, task in enumerate(tasks):
         where = f"task {task.get('id', f'#{n}')}"
-        data = task.get("data") if isinstance(task.get("data"), dict) else {}
+        raw = task.get("data")
+        data: dict = raw if isinstance(raw, dict) else {}
         image_id = data.get("cvpipe_image_id")
         if not isinstance(image_id, int) or image_id not in images.index:
             problems.append(f"{where}: image {image_id!r} ({data.get('image', '?')}) is not in this data version")
@@ -175,7 +176,7 @@ def corrected_boxes(tasks: list[dict], ds: DetectionDataset, run_id: str | None)
 
 
 def _boxes_of(ann: dict, where: str, names: set[str], w: int, h: int, problems: list[str]) -> list:
-    boxes = []
+    boxes: list[tuple[str, list[float]]] = []
     result = ann.get("result")
     if not isinstance(result, list):
         problems.append(f"{where}: annotation result is not a list")
@@ -183,7 +184,8 @@ def _boxes_of(ann: dict, where: str, names: set[str], w: int, h: int, problems: 
     for r in result:
         if not isinstance(r, dict) or r.get("type") != "rectanglelabels":
             continue  # other controls (text, choices) carry no box
-        v = r.get("value") if isinstance(r.get("value"), dict) else {}
+        raw = r.get("value")
+        v: dict = raw if isinstance(raw, dict) else {}
         rid = r.get("id", "?")
         try:
             x, y, bw, bh = (float(v[k]) for k in ("x", "y", "width", "height"))

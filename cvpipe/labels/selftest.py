@@ -77,7 +77,8 @@ def self_test(labels: BoxTable, preds: BoxTable, crowd: BoxTable | None, image_s
         labels = labels.take(np.flatnonzero(np.isin(labels.image_id, list(images))))
         preds = preds.take(np.flatnonzero(np.isin(preds.image_id, list(images))))
         image_sizes = {i: s for i, s in image_sizes.items() if i in images}
-    rows, scored = [], {k: ([], []) for k in ERROR_TYPES}
+    rows: list[dict] = []
+    scored: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {k: ([], []) for k in ERROR_TYPES}
     for seed in range(first_seed, first_seed + seeds):
         injected = inject_errors(labels, image_sizes, num_classes, rate, seed)
         queues = score_labels(injected.labels, preds, crowd, settings or ScoreSettings())
