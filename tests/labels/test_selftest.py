@@ -50,3 +50,19 @@ def test_a_blind_model_finds_nothing_that_needs_evidence():
     for kind in ("missing", "wrong_class", "bad_location"):
         assert summary.loc[kind, "recall"] == 0.0, kind
     assert summary.loc["overall", "recall"] < 0.5
+
+
+def test_noise_rates_count_likely_errors_for_the_right_class():
+    import pandas as pd
+
+    from cvpipe.labels.calibrate import noise_rates
+
+    def q(label, proposal, p):
+        return pd.DataFrame({"label": label, "proposal_label": proposal, "p_error": p})
+
+    queues = {"missing": q([-1, -1], [1, 1], [0.9, 0.2]), "spurious": q([0, 0, 0], [-1] * 3, [0.6, 0.4, 0.4]),
+              "wrong_class": q([1], [0], [0.5]), "bad_location": q([], [], []), "duplicate": q([], [], [])}
+    rates = noise_rates(queues, pd.Series({0: 10, 1: 5}), ["cat", "dog"]).set_index("class")
+    assert rates.loc["cat", "expected_errors"] == 0.6  # the 0.4 entries are less likely errors than not
+    assert rates.loc["dog", "missing"] == 0.9 and rates.loc["dog", "wrong_class"] == 0.5  # a missing box is its proposal's
+    assert abs(rates.loc["dog", "noise_rate"] - 1.4 / 5) < 1e-12
