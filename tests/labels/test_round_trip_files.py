@@ -235,3 +235,21 @@ def test_the_data_qa_step_reads_data_prep_and_fills_its_outputs(prepared, tmp_pa
                                                                   "bad_location", "duplicate"}
     assert (ctx.output("report") / "report.html").is_file() and (ctx.output("queues") / "queues.parquet").is_file()
     assert (ctx.output("predictions") / "predictions.parquet").is_file()
+
+
+def test_a_failure_while_writing_leaves_no_folder_behind(checked, tmp_path, monkeypatch):
+    import cvpipe.labels.corrections as corrections
+
+    ds, images, *_ = checked
+    calls = []
+
+    def failing_copy(src, dest):
+        calls.append(src)
+        if len(calls) == 5:
+            raise OSError(28, "No space left on device")
+        dest.write_bytes(b"x")
+
+    monkeypatch.setattr(corrections, "copy_or_link", failing_copy)
+    with pytest.raises(OSError):
+        write_corrected_version(ds, images, {}, tmp_path / "v2")
+    assert not (tmp_path / "v2").exists() and list(tmp_path.iterdir()) == []
