@@ -39,10 +39,11 @@ class LabelCheckParams(StepParams):
     csv_top: int = Field(500, ge=1, description="entries per queue in queue_<type>.csv")
 
 
-def find_label_errors(dataset_dir: Path, images_dir: Path, params: LabelCheckParams, predictions_dir: Path,
-                      queues_dir: Path, report_dir: Path | None) -> dict:
-    """Run the check; returns the summary (JSON-able) that also goes to summary.json."""
-    ds = DetectionDataset.load(dataset_dir)
+def find_label_errors(dataset: DetectionDataset | Path, images_dir: Path, params: LabelCheckParams,
+                      predictions_dir: Path, queues_dir: Path, report_dir: Path | None) -> dict:
+    """Run the check on a loaded dataset (or its folder); returns the summary (JSON-able) that also goes to
+    summary.json."""
+    ds = dataset if isinstance(dataset, DetectionDataset) else DetectionDataset.load(dataset)
     if not ds.class_names:
         raise ValueError("the dataset has no labelled categories (run data_prep first: it assigns training labels)")
     frame, oof_info = out_of_fold_predictions(ds, images_dir, params.oof)

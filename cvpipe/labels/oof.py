@@ -162,7 +162,7 @@ def predict_fold(ds: DetectionDataset, images_dir: Path, params: OOFParams, held
     from cvpipe.training.params import TrainParams
     from cvpipe.training.run import calibration_batches
     from cvpipe.training.trainer import Trainer, TrainOutputs, seed_everything
-    from cvpipe.training.validation import TorchPredictor
+    from cvpipe.inference.torch_predictor import TorchPredictor
 
     tp = TrainParams(**{**params.train, "seed": params.seed + k})
     split = ds.images["image_id"].isin(held).map({True: "held", False: "train"})
@@ -178,7 +178,7 @@ def predict_fold(ds: DetectionDataset, images_dir: Path, params: OOFParams, held
         trainer = Trainer(tp, model, train, None, images_dir, outputs, {"class_names": ds.class_names})
         result = trainer.fit()
         net = trainer.eval_model.eval()
-        predictor = TorchPredictor(net, tp.img_size, trainer.device, params.score_thr)
+        predictor = TorchPredictor(net, (tp.img_size, tp.img_size), params.score_thr, device=trainer.device)
         predict = tiled(predictor, max_det=params.max_det) if params.tiles else predictor
         frame = predict_images(predict, held_ds, images_dir, params.batch_size, f"predicting fold {k + 1}")
     return frame, {"fold": k, "train_images": len(train.images), "held_images": len(held_ds.images),

@@ -3,10 +3,9 @@ a self-test with injected errors, an HTML report); all logic lives in cvpipe.lab
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from cvpipe.data.schema import DetectionData, ImageFiles
 from cvpipe.labels.find import LabelCheckParams
-from cvpipe.pipeline import Output, StepContext, step
+from cvpipe.pipeline import Folder, Output, Produced, StepContext, step
 
 
 class DataQAParams(LabelCheckParams):
@@ -14,12 +13,15 @@ class DataQAParams(LabelCheckParams):
 
 
 @step("data_qa", params=DataQAParams, inputs={"dataset": "data_prep.dataset", "images": "data_prep.images"},
-      outputs=[Output("predictions", description="out-of-fold predictions.parquet and how they were made"),
-               Output("queues", description="queues.parquet, queue_<type>.csv, selftest*.csv, noise_rates.csv"),
-               Output("report", description="report.html with thumbnails")])
-def data_qa(params: DataQAParams, ctx: StepContext, *, dataset: Path, images: Path) -> dict:
+      outputs=[Output("predictions", Folder,
+                      description="out-of-fold predictions.parquet and how they were made"),
+               Output("queues", Folder, description="queues.parquet, queue_<type>.csv, selftest*.csv, noise_rates.csv"),
+               Output("report", Folder, description="report.html with thumbnails")])
+def data_qa(params: DataQAParams, ctx: StepContext, *, dataset: DetectionData, images: ImageFiles) -> Produced:
     """Rank likely label errors (missing, spurious, wrong class, bad box, duplicate) with a measured hit rate."""
     from cvpipe.labels.find import find_label_errors
 
-    return find_label_errors(dataset, images, params, ctx.output("predictions"), ctx.output("queues"),
-                             ctx.output("report"))
+    folders = {name: ctx.workdir(name) for name in ("predictions", "queues", "report")}
+    summary = find_label_errors(dataset, images.directory, params, folders["predictions"], folders["queues"],
+                                folders["report"])
+    return Produced(summary, **{name: Folder(path) for name, path in folders.items()})

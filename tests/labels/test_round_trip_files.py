@@ -220,7 +220,7 @@ def test_held_out_ap_before_and_after_follows_the_corrections(checked):
 
 
 def test_the_data_qa_step_reads_data_prep_and_fills_its_outputs(prepared, tmp_path, monkeypatch):
-    from step_context import step_context
+    from step_context import run_step, step_context
 
     from cvpipe.pipeline.step import get_step
 
@@ -230,7 +230,7 @@ def test_the_data_qa_step_reads_data_prep_and_fills_its_outputs(prepared, tmp_pa
     monkeypatch.setenv("CVPIPE_CACHE", str(tmp_path / "cache"))
     ctx = step_context(tmp_path / "run", "data_qa")
     params = spec.params(oof={"scheme": "pretrained", "tiles": False}, selftest_seeds=1, report_top=1)
-    summary = spec.func(params, ctx, dataset=prepared[0], images=prepared[1])
+    summary = run_step(ctx, params, dataset=prepared[0], images=prepared[1])
     assert summary["images"] == 12 and set(summary["queues"]) == {"missing", "spurious", "wrong_class",
                                                                   "bad_location", "duplicate"}
     assert (ctx.output("report") / "report.html").is_file() and (ctx.output("queues") / "queues.parquet").is_file()
