@@ -19,6 +19,9 @@ skews all of it: compare rows of one run only, and look at the CPU per request, 
     .venv/bin/python benchmarks/bench_serving.py                 # ~3 min
     .venv/bin/python benchmarks/bench_serving.py --seconds 5 --json out.json
     .venv/bin/python benchmarks/bench_serving.py --scale s     # YOLOX-S 640: the same overhead, a bigger model
+    .venv/bin/python benchmarks/bench_serving.py --scale s --variants openvino_int8 openvino
+        # + each packed variant in-process and through the service (CVPIPE_VARIANT), against the pack-time
+        #   certificate's speed-ups (needs the COCO dev set: INT8 calibrates on its train images)
 """
 
 from __future__ import annotations
@@ -48,7 +51,22 @@ NANO = REPO / "weights" / "yolox_nano" / "yolox_nano.onnx"
 COCO = Path(os.environ.get("CVPIPE_COCO_DEV", REPO.parent / "shared" / "data" / "coco_real" / "dev"))
 
 
-def pack(tmp: Path, image: Path, scale: str = "nano") -> tuple[Path, Path]:
+def coco_dataset(tmp: Path) -> Path:
+    """The COCO dev set as a data_prep dataset entity (val2017 images: val, the others: train), for INT8."""
+    from cvpipe.data.schema import DetectionDataset
+
+    coco = json.loads((COCO / "annotations.json").read_text())
+    images = [{**{k: i[k] for k in ("file_name", "width", "height")}, "image_id": i["id"],
+               "split": "val" if "val2017" in i.get("coco_url", "") else "train"} for i in coco["images"]]
+    anns = [{"ann_id": a["id"], "image_id": a["image_id"], "category_id": a["category_id"], "x": a["bbox"][0],
+             "y": a["bbox"][1], "w": a["bbox"][2], "h": a["bbox"][3], "area": a["area"],
+             "iscrowd": a.get("iscrowd", 0)} for a in coco["annotations"]]
+    DetectionDataset.build(images, anns, [{"category_id": c["id"], "name": c["name"]} for c in coco["categories"]]
+                           ).save(tmp / "dataset")
+    return tmp / "dataset"
+
+
+def pack(tmp: Path, image: Path, scale: str = "nano", variants: tuple[str, ...] = ()) -> tuple[Path, Path]:
     """model_pack's checkpoint path (a dynamic-batch model.onnx, so batching can batch): nano = Megvii's weights
     at 416; s = an untrained YOLOX-S at 640 (its speed does not depend on the weights)."""
     from cvpipe.inference.coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
@@ -72,8 +90,12 @@ def pack(tmp: Path, image: Path, scale: str = "nano") -> tuple[Path, Path]:
                     meta={"class_names": list(COCO_CLASS_NAMES), "category_ids": list(COCO_CATEGORY_IDS),
                           "input_size": [size, size]})
     ctx = StepContext(step="model_pack", run_id="bench", outputs=outs, scratch=tmp / "scratch")
-    summary = invoke(get_step("model_pack"), ModelPackParams(test_image=image, variants=[]), ctx,
-                     {"checkpoints": tmp / "checkpoints", "test_image": None, "dataset": None, "images": None})
+    data = {"dataset": coco_dataset(tmp), "images": COCO / "images"} if variants else \
+        {"dataset": None, "images": None}
+    params = ModelPackParams(test_image=image, variants=list(variants), default_variant="fp32", max_val_images=16,
+                             match_images=2)  # fp32 stays the default: the setups below are fp32's
+    summary = invoke(get_step("model_pack"), params, ctx,
+                     {"checkpoints": tmp / "checkpoints", "test_image": None, **data})
     return outs["model"], outs["bento"] / summary["bento"]
 
 
@@ -133,6 +155,8 @@ def main() -> None:
     ap.add_argument("--max-requests", type=int, default=2000)
     ap.add_argument("--image", type=Path, default=COCO / "images" / "000000000009.jpg")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument("--variants", nargs="*", default=[], choices=["int8", "openvino", "openvino_int8"],
+                    help="also pack these variants and measure each in-process and through the service")
     ap.add_argument("--scale", choices=["nano", "s"], default="nano",
                     help="nano: Megvii's YOLOX-Nano at 416 (the issue's model); s: an untrained YOLOX-S at 640 "
                          "(latency only; no pytorch row)")
@@ -147,12 +171,15 @@ def main() -> None:
                       f"errors {st['errors']}")
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-        model_dir, archive = pack(Path(tmp), args.image, args.scale)
+        model_dir, archive = pack(Path(tmp), args.image, args.scale, tuple(args.variants))
         data = args.image.read_bytes()
         in_process_rows(model_dir, data, args, add)
         for name, workers, env, client in SETUPS:
             service_rows(archive, Path(tmp), name, workers, env, client, data, args, add)
+        variants = variant_rows(model_dir, archive, Path(tmp), data, args, add)
     print_results(console, rows, args)
+    for name, (value, certified) in variant_ratios(rows, variants).items():
+        console.print(f"RATIO {name}: {value:.2f} (model_pack's certificate: {certified})")
 
 
 def in_process_rows(model_dir: Path, data: bytes, args, add) -> None:
@@ -184,6 +211,40 @@ def in_process_rows(model_dir: Path, data: bytes, args, add) -> None:
     for _ in range(3):
         torch_predict()
     add("pytorch eager in-process (1 thread)", 1, in_process(torch_predict, 1, args.seconds, args.max_requests))
+
+
+def variant_rows(model_dir: Path, archive: Path, tmp: Path, data: bytes, args, add) -> dict[str, dict]:
+    """Each packed variant in-process and through the service defaults (CVPIPE_VARIANT); returns the packed
+    variants' pack-time speed (their certificates)."""
+    from cvpipe.inference.packed import PackedModel
+    from cvpipe.inference.predictor import Predictor
+
+    packed = PackedModel.load(model_dir)
+    for name in args.variants:
+        if name not in packed.variants:
+            print(f"variant {name} not packed: {packed.meta['refused_variants'][name]['reason']}")
+            continue
+        pred = Predictor.from_dir(model_dir, variant=name, intra_op_threads=1)
+        for c in (1, 4):
+            add(f"{name} in-process", c, in_process(lambda p=pred: p.predict_bytes(data), c, args.seconds,
+                                                    args.max_requests))
+        service_rows(archive, tmp, f"service defaults, {name}", 1, {"CVPIPE_VARIANT": name}, "lean", data, args,
+                     add)
+    return {n: v.certificate.get("speed", {}) for n, v in packed.variants.items() if n in args.variants}
+
+
+def variant_ratios(rows: list[dict], speed: dict[str, dict]) -> dict[str, tuple[float, str]]:
+    """Each variant vs fp32 through the service (rows of this run) next to the pack-time certificate."""
+    row = {(r["setup"], r["concurrency"]): r for r in rows}
+    out = {}
+    for name, cert in speed.items():
+        svc = f"service defaults, {name}"
+        out[f"{name} vs fp32, service p50 c=1"] = (row[(DEFAULTS, 1)]["p50_ms"] / row[(svc, 1)]["p50_ms"],
+                                                   f"{cert.get('speedup_c1')}x, model only")
+        out[f"{name} vs fp32, service throughput c=4"] = (row[(svc, 4)]["throughput_rps"]
+                                                          / row[(DEFAULTS, 4)]["throughput_rps"],
+                                                          f"{cert.get('speedup_throughput')}x, model only")
+    return out
 
 
 def service_rows(archive: Path, tmp: Path, name: str, workers: int, env: dict, client: str, data: bytes, args,

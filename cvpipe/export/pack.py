@@ -68,7 +68,12 @@ class PackSettings(BaseModel):
                                        "openvino (fp32 IR), openvino_int8; each is packed only if it passes the "
                                        "budget (docs/runtimes.md: openvino_int8 is the one measured to pay off)")
     default_variant: Literal["auto", "fp32", "int8", "openvino", "openvino_int8"] = Field(
-        "auto", description="auto: the fastest accepted variant on the test image (>= 1.1x fp32), else fp32")
+        "auto", description="auto: the fastest accepted variant at the load of default_for (>= 1.1x fp32), "
+                            "else fp32")
+    default_for: Literal["throughput", "latency"] = Field(
+        "throughput", description="the load the default variant is chosen on: throughput (default_concurrency "
+                                  "requests at once, a loaded service) or latency (one request at a time)")
+    default_concurrency: int = Field(4, ge=2, le=64, description="requests at once for the throughput timing")
     max_ap_drop: float = Field(1.0, ge=0, description="INT8 budget: AP points (x100) lost on the val split vs fp32")
     min_match_f1: float = Field(0.9, ge=0, le=1, description="INT8 budget: box-match F1 vs the reference at IoU 0.5")
     calibration_images: int = Field(64, ge=1, description="training images INT8 is calibrated on")
@@ -324,7 +329,7 @@ def certify_variants(prepared: Prepared, settings: PackSettings, out: Path, imag
                      data: CertificationData | None, work: Path) -> dict[str, Any]:
     """Certify fp32 and build + certify the asked-for variants (files into `out`), choose the default: the
     variants, default_variant, refused_variants and default_choice fields of model.json."""
-    from cvpipe.export.variants import Budget, PackInputs, build_and_certify, choose_default
+    from cvpipe.export.variants import Budget, PackInputs, build_and_certify, choose_default, withdraw
 
     val, calibration = certification_split(prepared.classes, settings, data)
     match_images = [image]
@@ -337,7 +342,9 @@ def certify_variants(prepared: Prepared, settings: PackSettings, out: Path, imag
                         settings.int8_keep_float)
     budget = Budget(max_ap_drop=settings.max_ap_drop, min_match_f1=settings.min_match_f1)
     accepted, refused = build_and_certify(settings.variants, inputs, budget, work)
-    default, choice = choose_default(accepted, inputs, budget, settings.default_variant)
+    default, choice, slower = choose_default(accepted, inputs, budget, settings.default_variant,
+                                             settings.default_for, settings.default_concurrency)
+    withdraw(accepted, refused, slower, out)
     log.info("model_pack: variants %s, default %s (%s)", ", ".join(accepted), default,
              choice.get("speedup_vs_fp32") or choice["rule"])
     return {"variants": accepted, "default_variant": default, "refused_variants": refused, "default_choice": choice}

@@ -8,8 +8,10 @@
                    quantize/dequantize pairs as int8 kernels)
 
 A variant is accepted when its certificate (cvpipe.export.certify) holds to the Budget; a refused variant's
-files are deleted and its numbers reported. The default variant is the fastest accepted one on the test image
-(timed interleaved against fp32, one thread, batch 1), and fp32 unless another is clearly faster.
+files are deleted and its numbers reported. Every accepted variant is then timed against fp32 at two loads (one
+request at a time, and several at once as the service's model threads run them); one slower than fp32 at both
+is not offered. The default variant is the fastest at the load that matters (model_pack.default_for), and fp32
+unless another is clearly faster.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import shutil
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -138,6 +141,10 @@ def certify_variant(name: str, inputs: PackInputs) -> dict:
 
     cert = certify(predict_at, inputs.reference, inputs.match_images, inputs.val, inputs.reference_name)
     cert.update(backend=BACKEND[name], precision=PRECISION[name], parity=output_parity(name, inputs))
+    if name == "int8":  # what ONNX Runtime fuses decides whether INT8 can pay (docs/runtimes.md)
+        from cvpipe.export.quantize import ort_int8_kernels
+
+        cert["int8_kernels"] = ort_int8_kernels(inputs.model_dir / FILES[name][0])
     return cert
 
 
@@ -192,41 +199,100 @@ def build_and_certify(names: Sequence[str], inputs: PackInputs, budget: Budget, 
     return accepted, refused
 
 
+def withdraw(accepted: dict, refused: dict, reasons: dict[str, str], model_dir: Path) -> None:
+    """Move accepted variants to refused (with their certificate and reason) and delete their files."""
+    for name, reason in reasons.items():
+        variant = accepted.pop(name)
+        refused[name] = {"reason": reason, "certificate": variant["certificate"]}
+        _remove(model_dir, variant["files"])
+        log.info("model_pack: variant %s not offered (%s)", name, reason)
+
+
 def _remove(model_dir: Path, files: Sequence[str]) -> None:
     for f in files:
         (model_dir / f).unlink(missing_ok=True)
 
 
-def time_variants(names: Sequence[str], inputs: PackInputs, rounds: int = 7) -> dict[str, float]:
-    """Median ms per image on the test image, one thread, batch 1, the variants interleaved round by round
-    (so that load from other processes hits them alike)."""
+def measure_speed(names: Sequence[str], inputs: PackInputs, concurrency: int = 4, rounds: int = 5,
+                  images_per_thread: int = 2) -> dict[str, dict]:
+    """Per variant: c=1 latency (median ms, one call at a time) and c=`concurrency` throughput (images/s,
+    `concurrency` threads calling one shared predictor, as the service's model threads do), on the test image,
+    one intra-op thread per call; the variants interleaved round by round (load from other processes hits
+    them alike) and each round's ratio vs fp32 taken in that round (median over rounds)."""
     preds = {n: predictor(n, inputs) for n in names}
     x, _ = letterbox(inputs.test_image, inputs.input_size)
     batch = x[None]
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for p in preds.values():
-        p.run(batch)  # warm-up: first-run allocations and kernel selection
-    for _ in range(rounds):
-        for n, p in preds.items():
-            t = time.perf_counter()
+    latency: dict[str, list[float]] = {n: [] for n in names}
+    throughput: dict[str, list[float]] = {n: [] for n in names}
+
+    def calls(p: Predictor) -> None:
+        for _ in range(images_per_thread):
             p.run(batch)
-            times[n].append(time.perf_counter() - t)
-    return {n: round(statistics.median(v) * 1000, 3) for n, v in times.items()}
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        for p in preds.values():  # warm-up: first-run allocations, kernel selection, one request per thread
+            list(pool.map(lambda _, p=p: p.run(batch), range(concurrency)))
+        for _ in range(rounds):
+            for n, p in preds.items():
+                t = time.perf_counter()
+                p.run(batch)
+                latency[n].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                list(pool.map(lambda _, p=p: calls(p), range(concurrency)))
+                throughput[n].append(concurrency * images_per_thread / (time.perf_counter() - t))
+    return {n: {"latency_ms_c1": round(statistics.median(latency[n]) * 1000, 3),
+                "speedup_c1": _median_ratio(latency["fp32"], latency[n]),
+                f"throughput_img_s_c{concurrency}": round(statistics.median(throughput[n]), 3),
+                "speedup_throughput": _median_ratio(throughput[n], throughput["fp32"]),
+                "concurrency": concurrency, "rounds": rounds} for n in names}
+
+
+def _median_ratio(num: Sequence[float], den: Sequence[float]) -> float:
+    return round(statistics.median(a / b for a, b in zip(num, den)), 3)
+
+
+LOADS = {"latency": "speedup_c1", "throughput": "speedup_throughput"}
 
 
 def choose_default(accepted: dict, inputs: PackInputs, budget: Budget, requested: str = "auto",
-                   timer: Callable[..., dict] = time_variants) -> tuple[str, dict]:
-    """(default variant, how it was chosen)."""
+                   load: str = "throughput", concurrency: int = 4,
+                   timer: Callable[..., dict] = measure_speed) -> tuple[str, dict, dict]:
+    """(default variant, how it was chosen, {name: reason} of accepted variants that cannot pay here).
+
+    Every accepted variant is timed at both loads and the numbers go into its certificate (`speed`). A
+    non-fp32 variant slower than fp32 at both loads is not offered (it can only cost). With `requested`
+    "auto", the default is the fastest at `load` ("latency": one request at a time; "throughput":
+    `concurrency` at once), if at least budget.min_speedup_for_default x fp32; else fp32."""
+    if load not in LOADS:
+        raise ValueError(f"default_for must be one of {', '.join(LOADS)}, got {load!r}")
+    if requested != "auto" and requested not in accepted:
+        raise ValueError(f"model_pack.default_variant {requested!r} was not accepted "
+                         f"(accepted: {', '.join(accepted)})")
+    speed = timer(list(accepted), inputs, concurrency) if len(accepted) > 1 else {}
+    for name, numbers in speed.items():
+        accepted[name]["certificate"]["speed"] = numbers
+    slower = {n: f"slower than fp32 on this machine at both loads: {v['speedup_c1']}x one request at a time, "
+                 f"{v['speedup_throughput']}x at {concurrency} at once" + _why_slower(n, accepted[n])
+              for n, v in speed.items() if n not in ("fp32", requested)
+              and max(v["speedup_c1"], v["speedup_throughput"]) < 1.0}
     if requested != "auto":
-        if requested not in accepted:
-            raise ValueError(f"model_pack.default_variant {requested!r} was not accepted "
-                             f"(accepted: {', '.join(accepted)})")
-        return requested, {"rule": "set by model_pack.default_variant"}
-    if len(accepted) == 1:
-        return "fp32", {"rule": "only fp32 packed"}
-    ms = timer(list(accepted), inputs)
-    speedup = {n: round(ms["fp32"] / v, 3) for n, v in ms.items()}
-    best = max(speedup, key=speedup.get)
-    default = best if speedup[best] >= budget.min_speedup_for_default else "fp32"
-    return default, {"rule": f"fastest on the test image (1 thread, batch 1), if >= "
-                             f"{budget.min_speedup_for_default}x fp32", "median_ms": ms, "speedup_vs_fp32": speedup}
+        return requested, {"rule": "set by model_pack.default_variant", "speed": speed}, slower
+    if not speed:
+        return "fp32", {"rule": "only fp32 packed"}, slower
+    key = LOADS[load]
+    candidates = {n: v[key] for n, v in speed.items() if n not in slower}
+    best = max(candidates, key=candidates.__getitem__)
+    default = best if candidates[best] >= budget.min_speedup_for_default else "fp32"
+    rule = (f"fastest at {load} ({'1 request at a time' if load == 'latency' else f'{concurrency} at once'}), "
+            f"if >= {budget.min_speedup_for_default}x fp32")
+    return default, {"rule": rule, "load": load, "concurrency": concurrency,
+                     "speedup_vs_fp32": {n: v[key] for n, v in speed.items()}, "speed": speed}, slower
+
+
+def _why_slower(name: str, variant: dict) -> str:
+    kernels = variant["certificate"].get("int8_kernels")
+    if not kernels:
+        return ""
+    return (f"; ONNX Runtime runs {kernels['int8_convs']} of {kernels['convs']} convolutions in int8, the "
+            f"{kernels['float_convs']} kept float cost {kernels['layout_transposes']} layout transposes and "
+            f"{kernels['quantize_steps']} quantize / dequantize steps around them")

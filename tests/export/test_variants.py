@@ -41,8 +41,10 @@ def pack(root: Path, coco: dict, **params) -> Path:
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory, coco) -> Path:
-    """BYO nano packed with openvino asked for, int8 asked for too (refused: no data_prep split)."""
-    return pack(tmp_path_factory.mktemp("variants"), coco, variants=["openvino", "int8"])
+    """BYO nano packed with openvino asked for, int8 asked for too (refused: no data_prep split). openvino is
+    the default by request: an automatic choice could withdraw it on this CPU, where it is slower than fp32."""
+    return pack(tmp_path_factory.mktemp("variants"), coco, variants=["openvino", "int8"],
+                default_variant="openvino")
 
 
 def test_model_json_records_certified_variants_and_refusals(packed):
@@ -59,7 +61,12 @@ def test_model_json_records_certified_variants_and_refusals(packed):
     assert "no training images" in model.refused_variants["int8"]["reason"]
     assert not (packed / "model_int8.onnx").exists()
     choice = model.meta["default_choice"]
-    assert set(choice["median_ms"]) == {"fp32", "openvino"} and choice["speedup_vs_fp32"]["fp32"] == 1.0
+    assert set(choice["speed"]) == {"fp32", "openvino"} and model.default_variant == "openvino"
+    for name, variant in model.variants.items():  # both loads timed at pack time, in the certificate
+        speed = variant.certificate["speed"]
+        assert speed == choice["speed"][name] and speed["concurrency"] == 4
+        assert speed["latency_ms_c1"] > 0 and speed["throughput_img_s_c4"] > 0
+    assert model.variants["fp32"].certificate["speed"]["speedup_c1"] == 1.0
     assert {"model.json", "model.onnx", "model_openvino.xml", "model_openvino.bin", "model_e2e.onnx",
             "reference.json", "test_image.jpg", "README.md"} == set(model.files())
 
@@ -221,3 +228,76 @@ def test_serving_modules_stay_torch_free():
             "print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
+
+
+def _speed(c1: float, c4: float) -> dict:
+    return {"speedup_c1": c1, "speedup_throughput": c4, "concurrency": 4}
+
+
+def _accepted(*names: str) -> dict:
+    return {n: {"files": [f"{n}.x"], "certificate": {}} for n in names}
+
+
+def test_default_is_chosen_on_the_load_that_matters_and_slower_variants_are_withdrawn():
+    from cvpipe.export.variants import choose_default
+
+    table = {"fp32": _speed(1.0, 1.0), "openvino": _speed(1.6, 0.9), "openvino_int8": _speed(1.3, 2.2),
+             "int8": _speed(0.8, 0.85)}
+
+    def timer(names, inputs, concurrency):
+        return {n: table[n] for n in names}
+
+    names = ("fp32", "openvino", "openvino_int8", "int8")
+    accepted = _accepted(*names)
+    accepted["int8"]["certificate"]["int8_kernels"] = {"int8_convs": 73, "float_convs": 40, "convs": 113,
+                                                       "layout_transposes": 63, "quantize_steps": 90}
+    default, choice, slower = choose_default(accepted, None, Budget(), load="throughput", timer=timer)
+    assert default == "openvino_int8" and choice["load"] == "throughput"
+    assert accepted["openvino"]["certificate"]["speed"]["speedup_c1"] == 1.6  # both loads in every certificate
+    assert list(slower) == ["int8"] and "0.8x" in slower["int8"] and "73 of 113" in slower["int8"]
+    assert choose_default(_accepted(*names), None, Budget(), load="latency", timer=timer)[0] == "openvino"
+    # asked for by name: the default, never withdrawn, even where it is slower
+    assert choose_default(_accepted(*names), None, Budget(), "int8", timer=timer)[::2] == ("int8", {})
+    # nothing clearly faster: fp32
+    assert choose_default(_accepted("fp32", "openvino"), None, Budget(), load="throughput", timer=timer)[0] == "fp32"
+
+
+def test_openvino_compiles_one_unpinned_stream_per_concurrent_caller(tmp_path):
+    """One stream serialises the callers and, compiled for latency, pins each to the first CPU (measured:
+    docs/runtimes.md); one stream per caller thread, up to the usable CPUs, and no pinning."""
+    from cvpipe.inference.runtimes import OpenVinoRuntime, onnx_to_openvino, usable_cpus
+
+    need_data()
+    xml = onnx_to_openvino(NANO_ONNX, tmp_path / "nano.xml")
+    rt = OpenVinoRuntime(xml, intra_op_threads=1, concurrency=2)
+    assert rt.compiled.get_property("ENABLE_CPU_PINNING") is False
+    assert rt.streams == min(2, usable_cpus()) >= 1
+    assert OpenVinoRuntime(xml, concurrency=1).streams == 1
+
+
+def test_int8_convs_fuse_even_when_the_export_shares_their_bias(tmp_path, coco):
+    """torch.onnx.export stores equal biases once, behind Identity nodes; ONNX Runtime then leaves the convs
+    float between quantize / dequantize steps. The quantizer gives each its own copy: every conv runs int8."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from cvpipe.export.quantize import ort_int8_kernels, quantize_onnx
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.zeros(8, np.float32), "shared_bias")]
+    nodes, x = [], "images"
+    for i, cin in enumerate((3, 8, 8)):
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.1, (8, cin, 3, 3)).astype(np.float32), f"w{i}"))
+        bias = "shared_bias" if i == 0 else f"b{i}"  # as torch exports it: the first user reads it directly
+        nodes += [helper.make_node("Identity", ["shared_bias"], [bias], name=f"id{i}")] if i else []
+        nodes += [helper.make_node("Conv", [x, f"w{i}", bias], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]),
+                  helper.make_node("Sigmoid", [f"c{i}"], [f"s{i}"], name=f"sigmoid{i}"),  # SiLU, as YOLOX
+                  helper.make_node("Mul", [f"c{i}", f"s{i}"], [f"r{i}"], name=f"mul{i}")]
+        x = f"r{i}"
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                                                              [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 8, 32, 32])], inits)
+    src = tmp_path / "shared.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    out = quantize_onnx(src, tmp_path / "int8.onnx", "static", [largest_person(coco)[0]], (32, 32), keep_float=[])
+    kernels = ort_int8_kernels(out)
+    assert (kernels["int8_convs"], kernels["float_convs"]) == (3, 0), kernels
