@@ -47,3 +47,8 @@ def train_summary(store, model_pack_run: str | None) -> dict | None:
     except (KeyError, OSError, ValueError) as e:
         log.info("no training summary for model_pack run %s: %s", model_pack_run, e)
         return None
+
+
+def training_images(store, model_pack_run: str | None) -> dict | None:
+    """What the candidate was trained on (model_train's `trained_on` record), or None when unknown."""
+    return (train_summary(store, model_pack_run) or {}).get("trained_on")

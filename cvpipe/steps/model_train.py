@@ -37,12 +37,21 @@ def model_train(params: ModelTrainParams, ctx: StepContext, *, dataset: Path, im
 
     outputs = {name: ctx.output(name) for name in OUTPUTS}
     if params.nproc_per_node > 1:
-        return launch_torchrun(params, ctx, dataset, images, outputs)
+        return launch_torchrun(params, ctx, dataset, images, outputs) | training_record(dataset)
     params = resume_from_state(params, ctx, outputs["checkpoints"])
     summary = run_training(params, dataset, images, outputs, on_saved=lambda: keep_state(ctx, outputs["checkpoints"]))
     if params.resume is not None and ctx.resume is not None:
         summary["resumed"] = True
-    return summary
+    return summary | training_record(dataset)
+
+
+def training_record(dataset: Path) -> dict:
+    """{"trained_on": the images (short content digests) of the splits training saw}: model_eval's gate refuses
+    a candidate whose test images are among them (cvpipe.evaluation.leakage)."""
+    from cvpipe.data.schema import DetectionDataset
+    from cvpipe.evaluation.leakage import trained_on
+
+    return {"trained_on": trained_on(DetectionDataset.load(dataset))}
 
 
 def resume_from_state(params: ModelTrainParams, ctx: StepContext, checkpoints: Path) -> ModelTrainParams:

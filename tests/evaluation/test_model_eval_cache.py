@@ -96,7 +96,7 @@ def test_model_eval_reruns_when_the_champion_changes(eval_store, tmp_path):
 
     root, dataset, images, models = eval_store
     cfg = build_config({"store": str(tmp_path / "store"), "env": "test", "pipeline": "cache",
-                        "model_eval": {"resamples": 50, "worst_images": 1}})
+                        "model_eval": {"resamples": 200, "worst_images": 1}})
     store = ArtifactStore.from_config(cfg)
     _commit(store, "data_prep", "20261124T090000000Z-dddddd", {"dataset": dataset, "images": images})
     for rid, model in models.items():

@@ -84,7 +84,7 @@ def test_pretrained_start_beside_the_model_on_a_class_subset(eval_inputs, tmp_pa
     ds6, im6 = write_dataset(tmp_path / "six", sub, ids)
     spec = get_step("model_eval")
     ctx = ctx_for(tmp_path, "six")
-    s = spec.func(spec.params(baseline="pretrained", pretrained=str(NANO_ONNX), resamples=100, promote=False), ctx,
+    s = spec.func(spec.params(baseline="pretrained", pretrained=str(NANO_ONNX), resamples=200, promote=False), ctx,
                   dataset=ds6, images=im6, model=model)
     m = json.loads((ctx.output("metrics") / "metrics.json").read_text())
     assert s["gate"]["passed"] and m["baseline"]["kind"] == "pretrained"
@@ -122,11 +122,11 @@ def test_gate_refuses_a_significant_drop(eval_inputs, tmp_path, monkeypatch):
     monkeypatch.setattr(step_mod, "packed_eval_model", no_persons)
     spec = get_step("model_eval")
     failing = ctx_for(tmp_path, "failing")
-    with pytest.raises(APDropError, match="worse than the pretrained"):
+    with pytest.raises(APDropError, match="refused: AP: the whole interval lies below"):
         spec.func(spec.params(baseline="pretrained", pretrained=str(NANO_ONNX), resamples=200), failing,
                   dataset=dataset, images=images, model=model)
     html = (failing.output("report") / "report.html").read_text()
-    assert "Champion vs challenger" in html and "worse than" in html  # report written first
+    assert "Champion vs challenger" in html and "REFUSED" in html  # report written first
     assert np.isfinite(json.loads((failing.output("metrics") / "metrics.json").read_text())["stats"]["AP"])
 
 
