@@ -5,7 +5,7 @@ COCO matches detections to ground truth per image and class; only the accumulati
 curves mixes images. So each model's detections are matched once (`match_per_image`, the pycocotools
 `evaluateImg` rules: greedy by score, crowd regions absorb detections, 100 detections per image and class,
 IoU .50:.95), and every bootstrap resample is a vector of image weights (how often each image was drawn)
-applied in a weighted accumulation. With all weights 1 the AP equals faster-coco-eval's (tested). Both
+applied in a weighted accumulation. With all weights 1 the AP equals COCO's (tested). Both
 models get the same resamples: the interval is on the paired difference, so image difficulty cancels out.
 """
 

@@ -133,3 +133,15 @@ def test_calibrated_drop_is_the_requested_one(pool):
     from cvpipe.evaluation.power import expected_ap
 
     assert expected_ap(pool, 0.03, 0.2) - expected_ap(pool, miss, 0.2, seed=7) == pytest.approx(0.01, abs=0.002)
+
+
+def test_leakage_refuses_any_test_image_seen_in_training():
+    from cvpipe.evaluation.leakage import leakage_criterion
+
+    test = [f"{i:064x}" for i in range(10)]
+    record = {"splits": ["train", "val"], "images": 2, "digests": [test[3][:16], "f" * 16]}
+    c = leakage_criterion(test, record)
+    assert c["verdict"] == "refused" and c["leaked_images"] == 1 and "1 of 10 test images" in c["reason"]
+    assert leakage_criterion(test, {"splits": ["train"], "digests": ["f" * 16]})["verdict"] == "promoted"
+    unknown = leakage_criterion(test, None)
+    assert unknown["verdict"] == "promoted" and unknown["known"] is False  # old runs: said, not refused

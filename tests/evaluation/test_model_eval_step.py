@@ -151,3 +151,43 @@ def test_a_start_without_the_datasets_classes_is_no_baseline(tmp_path):
                             ClassMap.from_names(["person", "car"], [1, 3]))
     assert start is not None and start.kind == "pretrained"
     assert reference_model(ModelEvalParams(baseline="pretrained"), ctx, (416, 416), cells) is not None
+
+
+def test_a_candidate_trained_on_test_images_is_refused(eval_inputs, tmp_path, monkeypatch):
+    """model_train records the images it trained on; one test image among them refuses the candidate, and the
+    decision names the test split's digest."""
+    import cvpipe.steps.model_eval as step_mod
+    from cvpipe.data.schema import DetectionDataset
+    from cvpipe.evaluation.leakage import trained_on
+
+    tmp, dataset, images, model, ids = eval_inputs
+    test_digests = sorted(DetectionDataset.load(dataset).images["digest"])
+    leaked = {"splits": ["train", "val"], "images": 3, "digests": [d[:16] for d in test_digests[:1]] + ["0" * 16]}
+    monkeypatch.setattr(step_mod, "training_images", lambda store, run: leaked)
+    spec = get_step("model_eval")
+    params = spec.params(baseline="none")
+    with pytest.raises(APDropError, match=f"1 of {len(ids)} test images were in the candidate's training data"):
+        spec.func(params, ctx_for(tmp_path, "leak"), dataset=dataset, images=images, model=model)
+    clean = trained_on(DetectionDataset.load(dataset), splits=("train",))  # no train images in this dataset
+    monkeypatch.setattr(step_mod, "training_images", lambda store, run: clean)
+    s = spec.func(params, ctx_for(tmp_path, "clean"), dataset=dataset, images=images, model=model)
+    held_out = next(c for c in s["gate"]["criteria"] if c["name"] == "held-out data")
+    assert held_out["known"] and held_out["leaked_images"] == 0 and s["gate"]["passed"]
+    assert s["gate"]["data"]["images"] == len(ids) and len(s["gate"]["data"]["digest"]) == 64
+
+
+def test_the_split_digest_follows_content_not_ids(dev_gt):
+    from cvpipe.evaluation.leakage import split_digest
+
+    ids = [i["id"] for i in dev_gt["images"][:5]]
+    gt = {"images": [i for i in dev_gt["images"] if i["id"] in ids],
+          "annotations": [a for a in dev_gt["annotations"] if a["image_id"] in ids]}
+    digest_of = {i: f"{i:064x}" for i in ids}
+    base = split_digest(gt, digest_of)
+    renumbered = {"images": [{**i, "id": i["id"] + 1000} for i in gt["images"]],
+                  "annotations": [{**a, "image_id": a["image_id"] + 1000} for a in reversed(gt["annotations"])]}
+    assert split_digest(renumbered, {i + 1000: d for i, d in digest_of.items()}) == base
+    moved = {**gt, "annotations": [{**gt["annotations"][0], "bbox": [b + 1 for b in gt["annotations"][0]["bbox"]]},
+                                   *gt["annotations"][1:]]}
+    assert split_digest(moved, digest_of) != base  # one box moved: another test set
+    assert split_digest(gt, {**digest_of, ids[0]: "f" * 64}) != base  # one image replaced
