@@ -29,8 +29,8 @@ from rich.console import Console
 from rich.table import Table
 
 from cvpipe.evaluation.coco import STAT_NAMES, coco_evaluate
-from cvpipe.vision import decode_raw, letterbox, postprocess
 from cvpipe.progress import track
+from cvpipe.vision import decode_raw, letterbox, postprocess
 
 REPO = Path(__file__).resolve().parents[1]
 

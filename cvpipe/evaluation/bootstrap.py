@@ -33,7 +33,9 @@ class ClassMatches:
 
 
 def _iou(dets_xywh: np.ndarray, gts_xywh: np.ndarray, crowd: np.ndarray) -> np.ndarray:
-    from faster_coco_eval.core import mask as mask_utils  # COCO's own IoU (crowd: intersection / det area)
+    from faster_coco_eval.core import (
+        mask as mask_utils,  # COCO's own IoU (crowd: intersection / det area)
+    )
 
     if len(dets_xywh) == 0 or len(gts_xywh) == 0:
         return np.zeros((len(dets_xywh), len(gts_xywh)))

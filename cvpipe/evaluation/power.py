@@ -20,7 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .bootstrap import ClassMatches, bootstrap_matches, class_aps, match_per_image, mean_over_classes
+from .bootstrap import (
+    ClassMatches,
+    bootstrap_matches,
+    class_aps,
+    match_per_image,
+    mean_over_classes,
+)
 from .gate import GateRule, gate_decision
 
 

@@ -12,16 +12,28 @@ import cv2
 from pydantic import Field
 
 from cvpipe.data.schema import DetectionDataset
-from cvpipe.evaluation.baseline import (APDropError, EvalModel, label_map_for, onnx_eval_model, packed_eval_model,
-                                        pretrained_path)
+from cvpipe.evaluation.baseline import (
+    APDropError,
+    EvalModel,
+    label_map_for,
+    onnx_eval_model,
+    packed_eval_model,
+    pretrained_path,
+)
 from cvpipe.evaluation.bootstrap import paired_bootstrap
-from cvpipe.evaluation.gate import GateRule, gate_decision
-from cvpipe.evaluation.leakage import held_out_record, leakage_criterion
-from cvpipe.evaluation.store_links import training_images
 from cvpipe.evaluation.confusion import confusion_matrix
 from cvpipe.evaluation.engine import evaluate
-from cvpipe.evaluation.plots import draw_errors, plot_confusion, plot_per_class_ap, plot_pr_overall, plot_pr_per_class
+from cvpipe.evaluation.gate import GateRule, gate_decision
+from cvpipe.evaluation.leakage import held_out_record, leakage_criterion
+from cvpipe.evaluation.plots import (
+    draw_errors,
+    plot_confusion,
+    plot_per_class_ap,
+    plot_pr_overall,
+    plot_pr_per_class,
+)
 from cvpipe.evaluation.report import build_eval_report, speed_of
+from cvpipe.evaluation.store_links import training_images
 from cvpipe.pipeline import StepContext, StepParams, step
 from cvpipe.store.hashing import file_digest
 from cvpipe.vision import ClassMap, read_image

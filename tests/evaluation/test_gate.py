@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from cvpipe.evaluation.bootstrap import bootstrap_matches
-from cvpipe.evaluation.gate import GateRule, detectable_regression, gate_decision, images_needed
+from cvpipe.evaluation.gate import (
+    GateRule,
+    detectable_regression,
+    gate_decision,
+    images_needed,
+)
 from cvpipe.evaluation.power import Pool, draw_model, miss_for_drop
 
 Z95, Z80 = 1.959964, 0.841621
@@ -138,7 +143,9 @@ def test_calibrated_drop_is_the_requested_one(pool):
 def test_leakage_refuses_any_test_image_seen_in_training():
     from cvpipe.evaluation.leakage import leakage_criterion
 
-    test = [f"{i:064x}" for i in range(10)]
+    import hashlib
+
+    test = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(10)]
     record = {"splits": ["train", "val"], "images": 2, "digests": [test[3][:16], "f" * 16]}
     c = leakage_criterion(test, record)
     assert c["verdict"] == "refused" and c["leaked_images"] == 1 and "1 of 10 test images" in c["reason"]
