@@ -1,1 +1,1 @@
-"""Evaluation: COCO metrics (faster-coco-eval), plots and reports; shared by training and model_eval."""
+"""Evaluation: COCO metrics (hotcoco), the promotion gate, plots and reports; shared by training and model_eval."""

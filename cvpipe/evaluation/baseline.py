@@ -1,6 +1,6 @@
 """What a candidate model is compared with in model_eval: the champion (the promoted model that is served),
 or the pretrained model training started from, evaluated on the same images by the same loop; and the gate
-on the paired bootstrap interval of the AP difference."""
+is cvpipe.evaluation.gate."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 class APDropError(RuntimeError):
-    """The candidate is significantly worse than the model it competes with (the gate refused it)."""
+    """The gate refused the candidate (worse than the margin allows, or trained on test images)."""
 
 
 @dataclass
@@ -92,18 +93,3 @@ def pretrained_path(param: str | None, train_summary: dict | None) -> Path | Non
     if path:
         log.info("the training started from %s, which model_eval cannot run without torch; using %s", path, shipped)
     return shipped
-
-
-def gate_decision(boot: dict | None, max_ap_drop: float, reference: str | None) -> dict:
-    """Refuse only a significant drop: the whole interval of the AP difference below -max_ap_drop."""
-    if boot is None:
-        return {"passed": True, "message": "no reference model to compare with: passes", "reference": None}
-    lo, hi = boot["ci"]
-    pct = round(boot["confidence"] * 100)
-    text = (f"AP {boot['candidate_ap']:.4f} vs {reference} {boot['reference_ap']:.4f}: difference "
-            f"{boot['delta']:+.4f}, {pct}% interval [{lo:+.4f}, {hi:+.4f}] over {boot['images']} images")
-    if hi < -max_ap_drop:
-        return {"passed": False, "reference": reference, "max_ap_drop": max_ap_drop,
-                "message": f"{text}: worse than the {reference} by more than {max_ap_drop:g} AP"}
-    return {"passed": True, "reference": reference, "max_ap_drop": max_ap_drop,
-            "message": f"{text}: not significantly worse" + (" (significantly better)" if lo > 0 else "")}

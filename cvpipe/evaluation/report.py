@@ -22,23 +22,55 @@ def speed_of(preds) -> dict:
             "decode_ms_mean": float(decode_s.mean() * 1000)}
 
 
+def decision_section(gate: dict) -> list[str]:
+    """The gate's verdict, each criterion and the numbers behind it (the record the promotion log keeps)."""
+    css = "good" if gate["verdict"] == "promoted" and not gate.get("undecided_promoted") else "bad"
+    parts = [f"<p class='{css}'><b>{escape(gate['verdict'].upper())}</b>: {escape(gate['message'])}</p>"]
+    if "interval" in gate:
+        rule, lo_hi = gate["rule"], gate["interval"]
+        parts.append(table([
+            {"key": "margin (non-inferiority, AP)", "value": f"{gate['margin']:g}"},
+            {"key": f"{rule['confidence']:.0%} interval of AP(candidate) - AP(reference)",
+             "value": f"[{lo_hi[0]:+.4f}, {lo_hi[1]:+.4f}]"},
+            {"key": f"smallest drop detected at {rule['power']:.0%} power", "value": f"{gate['detectable_drop']:.4f}"},
+            {"key": "images for a decisive test at this margin", "value": gate["images_needed"]},
+            {"key": "P(candidate better) over the resamples", "value": f"{gate['p_better']:.3f}"}]))
+    parts.append(table([{"criterion": c["name"], "verdict": c["verdict"], "reason": c["reason"]}
+                        for c in gate["criteria"]]))
+    data = gate.get("data")
+    if data:
+        parts.append(f"<p class='note'>Decided on {data['images']} images of split {escape(data['split'])}, "
+                     f"data digest {escape(data['digest'][:16])}…</p>")
+    return parts
+
+
 def baseline_section(m: dict) -> list[str]:
     """Champion (or pretrained start) vs challenger: the gate, the 12 COCO numbers and AP per class."""
     gate, base = m["gate"], m.get("baseline")
-    verdict = f"<p class='{'good' if gate['passed'] else 'bad'}'>{escape(gate['message'])}</p>"
+    verdict = decision_section(gate)
     if base is None:
-        return [verdict]
+        return verdict
     who = f"{base['kind']} ({base['name']})"
     stats = [{"metric": k, who: _ap(base["stats"].get(k)), "this model": _ap(v),
               "difference": f"{v - base['stats'][k]:+.4f}" if k in base["stats"] else ""}
              for k, v in m["stats"].items()]
+    per_class = gate.get("per_class", {})
     classes = [{"class": n, who: _ap(base["per_class_ap"].get(n, -1)), "this model": _ap(v),
                 "difference": f"{v - base['per_class_ap'][n]:+.4f}" if v >= 0 and base["per_class_ap"].get(n, -1) >= 0
+                else "", "interval": _interval(per_class.get(n)),
+                "P(better)": f"{per_class[n]['p_better']:.2f}" if per_class.get(n, {}).get("p_better") is not None
                 else ""} for n, v in m["per_class_ap"].items()]
     b = base["bootstrap"]
     note = (f"<p class='note'>Same {m['images']} images for both; paired bootstrap over images "
-            f"({b['resamples']} resamples, seed {b['seed']}) of the AP difference.</p>")
-    return [verdict, note, table(stats), "<p>AP per class:</p>", table(classes)]
+            f"({b['resamples']} resamples, seed {b['seed']}) of the AP difference, {b['confidence']:.0%} "
+            f"two-sided normal bootstrap intervals.</p>")
+    return [*verdict, note, table(stats), "<p>AP per class:</p>", table(classes)]
+
+
+def _interval(entry: dict | None) -> str:
+    if not entry or not entry.get("ci"):
+        return ""
+    return f"[{entry['ci'][0]:+.3f}, {entry['ci'][1]:+.3f}]"
 
 
 def build_eval_report(metrics: dict, plots: dict[str, Path], worst: list[dict]) -> Report:
@@ -54,7 +86,7 @@ def build_eval_report(metrics: dict, plots: dict[str, Path], worst: list[dict]) 
         {"key": "input size", "value": str(m.get("model", {}).get("input_size", ""))},
     ]))
     rep.add("COCO metrics", table([{"metric": k, "value": _ap(v)} for k, v in m["stats"].items()]),
-            '<p class="note">faster-coco-eval, bbox, IoU .50:.95, areas small/medium/large, max 100 detections.</p>')
+            '<p class="note">hotcoco (the numbers of pycocotools), bbox, IoU .50:.95, areas small/medium/large, max 100 detections.</p>')
     rep.add("Champion vs challenger", *baseline_section(m))
     s = m["speed"]
     rep.add("Speed", table([

@@ -378,7 +378,7 @@ def record(store: ArtifactStore, step: str, run_id: str, decision: Decision) -> 
 
     event = record_decision(store, step=step, step_run_id=run_id, model_run_id=decision.model_run_id,
                             passed=decision.passed, promote_on_pass=decision.promote_on_pass,
-                            reason=decision.reason, metrics=decision.metrics)
+                            reason=decision.reason, metrics=decision.metrics, decision=decision.record)
     if event is None:
         return "already champion" if decision.passed and decision.promote_on_pass else "nothing to record"
     done = {"promote": "promoted", "demote": "demoted", "refuse": "refused"}.get(event.action, event.action)

@@ -73,6 +73,7 @@ class Decision:
     promote_on_pass: bool
     reason: str
     metrics: dict[str, Any] = field(default_factory=dict)
+    record: dict[str, Any] | None = None  # model_eval's gate decision record, kept with the event
 
 
 @dataclass(frozen=True)

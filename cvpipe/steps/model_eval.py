@@ -16,7 +16,6 @@ from cvpipe.data.schema import DetectionData, DetectionDataset, ImageFiles
 from cvpipe.evaluation.baseline import (
     APDropError,
     EvalModel,
-    gate_decision,
     label_map_for,
     onnx_eval_model,
     packed_eval_model,
@@ -24,9 +23,17 @@ from cvpipe.evaluation.baseline import (
 from cvpipe.evaluation.bootstrap import paired_bootstrap
 from cvpipe.evaluation.confusion import confusion_matrix
 from cvpipe.evaluation.engine import evaluate
-from cvpipe.evaluation.plots import draw_errors, plot_confusion, plot_per_class_ap, plot_pr_overall, plot_pr_per_class
+from cvpipe.evaluation.gate import GateRule, gate_decision
+from cvpipe.evaluation.leakage import held_out_record, leakage_criterion
+from cvpipe.evaluation.plots import (
+    draw_errors,
+    plot_confusion,
+    plot_per_class_ap,
+    plot_pr_overall,
+    plot_pr_per_class,
+)
 from cvpipe.evaluation.report import build_eval_report, speed_of
-from cvpipe.evaluation.store_links import Reference, resolve_reference
+from cvpipe.evaluation.store_links import Reference, resolve_reference, resolve_training_images
 from cvpipe.inference.packed import PackedModel
 from cvpipe.pipeline import Decision, Folder, Output, Produced, StepContext, StepParams, step
 from cvpipe.vision import ClassMap, read_image
@@ -46,10 +53,17 @@ class ModelEvalParams(StepParams):
                                 "always the pretrained start, or nothing")
     pretrained: str | None = Field(None, description="pretrained ONNX (default: what model_train started from, "
                                                      "else weights/yolox_nano/yolox_nano.onnx)")
-    max_ap_drop: float = Field(0.0, ge=0, description="refuse when the whole bootstrap interval of the AP "
-                                                      "difference lies below -max_ap_drop")
-    confidence: float = Field(0.95, gt=0.5, lt=1)
-    resamples: int = Field(500, ge=50, le=5000)
+    margin: float = Field(0.01, gt=0, le=1, description="non-inferiority margin (AP, 0.01 = 1 point): promoted "
+                          "only when the lower bound of the AP difference to the champion is >= -margin")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="two-sided interval of the AP difference")
+    power: float = Field(0.8, gt=0.5, lt=1, description="for the smallest regression the test set detects; "
+                         "below it the verdict is 'held: not enough evidence'")
+    when_undecided: Literal["hold", "promote"] = Field(
+        "hold", description="too few test images to decide: hold (not promoted), or promote and say so")
+    ap50_margin: float | None = Field(None, gt=0, le=1, description="also require AP50 non-inferiority")
+    min_class_ap: dict[str, float] = Field(default_factory=dict, description="class name -> AP floor")
+    max_latency_ms: float | None = Field(None, gt=0, description="p95 model ms per image (this step's timing)")
+    resamples: int = Field(1000, ge=100, le=10000)
     seed: int = 0
     promote: bool = Field(True, description="make the model the champion when the gate passes")
 
@@ -94,13 +108,26 @@ def reference_model(params: ModelEvalParams, reference: Reference | None, input_
     return start
 
 
-def compare(params, gt, images, classes, cand_results, reference: EvalModel | None) -> tuple[dict | None, dict]:
-    """(baseline section of metrics.json, gate) for the candidate's COCO results against the reference."""
+def gate_rule(params: ModelEvalParams) -> GateRule:
+    return GateRule(margin=params.margin, confidence=params.confidence, power=params.power,
+                    when_undecided=params.when_undecided, ap50_margin=params.ap50_margin,
+                    min_class_ap=dict(params.min_class_ap), max_latency_ms=params.max_latency_ms)
+
+
+def compare(params, gt, images, classes, candidate: tuple, reference: EvalModel | None,
+            more: list[dict]) -> tuple[dict | None, dict]:
+    """(baseline section of metrics.json, gate) for the candidate (its CocoEvaluation, Predictions) against the
+    reference; `more`: criteria decided elsewhere (held-out data)."""
+    ev, preds = candidate
+    latency = speed_of(preds)["ms_p95"]
     if reference is None:
-        return None, gate_decision(None, params.max_ap_drop, None)
+        return None, gate_decision(None, gate_rule(params), None, ev.per_class_ap, latency, more)
     ref_eval, ref_preds = run_model(reference, gt, images, classes)
-    boot = paired_bootstrap(gt, cand_results, ref_preds.results, params.resamples, params.seed, params.confidence)
-    gate = gate_decision(boot, params.max_ap_drop, f"{reference.kind} {reference.name}")
+    boot = paired_bootstrap(gt, preds.results, ref_preds.results, params.resamples, params.seed, params.confidence)
+    gate = gate_decision(boot, gate_rule(params), f"{reference.kind} {reference.name}", ev.per_class_ap, latency,
+                         more)
+    gate.update(per_class=boot["per_class"], ap50=boot["ap50"],
+                bootstrap={k: boot[k] for k in ("seed", "resamples", "confidence", "images", "interval")})
     baseline = {"kind": reference.kind, "name": reference.name, "stats": ref_eval.stats,
                 "per_class_ap": ref_eval.per_class_ap, "bootstrap": boot, "predictions": ref_preds.results}
     return baseline, gate
@@ -111,16 +138,19 @@ def compare(params, gt, images, classes, cand_results, reference: EvalModel | No
       outputs=[Output("metrics", Folder, description="metrics.json"),
                Output("predictions", Folder, description="predictions.json, baseline_predictions.json"),
                Output("report", Folder, description="report.html, PR curves, confusion matrix, worst images")],
-      resolve={"reference": resolve_reference})
+      resolve={"reference": resolve_reference, "trained_on": resolve_training_images})
 def model_eval(params: ModelEvalParams, ctx: StepContext, *, dataset: DetectionData, images: ImageFiles,
-               model: PackedModel, reference: Reference | None) -> Produced:
+               model: PackedModel, reference: Reference | None, trained_on: dict | None) -> Produced:
     """Evaluate the packed model on the test split beside the champion or the pretrained start; gate; promote."""
     gt = load_split(dataset, params)
+    held_out = held_out_record(dataset, params.split, gt)
     classes = ClassMap.from_coco_categories(gt["categories"])
     candidate = packed_eval_model("candidate", model, params.score_thr)
     ev, preds = run_model(candidate, gt, images.directory, classes)
-    baseline, gate = compare(params, gt, images.directory, classes, preds.results,
-                             reference_model(params, reference, model.input_size, classes))
+    leak = leakage_criterion(held_out.pop("digests"), trained_on)
+    baseline, gate = compare(params, gt, images.directory, classes, (ev, preds),
+                             reference_model(params, reference, model.input_size, classes), [leak])
+    gate["data"] = held_out
     cm = confusion_matrix(gt, preds.results, iou_thr=params.confusion_iou, score_thr=params.confusion_score)
     metrics = {"split": params.split, "images": len(gt["images"]), "params": params.model_dump(mode="json"),
                "gt_boxes": sum(1 for a in gt["annotations"] if not a.get("iscrowd", 0)),
@@ -132,26 +162,30 @@ def model_eval(params: ModelEvalParams, ctx: StepContext, *, dataset: DetectionD
     outputs = write_outputs(ctx, params, metrics, baseline, Evaluated(gt, ev, preds.results, cm), images.directory)
     log.info("model_eval: AP %.4f AP50 %.4f on %d %s images; %s", ev.stats["AP"], ev.stats["AP50"],
              metrics["images"], params.split, gate["message"])
-    if not gate["passed"]:
-        raise APDropError(gate["message"])
+    gate["compared"] = {"candidate": ctx.input_runs.get("model"), "candidate_name": candidate.name,
+                        "reference": {k: baseline[k] for k in ("kind", "name")} if baseline else None}
     summary = {"AP": ev.stats["AP"], "AP50": ev.stats["AP50"], "images": metrics["images"],
                "images_per_s": metrics["speed"]["images_per_s"], "gate": gate,
                "baseline": {k: baseline[k] for k in ("kind", "name")} | {"AP": baseline["stats"]["AP"]}
                if baseline else None}
     summary["promotion"] = promotion(params, ctx, summary)
+    if gate["verdict"] == "refused":
+        raise APDropError(gate["message"])
     return Produced(summary, **outputs)
 
 
 def promotion(params: ModelEvalParams, ctx: StepContext, summary: dict) -> str:
-    """The promote decision (it counts once this run is complete); says what happened."""
+    """The decision for the promotion log: a promote event (it counts once this run is complete) or a refuse
+    event (held or refused; the champion stays), with the gate's decision record; says what happened."""
     model_run = ctx.input_runs.get("model")
-    if not params.promote:
+    gate = summary["gate"]
+    if gate["passed"] and not params.promote:
         return "not promoted (promote: false)"
     if model_run is None:
         return "not promoted: no model_pack run"
     metrics = {k: summary[k] for k in ("AP", "AP50", "images", "baseline")}
-    return ctx.decide(Decision(model_run, passed=True, promote_on_pass=True, reason=summary["gate"]["message"],
-                               metrics=metrics))
+    return ctx.decide(Decision(model_run, passed=gate["passed"], promote_on_pass=True, reason=gate["message"],
+                               metrics=metrics, record=gate))
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ def model_train(params: ModelTrainParams, ctx: StepContext, *, dataset: Detectio
     """Train YOLOX on the train split, validating on val (epoch 0 = the pretrained start); writes the checkpoints
     (best.pt, last.pt, checkpoints.json), metrics.csv / curves.png and one validation image with its ground
     truth. The summary names the pretrained weights (source, path, sha256) and the hyper-parameters used."""
+    from cvpipe.evaluation.leakage import trained_on
     from cvpipe.training.run import run_training  # heavy (torch, cv2): imported here so `cvpipe --help` stays fast
 
     outputs = {name: ctx.workdir(name) for name in OUTPUTS}
@@ -49,6 +50,7 @@ def model_train(params: ModelTrainParams, ctx: StepContext, *, dataset: Detectio
                                on_saved=lambda: keep_state(ctx, outputs["checkpoints"]))
         if params.resume is not None and ctx.resume is not None:
             summary["resumed"] = True
+    summary["trained_on"] = trained_on(dataset)  # model_eval's gate refuses a candidate trained on its test images
     return Produced(summary, checkpoints=Checkpoints.load(outputs["checkpoints"]), curves=Folder(outputs["curves"]),
                     test_image=TestImage(outputs["test_image"]))
 

@@ -180,7 +180,8 @@ class PromotionLog:
     # ---- writing --------------------------------------------------------------------------------
     def append(self, action: str, champion: str | None, *, run_id: str | None, reason: str,
                source: str = "cli", metrics: dict | None = None, eval_run_id: str | None = None,
-               requires_run: dict | None = None, forced: bool = False) -> PromotionEvent:
+               requires_run: dict | None = None, forced: bool = False,
+               decision: dict | None = None) -> PromotionEvent:
         """Write one event with the next number; never rewrites one."""
         with self._writer_lock():
             seq = self._last_seq() + 1
@@ -189,6 +190,8 @@ class PromotionLog:
                     "previous": self.champion_id(), "at": now.isoformat(timespec="milliseconds"), "by": who(),
                     "reason": reason, "source": source, "eval_run_id": eval_run_id, "metrics": metrics or {},
                     "forced": forced, "requires_run": requires_run}
+            if decision is not None:  # model_eval's gate: verdict, criteria, interval, data digest, seed
+                data["decision"] = decision
             event = _parse_event(seq, data)
             path = f"{self.path}/{seq:06d}-{_stamp(now)}.json"
             if self.store.fs.exists(path):  # cannot happen under the lock; never overwrite regardless
@@ -285,21 +288,25 @@ def _headline(summary: dict) -> dict:
 # ---- what the steps record -------------------------------------------------------------------------------
 
 def record_decision(store: ArtifactStore, *, step: str, step_run_id: str, model_run_id: str, passed: bool,
-                    promote_on_pass: bool, reason: str, metrics: dict) -> PromotionEvent | None:
-    """A step's verdict on a model_pack run, counted once the step's run is complete.
+                    promote_on_pass: bool, reason: str, metrics: dict,
+                    decision: dict | None = None) -> PromotionEvent | None:
+    """A step's verdict on a model_pack run, with the gate's decision record when model_eval made one.
 
-    model_eval: passed + promote_on_pass -> the model becomes champion once the eval run is complete. model_test: failed -> if the model is champion, it is demoted to the previous one;
-    otherwise a `refuse` event. A passed test changes nothing.
+    model_eval: passed + promote_on_pass -> the model becomes champion once the eval run is complete; not passed
+    (held or refused) -> a `refuse` event at once, the champion unchanged. model_test: failed -> if the model is
+    champion, it is demoted to the previous one; otherwise a `refuse` event. A passed test changes nothing.
     """
     log_ = PromotionLog(store)
     req = {"step": step, "run_id": step_run_id}
     champion = log_.champion_id()
     common = dict(run_id=model_run_id, reason=reason, source=step, metrics=metrics,
-                  eval_run_id=step_run_id if step == "model_eval" else None)
+                  eval_run_id=step_run_id if step == "model_eval" else None, decision=decision)
     if passed:
         if not promote_on_pass or champion == model_run_id or step != "model_eval":
             return None
         return log_.append("promote", model_run_id, requires_run=req, **common)
+    if step == "model_eval":  # the gate does not demote: a candidate it holds or refuses is simply not promoted
+        return log_.append("refuse", champion, **common)
     # a veto counts at once, although its step run ends failed: serving less is the safe side
     if champion == model_run_id:
         return log_.append("demote", log_.rollback_target(), **common)
@@ -315,6 +322,6 @@ def history_rows(store: ArtifactStore) -> list[dict]:
         rows.append({"seq": event.seq, "at": d.get("at"), "action": d.get("action"), "run_id": d.get("run_id"),
                      "champion": d.get("champion"), "previous": d.get("previous"), "by": d.get("by"),
                      "source": d.get("source"), "reason": d.get("reason"), "eval_run_id": d.get("eval_run_id"),
-                     "metrics": d.get("metrics", {}), "forced": d.get("forced", False),
+                     "metrics": d.get("metrics", {}), "forced": d.get("forced", False), "decision": d.get("decision"),
                      "counts": log_._counts(event)})
     return rows

@@ -1,5 +1,6 @@
-"""The paired bootstrap of the AP difference: its AP is COCO's, a real drop of about 1 AP over a few hundred
-images is caught, two models of the same quality are not told apart."""
+"""The paired bootstrap of the AP difference: its AP is COCO's (also per class and through the compressed
+accumulation), resample weights are resampled images, two models of the same quality are not told apart. The
+gate on top of it, with independent errors: test_gate.py."""
 
 from __future__ import annotations
 
@@ -76,13 +77,21 @@ def test_weights_are_resampled_images(nano_dets_subset):
     assert weighted_ap(matches, w)[0] == pytest.approx(coco_evaluate(gt2, dets2).stats["AP"], abs=2e-3)
 
 
-def test_a_real_drop_of_one_ap_is_caught():
-    gt = synthetic_gt()
-    reference = synthetic_model(gt, seed=1)
-    worse = synthetic_model(gt, seed=1, jitter=0.062)  # the same model with slightly worse boxes
-    r = paired_bootstrap(gt, worse, reference, resamples=500, seed=0)
-    assert -0.02 < r["delta"] < -0.005  # about 1 AP
-    assert r["ci"][1] < 0, r  # the whole interval below zero: a real drop
+def test_per_class_and_ap50_differences_with_intervals():
+    """One record: AP and AP50 differences, per class, P(candidate better); the interval is delta -/+ z * se."""
+    gt = synthetic_gt(120)
+    r = paired_bootstrap(gt, synthetic_model(gt, seed=2, miss=0.3), synthetic_model(gt, seed=1), resamples=300,
+                         seed=0)
+    assert r["delta"] < -0.05 and r["p_better"] < 0.05  # misses 30 % instead of 10 %
+    z = 1.959964
+    assert r["ci"] == pytest.approx([r["delta"] - z * r["std"], r["delta"] + z * r["std"]], rel=1e-5)
+    assert set(r["per_class"]) == {"c1", "c2", "c3"}
+    for c in r["per_class"].values():
+        assert c["ci"][0] < c["delta"] < c["ci"][1] and 0 <= c["p_better"] <= 1
+        assert c["delta"] == pytest.approx(c["candidate_ap"] - c["reference_ap"])
+    assert r["ap50"]["delta"] < 0 and r["ap50"]["ci"][0] < r["ap50"]["delta"] < r["ap50"]["ci"][1]
+    full = coco_evaluate(gt, synthetic_model(gt, seed=2, miss=0.3)).per_class_ap
+    assert r["per_class"]["c2"]["candidate_ap"] == pytest.approx(full["c2"], abs=1e-9)
 
 
 @pytest.mark.parametrize("seed", [2, 3])

@@ -9,7 +9,7 @@ from coco_data import NANO_ONNX, need_data
 
 from cvpipe.store import ArtifactStore
 from cvpipe.store.hashing import file_digest
-from cvpipe.store.promotion import promote, rollback
+from cvpipe.store.promotion import PromotionLog, promote, rollback
 
 OLD, CAND, OTHER = "20261124T100000000Z-aaaaaa", "20261124T110000000Z-bbbbbb", "20261124T120000000Z-cccccc"
 
@@ -96,7 +96,7 @@ def test_model_eval_reruns_when_the_champion_changes(eval_store, tmp_path):
 
     root, dataset, images, models = eval_store
     cfg = build_config({"store": str(tmp_path / "store"), "env": "test", "pipeline": "cache",
-                        "model_eval": {"resamples": 50, "worst_images": 1}})
+                        "model_eval": {"resamples": 200, "worst_images": 1}})
     store = ArtifactStore.from_config(cfg)
     _commit(store, "data_prep", "20261124T090000000Z-dddddd", {"dataset": dataset, "images": images})
     for rid, model in models.items():
@@ -108,6 +108,11 @@ def test_model_eval_reruns_when_the_champion_changes(eval_store, tmp_path):
     first = run()  # no champion: against the pretrained start; the gate passes and promotes CAND
     assert first.manifest["summary"]["baseline"]["kind"] == "pretrained"
     assert first.manifest["depends_on"]["reference"]["pretrained_sha256"]
+    decision = PromotionLog(store).events()[-1].data["decision"]  # what was compared, on which data, how
+    assert decision["verdict"] == "promoted" and decision["compared"]["candidate"] == CAND
+    assert decision["compared"]["reference"]["kind"] == "pretrained" and decision["bootstrap"]["seed"] == 0
+    assert len(decision["data"]["digest"]) == 64 and decision["data"]["images"] == 6
+    assert decision["margin"] == 0.01 and len(decision["interval"]) == 2 and "per_class" in decision
     assert run().run_id == first.run_id  # its own promotion changed nothing it compares with
 
     promote(store, OLD, reason="someone else's champion", force=True)

@@ -84,7 +84,7 @@ def test_pretrained_start_beside_the_model_on_a_class_subset(eval_inputs, tmp_pa
     ds6, im6 = write_dataset(tmp_path / "six", sub, ids)
     spec = get_step("model_eval")
     ctx = ctx_for(tmp_path, "six")
-    s = run_step(ctx, spec.params(baseline="pretrained", pretrained=str(NANO_ONNX), resamples=100, promote=False),
+    s = run_step(ctx, spec.params(baseline="pretrained", pretrained=str(NANO_ONNX), resamples=200, promote=False),
                  dataset=ds6, images=im6, model=model)
     m = json.loads((ctx.output("metrics") / "metrics.json").read_text())
     assert s["gate"]["passed"] and m["baseline"]["kind"] == "pretrained"
@@ -122,11 +122,11 @@ def test_gate_refuses_a_significant_drop(eval_inputs, tmp_path, monkeypatch):
     monkeypatch.setattr(step_mod, "packed_eval_model", no_persons)
     spec = get_step("model_eval")
     failing = ctx_for(tmp_path, "failing")
-    with pytest.raises(APDropError, match="worse than the pretrained"):
+    with pytest.raises(APDropError, match="refused: AP: the whole interval lies below"):
         run_step(failing, spec.params(baseline="pretrained", pretrained=str(NANO_ONNX), resamples=200),
                  dataset=dataset, images=images, model=model)
     html = (failing.output("report") / "report.html").read_text()
-    assert "Champion vs challenger" in html and "worse than" in html  # report written first
+    assert "Champion vs challenger" in html and "REFUSED" in html  # report written first
     assert np.isfinite(json.loads((failing.output("metrics") / "metrics.json").read_text())["stats"]["AP"])
 
 
@@ -154,3 +154,23 @@ def test_a_start_without_the_datasets_classes_is_no_baseline(tmp_path):
     start = compared(ModelEvalParams(baseline="champion"), ClassMap.from_names(["person", "car"], [1, 3]))
     assert start is not None and start.kind == "pretrained"
     assert compared(ModelEvalParams(baseline="pretrained"), cells) is not None
+
+
+def test_a_candidate_trained_on_test_images_is_refused(eval_inputs, tmp_path, monkeypatch):
+    """model_train records the images it trained on; one test image among them refuses the candidate, and the
+    decision names the test split's digest."""
+    from cvpipe.data.schema import DetectionDataset
+    from cvpipe.evaluation.leakage import trained_on
+    from cvpipe.pipeline.step import Resolved
+
+    tmp, dataset, images, model, ids = eval_inputs
+    test_digests = sorted(DetectionDataset.load(dataset).images["digest"])
+    leaked = {"splits": ["train", "val"], "images": 3, "digests": [d[:16] for d in test_digests[:1]] + ["0" * 16]}
+    spec = get_step("model_eval")
+    monkeypatch.setitem(spec.resolve, "trained_on", lambda params, store, runs: Resolved(None, lambda: leaked))
+    params = spec.params(baseline="none")
+    with pytest.raises(APDropError, match=f"1 of {len(ids)} test images were in the candidate's training data"):
+        run_step(ctx_for(tmp_path, "leak"), params, dataset=dataset, images=images, model=model)
+    clean = trained_on(DetectionDataset.load(dataset), splits=("train",))  # no train images in this dataset
+    monkeypatch.setitem(spec.resolve, "trained_on", lambda params, store, runs: Resolved(None, lambda: clean))
+    s = run_step(ctx_for(tmp_path, "clean"), params, dataset=dataset, images=images, model=model)

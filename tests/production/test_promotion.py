@@ -100,6 +100,28 @@ def test_failed_step_run_never_promotes(store):
     assert servable_run(store) is None
 
 
+def test_gate_decisions_are_kept_whole_in_the_log(store):
+    """model_eval's decision record rides on the event: promoted, held and refused alike; holding or refusing
+    never changes the champion (not even when the candidate is the champion re-evaluated)."""
+    from cvpipe.store.promotion import history_rows
+
+    decision = {"verdict": "held", "margin": 0.01, "interval": [-0.03, 0.02], "data": {"digest": "ab" * 32},
+                "bootstrap": {"seed": 0, "resamples": 1000}, "compared": {"candidate": B}}
+    promote(store, A)
+    held = record_decision(store, step="model_eval", step_run_id="20261124T130000000Z-e00006", model_run_id=B,
+                           passed=False, promote_on_pass=True, reason="held: not enough evidence", metrics={},
+                           decision=decision)
+    assert held.action == "refuse" and held.champion == A and servable_run(store).run_id == A
+    again = record_decision(store, step="model_eval", step_run_id="20261124T130000000Z-e00007", model_run_id=A,
+                            passed=False, promote_on_pass=True, reason="refused", metrics={},
+                            decision={**decision, "verdict": "refused"})
+    assert again.action == "refuse" and servable_run(store).run_id == A  # the gate does not demote
+    rows = history_rows(store)
+    assert rows[-2]["decision"] == decision and rows[-1]["decision"]["verdict"] == "refused"
+    on_disk = PromotionLog(store).events()[-2].data["decision"]
+    assert on_disk["data"]["digest"] == "ab" * 32 and on_disk["bootstrap"]["seed"] == 0
+
+
 def test_model_test_failure_demotes_the_champion(store):
     promote(store, A)
     promote(store, B)
