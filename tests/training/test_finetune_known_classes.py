@@ -78,7 +78,12 @@ def test_default_recipe_keeps_the_start_on_images_it_did_not_train_on(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options", [{"freeze_bn": True}, {"freeze_backbone": True},
+FREEZE_BN_LOSES = pytest.mark.xfail(strict=True, reason="issue 21, open: with BatchNorm in eval mode the "
+                                    "un-folded start still loses AP at the peak LR (measured 0.244 -> 0.260 -> "
+                                    "0.214 here; 0.326 -> 0.160 on 60 held-out images at iteration 18)")
+
+
+@pytest.mark.parametrize("options", [pytest.param({"freeze_bn": True}, marks=FREEZE_BN_LOSES), {"freeze_backbone": True},
                                      {"no_aug_epochs": 0, "mosaic": True, "mixup": True},
                                      {"no_aug_epochs": 1, "mosaic": True, "mixup": False}],
                          ids=["freeze_bn", "freeze_backbone", "mosaic_mixup", "mosaic_then_plain"])
