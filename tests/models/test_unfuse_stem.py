@@ -11,8 +11,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from coco_data import ANNOTATIONS, COCO_DEV, NANO_ONNX, need_data
+
 from cvpipe.models.yolox import unfuse_model
 from cvpipe.models.yolox.onnx_import import load_nano_from_onnx
 from cvpipe.vision import letterbox, read_image
