@@ -313,7 +313,7 @@ class Trainer:
         augmenting = self.dataset.augmenting(epoch)
         head = getattr(unwrap(self.model), "head", None)
         if head is not None and hasattr(head, "use_l1"):
-            head.use_l1 = not augmenting and p.no_aug_epochs > 0
+            head.use_l1 = self.uses_l1(epoch)
         self.net.train()
         if p.freeze_bn:
             freeze_batchnorm(self.model)
@@ -354,16 +354,22 @@ class Trainer:
         return {"epoch": epoch + 1, "lr": lr, **means, "augment": augmenting,
                 "imgs_per_s": images_seen * self.dist.world_size / max(seconds, 1e-9), "seconds": seconds}
 
+    def uses_l1(self, epoch: int) -> bool:
+        """The L1 box loss is on in the no-aug epochs (YOLOX)."""
+        return not self.dataset.augmenting(epoch) and self.p.no_aug_epochs > 0
+
     @torch.no_grad()
-    def start_loss(self, most_images: int = 256) -> float:
-        """Mean training loss of the untrained start on un-augmented training images (eval mode: BN untouched)."""
+    def plain_loss(self, most_images: int = 256) -> float:
+        """Mean training loss of the model as it is on un-augmented training images (eval mode: BN untouched),
+        with the loss terms of the first epoch (L1 on when it trains without augmentation). Epoch 0 of the
+        curves is this for the start; after training it says whether the fit on the same images improved."""
         model = unwrap(self.model)
         was_training = model.training
         model.eval()
         head = getattr(model, "head", None)
         use_l1 = getattr(head, "use_l1", None)
         if use_l1 is not None:
-            head.use_l1 = False
+            head.use_l1 = self.uses_l1(0)
         total, batches = 0.0, 0
         try:
             n = min(len(self.dataset), most_images)
@@ -384,7 +390,7 @@ class Trainer:
         if not self.dist.is_main:
             self.dist.barrier()
             return
-        row: dict = {"epoch": 0, "lr": 0.0, "total_loss": self.start_loss(), "augment": False, "seconds": 0.0}
+        row: dict = {"epoch": 0, "lr": 0.0, "total_loss": self.plain_loss(), "augment": False, "seconds": 0.0}
         metrics: dict = {}
         if self.val_split is not None:
             t0 = time.perf_counter()

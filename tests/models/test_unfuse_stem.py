@@ -11,8 +11,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from coco_data import ANNOTATIONS, COCO_DEV, NANO_ONNX, need_data
+
 from cvpipe.models.yolox import unfuse_model
 from cvpipe.models.yolox.onnx_import import load_nano_from_onnx
 from cvpipe.vision import letterbox, read_image
@@ -39,13 +39,24 @@ def batch():
     return torch.from_numpy(x), targets
 
 
-def relative_updates(model, batch, lr):
+def gradients(model, batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(weight, gradient) of every conv weight after one training-mode backward pass."""
     images, targets = batch
     model.train()
     model.zero_grad()
     model(images, targets)["total_loss"].backward()
-    return {n: lr * float(p.grad.norm()) / float(p.detach().norm()) for n, p in model.named_parameters()
-            if p.grad is not None and p.dim() == 4}
+    return {n: (p.detach(), p.grad) for n, p in model.named_parameters() if p.grad is not None and p.dim() == 4}
+
+
+def relative_updates(model, batch, lr):
+    return {n: lr * float(g.norm()) / float(w.norm()) for n, (w, g) in gradients(model, batch).items()}
+
+
+def row_updates(model, batch, lr) -> torch.Tensor:
+    """lr * |g| / |w| of every output channel of every BatchNorm'd conv (each is scale-invariant on its own)."""
+    rows = [lr * g.flatten(1).norm(dim=1) / w.flatten(1).norm(dim=1).clamp(min=1e-12)
+            for n, (w, g) in gradients(model, batch).items() if "preds" not in n]
+    return torch.cat(rows)
 
 
 def test_unfolded_model_computes_the_fused_function(batch):
@@ -68,3 +79,17 @@ def test_stem_update_is_in_line_with_the_other_layers(batch):
     # ... with it, it moves no faster than the fastest other tensor
     assert after[STEM] < others
     assert after[STEM] < before[STEM] / 100
+
+
+def test_no_output_channel_moves_much_faster_than_the_rest(batch):
+    """Issue 21: BatchNorm normalises each output channel on its own, so each row of a conv is scale-invariant
+    and moves by lr * |g| / |w| ~ lr / |w|^2. Folding left some rows tiny (a stem channel with |w| 0.02 next to
+    rows of ~8): that row moved by 0.93 of itself per step at the example's LR and the first epoch halved the
+    AP. Un-folding gives every row of a conv the layer's RMS norm."""
+    fused = load_nano_from_onnx(NANO_ONNX)
+    lr = 0.01 / 128 * 8  # the COCO example's peak LR
+    before = row_updates(unfuse_model(fused, [batch[0]], equalise_rows=False), batch, lr)
+    after = row_updates(unfuse_model(fused, [batch[0]]), batch, lr)
+    assert before.max() > 0.1  # the outlier rows that wrecked the first epoch
+    assert after.max() < 0.02, after.topk(5).values
+    assert after.max() < before.max() / 20
