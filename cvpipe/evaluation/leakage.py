@@ -53,10 +53,9 @@ def leakage_criterion(test_digests: list[str], training: dict | None) -> dict:
             "reason": f"none of the {len(test_digests)} test images was among its {len(seen)} training images"}
 
 
-def held_out_record(dataset_dir, split: str, gt: dict) -> dict:
+def held_out_record(ds: DetectionDataset, split: str, gt: dict) -> dict:
     """What a decision was made on: {"split", "images", "digest", "digests"} for the images of `gt` (a COCO
     dict of the split, perhaps cut by max_images); "digests" is for the leakage check, not for the record."""
-    ds = DetectionDataset.load(dataset_dir)
     digest_of = {int(r.image_id): str(r.digest) for r in ds.images.itertuples()}
     digests = sorted(digest_of[int(i["id"])] for i in gt["images"])
     return {"split": split, "images": len(digests), "digest": split_digest(gt, digest_of), "digests": digests}
