@@ -7,14 +7,13 @@ import copy
 import io
 
 import numpy as np
+import pycocotools  # noqa: F401 - the dev extra installs it: a broken install fails here, never skips
 import pytest
 
 from cvpipe.evaluation.coco import STAT_NAMES, coco_evaluate, evaluate_detections
 from cvpipe.vision import box_iou, xywh_to_xyxy
 
 from .helpers import perturbed_gt_detections
-
-pycocotools = pytest.importorskip("pycocotools")
 
 
 def pycoco_eval(gt: dict, dets: list[dict]) -> tuple[np.ndarray, dict]:
