@@ -70,6 +70,9 @@ MUTATIONS = [
     _m("data-all-unsafe-unexplained", "cvpipe/data/load.py",
        "    if not raw.images:\n        raise ValueError(_no_images_message(raw))\n", "",
        "tests/data/test_attacks.py"),
+    _m("missing-data-skips", "tests/coco_data.py",
+       '        pytest.fail(f"test data missing', '        pytest.skip(f"test data missing',
+       "tests/data/test_coco_sample.py::test_missing_test_data_fails_on_every_machine"),
     _m("swap-ignores-run-id", "cvpipe/serving/swap.py",
        "    if model.run_id != store_run_id:", "    if False:",
        "tests/production/test_hot_swap.py"),
@@ -105,15 +108,17 @@ def _copy_checkout(dest: Path) -> None:
             shutil.copy2(src, dest / rel)
 
 
-def _pytest(copy: Path, tests: tuple[str, ...], timeout: int) -> tuple[int, float]:
+def _pytest(copy: Path, tests: tuple[str, ...], timeout: int) -> tuple[int, float, str]:
+    """(exit code, seconds, the first failure line) of the tests run in the copy."""
     env = dict(os.environ, PYTHONPATH=str(copy), BENTOML_DO_NOT_TRACK="true")
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]  # default markers
     t0 = time.perf_counter()
     try:
-        rc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, timeout=timeout).returncode
+        res = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        rc = -1  # a hang is noticed too, but say so
-    return rc, time.perf_counter() - t0
+        return -1, time.perf_counter() - t0, "timeout"  # a hang is noticed too, but say so
+    why = next((line for line in res.stdout.splitlines() if line.startswith("E ")), "")
+    return res.returncode, time.perf_counter() - t0, why.removeprefix("E").strip()[:100]
 
 
 def run(mutations: list[Mutation], timeout: int) -> int:
@@ -121,9 +126,10 @@ def run(mutations: list[Mutation], timeout: int) -> int:
         copy = Path(tmp)
         _copy_checkout(copy)
         tests = tuple(dict.fromkeys(t for m in mutations for t in m.tests))
-        rc, secs = _pytest(copy, tests, timeout * 2)
+        rc, secs, why = _pytest(copy, tests, timeout * 2)
         print(f"clean copy: {'pass' if rc == 0 else f'FAIL rc={rc}'} ({secs:.0f} s, {len(tests)} test targets)")
         if rc != 0:
+            print(f"  {why}")
             return 2
         killed = stale = 0
         for m in mutations:
@@ -135,12 +141,11 @@ def run(mutations: list[Mutation], timeout: int) -> int:
                 continue
             target.write_text(original.replace(m.old, m.new))
             try:
-                rc, secs = _pytest(copy, m.tests, timeout)
+                rc, secs, why = _pytest(copy, m.tests, timeout)
             finally:
                 target.write_text(original)
             killed += rc != 0
-            how = "timeout" if rc == -1 else f"rc={rc}"
-            print(f"  {'killed' if rc else 'SURVIVED':9s} {m.name} ({how}, {secs:.0f} s)", flush=True)
+            print(f"  {'killed' if rc else 'SURVIVED':9s} {m.name} ({secs:.0f} s) {why}", flush=True)
         tried = len(mutations) - stale
         print(f"kill rate: {killed}/{tried} ({100 * killed / max(tried, 1):.0f} %), {stale} stale")
         return 0 if killed == tried and not stale else 1

@@ -77,8 +77,8 @@ def _no_images_message(raw: RawDataset) -> str:
     where = f"{raw.format} data in {raw.root}"
     if not unsafe:
         return f"no images found in the {where}"
-    return (f"no usable images in the {where}: all {len(unsafe)} were dropped as unsafe paths (names or links "
-            f"leading outside the data folder), e.g. {unsafe[0]}")
+    return (f"no usable images in the {where}: every image ({len(unsafe)}) was dropped as an unsafe path (a name "
+            f"or link leading outside the data folder), e.g. {unsafe[0]}")
 
 
 def normalise(raw: RawDataset, images_out: Path, executor: str = "process",
