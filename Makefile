@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.cvpipe-installed
 CONFIG ?= configs/example.yaml
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: install run test test-all test-slow bench serve measure clean
+.PHONY: install run test test-all test-slow bench serve measure clean labelstudio
 
 install: $(STAMP)  ## virtual environment with CPU torch (pinned) and cvpipe with all extras
 
@@ -38,6 +38,14 @@ test-all: install  ## every test
 
 bench: install  ## benchmarks (print ratios against baselines measured in the same run)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+# Label Studio pins Django, numpy 2.2, OpenCV and pyarrow versions that clash with cvpipe's: its own venv.
+LS_VENV ?= .venv-labelstudio
+labelstudio: $(LS_VENV)/bin/label-studio  ## Label Studio server in its own venv (for `cvpipe labels push` and its test)
+
+$(LS_VENV)/bin/label-studio:
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --progress-bar on "label-studio==1.23.2"
 
 measure:  ## time `make run` and `make test` from a clean clone of HEAD, install included
 	bash benchmarks/measure_commands.sh

@@ -55,7 +55,9 @@ def pack(tmp: Path, image: Path, scale: str = "nano") -> tuple[Path, Path]:
     from cvpipe.models.yolox import save_checkpoint
     from cvpipe.models.yolox.onnx_import import load_nano_from_onnx
     from cvpipe.pipeline import StepContext
-    from cvpipe.steps.model_pack import ModelPackParams, model_pack
+    from cvpipe.pipeline.runner import invoke
+    from cvpipe.pipeline.step import get_step
+    from cvpipe.steps.model_pack import ModelPackParams
 
     outs = {"model": tmp / "model", "bento": tmp / "bento"}
     for d in [*outs.values(), tmp / "scratch", tmp / "checkpoints"]:
@@ -70,7 +72,8 @@ def pack(tmp: Path, image: Path, scale: str = "nano") -> tuple[Path, Path]:
                     meta={"class_names": list(COCO_CLASS_NAMES), "category_ids": list(COCO_CATEGORY_IDS),
                           "input_size": [size, size]})
     ctx = StepContext(step="model_pack", run_id="bench", outputs=outs, scratch=tmp / "scratch")
-    summary = model_pack(ModelPackParams(test_image=image, variants=[]), ctx, checkpoints=tmp / "checkpoints")
+    summary = invoke(get_step("model_pack"), ModelPackParams(test_image=image, variants=[]), ctx,
+                     {"checkpoints": tmp / "checkpoints", "test_image": None, "dataset": None, "images": None})
     return outs["model"], outs["bento"] / summary["bento"]
 
 

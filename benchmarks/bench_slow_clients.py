@@ -6,6 +6,11 @@ p99. Loopback only, bounded: each phase lasts --seconds, the attackers stop with
 
     .venv/bin/python benchmarks/bench_slow_clients.py                # ~1 min
     .venv/bin/python benchmarks/bench_slow_clients.py --slow 300 --seconds 20 --json out.json
+    .venv/bin/python benchmarks/bench_slow_clients.py --uploads      # the upload attack: RSS peak and kept
+
+--uploads (issue 24 item 11): bursts of 40 and 80 clients each sending all but the last MiB of a 19.5 MiB body,
+and 40 clients sending complete 19.5 MiB non-images; the worker's RSS baseline, peak and what it keeps after
+each burst, with the answers (the default upload budget, 512 MB per worker).
 """
 
 from __future__ import annotations
@@ -30,14 +35,17 @@ def pack(tmp: Path) -> tuple[Path, Path]:
     from coco_data import ANNOTATIONS, NANO_ONNX, largest_person
 
     from cvpipe.pipeline import StepContext
-    from cvpipe.steps.model_pack import ModelPackParams, model_pack
+    from cvpipe.pipeline.runner import invoke
+    from cvpipe.pipeline.step import get_step
+    from cvpipe.steps.model_pack import ModelPackParams
 
     outs = {"model": tmp / "model", "bento": tmp / "bento"}
     for d in [*outs.values(), tmp / "scratch"]:
         d.mkdir()
     image = largest_person(json.loads(ANNOTATIONS.read_text()))[0]
     ctx = StepContext(step="model_pack", run_id="bench-slow", outputs=outs, scratch=tmp / "scratch")
-    summary = model_pack(ModelPackParams(onnx=NANO_ONNX, class_names=ANNOTATIONS, test_image=image), ctx)
+    summary = invoke(get_step("model_pack"), ModelPackParams(onnx=NANO_ONNX, class_names=ANNOTATIONS, test_image=image),
+                     ctx, {"checkpoints": None, "test_image": None, "dataset": None, "images": None})
     return outs["model"], outs["bento"] / summary["bento"]
 
 
@@ -122,7 +130,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="length of each measured phase")
     ap.add_argument("--rate", type=float, default=2.0, help="normal client requests per second")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--uploads", action="store_true", help="run the upload attack instead (RSS peak and kept)")
     args = ap.parse_args()
+    if args.uploads:
+        return upload_rows()
     from cvpipe.serving.process import ServiceProcess
 
     with tempfile.TemporaryDirectory(prefix="bench-slow-") as tmp:
@@ -145,6 +156,27 @@ def main() -> None:
           f"p99 attacked / idle {ratio:.2f} (target < 2.0); service alive after: {alive}")
     if args.json:
         args.json.write_text(json.dumps({"idle": idle, "attacked": attacked, "slow": slow, "p99_ratio": ratio}))
+
+
+def upload_rows() -> None:
+    sys.path.insert(0, str(REPO / "tests" / "serving"))
+    from upload_attack import attack, service_worker
+
+    from cvpipe.serving.process import ServiceProcess
+
+    with tempfile.TemporaryDirectory(prefix="bench-uploads-") as tmp:
+        model_dir, archive = pack(Path(tmp))
+        image = (model_dir / "test_image.jpg").read_bytes()
+        with ServiceProcess(archive, bentoml_home=Path(tmp) / "home") as svc:
+            for _ in range(5):
+                httpx.post(svc.url + "/predict", content=image, timeout=60)
+            worker = service_worker(svc.proc.pid)
+            print("| burst | RSS before | peak | kept after 2 s | answers |\n|---|---|---|---|---|")
+            for clients, complete in ((40, False), (80, False), (40, True)):
+                r = attack(svc.port, worker, clients, complete)
+                what = "complete non-images" if complete else "all but the last MiB"
+                print(f"| {clients} x 19.5 MiB, {what} | {r.baseline_mb:.0f} MB | +{r.peak_over_mb:.0f} MB | "
+                      f"+{r.kept_mb:.0f} MB | {r.statuses} |", flush=True)
 
 
 if __name__ == "__main__":

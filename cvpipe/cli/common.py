@@ -70,3 +70,29 @@ def cvpipe_command() -> str:
         return "cvpipe"
     on_path = any(Path(p, "cvpipe").resolve() == Path(argv0).resolve() for p in os.environ.get("PATH", "").split(":") if p)
     return "cvpipe" if on_path else shlex.quote(os.path.relpath(argv0) if Path(argv0).is_absolute() else argv0)
+
+
+def materialized(store: Any, rec: Any, entity: str) -> Path:
+    """A run's entity as a local folder, or one clear line when the store does not hold what the run's manifest
+    recorded (tampered, torn or unreadable): the run is refused, never used."""
+    from cvpipe.store.store import IntegrityError
+
+    try:
+        return Path(store.materialize(rec, entity))
+    except IntegrityError as e:
+        fail(f"refusing {rec.step} run {rec.run_id}: its {entity} does not match what its manifest recorded ({e}); "
+             f"`{cvpipe_command()} verify {rec.run_id}` lists every problem")
+    except OSError as e:
+        fail(f"cannot read {rec.step} run {rec.run_id}'s {entity}: {e}")
+
+
+def failed_run_note(store: Any, run_id: str, config: Path) -> str:
+    """What the store says of a run that just failed: recorded as failed, or no record could be written."""
+    try:
+        status = store.get_run(run_id).status
+    except (KeyError, ValueError, OSError):
+        status = None
+    if status == "failed":
+        return f"the run is recorded as failed: {cvpipe_command()} show {run_id} -c {config}"
+    shown = f"it shows as {status}" if status else "the store has no record of it"
+    return f"its failure could not be recorded in the store ({shown}); free space or fix the store, then run again"

@@ -13,8 +13,8 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.tree import Tree
 
-from cvpipe.cli.common import (AllowPluginOpt, ConfigOpt, SetOpt, StoreOpt, console, cvpipe_command, fail, load,
-                               open_store, out, pick_config)
+from cvpipe.cli.common import (AllowPluginOpt, ConfigOpt, SetOpt, StoreOpt, console, cvpipe_command, fail,
+                               failed_run_note, load, open_store, out, pick_config)
 from cvpipe.config import did_you_mean
 from cvpipe.pipeline.runner import MissingInput, Runner, StepFailed, select_steps
 from cvpipe.pipeline.step import registry
@@ -47,7 +47,7 @@ def _execute(cfg: Any, names: list[str], force: bool, config: Path) -> None:
     try:
         runs = runner.run(names)
     except StepFailed as e:
-        fail(f"{e}\n  the run is recorded as failed: {cvpipe_command()} show {e.run_id} -c {config}")
+        fail(f"{e}\n  {failed_run_note(runner.store, e.run_id, config)}")
     except MissingInput as e:
         fail(str(e))
     except KeyboardInterrupt:
@@ -135,10 +135,17 @@ def steps() -> None:
     for col in ("step", "inputs", "outputs", "description"):
         table.add_column(col, overflow="fold")
     for name, spec in registry().items():
-        ins = ", ".join(f"{k}<-{i.step}.{i.entity}{'?' if i.optional else ''}" for k, i in spec.inputs.items())
-        outs = ", ".join(o + (" (content-addressed)" if v.content_addressed else "") for o, v in spec.outputs.items())
+        classes = spec.input_classes()
+        ins = ", ".join(f"{k}: {_cls(classes[k])} <- {i.step}.{i.entity}{'?' if i.optional else ''}"
+                        for k, i in spec.inputs.items())
+        outs = ", ".join(f"{o}: {_cls(v.entity)}" + (" (content-addressed)" if v.content_addressed else "")
+                         for o, v in spec.outputs.items())
         table.add_row(name, ins, outs, spec.description)
     out.print(table)
+
+
+def _cls(entity: type | None) -> str:
+    return entity.__name__ if entity is not None else "folder"
 
 
 def _run_row(r: RunRecord) -> dict[str, Any]:
@@ -283,7 +290,7 @@ except ImportError as _e:  # pragma: no cover - only while the serving extra is 
 
 
 # Command groups that live beside their subject; each module defines `register(app)`.
-COMMAND_MODULES = ("cvpipe.cli.store_commands", "cvpipe.cli.promotion")
+COMMAND_MODULES = ("cvpipe.cli.store_commands", "cvpipe.cli.promotion", "cvpipe.cli.labels")
 for _name in COMMAND_MODULES:
     try:
         import importlib

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from cvpipe.cli.common import AllowPluginOpt, ConfigOpt, SetOpt, fail as _fail, open_store, pick_config
+from cvpipe.cli.common import AllowPluginOpt, ConfigOpt, SetOpt, fail as _fail, materialized, open_store, pick_config
 
 
 def _model_pack_run(config: Optional[Path], run_id: Optional[str], overrides: Optional[List[str]] = None,
@@ -69,7 +69,7 @@ def serve(
                                  max_concurrency=max_concurrency, body_timeout_s=body_timeout,
                                  max_body_bytes=max_body_bytes, follow=follow, follow_interval_s=follow_interval)
     st, rec = _model_pack_run(config, run_id, st=st)
-    archives = sorted(Path(st.materialize(rec, "bento")).glob("*.bento"))
+    archives = sorted(materialized(st, rec, "bento").glob("*.bento"))
     if not archives:
         _fail(f"model_pack run {rec.run_id} has no .bento archive in its bento entity (packed with bento: false?)")
     env = {k: v for k, v in settings.env().items() if k != "CVPIPE_WORKERS"}  # ServiceProcess sets workers
@@ -134,8 +134,7 @@ def _load_predictor(model: str, arch: Optional[str], config: Optional[Path], sco
 
     path = Path(model)
     if path.is_dir():
-        p = Predictor.from_dir(path, variant=variant)
-        return p.predict, p.class_names, p.category_ids
+        return _packed_predictor(path, variant)
     if path.suffix.lower() == ".onnx" and path.is_file():
         import onnx
 
@@ -155,7 +154,17 @@ def _load_predictor(model: str, arch: Optional[str], config: Optional[Path], sco
     if path.exists():
         _fail(f"{path}: expected a model_pack run id, a packed model dir, an .onnx or a .pt/.pth checkpoint")
     st, rec = _model_pack_run(config, model, overrides)
-    p = Predictor.from_dir(st.materialize(rec, "model"), variant=variant)
+    return _packed_predictor(materialized(st, rec, "model"), variant)
+
+
+def _packed_predictor(model_dir: Path, variant: Optional[str]):
+    """(predict, class names, category ids) of a packed model dir; a bad pack is one line, not a traceback."""
+    from cvpipe.inference.predictor import Predictor
+
+    try:
+        p = Predictor.from_dir(model_dir, variant=variant)
+    except (ValueError, KeyError, OSError) as e:  # PackedModelError, an unknown variant, an unreadable file
+        _fail(f"cannot load the packed model in {model_dir}: {e}")
     return p.predict, p.class_names, p.category_ids
 
 
@@ -169,10 +178,8 @@ def _coco_or_numbered(num_classes: int):
 
 def _torch_predictor(path: Path, arch: Optional[str]):
     """PyTorch eager through the same letterbox / postprocess as the ONNX predictor."""
-    import torch
-
-    from cvpipe.vision import letterbox, postprocess
     from cvpipe.export.onnx import load_trained
+    from cvpipe.inference.torch_predictor import TorchPredictor
     from cvpipe.models.yolox import SCALES
 
     scale = arch.lower().removeprefix("yolox-").removeprefix("yolox_") if arch else None
@@ -182,17 +189,8 @@ def _torch_predictor(path: Path, arch: Optional[str]):
     ids = meta.get("category_ids") or _coco_or_numbered(model.num_classes)[1]
     size = meta.get("input_size") or SCALES[model.scale].input_size
     size = tuple(size) if isinstance(size, (list, tuple)) else (int(size), int(size))
-    thr = {"score_thr": meta.get("score_thr", 0.25)}
-
-    def predict(image, score_thr=None):
-        x, r = letterbox(image, size)
-        with torch.no_grad():
-            out = model(torch.from_numpy(x[None]))[0].numpy()
-        det = postprocess(out, r, thr["score_thr"] if score_thr is None else score_thr, 0.45, 300, image.shape[:2])
-        det.image_size = image.shape[:2]
-        return det
-
-    return predict, list(names), [int(i) for i in ids]
+    predictor = TorchPredictor(model, size, score_thr=meta.get("score_thr", 0.25))
+    return predictor.predict, list(names), [int(i) for i in ids]
 
 
 def predict(

@@ -19,12 +19,16 @@ back.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from cvpipe.vision.classmap import ClassMap
+from cvpipe.pipeline.entity import link_tree
+
+if TYPE_CHECKING:  # cvpipe.vision imports cv2; step modules import this one, and `cvpipe --help` stays light
+    from cvpipe.vision.classmap import ClassMap
 
 IMAGE_COLUMNS = {
     "image_id": "int64",
@@ -109,9 +113,14 @@ class DetectionDataset:
         anns = self.annotations[self.annotations["image_id"].isin(imgs["image_id"])]
         return DetectionDataset.build(imgs, anns, self.categories)
 
-    def to_coco(self, split: str | None = None) -> dict:
-        """COCO instances dict; `file_name` is the blob name inside the `images` entity."""
+    def to_coco(self, split: str | None = None, max_images: int | None = None) -> dict:
+        """COCO instances dict; `file_name` is the blob name inside the `images` entity. `max_images`: only the
+        first N images by id (quick evaluations, calibration sets)."""
         ds = self.split(split) if split else self
+        if max_images is not None and max_images < len(ds.images):
+            keep = ds.images.sort_values("image_id").head(max_images)
+            ds = DetectionDataset.build(keep, ds.annotations[ds.annotations["image_id"].isin(keep["image_id"])],
+                                        ds.categories)
         images = []
         for r in ds.images.itertuples():
             extra = json.loads(r.extra) if r.extra else {}
@@ -138,8 +147,96 @@ class DetectionDataset:
 
     def class_map(self) -> ClassMap:
         """The vision core's ClassMap of the labelled categories: names and category ids in label order."""
+        from cvpipe.vision.classmap import ClassMap
+
         cats = self.categories[self.categories["label"] >= 0].sort_values("label")
         return ClassMap.from_names(list(cats["name"]), [int(c) for c in cats["category_id"]])
 
     def label_to_category_id(self) -> dict[int, int]:
         return dict(enumerate(self.class_map().category_ids))
+
+
+# ---- the entities steps exchange (cvpipe.pipeline.entity: the class owns load and save) ----------------------
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class DetectionData(DetectionDataset):
+    """The `dataset` entity of data_load and data_prep: the canonical tables (and COCO JSON), every finding the
+    steps so far reported about the data (findings.{json,parquet}), and what data_load read (source.json)."""
+
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> DetectionData:
+        from cvpipe.data.load import read_source_info
+        from cvpipe.data.validate import read_findings
+
+        d = Path(directory)
+        ds = DetectionDataset.load(d)
+        return cls(ds.images, ds.annotations, ds.categories, read_findings(d), read_source_info(d))
+
+    @classmethod
+    def of(cls, ds: DetectionDataset, findings: list[dict[str, Any]],
+           source: dict[str, Any] | None = None) -> DetectionData:
+        return cls(ds.images, ds.annotations, ds.categories, list(findings), dict(source or {}))
+
+    def save(self, directory: str | Path, coco_json: bool = True) -> None:
+        from cvpipe.data.load import write_source_info
+        from cvpipe.data.validate import write_findings
+
+        d = Path(directory)
+        super().save(d, coco_json)
+        write_findings(self.findings, d)
+        if self.source:  # no local paths in it: they differ from run to run and say nothing about the data
+            write_source_info(d, self.source)
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """The content-addressed `images` entity: image files named by content (`blob` = <sha256><ext>).
+
+    `names` limits it to some of the files of `directory` (data_prep keeps the images it kept)."""
+
+    directory: Path
+    names: tuple[str, ...] | None = None
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ImageFiles:
+        return cls(Path(directory))
+
+    def save(self, directory: str | Path) -> None:
+        link_tree(self.directory, Path(directory), self.names)
+
+    def path(self, blob: str) -> Path:
+        """The file of one image (a plain name inside the entity)."""
+        if not blob or Path(blob).name != blob:
+            raise ValueError(f"not an image file name: {blob!r}")
+        return self.directory / blob
+
+    def subset(self, blobs: set[str] | list[str]) -> ImageFiles:
+        return ImageFiles(self.directory, tuple(sorted(set(blobs))))
+
+
+@dataclass(frozen=True)
+class TestImage:
+    """model_train's `test_image` entity: one image with objects (image.<ext>), ground_truth.json and meta.json
+    (which image, and why it was chosen); model_pack packs it as the model's smoke-test image."""
+
+    __test__ = False  # not a pytest class
+    directory: Path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TestImage:
+        return cls(Path(directory))
+
+    def save(self, directory: str | Path) -> None:
+        link_tree(self.directory, Path(directory))
+
+    @property
+    def image(self) -> Path | None:
+        """image.<ext> (else any image file in the entity), or None when training found no image with objects."""
+        files = [p for p in sorted(self.directory.iterdir()) if p.suffix.lower() in IMAGE_EXTS]
+        named = [p for p in files if p.stem == "image"]
+        return (named or files)[0] if files else None

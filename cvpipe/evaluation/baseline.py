@@ -7,10 +7,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from cvpipe.models.pretrained_files import find_nano_onnx
 from cvpipe.vision import ClassMap
+
+if TYPE_CHECKING:
+    from cvpipe.inference.packed import PackedModel
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +32,13 @@ class EvalModel:
     classes: ClassMap
 
 
-def packed_eval_model(kind: str, model_dir: Path, score_thr: float) -> EvalModel:
+def packed_eval_model(kind: str, model: PackedModel | Path, score_thr: float) -> EvalModel:
     from cvpipe.inference.packed import PackedModel
     from cvpipe.inference.predictor import Predictor
 
-    packed = PackedModel.load(model_dir)
-    predictor = Predictor.from_dir(model_dir)
-    return EvalModel(kind, packed.run_id or Path(model_dir).name,
+    packed = model if isinstance(model, PackedModel) else PackedModel.load(model)
+    predictor = Predictor.from_dir(packed)
+    return EvalModel(kind, packed.run_id or packed.dir.name,
                      lambda images: predictor.predict_batch(images, score_thr=score_thr), packed.classes)
 
 

@@ -19,14 +19,18 @@ import io
 import logging
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from cvpipe.vision import STRIDES, letterbox, make_grid, postprocess
+
+if TYPE_CHECKING:
+    from cvpipe.inference.torch_predictor import TorchPredictor
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,7 @@ def append_decode(model: onnx.ModelProto, input_size: Sequence[int], strides=STR
         for node in g.node:
             node.output[:] = [raw_name if o == OUTPUT_NAME else o for o in node.output]
             node.input[:] = [raw_name if i == OUTPUT_NAME else i for i in node.input]
-    grid, stride = make_grid(tuple(input_size), strides)
+    grid, stride = make_grid((int(input_size[0]), int(input_size[1])), strides)
     dims = [d.dim_value for d in g.output[0].type.tensor_type.shape.dim]
     if len(dims) == 3 and dims[1] and dims[1] != len(grid):
         raise ValueError(f"the graph outputs {dims[1]} anchor points but input size {tuple(input_size)} with "
@@ -147,35 +151,27 @@ def set_metadata(model: onnx.ModelProto, meta: dict) -> None:
         model.metadata_props.append(onnx.StringStringEntryProto(key=str(k), value=str(v)))
 
 
-def export_onnx(model, path: str | Path, input_size: Sequence[int], e2e: bool = False, dynamic_batch: bool = True,
-                opset: int = 17, score_thr: float = 0.25, nms_thr: float = 0.45, max_det: int = 300,
-                metadata: dict | None = None) -> Path:
-    """Export a YOLOX nn.Module (decoded outputs) to `path`; with e2e, the end-to-end graph instead."""
+def export_onnx(model: Any, path: str | Path, input_size: Sequence[int], dynamic_batch: bool = True,
+                opset: int = 17, metadata: dict | None = None) -> Path:
+    """Export a YOLOX nn.Module to `path` as the decoded graph: the network's raw outputs with the decode
+    appended from cvpipe.vision's grid (append_decode), the same formula every predictor decodes with."""
     import torch
+
+    from cvpipe.inference.torch_predictor import raw_inference
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    model.eval()
-    decode = getattr(model.head, "decode_in_inference", True)
-    model.head.decode_in_inference = True
-    dummy = torch.zeros(1, 3, int(input_size[0]), int(input_size[1]))
-    try:
-        with tempfile.TemporaryDirectory() as tmp, torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks in forward() become constants
-            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is the one verified here
-            tmp_path = Path(tmp) / "model.onnx"
-            torch.onnx.export(model, (dummy,), str(tmp_path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch
-                              else None, opset_version=opset, do_constant_folding=True, dynamo=False)
-            proto = onnx.load(str(tmp_path))
-    finally:
-        model.head.decode_in_inference = decode
-        model.train(was_training)
-    if e2e:
-        proto = append_e2e(proto, score_thr, nms_thr, max_det)
-    set_metadata(proto, {"producer": "cvpipe", "input_size": list(input_size), "graph": "e2e" if e2e else "decoded",
-                         **(metadata or {})})
+    size = (int(input_size[0]), int(input_size[1]))
+    dummy = torch.zeros(1, 3, *size)
+    with raw_inference(model), tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks in forward() become constants
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is the one verified here
+        tmp_path = Path(tmp) / "model.onnx"
+        torch.onnx.export(model, (dummy,), str(tmp_path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch
+                          else None, opset_version=opset, do_constant_folding=True, dynamo=False)
+        proto = append_decode(onnx.load(str(tmp_path)), size)
+    set_metadata(proto, {"producer": "cvpipe", "input_size": list(size), "graph": "decoded", **(metadata or {})})
     onnx.save(proto, str(path))
     return path
 
@@ -264,31 +260,21 @@ def near_ties(decoded: np.ndarray, score_thr: float, tol: float, nms_thr: float 
     return False
 
 
-def check_parity(model, onnx_path: str | Path, image: np.ndarray, input_size: Sequence[int] | None = None,
-                 atol: float = 1e-4, score_thr: float = 0.25, nms_thr: float = 0.45,
-                 e2e_path: str | Path | None = None, max_det: int = 300) -> dict:
-    """ONNX Runtime vs PyTorch on one BGR image: decoded outputs within `atol` (scores absolute, boxes in
-    units of the input side, see output_diff) and the same final detections; the e2e graph (if given) must give the same detections too. Raises ParityError, else returns
-    {"max_abs_diff", "max_scaled_diff", "detections", ...}."""
-    import torch
-
-    if input_size is None:
-        shape = ort_session(onnx_path).get_inputs()[0].shape
-        input_size = (int(shape[2]), int(shape[3]))
-    x, r = letterbox(image, tuple(input_size))
-    model.eval()
-    decode = model.head.decode_in_inference
-    model.head.decode_in_inference = True
-    try:
-        with torch.no_grad():
-            ref = model(torch.from_numpy(x[None])).numpy()
-    finally:
-        model.head.decode_in_inference = decode
+def check_parity(reference: TorchPredictor, onnx_path: str | Path, image: np.ndarray, atol: float = 1e-4,
+                 e2e_path: str | Path | None = None) -> dict:
+    """ONNX Runtime vs PyTorch (the torch predictor: raw head outputs decoded by cvpipe.vision, so the graph's
+    own decode is checked too) on one BGR image: decoded outputs within `atol` (scores absolute, boxes in units
+    of the input side, see output_diff) and the same final detections; the e2e graph (if given) must give the
+    same detections too. Raises ParityError, else returns {"max_abs_diff", "max_scaled_diff", "detections", ...}."""
+    input_size, score_thr, nms_thr, max_det = (reference.input_size, reference.score_thr, reference.nms_thr,
+                                               reference.max_det)
+    x, r = letterbox(image, input_size)
+    ref = reference.decoded(x[None])
     got = ort_session(onnx_path).run(None, {INPUT_NAME: x[None]})[0]
     if got.shape != ref.shape:
         raise ParityError(f"ONNX output shape {got.shape} != PyTorch {ref.shape}")
     diff, scaled = output_diff(got, ref, input_size)
-    result = {"max_abs_diff": diff, "max_scaled_diff": scaled}
+    result: dict[str, Any] = {"max_abs_diff": diff, "max_scaled_diff": scaled}
     if scaled > atol:
         raise ParityError(f"ONNX vs PyTorch decoded outputs differ by {diff:.3e} (scaled {scaled:.3e} > {atol})")
     hw = image.shape[:2]
@@ -302,7 +288,7 @@ def check_parity(model, onnx_path: str | Path, image: np.ndarray, input_size: Se
         # equal outputs up to float noise, but scores tied within that noise: NMS order is arbitrary
         detail = f"not comparable: {detail}, with candidate scores tied within {tol:.1e} (e.g. an untrained model)"
         log.warning("parity: final detections %s", detail)
-    result.update(detections=len(d_ref), detections_detail=detail)
+    result.update({"detections": len(d_ref), "detections_detail": detail})
     if e2e_path is not None:
         result.update(check_e2e(e2e_path, image, input_size, d_onnx, decoded=got[0], score_thr=score_thr,
                                 nms_thr=nms_thr))
@@ -313,7 +299,7 @@ def check_e2e(e2e_path: str | Path, image: np.ndarray, input_size, expected, dec
               score_thr: float = 0.25, nms_thr: float = 0.45) -> dict:
     """The e2e graph's detections on the image equal `expected` (Detections from the numpy postprocess of the
     decoded output `decoded` [N, 5+C]); where that output has near-tied scores, a difference is only logged."""
-    x, r = letterbox(image, tuple(input_size))
+    x, r = letterbox(image, (int(input_size[0]), int(input_size[1])))
     rows = ort_session(e2e_path).run(None, {INPUT_NAME: x[None]})[0]
     d_e2e = e2e_to_detections(rows, r, image.shape[:2])
     ok, detail = same_detections(d_e2e, expected)
@@ -331,7 +317,7 @@ def check_onnx_parity(reference_onnx: str | Path, candidate_onnx: str | Path, im
     decode-appended BYO graph vs its raw original decoded in numpy)."""
     from cvpipe.vision import decode_raw
 
-    x, _ = letterbox(image, tuple(input_size))
+    x, _ = letterbox(image, (int(input_size[0]), int(input_size[1])))
     a = ort_session(reference_onnx).run(None, {INPUT_NAME: x[None]})[0]
     if reference_raw:
         a = decode_raw(a, tuple(input_size))
@@ -371,7 +357,8 @@ def load_trained(path: str | Path, scale: str | None = None):
     from cvpipe.models.yolox.checkpoints import read_checkpoint
 
     ckpt = read_checkpoint(path)
-    meta = ckpt.get("meta") if isinstance(ckpt, dict) and isinstance(ckpt.get("meta"), dict) else {}
+    found = ckpt.get("meta") if isinstance(ckpt, dict) else None
+    meta: dict[str, Any] = found if isinstance(found, dict) else {}
     try:
         return load_model(ckpt, scale=scale, fused=bool(meta.get("fused", False)))
     except CheckpointError as e:

@@ -18,7 +18,9 @@ Variants (contract 2): the same model in several runtimes / precisions, each cer
     "refused_variants": {"int8": {"reason": "...", "certificate": {...}}}   # reported, never loadable
 
 The first file of a variant is the one its backend opens. A contract-1 dir (no "variants") has one: fp32.
-`PackedModel.save(dir, meta)` is the one writer of model.json.
+`PackedModel.save_card(dir, card)` is the one writer of model.json, from the one schema `ModelCard`
+(cvpipe.export.pack fills it once per pack). A PackedModel is also the `model` entity of model_pack: `save`
+copies the pack into another dir.
 """
 
 from __future__ import annotations
@@ -26,12 +28,62 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from cvpipe.vision import ClassMap
 
 CONTRACT_VERSION = 2  # bump when a field changes meaning; readers refuse versions they do not know
 READABLE_VERSIONS = (1, 2)
 BACKENDS = ("onnxruntime", "openvino")
+
+
+INPUT_CONTRACT = {"name": "images", "shape": ["batch", 3, "H", "W"], "dtype": "float32", "channels": "BGR",
+                  "range": "0-255 (no mean/std)", "resize": "letterbox: one scale r = min(H/h, W/w), image in "
+                  "the top-left corner", "pad_value": 114}
+GRAPH_OUTPUTS = {
+    "model.onnx": {"name": "output", "shape": ["batch", "N", "5+C"],
+                   "layout": "cx, cy, w, h (input pixels), objectness, C class probabilities"},
+    "model_e2e.onnx": {"name": "detections", "shape": ["K", 7],
+                       "layout": "batch index, x1, y1, x2, y2 (input pixels; divide by r), score, class index; "
+                                 "score = obj * best class prob, per-class NMS inside"},
+}
+
+
+class ModelCard(BaseModel):
+    """model.json, the schema it is written from. Readers go through PackedModel (which also reads contract-1
+    files and checks every name for hostile values); unknown keys are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    contract_version: int = CONTRACT_VERSION
+    name: str
+    run_id: str | None = None
+    source_run_ids: dict[str, str] = Field(default_factory=dict)
+    created_at: str
+    input_size: list[int]
+    class_names: list[str]
+    category_ids: list[int]
+    input: dict[str, Any] = Field(default_factory=lambda: dict(INPUT_CONTRACT))
+    outputs: dict[str, Any] = Field(default_factory=dict)  # graph file -> its output (GRAPH_OUTPUTS)
+    onnx: str = "model.onnx"
+    e2e: str | None = None
+    batch: int | Literal["dynamic"] = "dynamic"
+    test_image: str | None = None
+    variants: dict[str, dict[str, Any]]
+    default_variant: str = "fp32"
+    refused_variants: dict[str, Any] = Field(default_factory=dict)
+    default_choice: dict[str, Any] = Field(default_factory=dict)
+    reference_detections: int | None = None
+    score_thr: float = 0.25
+    nms_thr: float = 0.45
+    max_det: int = 300
+    metrics: dict[str, Any] = Field(default_factory=dict)  # of the checkpoint, at pack time
+    scale: str | None = None
+    source: dict[str, Any] = Field(default_factory=dict)  # what was packed (checkpoint or ONNX file)
+    parity: dict[str, Any] = Field(default_factory=dict)
+    simplify: dict[str, Any] = Field(default_factory=dict)
 
 
 class PackedModelError(ValueError):
@@ -69,7 +121,7 @@ class PackedModel:
 
     # ---- reading ----------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, model_dir: str | Path) -> "PackedModel":
+    def load(cls, model_dir: str | Path) -> PackedModel:
         model_dir = Path(model_dir)
         path = model_dir / "model.json"
         if not path.is_file():
@@ -86,12 +138,20 @@ class PackedModel:
 
     # ---- writing (the one writer) ----------------------------------------------------------------------
     @classmethod
-    def save(cls, model_dir: str | Path, meta: dict) -> "PackedModel":
-        """Write model.json (stamped with this CONTRACT_VERSION) and read it back through the checks."""
+    def save_card(cls, model_dir: str | Path, card: ModelCard | dict) -> PackedModel:
+        """Write model.json from the schema (stamped with this CONTRACT_VERSION) and read it back through the
+        checks."""
         model_dir = Path(model_dir)
-        meta = {**meta, "contract_version": CONTRACT_VERSION}
+        card = card if isinstance(card, ModelCard) else ModelCard.model_validate(card)
+        meta = {**card.model_dump(mode="json"), "contract_version": CONTRACT_VERSION}
         (model_dir / "model.json").write_text(json.dumps(meta, indent=2))
         return cls.load(model_dir)
+
+    def save(self, directory: str | Path) -> None:
+        """The pack's files into `directory` (the runner saving model_pack's `model` entity)."""
+        from cvpipe.pipeline.entity import link_tree  # not in the Bento, which never saves a pack
+
+        link_tree(self.dir, Path(directory))
 
     def validate(self) -> None:
         version = self.meta.get("contract_version", 1)
@@ -135,8 +195,13 @@ class PackedModel:
 
     @property
     def test_image(self) -> Path | None:
+        """The pack's smoke-test image; in packs older than model.json's `test_image` key, the one plain
+        test_image.* file in the dir."""
         name = self.meta.get("test_image")
-        return None if name is None else member(self.dir, name, "test_image")
+        if name is not None:
+            return member(self.dir, name, "test_image")
+        found = [p for p in sorted(self.dir.glob("test_image.*")) if p.is_file() and not p.is_symlink()]
+        return found[0] if len(found) == 1 else None
 
     @property
     def reference(self) -> dict | None:
@@ -168,7 +233,7 @@ class PackedModel:
             raise PackedModelError("model.json variants must be an object that holds 'fp32'")
         return {name: self._variant(name, spec) for name, spec in raw.items()}
 
-    def _variant(self, name: str, spec) -> Variant:
+    def _variant(self, name: str, spec: Any) -> Variant:
         field = f"variants.{name}"
         if not isinstance(spec, dict) or spec.get("backend") not in BACKENDS:
             raise PackedModelError(f"model.json {field}: needs a backend out of {BACKENDS}")
@@ -176,8 +241,9 @@ class PackedModel:
         if not isinstance(files, list) or not files:
             raise PackedModelError(f"model.json {field}.files must be a non-empty list of file names")
         paths = [member(self.dir, f, f"{field}.files") for f in files]
+        certificate = spec.get("certificate")
         return Variant(name, spec["backend"], paths[0], tuple(p.name for p in paths),
-                       spec.get("certificate") if isinstance(spec.get("certificate"), dict) else {})
+                       certificate if isinstance(certificate, dict) else {})
 
     @property
     def default_variant(self) -> str:

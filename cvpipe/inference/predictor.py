@@ -1,9 +1,9 @@
 """Predictor of a packed model dir (or any decoded / raw YOLOX ONNX file or OpenVINO IR). numpy only, no torch.
 
-    pred = Predictor.from_dir("path/to/model")          # the pack's default variant (model.json)
-    pred = Predictor.from_dir("path/to/model", variant="openvino")   # or "fp32", "int8", "openvino_int8"
-    det = pred.predict(image_bgr)                        # Detections in original-image pixels
-    pred.to_json(det)                                    # [{"box": [x1,y1,x2,y2], "score", "category_id", "category_name"}]
+    pred = Predictor.from_dir("path/to/model")  # the pack's default variant (model.json)
+    pred = Predictor.from_dir("path/to/model", variant="openvino")  # or "fp32", "int8", "openvino_int8"
+    det = pred.predict(image_bgr)  # Detections in original-image pixels
+    pred.to_json(det)              # [{"box": [x1,y1,x2,y2], "score", "category_id", "category_name"}]
 
 Every variant runs behind the same pre- and post-processing (cvpipe.vision letterbox, decode, NMS); only the
 backend (cvpipe.inference.runtimes) differs.
@@ -12,8 +12,8 @@ backend (cvpipe.inference.runtimes) differs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -59,7 +59,7 @@ class Predictor:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path | PackedModel, variant: str | None = None, intra_op_threads: int = 1,
-                 **overrides) -> "Predictor":
+                 **overrides) -> Predictor:
         """A packed model dir (PackedModel.load: classes, input size, thresholds, variants).
 
         variant: None = the pack's default variant, falling back to fp32 (with a warning) where the default's

@@ -5,16 +5,18 @@ Each check returns a `Check` (name, passed, detail) instead of raising, so that 
 
 from __future__ import annotations
 
-import json
 import mimetypes
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import httpx
 import numpy as np
 
 from cvpipe.inference.matching import match_detections  # noqa: F401 - re-exported for model_test
+from cvpipe.inference.packed import PackedModel
+from cvpipe.vision import decode_image
 
 
 @dataclass
@@ -36,11 +38,10 @@ def reference_detections(ref) -> list[dict]:
     return ref
 
 
-def find_test_image(model_dir: Path) -> Path:
-    found = sorted(Path(model_dir).glob("test_image.*"))
-    if not found:
-        raise FileNotFoundError(f"the packed model {model_dir} has no test_image.<ext>")
-    return found[0]
+def find_test_image(model: PackedModel) -> Path:
+    if model.test_image is None or not model.test_image.is_file():
+        raise FileNotFoundError(f"the packed model {model.dir} has no test image")
+    return model.test_image
 
 
 def image_part(path_or_name: str | Path, data: bytes) -> dict:
@@ -50,8 +51,7 @@ def image_part(path_or_name: str | Path, data: bytes) -> dict:
 
 def truncated_jpeg(image_bytes: bytes) -> bytes:
     """The first half of a JPEG encoding of the image (a JPEG cut off in transfer)."""
-    arr = cv2.imdecode(np.frombuffer(image_bytes, np.uint8), cv2.IMREAD_COLOR)
-    ok, enc = cv2.imencode(".jpg", arr, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    ok, enc = cv2.imencode(".jpg", decode_image(image_bytes), [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:
         raise RuntimeError("could not encode the test image as JPEG")
     data = enc.tobytes()
@@ -65,13 +65,16 @@ def _json(resp: httpx.Response):
         return None
 
 
-def check_service(client: httpx.Client, model_dir: Path, run_id: str | None, min_iou: float,
+def check_service(client: httpx.Client, model: PackedModel | Path, run_id: str | None, min_iou: float,
                   score_tol: float) -> tuple[list[Check], dict]:
     """All functional checks. Returns the checks and the reference detections (for the load test's check)."""
+    packed = model if isinstance(model, PackedModel) else PackedModel.load(model)
     checks: list[Check] = []
-    test_image = find_test_image(model_dir)
+    test_image = find_test_image(packed)
     image_bytes = test_image.read_bytes()
-    reference = json.loads((Path(model_dir) / "reference.json").read_text())
+    reference = packed.reference
+    if reference is None:
+        raise FileNotFoundError(f"the packed model {packed.dir} has no reference.json")
 
     r = client.post("/test_data")
     same = r.status_code == 200 and r.content == image_bytes
@@ -89,7 +92,7 @@ def check_service(client: httpx.Client, model_dir: Path, run_id: str | None, min
     body = _json(r)
     if r.status_code == 200 and isinstance(body, dict):
         ok, detail = match_detections(reference_detections(body), reference_detections(reference), min_iou, score_tol)
-        h, w = cv2.imdecode(np.frombuffer(image_bytes, np.uint8), cv2.IMREAD_COLOR).shape[:2]
+        h, w = decode_image(image_bytes).shape[:2]
         size = body.get("image", {})
         if (size.get("width"), size.get("height")) != (w, h):
             ok, detail = False, f"{detail}; reported image size {size} but the image is {w}x{h}"
@@ -103,7 +106,8 @@ def check_service(client: httpx.Client, model_dir: Path, run_id: str | None, min
     checks.append(Check("info reports the packed run id", ok,
                         f"HTTP {r.status_code}, version {info.get('version')!r}, packed run {run_id!r}"))
 
-    bad = [("empty body", {"content": b""}),
+    bad: list[tuple[str, dict[str, Any]]] = [
+           ("empty body", {"content": b""}),
            ("empty image file", {"files": image_part("empty.jpg", b"")}),
            ("garbage bytes", {"files": image_part("garbage.jpg", np.random.default_rng(0).bytes(2048))}),
            ("truncated JPEG", {"files": image_part("truncated.jpg", truncated_jpeg(image_bytes))})]

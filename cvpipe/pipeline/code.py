@@ -13,7 +13,7 @@ import ast
 import hashlib
 import importlib.util
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 
@@ -55,7 +55,7 @@ def _parents(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
-@lru_cache(maxsize=None)
+@cache
 def module_closure(module: str) -> tuple[tuple[str, Path], ...]:
     """(name, file) of `module` and every project module it imports, transitively, sorted by name."""
     roots = {module.split(".")[0], "cvpipe"}

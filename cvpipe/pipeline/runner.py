@@ -1,5 +1,6 @@
-"""The runner: resolves a step's inputs, reuses a cached run or creates a new one, calls the step,
-commits its outputs and writes the manifest. Steps never touch the store."""
+"""The runner: resolves a step's inputs, reuses a cached run or creates a new one, materialises and loads the
+input entities, calls the step, saves and commits the entities it returns, records its decisions and writes
+the manifest. Steps never touch the store (see cvpipe.pipeline.step)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import subprocess
 import tempfile
 import time
 import traceback
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,19 @@ from rich.table import Table
 
 import cvpipe
 from cvpipe.pipeline.code import code_fingerprint
+from cvpipe.pipeline.entity import load_entity, save_entity
 from cvpipe.pipeline.faults import fault_point
-from cvpipe.pipeline.step import SourceDigest, StepContext, StepSpec, get_step
-from cvpipe.store.store import (STATUS_COMPLETE, STATUS_FAILED, STATUS_RUNNING, ArtifactStore, RunRecord,
-                                new_run_id, no_space, utcnow)
+from cvpipe.pipeline.step import Decision, Produced, Resolved, SourceDigest, StepContext, StepSpec, get_step
+from cvpipe.store.store import (
+    STATUS_COMPLETE,
+    STATUS_FAILED,
+    STATUS_RUNNING,
+    ArtifactStore,
+    RunRecord,
+    new_run_id,
+    no_space,
+    utcnow,
+)
 
 log = logging.getLogger("cvpipe.runner")
 
@@ -35,7 +45,8 @@ log = logging.getLogger("cvpipe.runner")
 def describe_error(e: BaseException) -> str:
     """One line a user can act on: a full disk says where; anything else is `Type: message`."""
     if no_space(e):
-        where = f" while writing {e.filename}" if getattr(e, "filename", None) else ""
+        filename = getattr(e, "filename", None)
+        where = f" while writing {filename}" if filename else ""
         return (f"no space left on device{where}: free some space (or point the store, TMPDIR or CVPIPE_CACHE "
                 f"elsewhere) and run again")
     return f"{type(e).__name__}: {e}"
@@ -57,7 +68,7 @@ class SourceError(MissingInput):
     """A step's raw source cannot be read (not found, unsafe, over a limit): said before any run exists."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def code_version(module: str | None = None) -> dict[str, Any]:
     """Package version, git commit (if any) and the fingerprint the cache keys on: of the step module's own
     code (the project modules it imports, see `cvpipe.pipeline.code`), or of the whole package when no
@@ -157,14 +168,17 @@ class Runner:
         except (OSError, ValueError) as e:
             raise SourceError(f"{spec.name}: cannot read its source: {type(e).__name__}: {e}") from e
 
-    def read_dependencies(self, spec: StepSpec, params: Any,
-                          inputs: dict[str, RunRecord | None]) -> dict[str, Any] | None:
-        """What the step says its result depends on in the store beyond its inputs (None for most steps)."""
-        if spec.depends_on is None:
-            return None
+    def read_dependencies(self, spec: StepSpec, params: Any, inputs: dict[str, RunRecord | None]
+                          ) -> tuple[dict[str, Any] | None, dict[str, Resolved]]:
+        """What the step's result depends on in the store beyond its inputs (None for most steps), and what its
+        resolvers found there (handed to the step when it runs)."""
         runs = {kw: (rec.run_id if rec else None) for kw, rec in inputs.items()}
-        depends = spec.depends_on(params, self.store, runs)
-        return json.loads(json.dumps(depends, sort_keys=True)) if depends is not None else None  # JSON-able now
+        resolved = {kw: resolver(params, self.store, runs) for kw, resolver in spec.resolve.items()}
+        if spec.depends_on is None and not resolved:
+            return None, resolved
+        depends = dict(spec.depends_on(params, self.store, runs) or {}) if spec.depends_on else {}
+        depends.update({kw: r.key for kw, r in resolved.items()})
+        return json.loads(json.dumps(depends, sort_keys=True)), resolved  # JSON-able now
 
     # ---- running ------------------------------------------------------------------------------
     def run(self, steps: list[str]) -> list[RunRecord]:
@@ -175,7 +189,7 @@ class Runner:
         params = self.cfg.params(name)
         inputs = self.resolve_inputs(spec)
         source = self.digest_source(spec, params)
-        depends = self.read_dependencies(spec, params, inputs)
+        depends, resolved = self.read_dependencies(spec, params, inputs)
         key = self.cache_key(spec, params, inputs, source, depends)
         if not self.force:
             cached = self.store.find_cached(name, key)
@@ -186,7 +200,7 @@ class Runner:
                                    f"[bold]{cached.run_id}[/] (use --force to rerun)")
                 self.produced[name] = cached
                 return cached
-        return self._execute(spec, params, inputs, key, source, depends)
+        return self._execute(spec, params, inputs, key, source, depends, resolved)
 
     def _manifest(self, spec: StepSpec, params: Any, inputs: dict[str, RunRecord | None], key: str,
                   run_id: str, source: SourceDigest | None, depends: dict[str, Any] | None) -> dict[str, Any]:
@@ -213,7 +227,8 @@ class Runner:
     def _print_config(self, spec: StepSpec, params: Any, inputs: dict[str, RunRecord | None], run_id: str,
                       source: SourceDigest | None, depends: dict[str, Any] | None) -> None:
         store = self.store
-        rows = {"store": store.url, "env": store.env, "pipeline": store.pipeline, "step": spec.name, "run_id": run_id}
+        rows: dict[str, Any] = {"store": store.url, "env": store.env, "pipeline": store.pipeline, "step": spec.name,
+                                "run_id": run_id}
         rows.update({f"{spec.name}.{k}": v for k, v in params.model_dump(mode="json").items()})
         rows.update({f"input.{kw}": (f"{r.step}/{r.run_id}" if r else None) for kw, r in inputs.items()})
         if source is not None:
@@ -222,7 +237,8 @@ class Runner:
         self.console.print(config_table(f"{spec.name}: effective config", rows))
 
     def _execute(self, spec: StepSpec, params: Any, inputs: dict[str, RunRecord | None], key: str,
-                 source: SourceDigest | None = None, depends: dict[str, Any] | None = None) -> RunRecord:
+                 source: SourceDigest | None = None, depends: dict[str, Any] | None = None,
+                 resolved: dict[str, Resolved] | None = None) -> RunRecord:
         run_id = new_run_id()
         self._print_config(spec, params, inputs, run_id, source, depends)
         manifest = self._manifest(spec, params, inputs, key, run_id, source, depends)
@@ -236,7 +252,7 @@ class Runner:
         step_log = _StepLog(staging / "step.log")
         try:
             ctx = self._context(spec, run_id, staging, resumable, manifest, source)
-            manifest["outputs"], summary = self._call(spec, params, ctx, inputs)
+            manifest["outputs"], summary = self._call(spec, params, ctx, inputs, resolved or {})
             manifest.update(status=STATUS_COMPLETE, summary=summary)
         except BaseException as e:  # KeyboardInterrupt too: the run is recorded, then the error goes on
             self._record_failure(spec, manifest, e, staging)
@@ -247,25 +263,27 @@ class Runner:
         self._close(manifest, step_log, staging)
         rec = RunRecord(run_id, spec.name, manifest)
         self.produced[spec.name] = rec
+        where = self.store.uri(self.store.run_path(spec.name, run_id))
         self.console.print(f"[bold green]{spec.name}[/]: run [bold]{run_id}[/] complete in "
-                           f"{manifest['duration_s']:.1f} s -> {self.store.uri(self.store.run_path(spec.name, run_id))}")
+                           f"{manifest['duration_s']:.1f} s -> {where}")
         return rec
 
     def _context(self, spec: StepSpec, run_id: str, staging: Path, resumable: RunRecord | None,
                  manifest: dict[str, Any], source: SourceDigest | None) -> StepContext:
         """Empty output, scratch and state folders in `staging`; the state of a dead run to resume from."""
-        store = self.store
+        store, state = self.store, staging / "state"
         ctx = StepContext(step=spec.name, run_id=run_id, outputs={o: staging / "out" / o for o in spec.outputs},
-                          scratch=staging / "scratch", state=staging / "state", source=source, store=store,
+                          scratch=staging / "scratch", state=state, source=source,
                           input_runs={kw: v["run_id"] if v else None for kw, v in manifest["inputs"].items()})
-        for p in [*ctx.outputs.values(), ctx.scratch, ctx.state]:
+        for p in [*ctx.outputs.values(), ctx.scratch, state]:
             p.mkdir(parents=True)
 
         def save_state() -> None:
-            store.put_state(spec.name, run_id, ctx.state)
+            store.put_state(spec.name, run_id, state)
             fault_point(spec.name, "state_saved")
 
         ctx.on_save_state = save_state
+        ctx.on_decide = lambda decision: record(store, spec.name, run_id, decision)
         if resumable is not None:
             ctx.resume = store.get_state(resumable, staging / "resume")
             manifest["resumed_from"] = resumable.run_id
@@ -273,14 +291,13 @@ class Runner:
                                f"{resumable.run_id}")
         return ctx
 
-    def _call(self, spec: StepSpec, params: Any, ctx: StepContext,
-              inputs: dict[str, RunRecord | None]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _call(self, spec: StepSpec, params: Any, ctx: StepContext, inputs: dict[str, RunRecord | None],
+              resolved: dict[str, Resolved]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Materialise (and verify) the inputs, call the step, commit its outputs: (outputs, summary)."""
         store = self.store
         local_inputs = {kw: (store.materialize(r, spec.inputs[kw].entity) if r else None) for kw, r in inputs.items()}
         log.info("running %s (run %s)", spec.name, ctx.run_id)
-        summary = spec.func(params, ctx, **local_inputs) or {}
-        json.dumps(summary)  # the summary must be JSON-able: fail inside the run, not after it
+        summary = invoke(spec, params, ctx, local_inputs, {kw: r.load() for kw, r in resolved.items()})
         fault_point(spec.name, "before_commit")
         outputs: dict[str, Any] = {}
         for name, out in spec.outputs.items():
@@ -313,7 +330,7 @@ class Runner:
                     log.warning("could not keep %s of the failed run: %s", name, err)
         return kept
 
-    def _close(self, manifest: dict, step_log: "_StepLog", staging: Path) -> None:
+    def _close(self, manifest: dict, step_log: _StepLog, staging: Path) -> None:
         """Store the log and write the manifest last (what makes the run complete or failed); the staging
         folder goes whatever happens. A manifest that cannot be written leaves the run 'interrupted'."""
         manifest.update(ended_at=utcnow(), duration_s=round(time.monotonic() - step_log.started, 3))
@@ -331,6 +348,41 @@ class Runner:
                       manifest["run_id"], describe_error(e))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def invoke(spec: StepSpec, params: Any, ctx: StepContext, local_inputs: dict[str, Path | None],
+           extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load the input entities from their local directories, call the step, save the entities it returns into
+    ctx.outputs: the summary. The one place a step is called (the runner; tests call it too)."""
+    classes = spec.input_classes()
+    loaded = {kw: load_entity(classes.get(kw), path) for kw, path in local_inputs.items()}
+    result = spec.func(params, ctx, **loaded, **(extra or {}))
+    if isinstance(result, Produced):
+        unknown = set(result.entities) - set(spec.outputs)
+        missing = set(spec.outputs) - set(result.entities)
+        if unknown or missing:
+            raise TypeError(f"step {spec.name} returned entities {sorted(result.entities)}; it declares "
+                            f"{sorted(spec.outputs)}")
+        for name, value in result.entities.items():
+            save_entity(value, ctx.output(name), spec.outputs[name].entity, f"{spec.name}.{name}")
+        summary = result.summary
+    else:
+        summary = result or {}
+    json.dumps(summary)  # the summary must be JSON-able: fail inside the run, not after it
+    return summary
+
+
+def record(store: ArtifactStore, step: str, run_id: str, decision: Decision) -> str:
+    """Record a step's Decision in the promotion log; says what happened."""
+    from cvpipe.store.promotion import record_decision
+
+    event = record_decision(store, step=step, step_run_id=run_id, model_run_id=decision.model_run_id,
+                            passed=decision.passed, promote_on_pass=decision.promote_on_pass,
+                            reason=decision.reason, metrics=decision.metrics)
+    if event is None:
+        return "already champion" if decision.passed and decision.promote_on_pass else "nothing to record"
+    done = {"promote": "promoted", "demote": "demoted", "refuse": "refused"}.get(event.action, event.action)
+    return f"{done} (event {event.seq})"
 
 
 class _StepLog:

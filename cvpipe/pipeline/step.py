@@ -1,20 +1,35 @@
-"""Steps: plain functions of their params and inputs, registered by name with declared entities.
+"""Steps: plain functions of their params and loaded entities, registered by name.
 
-A step never sees the store. The runner hands it each input entity as a local, read-only directory
-(keyword arguments named after the inputs) and a `StepContext` whose `outputs` are empty local
-directories to fill. Whatever the function returns (a JSON-able dict) is kept in the run manifest
-as the run's summary.
+    @step("data_prep", params=DataPrepParams,
+          inputs={"dataset": "data_load.dataset", "images": "data_load.images"},
+          outputs=[Output("dataset", DetectionData), Output("images", ImageFiles), Output("report", Folder)])
+    def data_prep(params: DataPrepParams, ctx: StepContext, *, dataset: DetectionData,
+                  images: ImageFiles) -> Produced: ...
+
+A step never sees the store, nor a store path. The runner resolves each input to a run, materialises its
+directory and hands the step the entity its annotation names, loaded (`DetectionData.load(dir)`; see
+cvpipe.pipeline.entity); the step returns `Produced(summary, **entities)` and the runner saves each entity
+(`entity.save(dir)`) and commits it. The summary (JSON-able) is kept in the run manifest. What else a step
+reads from the store (model_eval's champion) comes the same way, resolved by the runner (`resolve=`); what a
+step decides about a model (promote, veto) it hands to `ctx.decide`, which the runner records.
+
+`ctx.scratch` (and `ctx.workdir(name)`, a fresh folder in it) is the step's own temporary work area.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+import shutil
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+
+from cvpipe.pipeline.entity import entity_class
 
 
 class StepParams(BaseModel):
@@ -25,15 +40,49 @@ class StepParams(BaseModel):
 
 @dataclass(frozen=True)
 class Output:
-    """An output entity: a directory the step fills.
+    """An output entity of a step: `entity` is its class (the step returns one; the runner saves it).
 
     `content_addressed` entities are stored once per distinct file content in the store's object area
     (an image shared by two loads is stored once); the run keeps an index of them.
     """
 
     name: str
+    entity: type | None = None  # None: a plain directory the step fills (ctx.output(name)); throwaway steps
     content_addressed: bool = False
     description: str = ""
+
+
+@dataclass
+class Produced:
+    """What a step returns: its summary (JSON-able, kept in the manifest) and its output entities by name."""
+
+    summary: dict[str, Any]
+    entities: dict[str, Any]
+
+    def __init__(self, summary: dict[str, Any] | None = None, **entities: Any):
+        self.summary, self.entities = dict(summary or {}), entities
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A step's verdict on a packed model (model_eval: passed, promote; model_test: a veto), which the runner
+    records in the store's promotion log (cvpipe.store.promotion.record_decision)."""
+
+    model_run_id: str
+    passed: bool
+    promote_on_pass: bool
+    reason: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Something a step reads from the store beyond its inputs, as the runner resolves it before looking for
+    a cached run: `key` (JSON-able) is part of the cache key and the manifest's `depends_on`; `load()` gives
+    the value handed to the step (called only when the step really runs)."""
+
+    key: Any
+    load: Callable[[], Any] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -75,7 +124,8 @@ class SourceDigest:
 
 @dataclass
 class StepContext:
-    """What a running step may know about its own run.
+    """What a running step may know about its own run: its id, the run ids of its inputs (for the record:
+    model_eval names the model_pack run it judged), a scratch folder, and two hooks the runner wires.
 
     Long steps keep resumable state (e.g. the last training checkpoint) in `state` and call
     `save_state()`: the runner stores it at once. When an earlier run with the same inputs, params and
@@ -91,24 +141,43 @@ class StepContext:
     resume: Path | None = None
     on_save_state: Callable[[], None] | None = None
     source: SourceDigest | None = None  # the step's raw source as the runner digested it (steps with `source=`)
-    # The artifact store, for steps that record a decision beside their outputs (model_eval and model_test
-    # append promotion events, and compare with the promoted champion); entities still come as arguments.
-    store: Any = None
+    # Records a Decision in the promotion log (the runner wires it; None where no store is behind the run,
+    # e.g. a step called by hand): returns what happened, in words.
+    on_decide: Callable[[Decision], str] | None = None
 
     def save_state(self) -> None:
         if self.on_save_state is not None:
             self.on_save_state()
 
+    def decide(self, decision: Decision) -> str:
+        """Hand a promotion decision to the runner, which records it; what happened, in words."""
+        if self.on_decide is None:
+            return f"not recorded: no store behind this run (decide by hand: cvpipe promote {decision.model_run_id})"
+        return self.on_decide(decision)
+
+    def workdir(self, name: str) -> Path:
+        """An empty folder to build an entity in. For a declared output it is where the runner collects that
+        output (saving the returned entity then moves nothing, and a step that fails after writing its
+        report still has it kept for diagnosis); any other name gets a fresh folder in scratch."""
+        path = self.outputs.get(name) or self.scratch / "entities" / name
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        return path
+
     def output(self, name: str) -> Path:
+        """The folder of a plain-directory output (`Output(name)` without an entity class: throwaway steps)."""
         try:
             return self.outputs[name]
         except KeyError:
             raise KeyError(f"step {self.step!r} declares no output {name!r}; it has {sorted(self.outputs)}") from None
 
 
-StepFunc = Callable[..., "dict[str, Any] | None"]
+StepFunc = Callable[..., "Produced | dict[str, Any] | None"]
 # (params, store, input run ids by keyword) -> JSON-able facts the result depends on; see `step(depends_on=)`
 DependsOn = Callable[[Any, Any, "dict[str, str | None]"], "dict[str, Any] | None"]
+# (params, store or None, input run ids by keyword) -> Resolved; see `step(resolve=)`
+Resolver = Callable[[Any, Any, "dict[str, str | None]"], Resolved]
 
 
 @dataclass(frozen=True)
@@ -121,10 +190,16 @@ class StepSpec:
     description: str
     source: Callable[[Any], SourceDigest] | None = None  # params -> digest of the raw data the step reads
     depends_on: DependsOn | None = None  # what else in the store decides the result (see `step`)
+    resolve: dict[str, Resolver] = field(default_factory=dict)  # keyword -> store state handed to the step
 
     @property
     def upstream(self) -> set[str]:
         return {i.step for i in self.inputs.values() if i.step != self.name}
+
+    def input_classes(self) -> dict[str, type | None]:
+        """Input keyword -> the entity class its annotation names (None: the raw directory)."""
+        hints = typing.get_type_hints(self.func)
+        return {kw: entity_class(hints.get(kw))[0] for kw in self.inputs}
 
 
 _REGISTRY: dict[str, StepSpec] = {}
@@ -139,11 +214,13 @@ def step(
     outputs: list[str | Output] | None = None,
     source: Callable[[Any], SourceDigest] | None = None,
     depends_on: DependsOn | None = None,
+    resolve: dict[str, Resolver] | None = None,
 ) -> Callable[[StepFunc], StepFunc]:
-    """Register `func(params, ctx, **inputs) -> dict | None` as the step `name`.
+    """Register `func(params, ctx, **inputs) -> Produced` as the step `name`.
 
-    inputs: keyword name -> "producing_step.entity" (suffix "?" for optional).
-    outputs: entity names or `Output`s.
+    inputs: keyword name -> "producing_step.entity" (suffix "?" for optional); the keyword's annotation in
+        `func` names the entity class the runner loads (`X | None` for an optional input).
+    outputs: `Output`s (or bare names: plain directories the step fills through ctx.output).
     source: for steps that read raw data from outside the store, `source(params) -> SourceDigest`; the
         runner calls it before looking for a cached run, and hands the result to the step as `ctx.source`.
     depends_on: for steps whose result depends on store state that is not an input entity (model_eval
@@ -151,6 +228,10 @@ def step(
         (JSON-able, e.g. {"reference": {"champion": RUN_ID}}); input_runs maps each input keyword to its run id
         (or None). The runner calls it before looking for a cached run, keys the cache on it and records it in
         the manifest as `depends_on`: a changed answer is a new run, an unchanged one reuses the cached run.
+    resolve: keyword -> `resolver(params, store, input_runs) -> Resolved`, for what a step reads from the
+        store beside its inputs (model_eval's champion): the key is recorded as depends_on[keyword], the
+        loaded value is passed to the step as that keyword. The store is None where no runner is behind the
+        call (tests); a resolver then says what it resolves to without one.
     """
 
     def register(func: StepFunc) -> StepFunc:
@@ -161,7 +242,7 @@ def step(
                 raise ValueError(f"step {name!r}: input {key!r} on itself must be optional")
         doc = (func.__doc__ or "").strip()
         _REGISTRY[name] = StepSpec(name, func, params, ins, outs, doc.splitlines()[0] if doc else "", source,
-                                   depends_on)
+                                   depends_on, dict(resolve or {}))
         return func
 
     return register

@@ -27,12 +27,10 @@ import time
 from pathlib import Path
 
 import httpx
-
 import yaml
 
-
 PR_SET_PDEATHSIG = 1
-_running: "set[ServiceProcess]" = set()
+_running: set[ServiceProcess] = set()
 
 
 def die_with_parent(sig: int = signal.SIGTERM, parent_pid: int | None = None) -> None:
@@ -163,7 +161,7 @@ class ServiceProcess:
     def _log_path(self) -> Path:
         return self.log_path or Path(self._tmpdir()) / "server.log"
 
-    def start(self) -> "ServiceProcess":
+    def start(self) -> ServiceProcess:
         args, cwd = self._serve_args()
         if self.port is None:
             self.port = free_port(self.host if self.host not in ("0.0.0.0", "") else "127.0.0.1")
@@ -225,7 +223,7 @@ class ServiceProcess:
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> "ServiceProcess":
+    def __enter__(self) -> ServiceProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:

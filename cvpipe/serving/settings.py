@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
@@ -33,14 +33,16 @@ class ServiceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_default=True)
 
     # --- the model ------------------------------------------------------------------------------------------
-    model_tag: Optional[str] = Field(None, description="BentoML model to serve (default: the bento's own, set "
+    model_tag: str | None = Field(None, description="BentoML model to serve (default: the bento's own, set "
                                      "at build time).")
-    variant: Optional[str] = Field(None, description="Packed model variant to run (e.g. fp32, int8, openvino; "
+    model_dir: Path | None = Field(None, description="A packed model dir to serve instead of the BentoML "
+                                      "model (the service run in-process, e.g. by tests, without a Bento).")
+    variant: str | None = Field(None, description="Packed model variant to run (e.g. fp32, int8, openvino; "
                                    "default: the packed model's default).")
     workers: int = Field(1, ge=1, le=64, description="Worker processes (one model each; one already uses every "
                          "core through model_threads).")
     intra_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime threads per model call.")
-    model_threads: Optional[int] = Field(None, ge=1, le=64, description="Model calls one worker runs at the same "
+    model_threads: int | None = Field(None, ge=1, le=64, description="Model calls one worker runs at the same "
                                          "time (default: the CPUs this worker may use, at most 8: a worker that "
                                          "gets most connections can still use every core).")
     batch_max: int = Field(1, ge=1, le=64, description="Adaptive batching: most images per model call "
@@ -63,16 +65,17 @@ class ServiceSettings(BaseModel):
     queue_timeout_s: float = Field(10.0, gt=0, description="Longest wait for a processing slot or decode budget.")
     body_timeout_s: float = Field(10.0, gt=0, description="The whole request body must arrive within this "
                                   "time of the headers, else 408 (slow clients cannot hold a worker).")
-    max_receiving_mb: int = Field(512, ge=1, description="Bytes of request bodies one worker holds while they "
-                                  "arrive; past it new uploads get 503.")
+    upload_budget_mb: int = Field(512, ge=1, description="Memory for request bodies one worker holds at once: "
+                                  "arriving, waiting for a slot or being processed (a body counts from its "
+                                  "Content-Length until its answer); an upload that does not fit gets 503.")
     request_timeout_s: float = Field(60.0, gt=0, description="BentoML's per-request timeout (504).")
     # --- model updates (cvpipe.serving.swap) -----------------------------------------------------------------
-    follow_store: Optional[str] = Field(None, description="Store URL to load new model_pack runs from.")
+    follow_store: str | None = Field(None, description="Store URL to load new model_pack runs from.")
     store_env: str = "dev"
     store_pipeline: str = "default"
     follow: bool = Field(False, description="Poll follow_store and move to each newer good run.")
     follow_interval_s: float = Field(10.0, gt=0)
-    admin_token: Optional[SecretStr] = Field(None, min_length=MIN_TOKEN_CHARS, description="Enables POST "
+    admin_token: SecretStr | None = Field(None, min_length=MIN_TOKEN_CHARS, description="Enables POST "
                                              f"/admin/reload (Bearer token, {MIN_TOKEN_CHARS} characters or more).")
 
     @property
@@ -83,8 +86,12 @@ class ServiceSettings(BaseModel):
     def decode_budget_bytes(self) -> int:
         return self.decode_budget_mb * 2**20
 
+    @property
+    def upload_budget_bytes(self) -> int:
+        return self.upload_budget_mb * 2**20
+
     @classmethod
-    def load(cls, environ: Mapping[str, str] | None = None, **overrides) -> "ServiceSettings":
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides) -> ServiceSettings:
         """File (CVPIPE_SETTINGS_FILE), then CVPIPE_<FIELD> variables, then keyword overrides."""
         environ = os.environ if environ is None else environ
         values: dict = {}
@@ -108,6 +115,8 @@ class ServiceSettings(BaseModel):
         for name, value in self.model_dump(exclude_none=True).items():
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
+            elif isinstance(value, Path):
+                value = str(value)
             out[ENV_PREFIX + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
         return out
 

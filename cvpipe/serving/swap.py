@@ -23,8 +23,8 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from cvpipe.inference.matching import match_detections
 from cvpipe.inference.packed import PackedModel
@@ -167,7 +167,7 @@ class ModelManager:
         if self.on_event is not None:
             try:
                 self.on_event(event)
-            except Exception:  # noqa: BLE001 - metrics must never break a swap
+            except Exception:
                 log.exception("metrics hook failed")
 
     @property

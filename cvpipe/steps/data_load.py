@@ -7,8 +7,9 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
+from cvpipe.data.schema import DetectionData, ImageFiles
 from cvpipe.data.sources import ArchiveLimits
-from cvpipe.pipeline import Output, SourceDigest, StepContext, StepParams, step
+from cvpipe.pipeline import Output, Produced, SourceDigest, StepContext, StepParams, step
 
 
 class DataLoadParams(StepParams):
@@ -34,29 +35,28 @@ def digest_data_source(params: DataLoadParams) -> SourceDigest:
 
 
 @step("data_load", params=DataLoadParams, source=digest_data_source,
-      outputs=[Output("dataset", description="canonical tables + coco.json + findings.{json,parquet} + source.json"),
-               Output("images", content_addressed=True, description="image files named <sha256><ext>")])
-def data_load(params: DataLoadParams, ctx: StepContext) -> dict:
+      outputs=[Output("dataset", DetectionData,
+                      description="canonical tables + coco.json + findings.{json,parquet} + source.json"),
+               Output("images", ImageFiles, content_addressed=True, description="image files named <sha256><ext>")])
+def data_load(params: DataLoadParams, ctx: StepContext) -> Produced:
     """Normalise raw detection data into the canonical dataset."""
-    from cvpipe.data.load import normalise, read_raw, sweep_unreferenced, write_source_info
+    from cvpipe.data.load import normalise, read_raw, sweep_unreferenced
     from cvpipe.data.sources import fetch_source
-    from cvpipe.data.validate import write_findings
 
     source = ctx.source or digest_data_source(params)
     root = fetch_source(params.source, ctx.scratch / "source", params.archive_limits, source)
     raw = read_raw(root, params.format, params.annotations, params.images_dir, params.classes)
-    ds, findings = normalise(raw, ctx.output("images"), params.executor, params.workers)
+    images = ctx.workdir("images")
+    ds, findings = normalise(raw, images, params.executor, params.workers)
     findings = [{**f, "step": "data_load"} for f in findings]
-    sweep_unreferenced(ctx.output("images"), ds)
-    out = ctx.output("dataset")
-    ds.save(out)
-    write_findings(findings, out)
-    # no local paths here: they differ from run to run (scratch) and say nothing about the data
-    write_source_info(out, {"source": params.source, "format": raw.format, "digest": source.digest,
-                            "files": source.files})
+    sweep_unreferenced(images, ds)
+    # no local paths in the source info: they differ from run to run (scratch) and say nothing about the data
+    data = DetectionData.of(ds, findings, {"source": params.source, "format": raw.format, "digest": source.digest,
+                                           "files": source.files})
     by_rule: dict[str, int] = {}
     for f in findings:
         by_rule[f["rule"]] = by_rule.get(f["rule"], 0) + 1
-    return {"format": raw.format, "images": len(ds.images), "annotations": len(ds.annotations),
-            "categories": len(ds.categories), "distinct_files": len(set(ds.images["digest"]) - {""}),
-            "findings": len(findings), **({"findings_by_rule": by_rule} if by_rule else {})}
+    summary = {"format": raw.format, "images": len(ds.images), "annotations": len(ds.annotations),
+               "categories": len(ds.categories), "distinct_files": len(set(ds.images["digest"]) - {""}),
+               "findings": len(findings), **({"findings_by_rule": by_rule} if by_rule else {})}
+    return Produced(summary, dataset=data, images=ImageFiles(images))

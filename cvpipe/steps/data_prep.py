@@ -3,15 +3,14 @@ train/val/test stratified by class, and report visually."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import Field, field_validator
 
 from cvpipe.data.convert import ClassMapping
+from cvpipe.data.schema import DetectionData, DetectionDataset, ImageFiles
 from cvpipe.data.validate import ValidationPolicy
-from cvpipe.pipeline import Output, StepContext, StepParams, step
+from cvpipe.pipeline import Folder, Output, Produced, StepContext, StepParams, step
 
 
 class DataPrepParams(StepParams):
@@ -35,42 +34,37 @@ class DataPrepParams(StepParams):
 
 
 @step("data_prep", params=DataPrepParams, inputs={"dataset": "data_load.dataset", "images": "data_load.images"},
-      outputs=[Output("dataset", description="validated, converted and split dataset, coco_{split}.json"),
-               Output("images", content_addressed=True, description="the kept images"),
-               Output("report", description="report.html, PNGs, findings.{json,parquet}")])
-def data_prep(params: DataPrepParams, ctx: StepContext, *, dataset: Path, images: Path) -> dict:
+      outputs=[Output("dataset", DetectionData, description="validated, converted and split dataset, "
+                                                             "coco_{split}.json"),
+               Output("images", ImageFiles, content_addressed=True, description="the kept images"),
+               Output("report", Folder, description="report.html, PNGs, findings.{json,parquet}")])
+def data_prep(params: DataPrepParams, ctx: StepContext, *, dataset: DetectionData, images: ImageFiles) -> Produced:
     """Validate, convert, split and report the loaded dataset."""
-    from cvpipe.data.load import copy_or_link, read_source_info
     from cvpipe.data.report import write_report
-    from cvpipe.data.schema import DetectionDataset
     from cvpipe.data.split import split_table
-    from cvpipe.data.validate import read_findings, summarize_findings, validate, write_findings
+    from cvpipe.data.validate import summarize_findings, validate, write_findings
 
-    ds = DetectionDataset.load(dataset)
-    load_findings = read_findings(dataset)
-    candidates = set(ds.images.sort_values("digest")["image_id"].head(params.report_samples * 2).astype(int))
-    result = validate(ds, images, params.validation, candidates, params.executor, params.workers,
-                      source_format=read_source_info(dataset).get("format", ""))
+    candidates = set(dataset.images.sort_values("digest")["image_id"].head(params.report_samples * 2).astype(int))
+    result = validate(dataset, images.directory, params.validation, candidates, params.executor, params.workers,
+                      source_format=dataset.source.get("format", ""))
     converted, conv_findings = _convert_and_split(result.dataset, params)
-    findings = [{"step": "data_load", **f} for f in load_findings] + \
+    findings = [{"step": "data_load", **f} for f in dataset.findings] + \
                [{**f, "step": "data_prep"} for f in result.findings + conv_findings]
-    converted.save(ctx.output("dataset"))
-    out_images = ctx.output("images")
-    for blob in sorted(set(converted.images["blob"])):  # duplicates kept by policy share one file
-        copy_or_link(images / blob, out_images / blob)
-    report_dir = ctx.output("report")
-    write_findings(findings, report_dir)
-    write_findings(findings, ctx.output("dataset"))
-    write_report(converted, findings, result.thumbnails, report_dir, params.model_dump(mode="json"))
-    return {"images": len(converted.images), "annotations": len(converted.annotations),
-            "classes": len(converted.categories), "splits": {r["split"]: r["images"] for r in split_table(converted)},
-            "findings": {f"{r['rule']}:{r['action']}": r["count"] for r in summarize_findings(findings)}}
+    report = ctx.workdir("report")
+    write_findings(findings, report)
+    write_report(converted, findings, result.thumbnails, report, params.model_dump(mode="json"))
+    summary = {"images": len(converted.images), "annotations": len(converted.annotations),
+               "classes": len(converted.categories),
+               "splits": {r["split"]: r["images"] for r in split_table(converted)},
+               "findings": {f"{r['rule']}:{r['action']}": r["count"] for r in summarize_findings(findings)}}
+    # duplicates kept by policy share one file
+    return Produced(summary, dataset=DetectionData.of(converted, findings),
+                    images=images.subset(set(converted.images["blob"])), report=Folder(report))
 
 
-def _convert_and_split(ds, params: DataPrepParams):
+def _convert_and_split(ds: DetectionDataset, params: DataPrepParams) -> tuple[DetectionDataset, list[dict]]:
     """Class conversion, then the split: the source's own where asked, stratified for the rest."""
     from cvpipe.data.convert import convert_classes
-    from cvpipe.data.schema import DetectionDataset
     from cvpipe.data.split import source_splits, stratified_split
 
     converted, findings = convert_classes(ds, params.classes)

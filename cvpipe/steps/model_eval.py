@@ -5,23 +5,30 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 from pydantic import Field
 
-from cvpipe.data.schema import DetectionDataset
-from cvpipe.evaluation.baseline import (EvalModel, gate_decision, label_map_for, onnx_eval_model,
-                                        packed_eval_model, pretrained_path)
+from cvpipe.data.schema import DetectionData, DetectionDataset, ImageFiles
+from cvpipe.evaluation.baseline import (
+    APDropError,
+    EvalModel,
+    gate_decision,
+    label_map_for,
+    onnx_eval_model,
+    packed_eval_model,
+)
 from cvpipe.evaluation.bootstrap import paired_bootstrap
-from cvpipe.evaluation.baseline import APDropError
 from cvpipe.evaluation.confusion import confusion_matrix
 from cvpipe.evaluation.engine import evaluate
 from cvpipe.evaluation.plots import draw_errors, plot_confusion, plot_per_class_ap, plot_pr_overall, plot_pr_per_class
 from cvpipe.evaluation.report import build_eval_report, speed_of
-from cvpipe.pipeline import StepContext, StepParams, step
-from cvpipe.store.hashing import file_digest
+from cvpipe.evaluation.store_links import Reference, resolve_reference
+from cvpipe.inference.packed import PackedModel
+from cvpipe.pipeline import Decision, Folder, Output, Produced, StepContext, StepParams, step
 from cvpipe.vision import ClassMap, read_image
 
 log = logging.getLogger(__name__)
@@ -47,19 +54,10 @@ class ModelEvalParams(StepParams):
     promote: bool = Field(True, description="make the model the champion when the gate passes")
 
 
-def subset_coco(gt: dict, max_images: int | None) -> dict:
-    if max_images is None or max_images >= len(gt["images"]):
-        return gt
-    images = sorted(gt["images"], key=lambda i: i["id"])[:max_images]
-    ids = {i["id"] for i in images}
-    return {**gt, "images": images, "annotations": [a for a in gt["annotations"] if a["image_id"] in ids]}
-
-
-def load_split(dataset: Path, params: ModelEvalParams) -> dict:
-    ds = DetectionDataset.load(dataset)
-    gt = subset_coco(ds.to_coco(params.split), params.max_images)
+def load_split(dataset: DetectionDataset, params: ModelEvalParams) -> dict:
+    gt = dataset.to_coco(params.split, max_images=params.max_images)
     if not gt["images"]:
-        splits = sorted(s for s in ds.images["split"].unique() if s)
+        splits = sorted(s for s in dataset.images["split"].unique() if s)
         raise ValueError(f"the dataset has no images in split {params.split!r} (splits: {splits})")
     return gt
 
@@ -69,54 +67,26 @@ def run_model(model: EvalModel, gt: dict, images: Path, classes: ClassMap):
                     label_map=label_map_for(model, classes))
 
 
-def reference_source(params: ModelEvalParams, store, model_run: str | None):
-    """What the candidate (the model_pack run `model_run`) is compared with: the champion's model_pack run
-    (baseline=champion and one is promoted; see store_links.reference_run), else the pretrained ONNX's path,
-    else None. The step and its cache key (reference_key) both decide through here."""
-    from cvpipe.evaluation.store_links import reference_run, train_summary
-
-    if params.baseline == "none":
-        return None
-    if params.baseline == "champion":
-        rec = reference_run(store, model_run)
-        if rec is not None:
-            return rec
-    return pretrained_path(params.pretrained, train_summary(store, model_run))
-
-
 def reference_key(params: ModelEvalParams, store, input_runs: dict[str, str | None]) -> dict:
-    """The runner's extra cache key material (step `depends_on`): the model the gate compares with, a champion
-    by run id (committed runs never change), a pretrained ONNX by content (where it was found does not matter).
-    A promotion or rollback that changes it makes the next run evaluate again."""
-    ref = reference_source(params, store, input_runs.get("model"))
-    if ref is None:
-        return {"reference": None}
-    if isinstance(ref, Path):
-        return {"reference": {"pretrained_sha256": file_digest(ref) if ref.is_file() else None}}
-    return {"reference": {"champion": ref.run_id}}
+    """model_eval's entry in the manifest's depends_on (what its cache is keyed on beside the inputs)."""
+    return {"reference": resolve_reference(params, store, input_runs).key}
 
 
-def reference_model(params: ModelEvalParams, ctx: StepContext, input_size, classes: ClassMap | None = None
-                    ) -> EvalModel | None:
-    """The champion (when baseline=champion and one is promoted; the champion it replaced when the candidate
-    is the champion already), else the pretrained start, else None.
+def reference_model(params: ModelEvalParams, reference: Reference | None, input_size,
+                    classes: ClassMap | None = None) -> EvalModel | None:
+    """The reference as the evaluation loop runs it, or None.
 
     A start that knows none of the dataset's classes (a COCO model on blood cells) cannot be compared: when it
     stands in for a missing champion, there is no baseline (the first champion is the candidate); asked for
     explicitly (baseline=pretrained), it is an error."""
-    store = getattr(ctx, "store", None)
-    model_run = ctx.input_runs.get("model")
-    ref = reference_source(params, store, model_run)
-    if ref is None:
+    if reference is None:
         if params.baseline != "none":
             log.warning("no pretrained ONNX to compare with; the gate has nothing to compare")
         return None
-    if not isinstance(ref, Path):  # a champion; the one it replaced when the candidate is the champion now
-        from cvpipe.store.promotion import PromotionLog
-
-        kind = "previous champion" if PromotionLog(store).champion_id() == model_run else "champion"
-        return packed_eval_model(kind, Path(store.materialize(ref, "model")), params.score_thr)
-    start = onnx_eval_model(ref, input_size, params.score_thr)
+    if reference.model is not None:
+        return packed_eval_model(reference.kind, reference.model, params.score_thr)
+    assert reference.onnx is not None  # a Reference is a packed champion or a pretrained ONNX
+    start = onnx_eval_model(reference.onnx, input_size, params.score_thr)
     if params.baseline == "champion" and classes is not None and not start.classes.subset_for(classes):
         log.warning("no champion yet, and the pretrained start (%s) knows none of the dataset's classes: "
                     "nothing to compare with", start.name)
@@ -138,24 +108,28 @@ def compare(params, gt, images, classes, cand_results, reference: EvalModel | No
 
 @step("model_eval", params=ModelEvalParams,
       inputs={"dataset": "data_prep.dataset", "images": "data_prep.images", "model": "model_pack.model"},
-      outputs=["metrics", "predictions", "report"], depends_on=reference_key)
-def model_eval(params: ModelEvalParams, ctx: StepContext, *, dataset: Path, images: Path, model: Path) -> dict:
+      outputs=[Output("metrics", Folder, description="metrics.json"),
+               Output("predictions", Folder, description="predictions.json, baseline_predictions.json"),
+               Output("report", Folder, description="report.html, PR curves, confusion matrix, worst images")],
+      resolve={"reference": resolve_reference})
+def model_eval(params: ModelEvalParams, ctx: StepContext, *, dataset: DetectionData, images: ImageFiles,
+               model: PackedModel, reference: Reference | None) -> Produced:
     """Evaluate the packed model on the test split beside the champion or the pretrained start; gate; promote."""
     gt = load_split(dataset, params)
     classes = ClassMap.from_coco_categories(gt["categories"])
     candidate = packed_eval_model("candidate", model, params.score_thr)
-    ev, preds = run_model(candidate, gt, Path(images), classes)
-    baseline, gate = compare(params, gt, Path(images), classes, preds.results,
-                             reference_model(params, ctx, _input_size(model), classes))
+    ev, preds = run_model(candidate, gt, images.directory, classes)
+    baseline, gate = compare(params, gt, images.directory, classes, preds.results,
+                             reference_model(params, reference, model.input_size, classes))
     cm = confusion_matrix(gt, preds.results, iou_thr=params.confusion_iou, score_thr=params.confusion_score)
     metrics = {"split": params.split, "images": len(gt["images"]), "params": params.model_dump(mode="json"),
                "gt_boxes": sum(1 for a in gt["annotations"] if not a.get("iscrowd", 0)),
                "detections": len(preds.results),
-               "model": {"run_id": candidate.name, "input_size": list(_input_size(model)),
+               "model": {"run_id": candidate.name, "input_size": list(model.input_size),
                          "model_pack_run": ctx.input_runs.get("model")},
                "stats": ev.stats, "per_class_ap": ev.per_class_ap, "speed": speed_of(preds),
                "confusion": cm.to_dict(), "gate": gate}
-    write_outputs(ctx, params, metrics, baseline, ev, preds.results, cm, gt, Path(images))
+    outputs = write_outputs(ctx, params, metrics, baseline, Evaluated(gt, ev, preds.results, cm), images.directory)
     log.info("model_eval: AP %.4f AP50 %.4f on %d %s images; %s", ev.stats["AP"], ev.stats["AP50"],
              metrics["images"], params.split, gate["message"])
     if not gate["passed"]:
@@ -164,36 +138,37 @@ def model_eval(params: ModelEvalParams, ctx: StepContext, *, dataset: Path, imag
                "images_per_s": metrics["speed"]["images_per_s"], "gate": gate,
                "baseline": {k: baseline[k] for k in ("kind", "name")} | {"AP": baseline["stats"]["AP"]}
                if baseline else None}
-    summary["promotion"] = record_promotion(params, ctx, summary)
-    return summary
+    summary["promotion"] = promotion(params, ctx, summary)
+    return Produced(summary, **outputs)
 
 
-def _input_size(model: Path) -> tuple[int, int]:
-    from cvpipe.inference.packed import PackedModel
-
-    return PackedModel.load(model).input_size
-
-
-def record_promotion(params: ModelEvalParams, ctx: StepContext, summary: dict) -> str:
-    """Append the promote event (it counts once this run is complete); says what happened."""
-    store = getattr(ctx, "store", None)
+def promotion(params: ModelEvalParams, ctx: StepContext, summary: dict) -> str:
+    """The promote decision (it counts once this run is complete); says what happened."""
     model_run = ctx.input_runs.get("model")
     if not params.promote:
         return "not promoted (promote: false)"
-    if store is None or model_run is None:
-        log.warning("model_eval: no store handed to the step: promote by hand with `cvpipe promote %s`", model_run)
-        return "not promoted: no store"
-    from cvpipe.store.promotion import record_decision
-
-    event = record_decision(store, step="model_eval", step_run_id=ctx.run_id, model_run_id=model_run,
-                            passed=True, promote_on_pass=True, reason=summary["gate"]["message"],
-                            metrics={k: summary[k] for k in ("AP", "AP50", "images", "baseline")})
-    return f"promoted (event {event.seq})" if event else "already champion"
+    if model_run is None:
+        return "not promoted: no model_pack run"
+    metrics = {k: summary[k] for k in ("AP", "AP50", "images", "baseline")}
+    return ctx.decide(Decision(model_run, passed=True, promote_on_pass=True, reason=summary["gate"]["message"],
+                               metrics=metrics))
 
 
-def write_outputs(ctx, params, metrics, baseline, ev, results, cm, gt, images: Path) -> None:
-    out_metrics, out_preds, out_report = ctx.output("metrics"), ctx.output("predictions"), ctx.output("report")
-    (out_preds / "predictions.json").write_text(json.dumps(results))
+@dataclass(frozen=True)
+class Evaluated:
+    """The candidate's evaluation: ground truth, COCO evaluation, detections (COCO results), confusion matrix."""
+
+    gt: dict
+    evaluation: Any
+    results: list[dict]
+    confusion: Any
+
+
+def write_outputs(ctx: StepContext, params: ModelEvalParams, metrics: dict, baseline: dict | None,
+                  evaluated: Evaluated, images: Path) -> dict[str, Folder]:
+    out_metrics, out_preds, out_report = (ctx.workdir(n) for n in ("metrics", "predictions", "report"))
+    ev, cm = evaluated.evaluation, evaluated.confusion
+    (out_preds / "predictions.json").write_text(json.dumps(evaluated.results))
     if baseline is not None:
         (out_preds / "baseline_predictions.json").write_text(json.dumps(baseline.pop("predictions")))
         metrics["baseline"] = baseline
@@ -202,13 +177,14 @@ def write_outputs(ctx, params, metrics, baseline, ev, results, cm, gt, images: P
              "pr_per_class": plot_pr_per_class(ev, out_report / "pr_per_class.png"),
              "per_class_ap": plot_per_class_ap(ev.per_class_ap, out_report / "per_class_ap.png"),
              "confusion": plot_confusion(cm, out_report / "confusion_matrix.png")}
-    worst = worst_images(cm, gt, images, out_report, params.worst_images)
+    worst = worst_images(cm, evaluated.gt, images, out_report, params.worst_images)
     build_eval_report(metrics, plots, worst).write(out_report / "report.html")
+    return {"metrics": Folder(out_metrics), "predictions": Folder(out_preds), "report": Folder(out_report)}
 
 
 def worst_images(cm, gt: dict, images: Path, out: Path, n: int) -> list[dict]:
     by_id = {i["id"]: i for i in gt["images"]}
-    worst = []
+    worst: list[dict] = []
     for res in cm.worst_images(n):
         info = by_id[res.image_id]
         img = read_image(images / info["file_name"])

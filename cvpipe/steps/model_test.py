@@ -9,11 +9,19 @@ from pathlib import Path
 
 import httpx
 
-from cvpipe.loadtest.checks import Check, check_service, find_test_image, image_part, match_detections, \
-    reference_detections
+from cvpipe.export.pack import Bento
+from cvpipe.inference.packed import PackedModel
+from cvpipe.loadtest.checks import (
+    Check,
+    check_service,
+    find_test_image,
+    image_part,
+    match_detections,
+    reference_detections,
+)
 from cvpipe.loadtest.report import plot_latency, stats_table
 from cvpipe.loadtest.runner import RequestSpec, require_loopback, run_load_test
-from cvpipe.pipeline import StepContext, StepParams, step
+from cvpipe.pipeline import Decision, Folder, Output, Produced, StepContext, StepParams, step
 from cvpipe.reporting.html import Report, escape, image, table
 
 log = logging.getLogger(__name__)
@@ -35,13 +43,6 @@ class ModelTestParams(StepParams):
 
 class ModelTestFailed(RuntimeError):
     pass
-
-
-def find_bento(bento_dir: Path) -> Path:
-    found = sorted(Path(bento_dir).glob("*.bento"))
-    if len(found) != 1:
-        raise FileNotFoundError(f"expected one .bento archive in {bento_dir}, found {[p.name for p in found]}")
-    return found[0]
 
 
 def load_checks(phases, max_error_rate: float, max_p95_ms: float | None) -> list[Check]:
@@ -76,16 +77,16 @@ def write_report(out: Path, result: dict, phases, latency_png: Path | None) -> N
 
 
 @step("model_test", params=ModelTestParams, inputs={"bento": "model_pack.bento", "model": "model_pack.model"},
-      outputs=["report"])
-def model_test(params: ModelTestParams, ctx: StepContext, *, bento: Path, model: Path) -> dict:
+      outputs=[Output("report", Folder, description="report.html, report.json, latency.png")])
+def model_test(params: ModelTestParams, ctx: StepContext, *, bento: Bento, model: PackedModel) -> Produced:
     """Serve the packed .bento, check its REST API against the packed reference, load-test it."""
     require_loopback(f"http://[{params.host}]" if ":" in params.host else f"http://{params.host}")
-    out = ctx.output("report")
+    out = ctx.workdir("report")
     result: dict = {"passed": False, "model_run_id": None, "bento": None, "checks": [], "load_test": [],
                     "service": {}, "params": params.model_dump(mode="json")}
     phases, latency_png, error = [], None, None
     try:
-        phases = serve_and_check(params, ctx, Path(bento), Path(model), result)
+        phases = serve_and_check(params, ctx, bento, model, result)
     except Exception as e:  # the report is written whatever happened; the step fails below
         error = f"{type(e).__name__}: {e}"
         log.error("model_test: %s", error)
@@ -97,18 +98,19 @@ def model_test(params: ModelTestParams, ctx: StepContext, *, bento: Path, model:
     if not result["passed"]:
         fail_and_veto(ctx, result, error)
     conc = result["load_test"][1]
-    return {"checks": len(result["checks"]), "passed": True, "concurrent_rps": conc["throughput_rps"],
-            "p95_ms": conc["p95_ms"], "sequential_p50_ms": result["load_test"][0]["p50_ms"]}
+    return Produced({"checks": len(result["checks"]), "passed": True, "concurrent_rps": conc["throughput_rps"],
+                     "p95_ms": conc["p95_ms"], "sequential_p50_ms": result["load_test"][0]["p50_ms"]},
+                    report=Folder(out))
 
 
-def serve_and_check(params: ModelTestParams, ctx: StepContext, bento: Path, model: Path, result: dict) -> list:
+def serve_and_check(params: ModelTestParams, ctx: StepContext, bento: Bento, model: PackedModel,
+                    result: dict) -> list:
     """Start the service from the .bento, run the REST checks and the load test; fill `result`; the phases."""
-    from cvpipe.inference.packed import PackedModel
     from cvpipe.serving.process import ServiceProcess
 
-    archive = find_bento(bento)
+    archive = bento.archive
     result["bento"] = archive.name
-    run_id = result["model_run_id"] = PackedModel.load(model).run_id
+    run_id = result["model_run_id"] = model.run_id
     t0 = time.perf_counter()
     with ServiceProcess(archive, params.host, bentoml_home=ctx.scratch / "bentoml_home",
                         ready_timeout_s=params.ready_timeout_s) as svc:
@@ -147,15 +149,12 @@ def fail_and_veto(ctx: StepContext, result: dict, error: str | None) -> None:
 
 def veto(ctx: StepContext, reason: str) -> None:
     """A failed service test demotes the model when it is champion, else records the refusal."""
-    store, model_run = getattr(ctx, "store", None), ctx.input_runs.get("model")
-    if store is None or model_run is None:
-        log.warning("model_test: no store handed to the step; if %s is champion, roll back: cvpipe rollback",
-                    model_run)
+    model_run = ctx.input_runs.get("model")
+    if model_run is None:
+        log.warning("model_test: no model_pack run behind the model; if it is champion, roll back: cvpipe rollback")
         return
-    from cvpipe.store.promotion import record_decision
-
-    record_decision(store, step="model_test", step_run_id=ctx.run_id, model_run_id=model_run, passed=False,
-                    promote_on_pass=False, reason=reason[:500], metrics={})
+    done = ctx.decide(Decision(model_run, passed=False, promote_on_pass=False, reason=reason[:500]))
+    log.info("model_test: veto %s", done)
 
 
 def client_alive(url: str) -> bool:

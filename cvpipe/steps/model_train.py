@@ -12,7 +12,9 @@ from pathlib import Path
 
 from pydantic import Field
 
-from cvpipe.pipeline import StepContext, step
+from cvpipe.data.schema import DetectionData, ImageFiles, TestImage
+from cvpipe.pipeline import Folder, Output, Produced, StepContext, step
+from cvpipe.training.checkpoints import Checkpoints
 from cvpipe.training.params import TrainParams
 
 log = logging.getLogger(__name__)
@@ -28,21 +30,27 @@ class ModelTrainParams(TrainParams):
 
 @step("model_train", params=ModelTrainParams,
       inputs={"dataset": "data_prep.dataset", "images": "data_prep.images"},
-      outputs=list(OUTPUTS))
-def model_train(params: ModelTrainParams, ctx: StepContext, *, dataset: Path, images: Path) -> dict:
+      outputs=[Output("checkpoints", Checkpoints, description="best.pt, last.pt, checkpoints.json"),
+               Output("curves", Folder, description="metrics.csv, curves.png"),
+               Output("test_image", TestImage, description="image.<ext>, ground_truth.json, meta.json")])
+def model_train(params: ModelTrainParams, ctx: StepContext, *, dataset: DetectionData,
+                images: ImageFiles) -> Produced:
     """Train YOLOX on the train split, validating on val (epoch 0 = the pretrained start); writes the checkpoints
     (best.pt, last.pt, checkpoints.json), metrics.csv / curves.png and one validation image with its ground
     truth. The summary names the pretrained weights (source, path, sha256) and the hyper-parameters used."""
     from cvpipe.training.run import run_training  # heavy (torch, cv2): imported here so `cvpipe --help` stays fast
 
-    outputs = {name: ctx.output(name) for name in OUTPUTS}
+    outputs = {name: ctx.workdir(name) for name in OUTPUTS}
     if params.nproc_per_node > 1:
-        return launch_torchrun(params, ctx, dataset, images, outputs)
-    params = resume_from_state(params, ctx, outputs["checkpoints"])
-    summary = run_training(params, dataset, images, outputs, on_saved=lambda: keep_state(ctx, outputs["checkpoints"]))
-    if params.resume is not None and ctx.resume is not None:
-        summary["resumed"] = True
-    return summary
+        summary = launch_torchrun(params, ctx, dataset, images, outputs)
+    else:
+        params = resume_from_state(params, ctx, outputs["checkpoints"])
+        summary = run_training(params, dataset, images.directory, outputs,
+                               on_saved=lambda: keep_state(ctx, outputs["checkpoints"]))
+        if params.resume is not None and ctx.resume is not None:
+            summary["resumed"] = True
+    return Produced(summary, checkpoints=Checkpoints.load(outputs["checkpoints"]), curves=Folder(outputs["curves"]),
+                    test_image=TestImage(outputs["test_image"]))
 
 
 def resume_from_state(params: ModelTrainParams, ctx: StepContext, checkpoints: Path) -> ModelTrainParams:
@@ -65,15 +73,17 @@ def keep_state(ctx: StepContext, checkpoints: Path) -> None:
     ctx.save_state()
 
 
-def launch_torchrun(params: ModelTrainParams, ctx: StepContext, dataset: Path, images: Path,
+def launch_torchrun(params: ModelTrainParams, ctx: StepContext, dataset: DetectionData, images: ImageFiles,
                     outputs: dict[str, Path]) -> dict:
     """Run cvpipe.training.distributed under torchrun on this machine, then move its outputs into ours."""
+    dataset_dir = ctx.workdir("torchrun_dataset")  # the processes read the dataset from a folder
+    dataset.save(dataset_dir, coco_json=False)
     out = Path(ctx.scratch) / "ddp_out"
     out.mkdir(parents=True, exist_ok=True)
     params_file = Path(ctx.scratch) / "train_params.json"
     params_file.write_text(json.dumps(params.model_dump(mode="json", exclude={"nproc_per_node"})))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={params.nproc_per_node}",
-           "-m", "cvpipe.training.distributed", "--dataset", str(dataset), "--images", str(images),
+           "-m", "cvpipe.training.distributed", "--dataset", str(dataset_dir), "--images", str(images.directory),
            "--out", str(out), "--params", str(params_file)]
     log.info("launching %s", " ".join(cmd))
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))

@@ -62,6 +62,12 @@ class Checkpoints:
         meta = read_checkpoint(d / BEST).get("meta")
         return cls(d, d / BEST, d / LAST if (d / LAST).is_file() else None, dict(meta or {}))
 
+    def save(self, directory: str | Path) -> None:
+        """The entity's files into `directory` (linked where they can be: checkpoints are large)."""
+        from cvpipe.pipeline.entity import link_tree
+
+        link_tree(self.directory, Path(directory))
+
     def load_model(self, which: str = "best"):
         """(YOLOX in eval mode, LoadResult) of the best (or last) checkpoint."""
         from cvpipe.models.yolox import load_model

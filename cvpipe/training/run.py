@@ -92,7 +92,7 @@ def training_splits(ds: DetectionDataset, params: TrainParams) -> tuple[Detectio
     return train, val
 
 
-def run_training(params: TrainParams, dataset_dir: Path, images_dir: Path, outputs: dict[str, Path],
+def run_training(params: TrainParams, dataset_dir: Path | DetectionDataset, images_dir: Path, outputs: dict[str, Path],
                  dist: DistInfo | None = None, stop_after_epoch: int | None = None,
                  on_saved: Callable[[], None] | None = None) -> dict:
     """Train on the dataset's train split (validating on val) and fill outputs checkpoints / curves / test_image.
@@ -100,7 +100,7 @@ def run_training(params: TrainParams, dataset_dir: Path, images_dir: Path, outpu
     Returns the summary: best / start AP, epochs, images, seconds, the pretrained source and the hyper-parameters.
     """
     dist = dist or DistInfo()
-    ds = DetectionDataset.load(dataset_dir)
+    ds = dataset_dir if isinstance(dataset_dir, DetectionDataset) else DetectionDataset.load(dataset_dir)
     train, val = training_splits(ds, params)
     class_names, label_to_cat = ds.class_names, ds.label_to_category_id()
     seed_everything(params.seed)

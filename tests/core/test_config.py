@@ -47,7 +47,8 @@ def test_load_config_errors(tmp_path):
 
 
 def test_unknown_keys_and_steps_suggest_the_right_one(toy_cfg):
-    with pytest.raises(ConfigError, match=r"toy_source\.nn: unknown key in section 'toy_source' \(did you mean 'n'\?\)"):
+    with pytest.raises(ConfigError,
+                       match=r"toy_source\.nn: unknown key in section 'toy_source' \(did you mean 'n'\?\)"):
         toy_cfg(toy_source={"nn": 3})
     with pytest.raises(ConfigError, match=r"toy_sorce: .*did you mean 'toy_source'"):
         toy_cfg(toy_sorce={"n": 3})

@@ -164,7 +164,8 @@ def test_concurrent_runs_of_the_same_step(toy_config_file, tmp_path):
     cfg_file = toy_config_file()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     cmd = [sys.executable, "-m", "cvpipe.cli.main", "step", "toy_source", str(cfg_file), "--force"]
-    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(3)]
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for _ in range(3)]
     assert all(p.wait(timeout=120) == 0 for p in procs)
     store = ArtifactStore(str(tmp_path / "store"), env="test", pipeline="toy")
     runs = store.list_runs("toy_source")
@@ -177,7 +178,8 @@ def test_concurrent_runs_of_the_same_step(toy_config_file, tmp_path):
 
 def test_select_steps_orders_by_dependency():
     assert select_steps(["toy_double", "toy_source", "toy_compare"]) == ["toy_source", "toy_double", "toy_compare"]
-    assert select_steps(["toy_source", "toy_double", "toy_compare"], start="toy_double") == ["toy_double", "toy_compare"]
+    three = ["toy_source", "toy_double", "toy_compare"]
+    assert select_steps(three, start="toy_double") == ["toy_double", "toy_compare"]
     assert select_steps(["toy_source", "toy_double", "toy_compare"], end="toy_double") == ["toy_source", "toy_double"]
     assert select_steps(["toy_source", "toy_double"], steps=["toy_double"]) == ["toy_double"]
     with pytest.raises(ValueError, match="not in this pipeline"):

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from step_context import step_context
+from step_context import run_step, step_context
 
 import json
 from pathlib import Path
@@ -68,12 +68,12 @@ def make_ctx(tmp_path: Path, step: str) -> StepContext:
 
 @pytest.fixture
 def run_load(tmp_path):
-    from cvpipe.steps.data_load import DataLoadParams, data_load
+    from cvpipe.steps.data_load import DataLoadParams
 
     def run(source, **params):
         ctx = make_ctx(tmp_path, "data_load")
         params.setdefault("executor", "serial")
-        summary = data_load(DataLoadParams(source=str(source), **params), ctx)
+        summary = run_step(ctx, DataLoadParams(source=str(source), **params))
         return ctx, summary
 
     return run
@@ -81,13 +81,13 @@ def run_load(tmp_path):
 
 @pytest.fixture
 def run_prep(tmp_path):
-    from cvpipe.steps.data_prep import DataPrepParams, data_prep
+    from cvpipe.steps.data_prep import DataPrepParams
 
     def run(load_ctx, **params):
         ctx = make_ctx(tmp_path, "data_prep")
         params.setdefault("executor", "serial")
-        summary = data_prep(DataPrepParams(**params), ctx, dataset=load_ctx.output("dataset"),
-                            images=load_ctx.output("images"))
+        summary = run_step(ctx, DataPrepParams(**params), dataset=load_ctx.output("dataset"),
+                           images=load_ctx.output("images"))
         return ctx, summary
 
     return run

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from step_context import step_context
+from step_context import run_step, step_context
 
 import json
 
@@ -37,7 +37,7 @@ def first_run(eval_inputs):
     tmp, dataset, images, model, ids = eval_inputs
     spec = get_step("model_eval")
     ctx = ctx_for(tmp, "first")
-    summary = spec.func(spec.params(), ctx, dataset=dataset, images=images, model=model)
+    summary = run_step(ctx, spec.params(), dataset=dataset, images=images, model=model)
     return ctx, summary
 
 
@@ -84,8 +84,8 @@ def test_pretrained_start_beside_the_model_on_a_class_subset(eval_inputs, tmp_pa
     ds6, im6 = write_dataset(tmp_path / "six", sub, ids)
     spec = get_step("model_eval")
     ctx = ctx_for(tmp_path, "six")
-    s = spec.func(spec.params(baseline="pretrained", pretrained=str(NANO_ONNX), resamples=100, promote=False), ctx,
-                  dataset=ds6, images=im6, model=model)
+    s = run_step(ctx, spec.params(baseline="pretrained", pretrained=str(NANO_ONNX), resamples=100, promote=False),
+                 dataset=ds6, images=im6, model=model)
     m = json.loads((ctx.output("metrics") / "metrics.json").read_text())
     assert s["gate"]["passed"] and m["baseline"]["kind"] == "pretrained"
     assert set(m["per_class_ap"]) == six and set(m["baseline"]["per_class_ap"]) == six
@@ -123,8 +123,8 @@ def test_gate_refuses_a_significant_drop(eval_inputs, tmp_path, monkeypatch):
     spec = get_step("model_eval")
     failing = ctx_for(tmp_path, "failing")
     with pytest.raises(APDropError, match="worse than the pretrained"):
-        spec.func(spec.params(baseline="pretrained", pretrained=str(NANO_ONNX), resamples=200), failing,
-                  dataset=dataset, images=images, model=model)
+        run_step(failing, spec.params(baseline="pretrained", pretrained=str(NANO_ONNX), resamples=200),
+                 dataset=dataset, images=images, model=model)
     html = (failing.output("report") / "report.html").read_text()
     assert "Champion vs challenger" in html and "worse than" in html  # report written first
     assert np.isfinite(json.loads((failing.output("metrics") / "metrics.json").read_text())["stats"]["AP"])
@@ -134,20 +134,23 @@ def test_missing_split_is_a_clear_error(eval_inputs, tmp_path):
     tmp, dataset, images, model, ids = eval_inputs
     spec = get_step("model_eval")
     with pytest.raises(ValueError, match="no images in split 'val'"):
-        spec.func(spec.params(split="val"), ctx_for(tmp_path), dataset=dataset, images=images, model=model)
+        run_step(ctx_for(tmp_path), spec.params(split="val"), dataset=dataset, images=images, model=model)
 
 
 def test_a_start_without_the_datasets_classes_is_no_baseline(tmp_path):
     """BCCD: the COCO start knows no blood cells; standing in for a missing champion it gives no baseline (the
     candidate becomes the first champion), asked for by name it stays (and fails later, loudly)."""
-    from cvpipe.steps.model_eval import ModelEvalParams, reference_model
+    from cvpipe.steps.model_eval import ModelEvalParams, reference_model, resolve_reference
     from cvpipe.vision import ClassMap
 
     need_data()
     cells = ClassMap.from_names(["Platelets", "RBC", "WBC"], [1, 2, 3])
-    ctx = ctx_for(tmp_path)
-    assert reference_model(ModelEvalParams(baseline="champion"), ctx, (416, 416), cells) is None
-    start = reference_model(ModelEvalParams(baseline="champion"), ctx, (416, 416),
-                            ClassMap.from_names(["person", "car"], [1, 3]))
+
+    def compared(params, classes):  # no store behind it: no champion, the pretrained start stands in
+        return reference_model(params, resolve_reference(params, None, {"model": "pack-1"}).load(), (416, 416),
+                               classes)
+
+    assert compared(ModelEvalParams(baseline="champion"), cells) is None
+    start = compared(ModelEvalParams(baseline="champion"), ClassMap.from_names(["person", "car"], [1, 3]))
     assert start is not None and start.kind == "pretrained"
-    assert reference_model(ModelEvalParams(baseline="pretrained"), ctx, (416, 416), cells) is not None
+    assert compared(ModelEvalParams(baseline="pretrained"), cells) is not None

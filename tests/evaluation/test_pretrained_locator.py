@@ -4,8 +4,6 @@ and importable without torch."""
 
 from __future__ import annotations
 
-from step_context import step_context
-
 import subprocess
 import sys
 
@@ -18,7 +16,7 @@ from cvpipe.models.pretrained_files import find_nano_onnx
 
 def test_model_eval_finds_the_shipped_weights_from_another_directory(tmp_path, monkeypatch):
     from cvpipe.evaluation.baseline import pretrained_path
-    from cvpipe.steps.model_eval import ModelEvalParams, reference_model
+    from cvpipe.steps.model_eval import ModelEvalParams, reference_model, resolve_reference
     from cvpipe.vision import ClassMap
 
     need_data()
@@ -26,8 +24,8 @@ def test_model_eval_finds_the_shipped_weights_from_another_directory(tmp_path, m
     assert pretrained_path(None, None).resolve() == NANO_ONNX.resolve()
     # a training summary naming a start model_eval cannot run (a .pth) falls back to the same file
     assert pretrained_path(None, {"pretrained": {"path": "/elsewhere/yolox_nano.pth"}}).resolve() == NANO_ONNX.resolve()
-    ctx = step_context(tmp_path / "run", "model_eval", run_id="eval", input_runs={"model": "pack-1"})
-    start = reference_model(ModelEvalParams(baseline="pretrained"), ctx, (416, 416),
+    params = ModelEvalParams(baseline="pretrained")
+    start = reference_model(params, resolve_reference(params, None, {"model": "pack-1"}).load(), (416, 416),
                             ClassMap.from_names(["person", "car"], [1, 3]))
     assert start is not None and start.kind == "pretrained" and start.name == "yolox_nano.onnx"
 

@@ -4,7 +4,7 @@ box-match F1, batch-position check)."""
 
 from __future__ import annotations
 
-from step_context import step_context
+from step_context import run_step, step_context
 
 import json
 import shutil
@@ -31,11 +31,11 @@ def coco() -> dict:
 
 
 def pack(root: Path, coco: dict, **params) -> Path:
-    from cvpipe.steps.model_pack import ModelPackParams, model_pack
+    from cvpipe.steps.model_pack import ModelPackParams
 
     ctx = step_context(root, "model_pack", run_id="variants-test")
-    model_pack(ModelPackParams(onnx=NANO_ONNX, class_names=ANNOTATIONS, test_image=largest_person(coco)[0],
-                               bento=False, **params), ctx)
+    run_step(ctx, ModelPackParams(onnx=NANO_ONNX, class_names=ANNOTATIONS, test_image=largest_person(coco)[0],
+                                  bento=False, **params))
     return ctx.output("model")
 
 
@@ -90,7 +90,7 @@ def test_default_whose_files_are_missing_falls_back_to_fp32(packed, tmp_path):
     copy = tmp_path / "model"
     shutil.copytree(packed, copy)
     meta = json.loads((copy / "model.json").read_text())
-    PackedModel.save(copy, {**meta, "default_variant": "openvino"})
+    PackedModel.save_card(copy, {**meta, "default_variant": "openvino"})
     (copy / "model_openvino.bin").unlink()  # e.g. a copy that carried only the fp32 files
     assert Predictor.from_dir(copy).variant == "fp32"
     with pytest.raises(PackedModelError, match="missing"):

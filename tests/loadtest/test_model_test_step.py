@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from step_context import step_context
+from step_context import run_step, step_context
 
 import json
 import os
@@ -52,7 +52,7 @@ def test_model_test_passes_and_reports(bento_inputs, tmp_path):
     spec = get_step("model_test")
     ctx = ctx_for(tmp_path, "ok")
     params = spec.params(duration_s=1.5, concurrency=3, max_requests=200, warmup_requests=1, max_p95_ms=5000)
-    summary = spec.func(params, ctx, bento=bento, model=model)
+    summary = run_step(ctx, params, bento=bento, model=model)
     assert summary["passed"] and summary["concurrent_rps"] > 0
     rep = json.loads((ctx.output("report") / "report.json").read_text())
     assert rep["passed"] and rep["model_run_id"] == "20260101-000000-abcd"
@@ -79,7 +79,7 @@ def test_model_test_fails_on_a_mismatch_after_writing_its_report(bento_inputs, t
     spec = get_step("model_test")
     ctx = ctx_for(tmp_path, "bad")
     with pytest.raises(RuntimeError, match="model_test failed"):
-        spec.func(spec.params(duration_s=0.5, max_requests=5, warmup_requests=0), ctx, bento=bento, model=other)
+        run_step(ctx, spec.params(duration_s=0.5, max_requests=5, warmup_requests=0), bento=bento, model=other)
     rep = json.loads((ctx.output("report") / "report.json").read_text())
     assert not rep["passed"]
     failed = [c["name"] for c in rep["checks"] if not c["passed"]]
@@ -99,15 +99,13 @@ def test_process_marker_sees_a_running_service(bento_inputs, tmp_path):
     assert not processes_using(home)
 
 
-def test_model_test_refuses_a_non_loopback_host_and_reports_a_missing_bento(tmp_path):
+def test_model_test_refuses_a_non_loopback_host_and_reports_a_missing_bento(bento_inputs, tmp_path):
     spec = get_step("model_test")
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "model.json").write_text(json.dumps({"run_id": "r1"}))
+    model = bento_inputs[1]  # a valid pack: the runner loads the `model` entity before the step runs
     with pytest.raises(ValueError, match="loopback"):
-        spec.func(spec.params(host="0.0.0.0"), ctx_for(tmp_path, "host"), bento=tmp_path, model=model)
+        run_step(ctx_for(tmp_path, "host"), spec.params(host="0.0.0.0"), bento=tmp_path, model=model)
     ctx = ctx_for(tmp_path, "nobento")
     with pytest.raises(RuntimeError, match="expected one .bento archive"):
-        spec.func(spec.params(), ctx, bento=tmp_path / "nobento", model=model)
+        run_step(ctx, spec.params(), bento=tmp_path / "nobento", model=model)
     rep = json.loads((ctx.output("report") / "report.json").read_text())
     assert not rep["passed"] and "FileNotFoundError" in rep["error"]

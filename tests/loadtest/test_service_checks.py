@@ -1,5 +1,5 @@
-"""model_test's REST checks against the service's HTTP API (cvpipe.serving.api) run in-process by uvicorn on
-loopback: fast, no BentoML. The real `bentoml serve` is exercised by test_model_test_step.py."""
+"""model_test's REST checks against the service (cvpipe.serving.service) run in-process by uvicorn on
+loopback: fast, no Bento. The real `bentoml serve` is exercised by test_model_test_step.py."""
 
 from __future__ import annotations
 
@@ -28,10 +28,9 @@ def packed(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def api(packed):
-    from cvpipe.serving.api import DetectorEngine, create_app
+    from serving.inprocess import service_app, service_env
 
-    engine = DetectorEngine(packed)
-    with serve_in_thread(create_app(lambda: engine), start_timeout_s=15) as url:
+    with service_env(packed), serve_in_thread(service_app(), start_timeout_s=15) as url:
         yield url
 
 

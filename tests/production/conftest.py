@@ -4,7 +4,7 @@ its model does not reproduce). Run ids sort in that order, so "latest" is BAD.""
 
 from __future__ import annotations
 
-from step_context import step_context
+from step_context import run_step, step_context
 
 import json
 import shutil
@@ -18,12 +18,12 @@ RUN_A, RUN_B, RUN_BAD = "20261124T100000000Z-aaaaaa", "20261124T110000000Z-bbbbb
 
 
 def _pack(root: Path, run_id: str, score_thr: float, bento: bool, test_image: Path) -> dict:
-    from cvpipe.steps.model_pack import ModelPackParams, model_pack
+    from cvpipe.steps.model_pack import ModelPackParams
 
     ctx = step_context(root / run_id, "model_pack", run_id=run_id)
     params = ModelPackParams(onnx=NANO_ONNX, class_names=ANNOTATIONS, test_image=test_image, score_thr=score_thr,
                              bento=bento, e2e=False)
-    summary = model_pack(params, ctx)
+    summary = run_step(ctx, params)
     return {"summary": summary, **ctx.outputs}
 
 

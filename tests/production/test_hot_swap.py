@@ -109,7 +109,7 @@ def _bento_of_a(swap_store) -> Path:
 
 @pytest.fixture
 def manager(swap_store):
-    from cvpipe.serving.api import DetectorEngine
+    from cvpipe.serving.engine import DetectorEngine
     from cvpipe.serving.swap import ModelManager, StoreSource
 
     st = swap_store["store"]
@@ -221,9 +221,12 @@ class Load:
 
 
 def wait_for_run(load: Load, run_id: str, timeout_s: float = 60) -> None:
+    """Until the service says it serves `run_id` and a response came from it. A response alone is not enough:
+    a request that started on the previous model before its last swap may still answer from it."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if any(rid == run_id for _, rid in load.results[-3:]):
+        live = httpx.get(load.url + "/info", timeout=30).json()["live_run_id"]
+        if live == run_id and any(rid == run_id for _, rid in load.results[-3:]):
             return
         time.sleep(0.2)
     raise AssertionError(f"responses never switched to {run_id}: {load.results[-5:]}")

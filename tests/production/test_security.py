@@ -46,10 +46,9 @@ def test_no_pickle_or_unsafe_yaml_in_cvpipe():
 
 @pytest.fixture(scope="module")
 def client(model_store):
-    from cvpipe.serving.api import DetectorEngine, create_app
+    from serving.inprocess import service_app, service_env
 
-    engine = DetectorEngine(model_store["a"]["model"], max_body_bytes=100_000)
-    with TestClient(create_app(lambda: engine)) as client:  # the service instance is made at startup
+    with service_env(model_store["a"]["model"], max_body_bytes=100_000), TestClient(service_app()) as client:
         yield client
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from step_context import step_context
+from step_context import run_step, step_context
 
 import json
 from pathlib import Path
@@ -27,10 +27,10 @@ def person_image(coco) -> tuple[Path, list[list[float]]]:
 @pytest.fixture(scope="session")
 def packed(tmp_path_factory, person_image) -> dict:
     """The model_pack step run on the BYO nano ONNX: {"summary", "model", "bento", "run_id"}."""
-    from cvpipe.steps.model_pack import ModelPackParams, model_pack
+    from cvpipe.steps.model_pack import ModelPackParams
 
     root = tmp_path_factory.mktemp("packed")
     ctx = step_context(root, "model_pack", run_id="20261124-test-pack")
     params = ModelPackParams(onnx=NANO_ONNX, class_names=ANNOTATIONS, test_image=person_image[0])
-    summary = model_pack(params, ctx)
+    summary = run_step(ctx, params)
     return {"summary": summary, "model": ctx.output("model"), "bento": ctx.output("bento"), "run_id": ctx.run_id}

@@ -1,4 +1,7 @@
 import json
+from pathlib import Path
+
+import pytest
 
 from typer.testing import CliRunner
 
@@ -59,3 +62,36 @@ def test_serve_checks_settings_before_starting(tmp_path, monkeypatch):
     assert r.exit_code == 2 and "$MY_TOKEN" in r.output, r.output
     r = runner.invoke(app, ["serve", "-c", str(cfg), "--max-body-bytes", "10"])
     assert r.exit_code == 2 and "max-body-bytes" in r.output.replace("\n", ""), r.output
+
+
+RUN = "20261124T100000000Z-aaaaaa"
+
+
+@pytest.fixture
+def tampered_store(packed, tmp_path):
+    """A store holding the packed model as model_pack run RUN, then one byte of its reference.json changed and
+    one byte appended to its .bento archive."""
+    from cvpipe.store import ArtifactStore
+
+    store = ArtifactStore(str(tmp_path / "store"), env="dev", pipeline="p")
+    outs = {e: store.commit_entity("model_pack", RUN, e, packed[e]) for e in ("model", "bento")}
+    store.write_manifest({"run_id": RUN, "step": "model_pack", "status": "complete", "outputs": outs, "summary": {}})
+    target = Path(store.entity_path("model_pack", RUN, "model")) / "reference.json"
+    target.write_bytes(target.read_bytes().replace(b"person", b"persoN", 1))
+    [archive] = Path(store.entity_path("model_pack", RUN, "bento")).glob("*.bento")
+    archive.write_bytes(archive.read_bytes() + b"\0")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"store: {tmp_path / 'store'}\nenv: dev\npipeline: p\n")
+    return cfg
+
+
+@pytest.mark.parametrize("command", ["predict", "serve"])
+def test_a_tampered_run_is_refused_in_one_line(tampered_store, person_image, command):
+    args = (["predict", str(person_image[0]), "--model", RUN] if command == "predict" else ["serve", RUN]) + \
+        ["-c", str(tampered_store)]
+    r = runner.invoke(app, args)
+    text = " ".join(r.output.split())
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (r.exception, r.output)
+    assert f"refusing model_pack run {RUN}" in text, r.output
+    assert ("reference.json" if command == "predict" else ".bento") in text, r.output
+    assert "Traceback" not in r.output and r.output.count("error:") == 1

@@ -1,6 +1,4 @@
 """The model_pack step function end to end: bring-your-own nano (session fixture) and a trained checkpoint."""
-from step_context import step_context
-
 import json
 import shutil
 import subprocess
@@ -9,8 +7,10 @@ import tarfile
 
 import pytest
 import yaml
+from step_context import run_step, step_context
 
-from cvpipe.steps.model_pack import ModelPackParams, model_pack, read_class_list
+from cvpipe.export.pack import read_class_list
+from cvpipe.steps.model_pack import ModelPackParams
 
 
 def test_byo_pack_outputs(packed):
@@ -74,30 +74,31 @@ def test_trained_checkpoint_pack(tmp_path, person_image):
     shutil.copyfile(person_image[0], test_image / "image.jpg")
     (test_image / "ground_truth.json").write_text("[]")
     ctx = _ctx(tmp_path)
-    summary = model_pack(ModelPackParams(bento=False, score_thr=0.3), ctx, checkpoints=ckpts, test_image=test_image)
+    summary = run_step(ctx, ModelPackParams(bento=False, score_thr=0.3), checkpoints=ckpts, test_image=test_image)
     meta = json.loads((ctx.outputs["model"] / "model.json").read_text())
     assert summary["parity_max_scaled_diff"] < 1e-4 and summary["bento"] is None
     assert meta["input_size"] == [128, 160] and meta["category_ids"] == [3, 5, 9]
-    assert meta["metrics"] == {"AP": 0.12} and meta["source_run_ids"] == {"checkpoints": "train-1", "test_image": "train-1"}
+    assert meta["metrics"] == {"AP": 0.12}
+    assert meta["source_run_ids"] == {"checkpoints": "train-1", "test_image": "train-1"}
     assert meta["batch"] == "dynamic" and meta["source"]["checkpoint"] == "best.pt"
     pred = Predictor.from_dir(ctx.outputs["model"])
     assert pred.class_names == ["cat", "dog", "fox"] and pred.input_size == (128, 160)
     (tmp_path / "again").mkdir()
     with pytest.raises(FileNotFoundError, match="'last'"):
-        model_pack(ModelPackParams(checkpoint="last", bento=False), _ctx(tmp_path / "again"), checkpoints=ckpts,
-                   test_image=test_image)
+        run_step(_ctx(tmp_path / "again"), ModelPackParams(checkpoint="last", bento=False), checkpoints=ckpts,
+                 test_image=test_image)
 
 
 def test_clear_errors_without_a_model_or_image(tmp_path, person_image):
     with pytest.raises(ValueError, match="nothing to pack"):
-        model_pack(ModelPackParams(test_image=person_image[0]), _ctx(tmp_path))
+        run_step(_ctx(tmp_path), ModelPackParams(test_image=person_image[0]))
     (tmp_path / "b").mkdir()
     with pytest.raises(ValueError, match="test image"):
-        model_pack(ModelPackParams(), _ctx(tmp_path / "b"))
+        run_step(_ctx(tmp_path / "b"), ModelPackParams())
     (tmp_path / "c").mkdir()
     with pytest.raises(ValueError, match="class_names"):
-        model_pack(ModelPackParams(onnx="weights/yolox_nano/yolox_nano.onnx", test_image=person_image[0]),
-                   _ctx(tmp_path / "c"))
+        run_step(_ctx(tmp_path / "c"), ModelPackParams(onnx="weights/yolox_nano/yolox_nano.onnx",
+                                                      test_image=person_image[0]))
     with pytest.raises(ValueError, match="multiples of 32"):
         ModelPackParams(input_size=(100, 100))
 
@@ -108,3 +109,37 @@ def test_class_list_formats(tmp_path):
     assert read_class_list(tmp_path / "c.txt") == (["cat", "dog"], None)
     assert read_class_list(tmp_path / "c.json") == (["cat", "dog"], [2, 7])
     assert read_class_list(["a"]) == (["a"], None)
+
+
+def test_an_explicit_input_size_wins_and_model_json_is_written_once(tmp_path, person_image, monkeypatch):
+    """A checkpoint trained at 128x160 packed at an explicit 160x160 is exported at 160x160 (YOLOX is fully
+    convolutional); model.json is written once per pack, from the ModelCard."""
+    import torch
+
+    from cvpipe.inference.packed import PackedModel
+    from cvpipe.models.yolox import build_yolox, save_checkpoint
+
+    torch.manual_seed(0)
+    ckpts, test_image = tmp_path / "checkpoints", tmp_path / "test_image"
+    ckpts.mkdir()
+    test_image.mkdir()
+    save_checkpoint(build_yolox("nano", 2), ckpts / "best.pt",
+                    meta={"class_names": ["cat", "dog"], "category_ids": [3, 5], "input_size": [128, 160]})
+    shutil.copyfile(person_image[0], test_image / "image.jpg")
+    writes = []
+    real = PackedModel.save_card.__func__
+    counted = classmethod(lambda cls, d, card: writes.append(d) or real(cls, d, card))
+    monkeypatch.setattr(PackedModel, "save_card", counted)
+    ctx = _ctx(tmp_path)
+    run_step(ctx, ModelPackParams(bento=False, input_size=(160, 160), variants=[]), checkpoints=ckpts,
+             test_image=test_image)
+    meta = json.loads((ctx.outputs["model"] / "model.json").read_text())
+    assert meta["input_size"] == [160, 160] and len(writes) == 1
+
+
+def test_an_explicit_input_size_that_does_not_fit_a_fixed_onnx_is_an_error(tmp_path, person_image):
+    from coco_data import ANNOTATIONS, NANO_ONNX
+
+    with pytest.raises(ValueError, match=r"input_size \(320, 320\) does not fit yolox_nano.onnx.*\(416, 416\)"):
+        run_step(_ctx(tmp_path), ModelPackParams(onnx=NANO_ONNX, class_names=ANNOTATIONS, input_size=(320, 320),
+                                                 test_image=person_image[0], bento=False))

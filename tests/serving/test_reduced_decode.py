@@ -29,7 +29,8 @@ import simplejpeg
 from coco_data import COCO_DEV
 from cvpipe.evaluation.coco import coco_evaluate
 from cvpipe.inference.packed import PackedModel
-from cvpipe.serving.api import DetectorEngine
+from cvpipe.serving.engine import DetectorEngine
+from cvpipe.serving.settings import ServiceSettings
 from cvpipe.vision import ImageHeader, box_iou, decode_image, read_header, xyxy_to_xywh
 from cvpipe.vision.images import decode_cost_bytes
 
@@ -123,8 +124,8 @@ def _predict_all(engine: DetectorEngine, jpegs: list[tuple[int, bytes]]) -> Run:
 
 @pytest.fixture(scope="module")
 def runs(packed, camera_set) -> dict[str, Run]:
-    return {"full": _predict_all(DetectorEngine(packed["model"], reduced_decode=False), camera_set.jpegs),
-            "reduced": _predict_all(DetectorEngine(packed["model"], reduced_decode=True), camera_set.jpegs)}
+    return {"full": _predict_all(DetectorEngine(packed["model"], ServiceSettings(reduced_decode=False)), camera_set.jpegs),
+            "reduced": _predict_all(DetectorEngine(packed["model"], ServiceSettings(reduced_decode=True)), camera_set.jpegs)}
 
 
 def _expected_reduced_hw(header: ImageHeader, decoded_hw: tuple[int, int]) -> int | None:

@@ -93,7 +93,7 @@ def _header_only_png(w, h) -> bytes:
     ("garbage", lambda d: {"content": np.random.default_rng(0).bytes(4096)}, 400, "not an image"),
     ("truncated JPEG", lambda d: {"files": {"image": ("t.jpg", _truncated(d), "image/jpeg")}}, 400, "truncated"),
     ("huge dimensions", lambda d: {"content": _header_only_png(30000, 30000)}, 413, "too large"),
-    ("wrong field name", lambda d: {"files": {"file": ("x.jpg", d, "image/jpeg")}}, 400, "'image' field"),
+    ("wrong field name", lambda d: {"files": {"file": ("x.jpg", d, "image/jpeg")}}, 400, "field 'image'"),
     ("body over the limit", lambda d: {"content": b"\xff" * (MAX_BODY + 10)}, 413, "limit"),
     ("bad score_thr", lambda d: {"content": d, "params": {"score_thr": "2"}}, 400, "score_thr"),
     ("url-encoded form of text", lambda d: {"data": {"image": "abc"}}, 400, "not an image"),
@@ -145,7 +145,7 @@ def test_micro_batcher_groups_waiting_requests_in_order():
     import asyncio
     import time
 
-    from cvpipe.serving.api import MicroBatcher
+    from cvpipe.serving.engine import MicroBatcher
 
     def slow_double(batch):
         time.sleep(0.05)
@@ -206,7 +206,7 @@ def test_settings_come_from_one_model(tmp_path):
 
 def test_one_worker_runs_a_model_call_per_cpu_unless_told(monkeypatch, packed):
     from cvpipe.serving import settings as settings_module
-    from cvpipe.serving.api import DetectorEngine
+    from cvpipe.serving.engine import DetectorEngine
     from cvpipe.serving.settings import ServiceSettings
 
     monkeypatch.setattr(settings_module, "usable_cpus", lambda: 3)
@@ -216,5 +216,5 @@ def test_one_worker_runs_a_model_call_per_cpu_unless_told(monkeypatch, packed):
     told = ServiceSettings.load({"CVPIPE_MODEL_THREADS": "1"})
     assert told.model_threads_or_auto == 1 and told.env()["CVPIPE_MODEL_THREADS"] == "1"
     assert "CVPIPE_MODEL_THREADS" not in ServiceSettings.load({}).env()  # a child worker decides for itself
-    engine = DetectorEngine.from_settings(packed["model"], ServiceSettings.load({}))
+    engine = DetectorEngine(packed["model"], ServiceSettings.load({}))
     assert engine.info()["model_threads"] == engine.executor._max_workers == 8

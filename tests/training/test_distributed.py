@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from step_context import step_context
+from step_context import run_step, step_context
 
 import json
 import os
@@ -35,12 +35,12 @@ def test_torchrun_two_cpu_processes(synthetic, tmp_path):
 
 
 def test_step_launches_torchrun(synthetic, tmp_path):
-    from cvpipe.steps.model_train import ModelTrainParams, model_train
+    from cvpipe.steps.model_train import ModelTrainParams
 
     ds_dir, images_dir = synthetic
     ctx = step_context(tmp_path, "model_train", run_id="t")
     params = ModelTrainParams(scale="nano", pretrained="none", img_size=64, batch_size=2, epochs=1, no_aug_epochs=0,
                               device="cpu", nproc_per_node=2)
-    summary = model_train(params, ctx, dataset=ds_dir, images=images_dir)
+    summary = run_step(ctx, params, dataset=ds_dir, images=images_dir)
     assert summary["world_size"] == 2
     assert (ctx.output("checkpoints") / "best.pt").is_file() and (ctx.output("test_image") / "meta.json").is_file()

@@ -14,7 +14,7 @@ from cvpipe.data.schema import DetectionDataset
 from cvpipe.inference.coco_classes import COCO_CLASS_NAMES
 from cvpipe.inference.predictor import Predictor
 from cvpipe.training.dataset import YoloxTrainDataset
-from cvpipe.training.validation import TorchPredictor
+from cvpipe.inference.torch_predictor import TorchPredictor
 from cvpipe.vision import decode_image, letterbox, read_image
 from coco_data import ANNOTATIONS, COCO_DEV, NANO_ONNX, need_data
 
@@ -31,7 +31,7 @@ def test_same_jpeg_same_network_input_everywhere(tmp_path, cache):
 
     reference, _ = letterbox(decode_image(data), (SIZE, SIZE))
     served, _ = Predictor(NANO_ONNX, COCO_CLASS_NAMES, None, (SIZE, SIZE)).preprocess(decode_image(data))
-    validation, _ = TorchPredictor(torch.nn.Identity(), SIZE, torch.device("cpu")).inputs([read_image(path)])
+    validation, _ = TorchPredictor(torch.nn.Identity(), (SIZE, SIZE), device="cpu").inputs([read_image(path)])
     ds = DetectionDataset.build(
         [dict(image_id=1, file_name=path.name, blob=path.name, width=info["width"], height=info["height"],
               split="train")],
@@ -41,6 +41,6 @@ def test_same_jpeg_same_network_input_everywhere(tmp_path, cache):
 
     assert reference.dtype == np.float32 and reference.shape == (3, SIZE, SIZE)
     assert np.array_equal(served, reference)
-    assert np.array_equal(validation[0].numpy(), reference)
+    assert np.array_equal(validation[0], reference)
     assert np.array_equal(train_item.numpy(), reference)
     assert (reference == 114).any() and (reference != 114).any()  # letterboxed: padding and picture

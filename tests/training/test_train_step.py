@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from cvpipe.models.yolox import build_yolox, load_checkpoint
-from step_context import step_context
-from cvpipe.steps.model_train import ModelTrainParams, model_train
+from step_context import run_step, step_context
+from cvpipe.steps.model_train import ModelTrainParams
 from cvpipe.training.run import run_training
 
 TINY = dict(scale="nano", pretrained="none", img_size=64, batch_size=2, epochs=2, no_aug_epochs=1, warmup_epochs=0.5,
@@ -28,7 +28,7 @@ def test_step_writes_checkpoints_curves_and_test_image(synthetic, tmp_path):
     ds_dir, images_dir = synthetic
     ctx = step_context(tmp_path / "out", "model_train")
     out = ctx.outputs
-    summary = model_train(ModelTrainParams(**TINY), ctx, dataset=ds_dir, images=images_dir)
+    summary = run_step(ctx, ModelTrainParams(**TINY), dataset=ds_dir, images=images_dir)
 
     assert summary["epochs"] == 2 and summary["train_images"] == 4 and summary["val_images"] == 2
     assert summary["best_epoch"] in (1, 2) and summary["best_ap"] is not None

@@ -1,7 +1,7 @@
-"""The engine behind the service's endpoints: one packed model, its decode budget and its model thread(s).
+"""The detection engine behind the service's endpoints: one packed model, its decode budget, its model thread(s).
 
-The HTTP API itself is the BentoML service in cvpipe.serving.service (typed `@bentoml.api` endpoints, in
-OpenAPI); cvpipe.serving.guard sits in front of it. This module holds what those endpoints call:
+The HTTP API is the BentoML service in cvpipe.serving.service; it builds a DetectorEngine from its settings
+and calls it. Nothing here knows about HTTP beyond raising `RequestRefused` for a bad image:
 
 - DetectorEngine: PackedModel + Predictor (ONNX Runtime, variant from the settings), test image, reference;
   `predict(image bytes, score_thr)` -> the JSON-able prediction; swapped whole by cvpipe.serving.swap.
@@ -9,7 +9,6 @@ OpenAPI); cvpipe.serving.guard sits in front of it. This module holds what those
   pixel is decoded (an image alone over the budget is 413; others wait for their share, then 503).
 - MicroBatcher: optional batching of concurrent requests into one model call (off by default: on CPU it
   measured slower, see docs/production.md).
-- ClientError: what a bad request turns into (status + message), never a 5xx.
 """
 
 from __future__ import annotations
@@ -19,27 +18,20 @@ import collections
 import ctypes
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from cvpipe.inference.packed import PackedModel
 from cvpipe.inference.predictor import Predictor
+from cvpipe.serving.errors import RequestRefused
 from cvpipe.serving.settings import ServiceSettings
 from cvpipe.vision import ImageDecodeError, ImageTooLarge, decode_image, read_header
 from cvpipe.vision.images import decode_cost_bytes
 
 log = logging.getLogger(__name__)
-
-
-class ClientError(Exception):
-    """A request the service refuses: HTTP status (4xx, or 503 when busy) and a message for the client."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 class DecodeBudget:
@@ -52,15 +44,15 @@ class DecodeBudget:
 
     async def acquire(self, cost: int) -> None:
         if cost > self.total:
-            raise ClientError(413, f"image too large to decode: needs about {cost / 2**20:.0f} MB, the worker's "
+            raise RequestRefused(413, f"image too large to decode: needs about {cost / 2**20:.0f} MB, the worker's "
                                    f"decode budget is {self.total / 2**20:.0f} MB")
         if self._cond is None:
             self._cond = asyncio.Condition()
         async with self._cond:
             try:
                 await asyncio.wait_for(self._cond.wait_for(lambda: self.in_use + cost <= self.total), self.timeout_s)
-            except asyncio.TimeoutError:
-                raise ClientError(503, "the worker is busy decoding other large images; retry later") from None
+            except TimeoutError:
+                raise RequestRefused(503, "the worker is busy decoding other large images; retry later") from None
             self.in_use += cost
 
     async def release(self, cost: int) -> None:
@@ -98,7 +90,7 @@ class MicroBatcher:
             try:
                 items.append(self.queue.get_nowait() if timeout <= 0 else
                              await asyncio.wait_for(self.queue.get(), timeout))
-            except (asyncio.QueueEmpty, asyncio.TimeoutError):
+            except (TimeoutError, asyncio.QueueEmpty):
                 break
         return items
 
@@ -121,35 +113,24 @@ class MicroBatcher:
 class DetectorEngine:
     """A packed model dir (a BentoML model's dir, same layout as the `model` entity) ready to serve."""
 
-    def __init__(self, model_dir: str | Path, intra_op_threads: int = 1, max_batch: int = 1,
-                 max_wait_ms: float = 2.0, max_pixels: int | None = None, max_body_bytes: int | None = None,
-                 variant: str | None = None, model_threads: int = 1, budget: DecodeBudget | None = None,
-                 reduced_decode: bool = False):
-        defaults = ServiceSettings()
+    def __init__(self, model_dir: str | Path, settings: ServiceSettings | None = None,
+                 budget: DecodeBudget | None = None):
+        """`budget`: the worker's decode budget, shared by the engines a worker swaps between (default: a new
+        one of the settings' size)."""
+        s = settings or ServiceSettings()
         self.model_dir = Path(model_dir)
         self.packed = PackedModel.load(self.model_dir)
         self.meta = self.packed.meta
-        self.predictor = Predictor.from_dir(self.packed, variant=variant, intra_op_threads=intra_op_threads)
+        self.predictor = Predictor.from_dir(self.packed, variant=s.variant, intra_op_threads=s.intra_op_threads)
         self.test_image = self.packed.test_image or _legacy_test_image(self.model_dir)
         self.reference = self.packed.reference_for(self.predictor.variant)  # each variant has its own reference
-        self.max_pixels = max_pixels or defaults.max_pixels
-        self.max_body_bytes = max_body_bytes or defaults.max_body_bytes  # enforced by the guard
-        self.budget = budget or DecodeBudget(defaults.decode_budget_bytes)
-        h, w = self.predictor.input_size
-        self.min_decode_size = (h, w) if reduced_decode else None
-        self.model_threads = model_threads
-        self.executor = ThreadPoolExecutor(max_workers=model_threads, thread_name_prefix="cvpipe-model")
-        self.batcher = MicroBatcher(self.predictor.run, self.executor, max_batch, max_wait_ms) if max_batch > 1 \
-            else None
-
-    @classmethod
-    def from_settings(cls, model_dir: str | Path, settings: ServiceSettings,
-                      budget: DecodeBudget | None = None) -> "DetectorEngine":
-        return cls(model_dir, intra_op_threads=settings.intra_op_threads, max_batch=settings.batch_max,
-                   max_wait_ms=settings.batch_wait_ms, max_pixels=settings.max_pixels,
-                   max_body_bytes=settings.max_body_bytes, variant=settings.variant,
-                   model_threads=settings.model_threads_or_auto, reduced_decode=settings.reduced_decode,
-                   budget=budget or DecodeBudget(settings.decode_budget_bytes, settings.queue_timeout_s))
+        self.max_pixels, self.max_body_bytes = s.max_pixels, s.max_body_bytes
+        self.budget = budget or DecodeBudget(s.decode_budget_bytes, s.queue_timeout_s)
+        self.min_decode_size = self.predictor.input_size if s.reduced_decode else None
+        self.model_threads = s.model_threads_or_auto
+        self.executor = ThreadPoolExecutor(max_workers=self.model_threads, thread_name_prefix="cvpipe-model")
+        self.batcher = (MicroBatcher(self.predictor.run, self.executor, s.batch_max, s.batch_wait_ms)
+                        if s.batch_max > 1 else None)
 
     @property
     def run_id(self):
@@ -196,9 +177,9 @@ class DetectorEngine:
         try:
             header = read_header(data, self.max_pixels)
         except ImageTooLarge as e:
-            raise ClientError(413, str(e)) from None
+            raise RequestRefused(413, str(e)) from None
         except ImageDecodeError as e:
-            raise ClientError(400, str(e)) from None
+            raise RequestRefused(400, str(e)) from None
         cost = decode_cost_bytes(header, self.min_decode_size)
         loop = asyncio.get_running_loop()
         await self.budget.acquire(cost)
@@ -207,9 +188,9 @@ class DetectorEngine:
                 return await loop.run_in_executor(self.executor, self._predict_sync, data, header, score_thr)
             decoded_hw, x, r = await loop.run_in_executor(None, self._prepare, data)
         except ImageTooLarge as e:
-            raise ClientError(413, str(e)) from None
+            raise RequestRefused(413, str(e)) from None
         except ImageDecodeError as e:
-            raise ClientError(400, str(e)) from None
+            raise RequestRefused(400, str(e)) from None
         finally:
             await self.budget.release(cost)
             if cost > 64 * 2**20:
@@ -245,16 +226,3 @@ def limit_heap_growth(mmap_threshold: int = 8 * 2**20, trim_threshold: int = 16 
         libc.mallopt(-8, arenas)  # M_ARENA_MAX
     except (OSError, AttributeError):
         pass
-
-
-def create_app(get_engine: Callable[[], DetectorEngine], get_manager: Callable[[], object | None] = lambda: None,
-               admin_token: str | None = None):
-    """The service's full ASGI app (BentoML endpoints + guard) over `get_engine()`, in this process: for tests
-    and embedding. Lifespan must run (uvicorn does; use starlette's TestClient as a context manager).
-    Guard limits come from the engine (max_body_bytes, max_pixels) over the default settings."""
-    from cvpipe.serving import service
-
-    engine = get_engine()
-    settings = ServiceSettings.load(max_body_bytes=engine.max_body_bytes, max_pixels=engine.max_pixels,
-                                    admin_token=admin_token)
-    return service.app_for(service.Hooks(get_engine, get_manager, settings))
