@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from cvpipe.data.schema import DetectionDataset
 
-from .process_group import DistInfo
 from .model_init import build_model
 from .params import TrainParams
+from .process_group import DistInfo
 from .trainer import Trainer, TrainOutputs, seed_everything
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-
 from coco_data import ANNOTATIONS, COCO_DEV, NANO_ONNX, need_data
 
 # model_pack's INT8 recipe against fp32 on 16 held-out bundled images at score 0.25 (IoU 0.5, same class),
