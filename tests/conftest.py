@@ -1,6 +1,7 @@
 import os
 
 import pytest
+from coco_data import COCO_DEV, REPO
 
 # The toy steps of tests/core register through `plugins:`; a config's plugins are imported only when allowed.
 os.environ.setdefault("CVPIPE_ALLOW_PLUGINS", "toy_steps")
@@ -30,3 +31,9 @@ def _fresh_bentoml_metrics():
     for collector, names in list(registry._collector_to_names.items()):
         if any(n.startswith("bentoml_") for n in names):
             registry.unregister(collector)
+
+
+def pytest_report_header() -> str:
+    """Say which COCO folder the data tests read, so two runs' numbers are known to be comparable."""
+    where = COCO_DEV.relative_to(REPO) if COCO_DEV.is_relative_to(REPO) else COCO_DEV
+    return f"cvpipe test data: {where} (CVPIPE_TEST_COCO picks another, docs/testing.md)"

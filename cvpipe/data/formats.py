@@ -64,6 +64,13 @@ def _image_files(root: Path) -> list[Path]:
     return [p for p in _files(root, "*") if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
+def _links_out(root: Path) -> list[Path]:
+    """Links below root to an image file or a folder outside it: what a folder walk will not follow, and so
+    must report (a quiet skip would look like a smaller data set)."""
+    return sorted(p for p in root.rglob("*") if p.is_symlink() and not is_inside(root, p)
+                  and (p.suffix.lower() in IMAGE_SUFFIXES or p.is_dir()))
+
+
 def data_path(root: Path, name: str, base: Path | None = None) -> Path:
     """`base / name` for a file name read from the data (default base: root); ValueError, naming the reason,
     unless the name is relative without `..` and the path, symlinks resolved, stays inside root."""
@@ -250,6 +257,8 @@ def read_yolo(root: Path, classes: list[str] | None = None) -> RawDataset:
         raise ValueError(f"YOLO data in {root} needs a class list: classes.txt, obj.names or data.yaml with names "
                          f"(or set data_load.classes)")
     raw.categories = [{"category_id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(classes)]
+    for link in _links_out(root):
+        raw.unsafe(f"{link.relative_to(root).as_posix()}: a link leading outside the data folder; not read")
     for image_id, path in enumerate(_image_files(root), start=1):
         rel = path.relative_to(root).as_posix()
         raw.images.append({"image_id": image_id, "file_name": rel, "path": path, "width": 0, "height": 0, "extra": {}})

@@ -72,10 +72,21 @@ def _relative_source(path: Path, root: Path | None, fallback: str) -> str:
         return fallback
 
 
+def _no_images_message(raw: RawDataset) -> str:
+    unsafe = [f["detail"] for f in raw.findings if f["rule"] == "unsafe_path" and f["ann_id"] is None]
+    where = f"{raw.format} data in {raw.root}"
+    if not unsafe:
+        return f"no images found in the {where}"
+    return (f"no usable images in the {where}: every image ({len(unsafe)}) was dropped as an unsafe path (a name "
+            f"or link leading outside the data folder), e.g. {unsafe[0]}")
+
+
 def normalise(raw: RawDataset, images_out: Path, executor: str = "process",
               workers: int | None = None) -> tuple[DetectionDataset, list[dict]]:
     """Hash and store every image, fill sizes, and build the canonical dataset; problems become findings."""
     findings = list(raw.findings)
+    if not raw.images:
+        raise ValueError(_no_images_message(raw))
     work = partial(inspect_and_store, out_dir=images_out)
     infos = list(track(parallel_map(work, [im["path"] for im in raw.images], kind=executor, workers=workers),
                        "data_load: hashing images", total=len(raw.images)))

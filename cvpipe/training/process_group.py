@@ -40,6 +40,17 @@ class DistInfo:
         tdist.all_reduce(t)
         return {k: float(v) / self.world_size for k, v in zip(keys, t.tolist())}
 
+    def weight_spread(self, model: torch.nn.Module) -> float:
+        """The largest difference of any parameter between processes (0.0 alone): DDP keeps the ranks' weights
+        identical, so anything else means they stopped synchronising."""
+        if self.world_size == 1:
+            return 0.0
+        flat = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])
+        high, low = flat.clone(), flat.clone()
+        tdist.all_reduce(high, op=tdist.ReduceOp.MAX)
+        tdist.all_reduce(low, op=tdist.ReduceOp.MIN)
+        return float((high - low).max())
+
 
 def init_from_env(device: str = "auto") -> DistInfo:
     """Join the process group torchrun describes in the environment (a single-process DistInfo outside it)."""

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from cvpipe.data.schema import DetectionDataset
 
-from .process_group import DistInfo
 from .model_init import build_model
 from .params import TrainParams
+from .process_group import DistInfo
 from .trainer import Trainer, TrainOutputs, seed_everything
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def run_training(params: TrainParams, dataset_dir: Path | DetectionDataset, imag
     result = trainer.fit(stop_after_epoch=stop_after_epoch)
     summary = {**result.summary(), "pretrained": _pretrained_summary(init_info),
                "hyperparameters": trainer.hyperparameters, "device": str(trainer.device),
-               "world_size": dist.world_size}
+               "world_size": dist.world_size, "rank_weight_spread": dist.weight_spread(model)}
     if dist.is_main and "test_image" in outputs:
         picked = write_test_image(ds, images_dir, outputs["test_image"])
         summary["test_image_id"] = None if picked is None else picked["image_id"]

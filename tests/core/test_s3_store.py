@@ -7,14 +7,13 @@ import subprocess
 import sys
 import time
 
+import moto  # noqa: F401 - the dev and s3 extras install both: a broken install fails here, never skips
 import pytest
+import s3fs  # noqa: F401
 
 from cvpipe.pipeline.runner import Runner
 from cvpipe.serving.process import free_port
 from cvpipe.store import ArtifactStore
-
-pytest.importorskip("s3fs")
-pytest.importorskip("moto")
 
 
 @pytest.fixture(scope="module")

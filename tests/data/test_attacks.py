@@ -95,6 +95,8 @@ def test_symlinks_out_of_the_data_are_not_followed(coco_dir, run_load, tmp_path)
     ctx, summary = run_load(tmp_path / "yolo")
     assert summary["images"] == 6
     assert OUTSIDE.read_bytes() not in _stored_bytes(ctx)
+    listed = sorted(f["detail"].split(":")[0] for f in _findings(ctx) if f["rule"] == "unsafe_path")
+    assert listed == ["images/etc", "images/leak.jpg"]  # each skipped link is listed, not quietly left out
     # the same through COCO: a file_name that is a symlink out is refused too
     os.symlink(OUTSIDE, coco_dir / "images" / "leak.jpg")
     coco = json.loads((coco_dir / "annotations.json").read_text())
@@ -162,3 +164,12 @@ def test_tar_with_device_or_absolute_member_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not a readable archive"):
         extract_archive(truncated, tmp_path / "out3")
     assert not (tmp_path / "out3").exists()
+
+
+def test_data_whose_every_image_is_unsafe_is_one_clear_error(coco_dir, run_load):
+    coco = json.loads((coco_dir / "annotations.json").read_text())
+    for im in coco["images"]:
+        im["file_name"] = f"../../outside/{im['file_name']}"
+    (coco_dir / "annotations.json").write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match=r"no usable images .*every image \(6\) was dropped as an unsafe path"):
+        run_load(coco_dir)

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,27 @@ def test_sample_through_load_and_prep(raw, run_load, run_prep):
     want = {im["id"]: "val" if "/val2017/" in im["coco_url"] else "train" for im in raw["images"]}
     got = DetectionDataset.load(ctx2.output("dataset")).images
     assert dict(zip(got["image_id"], got["split"])) == want
+
+
+def test_missing_test_data_fails_on_every_machine(monkeypatch, tmp_path):
+    """Without the bundled model or sample the data tests fail, with or without a CI variable: never a skip."""
+    import coco_data
+
+    monkeypatch.delenv("CI", raising=False)
+    coco_data.need_data()  # the clone has both
+    monkeypatch.setattr(coco_data, "NANO_ONNX", tmp_path / "missing.onnx")
+    try:
+        coco_data.need_data()
+    except pytest.skip.Exception:  # a skip would pass CI with the data gone
+        pytest.fail("need_data() skipped instead of failing")
+    except pytest.fail.Exception as e:
+        assert "missing.onnx" in str(e)
+    else:
+        pytest.fail("need_data() let missing data pass")
+
+
+def test_tests_read_the_bundled_sample_unless_told_otherwise():
+    import coco_data
+
+    if not os.environ.get("CVPIPE_TEST_COCO"):
+        assert coco_data.COCO_DEV == SAMPLE

@@ -2,6 +2,7 @@
 URL) is a new run; unchanged data is reused. The digest is in the manifest."""
 
 import json
+import os
 import threading
 import zipfile
 from functools import partial
@@ -34,10 +35,26 @@ def _zip(src: Path, dest: Path) -> Path:
     return dest
 
 
-def _one_byte_changed(path: Path) -> None:
-    text = path.read_text()
-    path.write_text(text.replace('"bbox": [1, 10, 10, 20]', '"bbox": [1, 10, 10, 21]', 1)
-                    if '"bbox": [1, 10, 10, 20]' in text else text.replace("10", "11", 1))
+def _same_size_edit(path: Path, offset: int) -> None:
+    """Change the byte at `offset` (negative: from the end), keeping the size and the modification time, so
+    only a digest of the content can see it."""
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 1  # a digit stays a digit (0x30-0x39 pair up)
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+
+
+def _annotation_digit(path: Path) -> int:
+    """Offset of a box height digit in annotations.json (an edit there changes one box, not the JSON's validity)."""
+    return path.read_bytes().index(b'"bbox": [10, 10, 20, 30]') + len(b'"bbox": [10, 10, 20, ')
+
+
+def _touch(path: Path) -> None:
+    """A new modification time, the same bytes."""
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
 
 
 def test_folder_source_one_byte_invalidates_the_cache(coco_dir, load_step):
@@ -46,15 +63,34 @@ def test_folder_source_one_byte_invalidates_the_cache(coco_dir, load_step):
     src = first.manifest["source"]
     assert set(src) == {"uri", "digest", "files"} and src["files"] == 7 and len(src["digest"]) == 64
     assert src["digest"] == digest_source(str(coco_dir)).digest
-    _one_byte_changed(coco_dir / "annotations.json")
+    annotations = coco_dir / "annotations.json"
+    _same_size_edit(annotations, _annotation_digit(annotations))  # same size, same mtime: only content differs
     second = load_step(coco_dir)
     assert second.run_id != first.run_id and second.manifest["source"]["digest"] != src["digest"]
     # an image's bytes count too, not just its size and time
-    img = coco_dir / "images" / "img3.jpg"
-    data = bytearray(img.read_bytes())
-    data[-3] ^= 0xFF
-    img.write_bytes(bytes(data))
+    _same_size_edit(coco_dir / "images" / "img3.jpg", -3)
     assert load_step(coco_dir).run_id != second.run_id
+
+
+def test_folder_source_touched_without_a_change_is_reused(coco_dir, load_step):
+    first = load_step(coco_dir)
+    _touch(coco_dir / "annotations.json")
+    _touch(coco_dir / "images" / "img2.jpg")
+    assert load_step(coco_dir).run_id == first.run_id
+
+
+def test_archive_source_same_size_change_is_a_new_run(coco_dir, load_step, tmp_path):
+    archive = _zip(coco_dir, tmp_path / "data.zip")
+    first = load_step(archive)
+    _touch(archive)
+    assert load_step(archive).run_id == first.run_id
+    annotations = coco_dir / "annotations.json"
+    _same_size_edit(annotations, _annotation_digit(annotations))
+    stat = archive.stat()
+    _zip(coco_dir, archive)  # the same members, sizes and times: one digit differs inside
+    os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert archive.stat().st_size == stat.st_size
+    assert load_step(archive).run_id != first.run_id
 
 
 def test_archive_source_truncated_is_not_reused(coco_dir, load_step, tmp_path):
@@ -78,13 +114,14 @@ def test_url_source_changed_behind_the_server(coco_dir, load_step, tmp_path):
         _zip(coco_dir, www / "data.zip")
         first = load_step(url)
         assert load_step(url).run_id == first.run_id
-        coco = json.loads((coco_dir / "annotations.json").read_text())
-        coco["annotations"] = coco["annotations"][:-1]
-        (coco_dir / "annotations.json").write_text(json.dumps(coco))
+        size = (www / "data.zip").stat().st_size
+        annotations = coco_dir / "annotations.json"
+        _same_size_edit(annotations, _annotation_digit(annotations))
         _zip(coco_dir, www / "data.zip")
+        assert (www / "data.zip").stat().st_size == size  # the same size behind the same URL
         second = load_step(url)
         assert second.run_id != first.run_id
-        assert second.manifest["summary"]["annotations"] == first.manifest["summary"]["annotations"] - 1
+        assert second.manifest["source"]["digest"] != first.manifest["source"]["digest"]
         with pytest.raises(SourceError, match="cannot download"):
             load_step(url.replace("data.zip", "missing.zip"))
     finally:

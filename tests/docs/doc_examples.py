@@ -6,6 +6,8 @@ the project's Python. A line right before a block changes that:
                                           the test reports it as skipped with REASON
     <!-- docs-test: background -->        a server: started in the background, waited for (GET /readyz)
                                           and stopped when the file's examples are done
+    <!-- docs-test: check NAME -->        run, then compare its output with what the text around it says
+                                          (NAME: a check in tests/docs/doc_checks.py)
 Blocks of one file run in order in one scratch copy of the repo, so a later block sees what an earlier
 one made (a store, a served model). The served port is the README's 3000, moved to a free port.
 """
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FENCE = re.compile(r"^```(\w*)\s*$")
-DIRECTIVE = re.compile(r"^<!--\s*docs-test:\s*(skip|background)\b\s*(.*?)\s*-->\s*$")
+DIRECTIVE = re.compile(r"^<!--\s*docs-test:\s*(skip|background|check)\b\s*(.*?)\s*-->\s*$")
 RUNNABLE = {"bash": "bash", "sh": "bash", "shell": "bash", "python": "python"}
 DOC_PORT = 3000
 
@@ -28,8 +30,8 @@ class Example:
     line: int  # 1-based line of the opening fence
     language: str  # bash | python
     code: str
-    mode: str = "run"  # run | skip | background
-    reason: str = ""
+    mode: str = "run"  # run | skip | background | check
+    reason: str = ""  # skip: why; check: the check's name
 
     @property
     def id(self) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .doc_checks import CHECKS, DocContext, json_objects
 from .doc_examples import Example, doc_files, extract, with_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,9 +36,34 @@ def test_extraction_reads_blocks_and_directives(tmp_path):
 
 
 def test_every_doc_block_is_closed_and_every_skip_says_why():
+    checked = []
     for path in doc_files(REPO):
         for e in extract(path):
             assert e.mode != "skip" or e.reason, f"{e.id}: a skipped example must say why"
+            if e.mode == "check":
+                assert e.reason in CHECKS, f"{e.id}: no check named {e.reason!r} in tests/docs/doc_checks.py"
+                checked.append(e.reason)
+    assert sorted(checked) == sorted(CHECKS), "every check is used by exactly one block"
+
+
+def test_json_objects_reads_concatenated_curl_output():
+    assert json_objects('{"a": 1}{"b": [2]}\nsaved test.jpg\n{"c": {}}') == [{"a": 1}, {"b": [2]}, {"c": {}}]
+
+
+def test_step_6_check_fails_when_the_service_keeps_the_old_model(monkeypatch):
+    """The README step 6 check itself can fail: a promoted model that /info does not show, or no promotion."""
+    from . import doc_checks
+
+    ctx = DocContext(REPO, {}, 0)
+    before = {"champion": "old", "served": "old"}
+    monkeypatch.setattr(doc_checks, "_champion", lambda _: "new")
+    after = CHECKS["served-model-moves"][1]
+    after(ctx, before, '{"run_id": "new"}')
+    with pytest.raises(AssertionError, match="/info shows old"):
+        after(ctx, before, '{"run_id": "old"}')
+    monkeypatch.setattr(doc_checks, "_champion", lambda _: "old")
+    with pytest.raises(AssertionError, match="not promoted"):
+        after(ctx, before, '{"run_id": "old"}')
 
 
 def _scratch_repo(dest: Path) -> Path:
@@ -112,11 +138,16 @@ def _run_examples(examples: list[Example], work: Path, env: dict[str, str]) -> l
                                                 stderr=subprocess.STDOUT, start_new_session=True))
                 _wait_ready(servers[-1], port, e)
             else:
+                ctx = DocContext(work, env, port)
+                before, after = CHECKS[e.reason] if e.mode == "check" else (lambda _: None, None)
+                state = before(ctx)
                 res = subprocess.run(_command(e, port), cwd=work, env=env, capture_output=True, text=True,
                                      timeout=1200)
                 if res.returncode != 0:
                     pytest.fail(f"{e.id} exited {res.returncode}:\n{e.code}\n--- output ---\n"
                                 f"{(res.stdout + res.stderr)[-3000:]}")
+                if after is not None:
+                    after(ctx, state, res.stdout)
     finally:
         for proc in servers:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -7,6 +7,7 @@ import copy
 import io
 
 import numpy as np
+import pycocotools  # noqa: F401 - the dev extra installs it: a broken install fails here, never skips
 import pytest
 
 from cvpipe.evaluation.coco import STAT_NAMES, coco_evaluate, evaluate_detections

@@ -105,7 +105,7 @@ def test_sequential_phase_is_bounded_by_max_requests(server, counters):
     assert st["requests"] == 12 == counters.calls and st["errors"] == 0
     assert counters.max_in_flight == 1
     assert min(s.latency_s for s in ph.samples) >= 0.02  # the server sleeps 20 ms
-    assert st["throughput_rps"] <= 50  # one at a time, 20 ms each
+    assert st["throughput_rps"] <= 50  # one at a time, 20 ms each: an upper bound that load cannot break
     assert [s.start_s for s in ph.samples] == sorted(s.start_s for s in ph.samples)
 
 
@@ -113,11 +113,15 @@ def test_concurrent_phase_is_bounded_by_time_and_overlaps(server, counters):
     url, _ = server
     ph = run_phase(url, RequestSpec("/slow?ms=50"), name="conc", concurrency=4, duration_s=0.6, max_requests=10_000)
     st = ph.stats()
-    assert 0.6 <= st["wall_s"] < 0.6 + 0.5  # stops starting requests at the deadline
+    assert st["wall_s"] >= 0.6 and max(s.start_s for s in ph.samples) < 0.6  # none started after the deadline
     assert counters.max_in_flight == 4
-    # 4 clients on a 50 ms sleep: about 80 req/s; one client could do at most 20
-    assert st["throughput_rps"] > 40 and st["errors"] == 0
-    assert st["p50_ms"] >= 50
+    one = run_phase(url, RequestSpec("/slow?ms=50"), name="seq", concurrency=1, duration_s=0.6,
+                    max_requests=10_000).stats()
+    # 4 clients on a 50 ms sleep do about 4x one client's requests (measured 3.3x and 3.9x under load); a ratio in
+    # the same test, so a busy machine slows both alike
+    print(f"4 clients {st['throughput_rps']:.1f} req/s, 1 client {one['throughput_rps']:.1f} req/s")
+    assert st["throughput_rps"] > 2 * one["throughput_rps"], (st["throughput_rps"], one["throughput_rps"])
+    assert st["errors"] == 0 and st["p50_ms"] >= 50
 
 
 def test_errors_and_checks_are_counted(server, counters):

@@ -24,6 +24,8 @@ def test_torchrun_two_cpu_processes(synthetic, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["epochs"] == 2
+    # the ranks trained on different images yet hold the same weights: their gradients were averaged
+    assert summary["rank_weight_spread"] == 0.0, summary["rank_weight_spread"]
     for f in ("checkpoints/last.pt", "checkpoints/best.pt", "curves/metrics.csv", "curves/curves.png",
               "test_image/ground_truth.json"):
         assert (out / f).is_file(), f
