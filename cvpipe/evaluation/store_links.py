@@ -105,4 +105,5 @@ def resolve_reference(params: Any, store: Any, input_runs: dict[str, str | None]
 def resolve_training_images(params: Any, store: Any, input_runs: dict[str, str | None]) -> Resolved:
     """What the candidate was trained on (model_train's `trained_on` record, None when unknown), for the gate's
     held-out check. The candidate's input runs fix it, so it adds nothing to the cache key."""
-    return Resolved(None, lambda: (train_summary(store, input_runs.get("model")) or {}).get("trained_on"))
+    return Resolved(None, lambda: (train_summary(store, input_runs.get("model")) or {}).get("trained_on"),
+                    keyed=False)

@@ -177,7 +177,7 @@ class Runner:
         if spec.depends_on is None and not resolved:
             return None, resolved
         depends = dict(spec.depends_on(params, self.store, runs) or {}) if spec.depends_on else {}
-        depends.update({kw: r.key for kw, r in resolved.items()})
+        depends.update({kw: r.key for kw, r in resolved.items() if r.keyed})
         return json.loads(json.dumps(depends, sort_keys=True)), resolved  # JSON-able now
 
     # ---- running ------------------------------------------------------------------------------

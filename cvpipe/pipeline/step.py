@@ -84,6 +84,7 @@ class Resolved:
 
     key: Any
     load: Callable[[], Any] = lambda: None
+    keyed: bool = True  # False: the value follows from the step's inputs, so it adds nothing to the cache key
 
 
 @dataclass(frozen=True)
