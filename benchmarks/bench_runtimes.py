@@ -28,12 +28,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from coco_data import COCO_DEV, NANO_ONNX  # noqa: E402
+
 from cvpipe.evaluation.engine import evaluate  # noqa: E402
 from cvpipe.export.variants import KEEP_FLOAT_GROUPS, keep_float_nodes  # noqa: E402
 from cvpipe.inference.predictor import Predictor  # noqa: E402

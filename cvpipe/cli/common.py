@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, List, NoReturn, Optional
+from typing import Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -43,7 +43,7 @@ def pick_config(positional: Optional[Path], option: Optional[Path], required: bo
     return Path(chosen)
 
 
-def load(config: Path, overrides: Optional[List[str]] = None, allow_plugins: Optional[List[str]] = None,
+def load(config: Path, overrides: Optional[list[str]] = None, allow_plugins: Optional[list[str]] = None,
          store: Optional[str] = None) -> Any:
     """The validated config, or a clear error (exit 2)."""
     from cvpipe.config import ConfigError, allowed_plugins, load_config
@@ -56,7 +56,7 @@ def load(config: Path, overrides: Optional[List[str]] = None, allow_plugins: Opt
         fail(str(e), 2)
 
 
-def open_store(config: Path, overrides: Optional[List[str]] = None, allow_plugins: Optional[List[str]] = None,
+def open_store(config: Path, overrides: Optional[list[str]] = None, allow_plugins: Optional[list[str]] = None,
                store: Optional[str] = None):
     from cvpipe.store import ArtifactStore
 

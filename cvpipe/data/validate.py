@@ -13,9 +13,10 @@ which is what the annotator meant; COCO's xywh with a negative size means nothin
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd

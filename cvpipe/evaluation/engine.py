@@ -7,9 +7,9 @@ Training validation (a torch model) and model_eval (the packed ONNX model) both 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 

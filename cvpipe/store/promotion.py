@@ -24,7 +24,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from cvpipe.store.store import ArtifactStore, RunRecord
@@ -83,7 +83,7 @@ def who() -> str:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _stamp(now: datetime) -> str:

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from cvpipe.data.schema import DetectionDataset
 from cvpipe import vision
+from cvpipe.data.schema import DetectionDataset
 from cvpipe.vision import clip_xyxy, letterbox
 
 from . import augment as A

@@ -14,9 +14,9 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -28,11 +28,11 @@ from cvpipe.data.schema import DetectionDataset
 from .checkpoints import Checkpoints
 from .curves import write_curves
 from .dataset import AugmentConfig, EpochSampler, YoloxTrainDataset, collate
-from .process_group import DistInfo
 from .ema import ModelEMA, unwrap
-from .validation import evaluate_model
 from .params import TrainParams
+from .process_group import DistInfo
 from .schedule import WarmCosineLR
+from .validation import evaluate_model
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +148,14 @@ class _EpochProgress:
 
     def __enter__(self):
         if self.enabled and sys.stderr.isatty():
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("loss {task.fields[loss]:.3f}  {task.fields[ips]:.1f} img/s"),

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from coco_data import COCO_DEV as DEV, NANO_ONNX  # noqa: F401 - re-exported for the tests
+from coco_data import COCO_DEV as DEV  # noqa: F401 - re-exported for the tests
+from coco_data import NANO_ONNX
 
 
 def nano_detections(gt: dict, image_ids: list[int], score_thr: float = 0.001) -> list[dict]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from step_context import run_step, step_context
-
 import json
 
 import pytest
 from coco_data import need_data
+from step_context import run_step, step_context
 
 from cvpipe.evaluation.baseline import APDropError
 from cvpipe.pipeline.step import get_step

@@ -4,8 +4,6 @@ box-match F1, batch-position check)."""
 
 from __future__ import annotations
 
-from step_context import run_step, step_context
-
 import json
 import shutil
 import subprocess
@@ -15,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from coco_data import ANNOTATIONS, COCO_DEV, NANO_ONNX, largest_person, need_data
+from step_context import run_step, step_context
+
 from cvpipe.export.certify import ValSplit, batch_invariance, match_f1
 from cvpipe.export.variants import Budget, verdict
 from cvpipe.inference.packed import CONTRACT_VERSION, PackedModel, PackedModelError

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
+from cvpipe import vision as processing
 from cvpipe.models.yolox import SCALES, build_yolox, fuse_model
 from cvpipe.models.yolox.flops import count_flops
 from cvpipe.models.yolox.head import make_grid
-from cvpipe import vision as processing
 
 # Parameter counts published in Megvii's YOLOX README (millions, 80 classes) -- an independent check that the
 # architecture (widths, depths, depthwise nano) matches the reference.

@@ -11,8 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cvpipe.store import ArtifactStore
-from cvpipe.store.promotion import (PromotionError, PromotionLog, promote, record_decision, rollback,
-                                    servable_run)
+from cvpipe.store.promotion import PromotionError, PromotionLog, promote, record_decision, rollback, servable_run
 
 A, B, C = "20261124T100000000Z-aaaaaa", "20261124T110000000Z-bbbbbb", "20261124T120000000Z-cccccc"
 

@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 import pytest
 import simplejpeg
-
 from coco_data import COCO_DEV
+
 from cvpipe.evaluation.coco import coco_evaluate
 from cvpipe.inference.packed import PackedModel
 from cvpipe.serving.engine import DetectorEngine

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from step_context import run_step, step_context
-
 import json
 import os
 import subprocess
 import sys
 
 import torch
+from step_context import run_step, step_context
 
 
 def test_torchrun_two_cpu_processes(synthetic, tmp_path):
