@@ -70,6 +70,6 @@ def _image_path(images_dir: Path, info: dict) -> Path:
 def _relabel(det: Detections, label_map: dict[int, int] | None) -> Detections:
     if label_map is None:
         return det
-    keep = np.array([int(l) in label_map for l in det.labels], dtype=bool)
-    labels = np.array([label_map[int(l)] for l in det.labels[keep]], dtype=np.int64)
+    keep = np.array([int(label) in label_map for label in det.labels], dtype=bool)
+    labels = np.array([label_map[int(label)] for label in det.labels[keep]], dtype=np.int64)
     return Detections(det.boxes[keep], det.scores[keep], labels, det.image_size)

@@ -50,7 +50,7 @@ def test_model_json_records_certified_variants_and_refusals(packed):
     model = PackedModel.load(packed)
     assert model.meta["contract_version"] == CONTRACT_VERSION == 2
     assert set(model.variants) == {"fp32", "openvino"} and model.default_variant in model.variants
-    for name, variant in model.variants.items():
+    for variant in model.variants.values():
         cert = variant.certificate
         assert cert["batch"]["ok"] and cert["batch"]["batch_sizes"] == list(range(1, 9))
         assert cert["match"]["f1"] == 1.0 and cert["match"]["reference"] == "onnx fp32"

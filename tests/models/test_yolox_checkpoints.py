@@ -37,7 +37,7 @@ def randomized(scale="nano", num_classes=4, seed=0):
     torch.manual_seed(seed)
     model = build_yolox(scale, num_classes)
     with torch.no_grad():
-        for k, v in model.state_dict().items():
+        for v in model.state_dict().values():
             if v.dtype.is_floating_point:
                 v.copy_(torch.rand_like(v) + 0.1)
             else:

@@ -80,7 +80,7 @@ def test_mixed_bad_load(model_store, person_image, tmp_path):
     with ServiceProcess(model_store["bento"], workers=2, env={"CVPIPE_MAX_BODY_BYTES": str(LIMIT)},
                         log_path=tmp_path / "server.log") as svc:
         url, host, port = svc.url, "127.0.0.1", svc.port
-        for k in kinds[:2]:  # warm both workers
+        for _kind in kinds[:2]:  # warm both workers
             for _ in range(4):
                 httpx.post(url + "/predict", files={"image": ("a.jpg", image, "image/jpeg")}, timeout=60)
         rss_start = tree_rss_mb(svc.proc.pid)
@@ -183,7 +183,7 @@ def test_rss_stays_flat_over_thousands_of_requests(model_store, person_image, tm
         for name, (raw, status) in kinds.items():
             conn = [KeepAliveConnection(svc.url)]
 
-            def send() -> None:
+            def send(conn: list = conn, raw: bytes = raw, status: int = status, name: str = name) -> None:
                 got, _ = conn[0].request(raw)
                 assert got == status, (name, got)
                 if status == 413:  # refused before its body: the server closes the connection
