@@ -120,7 +120,8 @@ def main() -> None:
         table.add_column(col, justify="right")
     for r in fwd:
         table.add_row(r["scale"], str(r["size"]), f"{r['gflops']:.2f}", f"{r['latency_ms']:.1f}",
-                      f"{r['fused_latency_ms']:.1f}", f"{r['achieved_gflops_s']:.1f}", f"{100 * r['fraction_of_peak']:.0f}%")
+                      f"{r['fused_latency_ms']:.1f}", f"{r['achieved_gflops_s']:.1f}",
+                      f"{100 * r['fraction_of_peak']:.0f}%")
     console.print(table)
 
     tr = train_rows(args.train_scales, args.train_size, args.train_batch, args.train_steps)

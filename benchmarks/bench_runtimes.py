@@ -41,7 +41,8 @@ from cvpipe.vision import ClassMap, read_image  # noqa: E402
 VARIANTS = ("fp32", "int8", "openvino", "openvino_int8", "openvino_int8 pinned")
 BACKEND = {"fp32": "onnxruntime", "int8": "onnxruntime", "openvino": "openvino", "openvino_int8": "openvino",
            "openvino_int8 pinned": "openvino"}
-PINNED = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"}
+PINNED = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1,
+          "INFERENCE_PRECISION_HINT": "f32"}
 
 
 def build_models(name: str, work: Path, calib: list[Path]) -> tuple[dict, tuple[int, int], bool]:

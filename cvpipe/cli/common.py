@@ -68,7 +68,8 @@ def cvpipe_command() -> str:
     argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "cvpipe"
     if Path(argv0).name != "cvpipe":
         return "cvpipe"
-    on_path = any(Path(p, "cvpipe").resolve() == Path(argv0).resolve() for p in os.environ.get("PATH", "").split(":") if p)
+    on_path = any(Path(p, "cvpipe").resolve() == Path(argv0).resolve()
+                  for p in os.environ.get("PATH", "").split(":") if p)
     return "cvpipe" if on_path else shlex.quote(os.path.relpath(argv0) if Path(argv0).is_absolute() else argv0)
 
 

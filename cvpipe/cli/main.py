@@ -283,7 +283,8 @@ def _manifest_table(rec: RunRecord) -> Table:
     if m.get("source"):
         table.add_row("source", json.dumps(m.get("source"))[:300])
     for name, o in (m.get("outputs") or {}).items():
-        table.add_row(f"output {name}", f"{o['uri']}  ({o['files']} files, {o['bytes']} bytes, sha256 {o['digest'][:12]})")
+        table.add_row(f"output {name}",
+                      f"{o['uri']}  ({o['files']} files, {o['bytes']} bytes, sha256 {o['digest'][:12]})")
     table.add_row("summary", json.dumps(m.get("summary")))
     if m.get("error"):
         table.add_row("error", f"[red]{m['error']['type']}: {m['error']['message']}[/]")

@@ -38,14 +38,15 @@ def _model_pack_run(config: Optional[Path], run_id: Optional[str], overrides: Op
 
 
 def serve(
-    run_id: Optional[str] = typer.Argument(None, help="model_pack run to serve (default: the promoted one, the champion; see `cvpipe promotions`)."),
+    run_id: Optional[str] = typer.Argument(
+        None, help="model_pack run to serve (default: the promoted one, the champion; see `cvpipe promotions`)."),
     config: Optional[Path] = ConfigOpt,
     overrides: Optional[list[str]] = SetOpt,
     allow_plugin: Optional[list[str]] = AllowPluginOpt,
     host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 for all)."),
     port: int = typer.Option(3000, help="Port of the REST API."),
-    workers: int = typer.Option(1, min=1, help="Service worker processes, one model each; each runs a model call per CPU, so 1 "
-                                 "uses every core (docs/production.md, Scale-out)."),
+    workers: int = typer.Option(1, min=1, help="Service worker processes, one model each; each runs a model call "
+                                "per CPU, so 1 uses every core (docs/production.md, Scale-out)."),
     batch: int = typer.Option(1, min=1, help="Adaptive batching: max images per model call (1 = off)."),
     follow: bool = typer.Option(False, "--follow", help="Poll the store and move to each newer complete "
                                 "model_pack run that passes its check, without interruption."),

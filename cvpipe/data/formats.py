@@ -41,7 +41,8 @@ class RawDataset:
     """What a reader found: rows for the canonical schema, plus problems to report (not fatal)."""
 
     images: list[dict] = field(default_factory=list)  # image_id, file_name, path, width, height, extra
-    annotations: list[dict] = field(default_factory=list)  # ann_id, image_id, category_id, x, y, w, h, area, iscrowd, extra
+    # ann_id, image_id, category_id, x, y, w, h, area, iscrowd, extra
+    annotations: list[dict] = field(default_factory=list)
     categories: list[dict] = field(default_factory=list)  # category_id, name, supercategory
     findings: list[dict] = field(default_factory=list)  # rule, action, image_id, ann_id, detail
     format: str = ""
@@ -88,7 +89,8 @@ def _coco_json(root: Path, annotations: str | None) -> Path | None:
         if not p.is_file():
             raise FileNotFoundError(f"annotation file not found: {p}")
         return p
-    candidates = [p for p in sorted(root.glob("*.json")) + sorted(root.glob("annotations/*.json")) if is_inside(root, p)]
+    candidates = [p for p in sorted(root.glob("*.json")) + sorted(root.glob("annotations/*.json"))
+                  if is_inside(root, p)]
     for p in candidates:
         try:
             with open(p, "rb") as f:

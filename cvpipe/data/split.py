@@ -1,6 +1,6 @@
 """Train/val/test split stratified by class presence: rare classes are placed first so that each
-class reaches every split where it has enough images (iterative stratification). Deterministic for the same data and seed
-(independent of row order: images are ordered by content digest)."""
+class reaches every split where it has enough images (iterative stratification). Deterministic for the same data
+and seed (independent of row order: images are ordered by content digest)."""
 
 from __future__ import annotations
 

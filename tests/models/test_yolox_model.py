@@ -105,7 +105,8 @@ PUBLISHED_GFLOPS = {"nano": (416, 1.08), "tiny": (416, 6.45), "s": (640, 26.8), 
 
 
 @pytest.mark.parametrize("scale", ["nano", "tiny", "s", pytest.param("m", marks=pytest.mark.slow),
-                                   pytest.param("l", marks=pytest.mark.slow), pytest.param("x", marks=pytest.mark.slow)])
+                                   pytest.param("l", marks=pytest.mark.slow),
+                                   pytest.param("x", marks=pytest.mark.slow)])
 def test_flops_match_published(scale):
     size, gflops = PUBLISHED_GFLOPS[scale]
     model = build_yolox(scale)

@@ -121,7 +121,8 @@ def test_mixed_bad_load(model_store, person_image, tmp_path):
         livez = httpx.get(url + "/livez", timeout=10).status_code
         final = httpx.post(url + "/predict", files={"image": ("a.jpg", image, "image/jpeg")}, timeout=60)
     print(f"\nstatuses {statuses}\nslow clients {slow_results}\n"
-          f"RSS start {rss_start:.0f} MB, after warm-up {rss_before:.0f} MB, after {DURATION_S:.0f} s {rss_after:.0f} MB")
+          f"RSS start {rss_start:.0f} MB, after warm-up {rss_before:.0f} MB, "
+          f"after {DURATION_S:.0f} s {rss_after:.0f} MB")
     server_errors = {k: s for k, v in statuses.items() for s in v if s >= 500 and s != 503}
     assert not server_errors, f"5xx answers: {server_errors} ({statuses})"
     assert not errors, errors[:5]

@@ -270,7 +270,8 @@ def detect_layout(ckpt: Mapping) -> tuple[str, dict]:
         meta = ckpt.get("meta") if container == "model" else None
         return ("cvpipe" if isinstance(meta, Mapping) and meta.get("format") == FORMAT_TAG else "megvii"), sd
     raise CheckpointError(f"state_dict keys look like neither YOLOX layout (e.g. {list(sd)[:5]}); expected "
-                          "backbone.backbone.* / head.* (cvpipe, Megvii) or backbone.* / neck.* / bbox_head.* (mmdetection)")
+                          "backbone.backbone.* / head.* (cvpipe, Megvii) or backbone.* / neck.* / bbox_head.* "
+                          "(mmdetection)")
 
 
 def _shorten(keys, n: int = 12) -> str:
@@ -362,7 +363,8 @@ def _drop_mismatched(model: YOLOX, sd: dict, result: LoadResult, layout: str, st
     if not bad:
         return sd
     if strict_shapes:
-        raise CheckpointError(f"shape mismatch loading {layout} checkpoint into YOLOX-{model.scale}: " + "; ".join(bad[:12]))
+        raise CheckpointError(f"shape mismatch loading {layout} checkpoint into YOLOX-{model.scale}: "
+                              + "; ".join(bad[:12]))
     log.warning("skipping %d tensors with mismatched shapes: %s", len(bad), "; ".join(bad[:12]))
     skipped = [b.split(":")[0] for b in bad]
     result.reinitialized += skipped

@@ -39,7 +39,8 @@ class YOLOXHead(nn.Module):
         feat = int(256 * width)
 
         def tower() -> nn.Sequential:
-            return nn.Sequential(make_conv(feat, feat, 3, 1, depthwise, fused), make_conv(feat, feat, 3, 1, depthwise, fused))
+            return nn.Sequential(make_conv(feat, feat, 3, 1, depthwise, fused),
+                                 make_conv(feat, feat, 3, 1, depthwise, fused))
 
         self.stems = nn.ModuleList(ConvBNAct(int(c * width), feat, 1, fused=fused) for c in in_channels)
         self.cls_convs = nn.ModuleList(tower() for _ in in_channels)
@@ -67,7 +68,8 @@ class YOLOXHead(nn.Module):
         """Per-anchor logits [B, N, 5+C] (reg raw, obj logit, cls logits) and the per-level feature sizes."""
         outs, level_hw = [], []
         for k, x in enumerate(feats):
-            # order as Megvii's forward (stem, cls tower, cls pred, reg tower, reg pred, obj pred): ONNX import relies on it
+            # order as Megvii's forward (stem, cls tower, cls pred, reg tower, reg pred, obj pred):
+            # ONNX import relies on it
             x = self.stems[k](x)
             cls_out = self.cls_preds[k](self.cls_convs[k](x))
             reg_feat = self.reg_convs[k](x)

@@ -71,7 +71,8 @@ def load_nano_from_onnx(path: str | Path, num_classes: int = 80) -> YOLOX:
             if b is None or tuple(b.shape) != tuple(conv.bias.shape):
                 problems.append(f"bias {None if b is None else tuple(b.shape)} vs {tuple(conv.bias.shape)}")
             if list(attrs.get("strides", [1, 1])) != list(conv.stride) or attrs.get("group", 1) != conv.groups:
-                problems.append(f"stride/group {attrs.get('strides')}/{attrs.get('group')} vs {conv.stride}/{conv.groups}")
+                problems.append(f"stride/group {attrs.get('strides')}/{attrs.get('group')} "
+                                f"vs {conv.stride}/{conv.groups}")
             if problems:
                 raise ValueError(f"ONNX node {node} does not fit {name}: " + "; ".join(problems))
             conv.weight.copy_(torch.from_numpy(np.array(w, dtype=np.float32)))
