@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json as jsonlib
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -218,7 +218,8 @@ def predict(
 
     out = Console()
     predict_fn, names, ids = _load_predictor(model, arch, config, score_thr, overrides, variant)
-    results, failed = [], 0
+    results: list[dict[str, Any]] = []
+    failed = 0
     if save_vis:
         save_vis.mkdir(parents=True, exist_ok=True)
     for path in images:

@@ -291,7 +291,10 @@ def _voc_object(obj: ET.Element, ann_id: int, image_id: int, cat_ids: dict[str, 
     name = (obj.findtext("name") or "").strip()
     box = obj.find("bndbox")
     try:
-        xmin, ymin, xmax, ymax = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        if box is None:
+            raise ValueError("no <bndbox>")
+        # a missing coordinate is float(""): a ValueError, an invalid box like the rest
+        xmin, ymin, xmax, ymax = (float(box.findtext(k) or "") for k in ("xmin", "ymin", "xmax", "ymax"))
     except (AttributeError, TypeError, ValueError):
         xmin = ymin = xmax = ymax = float("nan")
     x1, x2 = _voc_edges(xmin, xmax)

@@ -162,7 +162,7 @@ class ArtifactStore:
         return self._join(self.env, "objects", digest[:2], digest + suffix)
 
     # ---- low-level writes (atomic per file, no debris on failure) ---------------------------------
-    def _atomic_local(self, path: str, write: Callable[[IO[bytes]], None]) -> None:
+    def _atomic_local(self, path: str, write: Callable[[IO[bytes]], object]) -> None:
         """Write through a temp file beside `path`, then rename; on any error the temp file is removed."""
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")

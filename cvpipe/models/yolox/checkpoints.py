@@ -16,7 +16,7 @@ import logging
 import os
 import tempfile
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,7 +220,7 @@ def _load_stubbing_foreign_classes(path: Path, first_error: Exception):
     if not names:
         raise CheckpointError(f"{path} is not a readable torch checkpoint (torch.load weights_only): "
                               f"{first_error}") from first_error
-    stubs = [_stub_class(n) for n in names]
+    stubs: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [_stub_class(n) for n in names]
     try:
         with torch.serialization.safe_globals(stubs):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -418,7 +418,8 @@ def load_model(src: str | Path | Mapping, scale: str | None = None, num_classes:
     skipped: list[str] = []
     ckpt = read_checkpoint(src, skipped) if isinstance(src, (str, Path)) else src
     _, sd = detect_layout(ckpt)
-    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), Mapping) else {}
+    raw_meta = ckpt.get("meta")
+    meta = raw_meta if isinstance(raw_meta, Mapping) else {}
     guessed_scale, guessed_classes = infer_architecture(sd)
     scale = scale or (meta.get("scale") if meta.get("format") == FORMAT_TAG else None) or guessed_scale
     model = build_yolox(scale, num_classes or guessed_classes, fused=fused)

@@ -7,6 +7,7 @@ Output layout per anchor point: (dx, dy, log w, log h, obj, C class scores), anc
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -60,7 +61,7 @@ class YOLOXHead(nn.Module):
     def reset_cls_preds(self, num_classes: int) -> None:
         """Replace the class predictors for a new class count (fresh init, prior-prob bias)."""
         self.num_classes = num_classes
-        for i, conv in enumerate(self.cls_preds):
+        for i, conv in enumerate(cast(list[nn.Conv2d], self.cls_preds)):
             self.cls_preds[i] = nn.Conv2d(conv.in_channels, num_classes, 1).to(conv.weight.device)
         self.initialize_biases(PRIOR_PROB, which=("cls_preds",))
 
