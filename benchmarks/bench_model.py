@@ -59,8 +59,8 @@ def forward_rows(scales, sizes, repeats, peak):
             x = torch.rand(1, 3, size, size) * 255
             flops = count_flops(model, size)
             with torch.no_grad():
-                t = median_seconds(lambda: model(x), repeats)
-                tf = median_seconds(lambda: fused(x), repeats)
+                t = median_seconds(lambda model=model, x=x: model(x), repeats)
+                tf = median_seconds(lambda fused=fused, x=x: fused(x), repeats)
             gflops = flops / 1e9
             rows.append({"scale": scale, "size": size, "gflops": gflops, "latency_ms": t * 1e3,
                          "fused_latency_ms": tf * 1e3, "achieved_gflops_s": gflops / tf,
@@ -80,7 +80,7 @@ def train_rows(scales, size, batch, steps):
         targets[:, :, 1:3] = torch.rand(batch, 4, 2) * size * 0.6 + size * 0.2
         targets[:, :, 3:5] = torch.rand(batch, 4, 2) * size * 0.3 + 16
 
-        def step():
+        def step(model=model, opt=opt, images=images, targets=targets):
             loss = model(images, targets)["total_loss"]
             opt.zero_grad()
             loss.backward()
@@ -120,7 +120,8 @@ def main() -> None:
         table.add_column(col, justify="right")
     for r in fwd:
         table.add_row(r["scale"], str(r["size"]), f"{r['gflops']:.2f}", f"{r['latency_ms']:.1f}",
-                      f"{r['fused_latency_ms']:.1f}", f"{r['achieved_gflops_s']:.1f}", f"{100 * r['fraction_of_peak']:.0f}%")
+                      f"{r['fused_latency_ms']:.1f}", f"{r['achieved_gflops_s']:.1f}",
+                      f"{100 * r['fraction_of_peak']:.0f}%")
     console.print(table)
 
     tr = train_rows(args.train_scales, args.train_size, args.train_batch, args.train_steps)

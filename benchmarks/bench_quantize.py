@@ -78,7 +78,7 @@ def main() -> None:
                           "MB": round(Path(path).stat().st_size / 2**20, 2)}
             print(name, rows[name], flush=True)
     base = rows["fp32"]
-    for name, r in rows.items():
+    for r in rows.values():
         r["speedup"] = round(base["median_ms"] / r["median_ms"], 2)
         r["AP_drop"] = round(base["AP"] - r["AP"], 4)
     print(json.dumps({"images": len(val), "calibration_images": len(calib), "results": rows}, indent=2))

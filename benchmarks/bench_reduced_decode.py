@@ -118,7 +118,8 @@ def main() -> None:
         prepare(data, input_size, None)  # warm: first-call costs are nobody's
         rows = measure(data, input_size, args.repeat)
         for mode, m in rows.items():
-            print(f"{name:8s} {mode:8s} {'%dx%d' % m['decoded'][::-1]:>11s} {m['charged_mb']:10.1f} "
+            decoded = "x".join(str(int(v)) for v in m["decoded"][::-1])
+            print(f"{name:8s} {mode:8s} {decoded:>11s} {m['charged_mb']:10.1f} "
                   f"{m['ms']:8.1f} {m['traced_mb']:9.1f} {m['rss_mb']:7.1f}")
         full, reduced = rows["full"], rows["reduced"]
         print(f"{name:8s} reduced/full: time {reduced['ms'] / full['ms']:.3f}  traced memory "

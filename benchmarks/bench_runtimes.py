@@ -28,12 +28,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from coco_data import COCO_DEV, NANO_ONNX  # noqa: E402
+
 from cvpipe.evaluation.engine import evaluate  # noqa: E402
 from cvpipe.export.variants import KEEP_FLOAT_GROUPS, keep_float_nodes  # noqa: E402
 from cvpipe.inference.predictor import Predictor  # noqa: E402
@@ -42,7 +41,8 @@ from cvpipe.vision import ClassMap, read_image  # noqa: E402
 VARIANTS = ("fp32", "int8", "openvino", "openvino_int8", "openvino_int8 pinned")
 BACKEND = {"fp32": "onnxruntime", "int8": "onnxruntime", "openvino": "openvino", "openvino_int8": "openvino",
            "openvino_int8 pinned": "openvino"}
-PINNED = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"}
+PINNED = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1,
+          "INFERENCE_PRECISION_HINT": "f32"}
 
 
 def build_models(name: str, work: Path, calib: list[Path]) -> tuple[dict, tuple[int, int], bool]:

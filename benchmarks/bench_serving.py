@@ -257,9 +257,9 @@ def service_rows(archive: Path, tmp: Path, name: str, workers: int, env: dict, c
         run_lean(svc.url, raw, 2 * workers, 3.0, 50 * workers)  # warm every worker
         for c in (1, 4):
             if client == "lean":
-                phase = lambda: run_lean(svc.url, raw, c, args.seconds, args.max_requests)  # noqa: E731
+                phase = lambda c=c: run_lean(svc.url, raw, c, args.seconds, args.max_requests)  # noqa: E731
             else:
-                phase = lambda: run_phase(svc.url, req, name=name, concurrency=c,  # noqa: E731
+                phase = lambda c=c: run_phase(svc.url, req, name=name, concurrency=c,  # noqa: E731
                                           duration_s=args.seconds, max_requests=args.max_requests).stats()
             add(name, c, measured(svc.proc.pid, phase))
 

@@ -99,7 +99,7 @@ async def slow_connection(port: int, stop: asyncio.Event, stats: dict) -> None:
                     if data or reader.at_eof():
                         stats["answered"] += 1
                         break
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         except (ConnectionError, OSError):
             stats["dropped"] += 1

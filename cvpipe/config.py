@@ -122,7 +122,7 @@ def _format_errors(err: ValidationError) -> str:
         if e["type"] == "extra_forbidden":
             section = ".".join(str(p) for p in e["loc"][:-1])
             where = f"in section {section!r}" if section else "at the top level"
-            lines.append(f"  {key}: unknown key {where}{did_you_mean(e['loc'][-1], _known_keys(e['loc']))}")
+            lines.append(f"  {key}: unknown key {where}{did_you_mean(str(e['loc'][-1]), _known_keys(e['loc']))}")
         else:
             lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
     return "invalid config:\n" + "\n".join(lines)

@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, List, NoReturn, Optional
+from typing import Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -43,7 +43,7 @@ def pick_config(positional: Optional[Path], option: Optional[Path], required: bo
     return Path(chosen)
 
 
-def load(config: Path, overrides: Optional[List[str]] = None, allow_plugins: Optional[List[str]] = None,
+def load(config: Path, overrides: Optional[list[str]] = None, allow_plugins: Optional[list[str]] = None,
          store: Optional[str] = None) -> Any:
     """The validated config, or a clear error (exit 2)."""
     from cvpipe.config import ConfigError, allowed_plugins, load_config
@@ -56,7 +56,7 @@ def load(config: Path, overrides: Optional[List[str]] = None, allow_plugins: Opt
         fail(str(e), 2)
 
 
-def open_store(config: Path, overrides: Optional[List[str]] = None, allow_plugins: Optional[List[str]] = None,
+def open_store(config: Path, overrides: Optional[list[str]] = None, allow_plugins: Optional[list[str]] = None,
                store: Optional[str] = None):
     from cvpipe.store import ArtifactStore
 
@@ -68,7 +68,8 @@ def cvpipe_command() -> str:
     argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "cvpipe"
     if Path(argv0).name != "cvpipe":
         return "cvpipe"
-    on_path = any(Path(p, "cvpipe").resolve() == Path(argv0).resolve() for p in os.environ.get("PATH", "").split(":") if p)
+    on_path = any(Path(p, "cvpipe").resolve() == Path(argv0).resolve()
+                  for p in os.environ.get("PATH", "").split(":") if p)
     return "cvpipe" if on_path else shlex.quote(os.path.relpath(argv0) if Path(argv0).is_absolute() else argv0)
 
 

@@ -6,15 +6,27 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import typer
 from rich.logging import RichHandler
 from rich.table import Table
 from rich.tree import Tree
 
-from cvpipe.cli.common import (AllowPluginOpt, ConfigOpt, SetOpt, StoreOpt, console, cvpipe_command, fail,
-                               failed_run_note, load, open_store, out, pick_config)
+from cvpipe.cli.common import (
+    AllowPluginOpt,
+    ConfigOpt,
+    SetOpt,
+    StoreOpt,
+    console,
+    cvpipe_command,
+    fail,
+    failed_run_note,
+    load,
+    open_store,
+    out,
+    pick_config,
+)
 from cvpipe.config import did_you_mean
 from cvpipe.pipeline.runner import MissingInput, Runner, StepFailed, select_steps
 from cvpipe.pipeline.step import registry
@@ -93,8 +105,8 @@ def run(
     start: Optional[str] = typer.Option(None, "--from", help="Run from this step on."),
     end: Optional[str] = typer.Option(None, "--to", help="Run up to and including this step."),
     force: bool = ForceOpt,
-    overrides: Optional[List[str]] = SetOpt,
-    allow_plugin: Optional[List[str]] = AllowPluginOpt,
+    overrides: Optional[list[str]] = SetOpt,
+    allow_plugin: Optional[list[str]] = AllowPluginOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Run the pipeline: every step that has a section in CONFIG, in dependency order.
@@ -114,8 +126,8 @@ def step(
     config: Optional[Path] = ConfigArg,
     config_opt: Optional[Path] = ConfigOpt,
     force: bool = ForceOpt,
-    overrides: Optional[List[str]] = SetOpt,
-    allow_plugin: Optional[List[str]] = AllowPluginOpt,
+    overrides: Optional[list[str]] = SetOpt,
+    allow_plugin: Optional[list[str]] = AllowPluginOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Run one step; its inputs come from the latest complete (or pinned) runs in the store."""
@@ -159,9 +171,9 @@ def _run_row(r: RunRecord) -> dict[str, Any]:
 def runs(
     step: Optional[str] = typer.Option(None, "--step", help="Only runs of this step."),
     config: Optional[Path] = ConfigOpt,
-    overrides: Optional[List[str]] = SetOpt,
+    overrides: Optional[list[str]] = SetOpt,
     store: Optional[str] = StoreOpt,
-    allow_plugin: Optional[List[str]] = AllowPluginOpt,
+    allow_plugin: Optional[list[str]] = AllowPluginOpt,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list (run_id, step, status, ...)."),
 ) -> None:
     """List the runs in the store, oldest first."""
@@ -240,9 +252,9 @@ def _lineage_tree(dag: dict[str, Any]) -> Tree:
 def show(
     run_id: str = typer.Argument(..., help="Run id (see `cvpipe runs`)."),
     config: Optional[Path] = ConfigOpt,
-    overrides: Optional[List[str]] = SetOpt,
+    overrides: Optional[list[str]] = SetOpt,
     store: Optional[str] = StoreOpt,
-    allow_plugin: Optional[List[str]] = AllowPluginOpt,
+    allow_plugin: Optional[list[str]] = AllowPluginOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the manifest and lineage as JSON."),
 ) -> None:
     """Show a run's manifest and its lineage (a DAG, each run once) back to the raw data."""
@@ -271,7 +283,8 @@ def _manifest_table(rec: RunRecord) -> Table:
     if m.get("source"):
         table.add_row("source", json.dumps(m.get("source"))[:300])
     for name, o in (m.get("outputs") or {}).items():
-        table.add_row(f"output {name}", f"{o['uri']}  ({o['files']} files, {o['bytes']} bytes, sha256 {o['digest'][:12]})")
+        table.add_row(f"output {name}",
+                      f"{o['uri']}  ({o['files']} files, {o['bytes']} bytes, sha256 {o['digest'][:12]})")
     table.add_row("summary", json.dumps(m.get("summary")))
     if m.get("error"):
         table.add_row("error", f"[red]{m['error']['type']}: {m['error']['message']}[/]")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -25,12 +25,13 @@ def promote(
     reason: str = ReasonOpt,
     force: bool = typer.Option(False, "--force", help="Promote although its evaluation did not pass "
                                                       "(needs --reason)."),
-    config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = SetOpt,
-    allow_plugins: Optional[List[str]] = AllowPluginOpt, store: Optional[str] = StoreOpt,
+    config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = SetOpt,
+    allow_plugins: Optional[list[str]] = AllowPluginOpt, store: Optional[str] = StoreOpt,
 ) -> None:
     """Make a model_pack run the champion: the model `cvpipe serve` and following services serve.
     Refused when its model_eval did not pass its gate, unless --force --reason."""
-    from cvpipe.store.promotion import PromotionError, promote as do_promote
+    from cvpipe.store.promotion import PromotionError
+    from cvpipe.store.promotion import promote as do_promote
 
     st = _store(config, overrides, allow_plugins, store)
     try:
@@ -44,11 +45,12 @@ def rollback(
     to_run_id: Optional[str] = typer.Argument(None, help="Earlier champion to return to (default: the one "
                                                          "before the current)."),
     reason: str = ReasonOpt,
-    config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = SetOpt,
-    allow_plugins: Optional[List[str]] = AllowPluginOpt, store: Optional[str] = StoreOpt,
+    config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = SetOpt,
+    allow_plugins: Optional[list[str]] = AllowPluginOpt, store: Optional[str] = StoreOpt,
 ) -> None:
     """Make an earlier champion the champion again; following services swap back without interruption."""
-    from cvpipe.store.promotion import PromotionError, rollback as do_rollback
+    from cvpipe.store.promotion import PromotionError
+    from cvpipe.store.promotion import rollback as do_rollback
 
     st = _store(config, overrides, allow_plugins, store)
     try:
@@ -60,8 +62,8 @@ def rollback(
 
 def promotions(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of events."),
-    config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = SetOpt,
-    allow_plugins: Optional[List[str]] = AllowPluginOpt, store: Optional[str] = StoreOpt,
+    config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = SetOpt,
+    allow_plugins: Optional[list[str]] = AllowPluginOpt, store: Optional[str] = StoreOpt,
 ) -> None:
     """The promotion history, oldest first, and the current champion."""
     from rich.table import Table

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json as jsonlib
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Optional
 
 import typer
 
-from cvpipe.cli.common import AllowPluginOpt, ConfigOpt, SetOpt, fail as _fail, materialized, open_store, pick_config
+from cvpipe.cli.common import AllowPluginOpt, ConfigOpt, SetOpt, materialized, open_store, pick_config
+from cvpipe.cli.common import fail as _fail
 
 
-def _model_pack_run(config: Optional[Path], run_id: Optional[str], overrides: Optional[List[str]] = None,
-                    allow_plugin: Optional[List[str]] = None, st=None):
+def _model_pack_run(config: Optional[Path], run_id: Optional[str], overrides: Optional[list[str]] = None,
+                    allow_plugin: Optional[list[str]] = None, st=None):
     st = st or open_store(pick_config(None, config), overrides, allow_plugin)
     if run_id:
         try:
@@ -37,14 +38,15 @@ def _model_pack_run(config: Optional[Path], run_id: Optional[str], overrides: Op
 
 
 def serve(
-    run_id: Optional[str] = typer.Argument(None, help="model_pack run to serve (default: the promoted one, the champion; see `cvpipe promotions`)."),
+    run_id: Optional[str] = typer.Argument(
+        None, help="model_pack run to serve (default: the promoted one, the champion; see `cvpipe promotions`)."),
     config: Optional[Path] = ConfigOpt,
-    overrides: Optional[List[str]] = SetOpt,
-    allow_plugin: Optional[List[str]] = AllowPluginOpt,
+    overrides: Optional[list[str]] = SetOpt,
+    allow_plugin: Optional[list[str]] = AllowPluginOpt,
     host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 for all)."),
     port: int = typer.Option(3000, help="Port of the REST API."),
-    workers: int = typer.Option(1, min=1, help="Service worker processes, one model each; each runs a model call per CPU, so 1 "
-                                 "uses every core (docs/production.md, Scale-out)."),
+    workers: int = typer.Option(1, min=1, help="Service worker processes, one model each; each runs a model call "
+                                "per CPU, so 1 uses every core (docs/production.md, Scale-out)."),
     batch: int = typer.Option(1, min=1, help="Adaptive batching: max images per model call (1 = off)."),
     follow: bool = typer.Option(False, "--follow", help="Poll the store and move to each newer complete "
                                 "model_pack run that passes its check, without interruption."),
@@ -128,7 +130,7 @@ def _serve_until_stopped(archive: Path, run_id: str, host: str, port: int, worke
 
 
 def _load_predictor(model: str, arch: Optional[str], config: Optional[Path], score_thr: Optional[float],
-                    overrides: Optional[List[str]] = None, variant: Optional[str] = None):
+                    overrides: Optional[list[str]] = None, variant: Optional[str] = None):
     """(predict(image) -> Detections, class names, category ids) for a run id, a model dir, an ONNX or a .pt."""
     from cvpipe.inference.predictor import Predictor
 
@@ -194,7 +196,7 @@ def _torch_predictor(path: Path, arch: Optional[str]):
 
 
 def predict(
-    images: List[Path] = typer.Argument(..., help="Image files."),
+    images: list[Path] = typer.Argument(..., help="Image files."),
     model: str = typer.Option(..., "--model", "-m", help="model_pack run id, packed model dir, .onnx file, or "
                                                         ".pt/.pth checkpoint (cvpipe, Megvii or mmdetection layout)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="YOLOX scale of a checkpoint without cvpipe meta, "
@@ -206,7 +208,7 @@ def predict(
     variant: Optional[str] = typer.Option(None, "--variant", help="Packed runtime/precision variant (e.g. fp32, "
                                           "int8, openvino; default: the pack's choice)."),
     config: Optional[Path] = ConfigOpt,
-    overrides: Optional[List[str]] = SetOpt,
+    overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """Detect objects in images with a packed model (run id or dir), an ONNX file or a PyTorch checkpoint."""
     from rich.console import Console
@@ -216,7 +218,8 @@ def predict(
 
     out = Console()
     predict_fn, names, ids = _load_predictor(model, arch, config, score_thr, overrides, variant)
-    results, failed = [], 0
+    results: list[dict[str, Any]] = []
+    failed = 0
     if save_vis:
         save_vis.mkdir(parents=True, exist_ok=True)
     for path in images:

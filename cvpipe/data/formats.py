@@ -41,7 +41,8 @@ class RawDataset:
     """What a reader found: rows for the canonical schema, plus problems to report (not fatal)."""
 
     images: list[dict] = field(default_factory=list)  # image_id, file_name, path, width, height, extra
-    annotations: list[dict] = field(default_factory=list)  # ann_id, image_id, category_id, x, y, w, h, area, iscrowd, extra
+    # ann_id, image_id, category_id, x, y, w, h, area, iscrowd, extra
+    annotations: list[dict] = field(default_factory=list)
     categories: list[dict] = field(default_factory=list)  # category_id, name, supercategory
     findings: list[dict] = field(default_factory=list)  # rule, action, image_id, ann_id, detail
     format: str = ""
@@ -88,7 +89,8 @@ def _coco_json(root: Path, annotations: str | None) -> Path | None:
         if not p.is_file():
             raise FileNotFoundError(f"annotation file not found: {p}")
         return p
-    candidates = [p for p in sorted(root.glob("*.json")) + sorted(root.glob("annotations/*.json")) if is_inside(root, p)]
+    candidates = [p for p in sorted(root.glob("*.json")) + sorted(root.glob("annotations/*.json"))
+                  if is_inside(root, p)]
     for p in candidates:
         try:
             with open(p, "rb") as f:
@@ -289,7 +291,10 @@ def _voc_object(obj: ET.Element, ann_id: int, image_id: int, cat_ids: dict[str, 
     name = (obj.findtext("name") or "").strip()
     box = obj.find("bndbox")
     try:
-        xmin, ymin, xmax, ymax = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        if box is None:
+            raise ValueError("no <bndbox>")
+        # a missing coordinate is float(""): a ValueError, an invalid box like the rest
+        xmin, ymin, xmax, ymax = (float(box.findtext(k) or "") for k in ("xmin", "ymin", "xmax", "ymax"))
     except (AttributeError, TypeError, ValueError):
         xmin = ymin = xmax = ymax = float("nan")
     x1, x2 = _voc_edges(xmin, xmax)

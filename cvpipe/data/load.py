@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cvpipe.data.formats import RawDataset, detect_format, read_coco, read_voc, read_yolo, scale_normalized_boxes
 from cvpipe.data.schema import DetectionDataset
-from cvpipe.pipeline.executor import parallel_map
+from cvpipe.pipeline.executor import ExecutorKind, parallel_map
 from cvpipe.progress import track
 from cvpipe.vision import ImageDecodeError, read_header
 
@@ -81,7 +81,7 @@ def _no_images_message(raw: RawDataset) -> str:
             f"or link leading outside the data folder), e.g. {unsafe[0]}")
 
 
-def normalise(raw: RawDataset, images_out: Path, executor: str = "process",
+def normalise(raw: RawDataset, images_out: Path, executor: ExecutorKind = "process",
               workers: int | None = None) -> tuple[DetectionDataset, list[dict]]:
     """Hash and store every image, fill sizes, and build the canonical dataset; problems become findings."""
     findings = list(raw.findings)

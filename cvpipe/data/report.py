@@ -106,8 +106,8 @@ def write_report(ds: DetectionDataset, findings: list[dict], thumbnails: dict[in
         "images": images_per_split(ds, out / "images_per_split.png"),
         "classes": class_histogram(ds, out / "class_histogram.png"),
         "boxes": box_statistics(ds, out / "box_statistics.png"),
-        "samples": sample_grid(ds, thumbnails, out / "samples.png"),
     }
+    samples = sample_grid(ds, thumbnails, out / "samples.png")
     per_class = []
     for c in ds.categories.sort_values("label").itertuples():
         row = {"label": c.label, "category_id": c.category_id, "name": c.name}
@@ -123,7 +123,7 @@ def write_report(ds: DetectionDataset, findings: list[dict], thumbnails: dict[in
             table(findings[:500], columns=["step", "rule", "action", "image_id", "ann_id", "detail"]))
     rep.add("Classes", table(per_class), image(pngs["classes"]))
     rep.add("Boxes", image(pngs["boxes"]))
-    if pngs["samples"]:
-        rep.add("Sample images", '<p class="note">green: boxes, yellow: crowd regions</p>', image(pngs["samples"]))
+    if samples:
+        rep.add("Sample images", '<p class="note">green: boxes, yellow: crowd regions</p>', image(samples))
     rep.add("Parameters", f"<pre>{escape(params)}</pre>")
     return rep.write(out / "report.html")

@@ -1,6 +1,6 @@
 """Train/val/test split stratified by class presence: rare classes are placed first so that each
-class reaches every split where it has enough images (iterative stratification). Deterministic for the same data and seed
-(independent of row order: images are ordered by content digest)."""
+class reaches every split where it has enough images (iterative stratification). Deterministic for the same data
+and seed (independent of row order: images are ordered by content digest)."""
 
 from __future__ import annotations
 
@@ -50,10 +50,10 @@ def stratified_split(ds: DetectionDataset, ratios: tuple[float, float, float], s
         counts = remaining.sum(0)
         c = int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))
         for k in np.flatnonzero(remaining[:, c]):  # in the seeded order
-            assign(k, want_class[:, c] * 1e6 + want_total)
+            assign(int(k), want_class[:, c] * 1e6 + want_total)
             remaining[k] = False
     for k in np.flatnonzero(split_of < 0):  # images without objects
-        assign(k, want_total)
+        assign(int(k), want_total)
     return {int(i): SPLITS[s] for i, s in zip(images["image_id"], split_of)}
 
 

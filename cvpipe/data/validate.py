@@ -13,9 +13,11 @@ which is what the annotator meant; COCO's xywh with a negative size means nothin
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -23,7 +25,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from cvpipe.data.schema import DetectionDataset
-from cvpipe.pipeline.executor import parallel_map
+from cvpipe.pipeline.executor import ExecutorKind, parallel_map
 from cvpipe.progress import track
 from cvpipe.vision import ImageDecodeError, decode_image
 
@@ -209,8 +211,9 @@ class _Validation:
             self.images = self.images[~empty]
 
 
-def validate(ds: DetectionDataset, images_dir: Path, policy: ValidationPolicy, thumbnail_ids: set[int] = frozenset(),
-             executor: str = "process", workers: int | None = None, source_format: str = "") -> ValidationResult:
+def validate(ds: DetectionDataset, images_dir: Path, policy: ValidationPolicy,
+             thumbnail_ids: AbstractSet[int] = frozenset(), executor: ExecutorKind = "process",
+             workers: int | None = None, source_format: str = "") -> ValidationResult:
     """Apply every rule in order (see the module doc); `source_format` is data_load's (decides inverted_box)."""
     jobs = [(images_dir / b if b else images_dir / f"__missing__{i}", int(i) in thumbnail_ids)
             for b, i in zip(ds.images["blob"], ds.images["image_id"])]

@@ -5,9 +5,10 @@ is cvpipe.evaluation.gate."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from cvpipe.models.pretrained_files import find_nano_onnx
 from cvpipe.vision import ClassMap

@@ -86,10 +86,10 @@ def match_per_image(gt: dict, detections: list[dict]) -> tuple[list[int], dict[i
         n_gt = np.zeros(len(image_ids))
         parts = []
         for img in image_ids:
-            g, d = gts.get((cat, img), []), dts.get((cat, img), [])
+            g, found = gts.get((cat, img), []), dts.get((cat, img), [])
             n_gt[index[img]] = sum(1 for a in g if not a.get("iscrowd", 0))
-            if d:
-                s, tp, fp = _match_image(d, g)
+            if found:
+                s, tp, fp = _match_image(found, g)
                 parts.append((s, np.full(len(s), index[img]), tp, fp))
         if parts:
             s, im, tp, fp = (np.concatenate(x, axis=-1) for x in zip(*parts))
@@ -122,7 +122,7 @@ def compress(m: ClassMatches) -> CompressedClass:
     nothing. On real detections at score >= 0.001 this keeps about a tenth of the rows (benchmarks/bench_eval)."""
     key = ~m.fp.all(axis=0)
     n_key = int(key.sum())
-    seg = np.cumsum(key) - key  # for each detection: how many key detections come before it
+    seg: np.ndarray = np.cumsum(key) - key  # for each detection: how many key detections come before it
     keep = ~key & (seg < n_key)
     pairs = seg[keep].astype(np.int64) * (len(m.n_gt) + 1) + m.image[keep]
     groups, counts = np.unique(pairs, return_counts=True)  # ordered by segment, then image

@@ -64,8 +64,9 @@ def coco_evaluate(gt: dict, detections: list[dict]) -> CocoEvaluation:
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    stats = np.asarray(ev.stats[:12], dtype=float)
-    precision = np.asarray(ev.eval["precision"], dtype=float)
+    assert ev.eval is not None  # accumulate() above set it
+    stats = np.asarray(ev.stats[:12], dtype=np.float64)
+    precision = np.asarray(ev.eval["precision"], dtype=np.float64)
     cat_ids = [int(c) for c in ev.params.cat_ids]
     names = [names_of[c] for c in cat_ids]
     per_class = {}

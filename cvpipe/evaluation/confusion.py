@@ -141,7 +141,9 @@ def confusion_matrix(gt: dict, detections: list[dict], iou_thr: float = 0.5, sco
     cat_ids = [int(c["id"]) for c in cats]
     index = {c: k for k, c in enumerate(cat_ids)}
     k_bg = len(cat_ids)
-    gts, crowds, dets = defaultdict(list), defaultdict(list), defaultdict(list)
+    gts: defaultdict[int, list] = defaultdict(list)
+    crowds: defaultdict[int, list] = defaultdict(list)
+    dets: defaultdict[int, list] = defaultdict(list)
     for a in gt["annotations"]:
         (crowds if a.get("iscrowd", 0) else gts)[a["image_id"]].append(a)
     for det in detections:

@@ -7,9 +7,9 @@ Training validation (a torch model) and model_eval (the packed ONNX model) both 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -70,6 +70,6 @@ def _image_path(images_dir: Path, info: dict) -> Path:
 def _relabel(det: Detections, label_map: dict[int, int] | None) -> Detections:
     if label_map is None:
         return det
-    keep = np.array([int(l) in label_map for l in det.labels], dtype=bool)
-    labels = np.array([label_map[int(l)] for l in det.labels[keep]], dtype=np.int64)
+    keep = np.array([int(label) in label_map for label in det.labels], dtype=bool)
+    labels = np.array([label_map[int(label)] for label in det.labels[keep]], dtype=np.int64)
     return Detections(det.boxes[keep], det.scores[keep], labels, det.image_size)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 from statistics import NormalDist
-from typing import Literal
+from typing import Any, Literal
 
 Verdict = Literal["promoted", "refused", "held"]
 
@@ -82,7 +82,7 @@ def gate_decision(boot: dict | None, rule: GateRule, reference: str | None,
     verdict = _combine([c["verdict"] for c in criteria])
     forced = verdict == "held" and rule.when_undecided == "promote"
     failed = "; ".join(c["reason"] for c in criteria if c["verdict"] != "promoted")
-    record = {"passed": verdict == "promoted" or forced, "verdict": "promoted" if forced else verdict,
+    record: dict[str, Any] = {"passed": verdict == "promoted" or forced, "verdict": "promoted" if forced else verdict,
               "undecided_promoted": forced, "reference": reference, "rule": asdict(rule), "criteria": criteria}
     if boot is None:
         head = "no reference model to compare with"

@@ -92,7 +92,7 @@ def plot_confusion(cm: ConfusionResult, path: str | Path) -> Path:
         for i in range(len(used)):
             for j in range(len(used)):
                 if sub[i, j]:
-                    ax.text(j, i, int(sub[i, j]), ha="center", va="center", fontsize=6,
+                    ax.text(j, i, str(int(sub[i, j])), ha="center", va="center", fontsize=6,
                             color="white" if norm[i, j] > 0.5 else "black")
     ax.set(xlabel="predicted", ylabel="ground truth",
            title=f"confusion (IoU {cm.iou_thr:g}, score {cm.score_thr:g}; rows normalised)")

@@ -104,10 +104,10 @@ def miss_for_drop(pool: Pool, drop: float, base_miss: float, sigma: float) -> fl
 
 
 def trial_verdicts(pool: Pool, images: int, candidate_miss: float, rule: GateRule, trials: int, seed: int,
-                   base_miss: float = 0.05, sigma: float = 0.3, resamples: int = 200) -> dict[str, int]:
+                   base_miss: float = 0.05, sigma: float = 0.3, resamples: int = 200) -> dict[str, float]:
     """How often the gate promotes, holds and refuses over `trials` independent test sets and model pairs."""
     rng = np.random.default_rng(seed)
-    counts = {"promoted": 0, "held": 0, "refused": 0}
+    counts: dict[str, float] = {"promoted": 0, "held": 0, "refused": 0}
     stds = []
     for t in range(trials):
         source = rng.integers(0, pool.images, images)

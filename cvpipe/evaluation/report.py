@@ -86,7 +86,8 @@ def build_eval_report(metrics: dict, plots: dict[str, Path], worst: list[dict]) 
         {"key": "input size", "value": str(m.get("model", {}).get("input_size", ""))},
     ]))
     rep.add("COCO metrics", table([{"metric": k, "value": _ap(v)} for k, v in m["stats"].items()]),
-            '<p class="note">hotcoco (the numbers of pycocotools), bbox, IoU .50:.95, areas small/medium/large, max 100 detections.</p>')
+            '<p class="note">hotcoco (the numbers of pycocotools), bbox, IoU .50:.95, areas small/medium/large, '
+            'max 100 detections.</p>')
     rep.add("Champion vs challenger", *baseline_section(m))
     s = m["speed"]
     rep.add("Speed", table([

@@ -13,9 +13,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -90,7 +90,7 @@ def val_ap(predict_batch: PredictBatch, val: ValSplit | None, batch_size: int = 
     return round(float(ev.stats["AP"]), 5)
 
 
-def certify(predict_at: Callable[[float], PredictBatch], reference: Sequence[Detections],
+def certify(predict_at: Callable[[float | None], PredictBatch], reference: Sequence[Detections],
             images: Sequence[np.ndarray], val: ValSplit | None, reference_name: str) -> dict:
     """The certificate of one variant. `predict_at(score_thr)` gives its batch predictor at a threshold
     (COCO AP wants the whole curve: 0.001; box matching uses the serving threshold, as `reference` does)."""

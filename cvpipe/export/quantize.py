@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -143,7 +144,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: Mode = "static",
               "entropy": CalibrationMethod.Entropy}[calibration]
     with tempfile.TemporaryDirectory(prefix="cvpipe-quant-") as tmp:
         prepared = _prepared_copy(proto, Path(tmp))
-        quantize_static(str(prepared), str(dst), _LetterboxReader(inp.name, images, tuple(input_size)),
+        quantize_static(str(prepared), str(dst), _LetterboxReader(inp.name, images, (input_size[0], input_size[1])),
                         quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
                         op_types_to_quantize=["Conv"], nodes_to_exclude=excluded,

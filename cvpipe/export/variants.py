@@ -20,10 +20,11 @@ import logging
 import shutil
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -172,7 +173,8 @@ def build_and_certify(names: Sequence[str], inputs: PackInputs, budget: Budget, 
                       ) -> tuple[dict, dict]:
     """({name: {"backend", "files", "certificate"}} accepted, {name: {"reason", "certificate"}} refused).
     fp32 is always certified first (its AP is the budget's baseline) and always accepted."""
-    accepted, refused = {}, {}
+    accepted: dict[str, dict[str, Any]] = {}
+    refused: dict[str, dict[str, Any]] = {}
     fp32_ap = None
     for name in ["fp32", *[n for n in names if n != "fp32"]]:
         t0 = time.perf_counter()

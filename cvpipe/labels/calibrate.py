@@ -37,7 +37,8 @@ def noise_rates(queues: dict[str, pd.DataFrame], label_counts: pd.Series, class_
     rates are measured with 25 % injected errors, so the low-score entries' small but non-zero rates, summed over
     every label, would count the injection rather than the data. A missing box counts for its proposed class,
     other types for the label's class."""
-    rows = pd.DataFrame({"class": class_names, "labels": [int(label_counts.get(i, 0)) for i in range(len(class_names))]})
+    rows = pd.DataFrame({"class": class_names,
+                         "labels": [int(label_counts.get(i, 0)) for i in range(len(class_names))]})
     for kind, q in queues.items():
         col = "proposal_label" if kind == "missing" else "label"
         sure = q[q["p_error"] >= likely]

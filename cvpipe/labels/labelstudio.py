@@ -144,7 +144,8 @@ def latest_annotation(task: dict) -> dict | None:
     return max(anns, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), int(a.get("id") or 0)))
 
 
-def corrected_boxes(tasks: list[dict], ds: DetectionDataset, run_id: str | None) -> dict[int, list[tuple[str, list[float]]]]:
+def corrected_boxes(tasks: list[dict], ds: DetectionDataset,
+                    run_id: str | None) -> dict[int, list[tuple[str, list[float]]]]:
     """image_id -> its corrected boxes [(class name, xyxy px)] for every annotated task; ImportRejected listing
     every task that names an image outside the data version, an unknown label or a box outside its image."""
     problems: list[str] = []

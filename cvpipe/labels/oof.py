@@ -158,11 +158,11 @@ def _kfold_predictions(ds: DetectionDataset, images_dir: Path, params: OOFParams
 def predict_fold(ds: DetectionDataset, images_dir: Path, params: OOFParams, held: list[int], k: int
                  ) -> tuple[pd.DataFrame, dict]:
     """Fine-tune from the pretrained start on every image not in `held`, then predict the held images."""
+    from cvpipe.inference.torch_predictor import TorchPredictor
     from cvpipe.training.model_init import build_model
     from cvpipe.training.params import TrainParams
     from cvpipe.training.run import calibration_batches
     from cvpipe.training.trainer import Trainer, TrainOutputs, seed_everything
-    from cvpipe.inference.torch_predictor import TorchPredictor
 
     tp = TrainParams(**{**params.train, "seed": params.seed + k})
     split = ds.images["image_id"].isin(held).map({True: "held", False: "train"})

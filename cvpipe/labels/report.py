@@ -120,5 +120,6 @@ def write_report(ds: DetectionDataset, images_dir: Path, queues: dict[str, pd.Da
     rep.add("Estimated noise rate per class",
             "<p>Expected errors over the class's labels: the entries the self-test calls more likely errors than "
             "not (hit rate >= 0.5 at their score), each counted with that rate. An estimate: the self-test's rates "
-            "are measured with injected errors on top of the real ones.</p>", image(noise_rate_plot(rates, out / "noise_rates.png")), table(rates.head(30).round(3)))
+            "are measured with injected errors on top of the real ones.</p>",
+            image(noise_rate_plot(rates, out / "noise_rates.png")), table(rates.head(30).round(3)))
     return rep.write(out / "report.html")

@@ -15,7 +15,7 @@ def latency_stats(latencies_s, wall_s: float, errors: int = 0) -> dict:
     """
     lat = np.asarray(list(latencies_s), dtype=float) * 1000.0
     n = int(lat.size)
-    out = {"requests": n, "errors": int(errors), "error_rate": (errors / n) if n else 0.0,
+    out: dict[str, float | None] = {"requests": n, "errors": int(errors), "error_rate": (errors / n) if n else 0.0,
            "wall_s": float(wall_s), "throughput_rps": (n / wall_s) if wall_s > 0 else 0.0,
            "ok_rps": ((n - errors) / wall_s) if wall_s > 0 else 0.0}
     if n:

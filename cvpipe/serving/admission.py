@@ -205,6 +205,7 @@ class BodyBuffer:
             nonlocal offset
             if self.data is None:
                 await asyncio.Event().wait()  # like a client that stays connected: never a second body
+            assert self.data is not None  # the wait above never ends
             view = memoryview(self.data)[offset:min(offset + PIECE, self.size)]
             piece = bytes(view)
             view.release()

@@ -5,7 +5,8 @@
 
 The packed model dir becomes, whole, a BentoML model (bentoml.models.create) that the service declares, so
 the Bento carries every variant the pack holds (model_int8.onnx, OpenVINO IR, ...); `openvino` is added to
-the Bento's packages only when model.json lists an OpenVINO variant. The Bento holds only the torch-free modules the service imports (SERVICE_PACKAGES, SERVICE_MODULES) and lists
+the Bento's packages only when model.json lists an OpenVINO variant. The Bento holds only the torch-free modules
+the service imports (SERVICE_PACKAGES, SERVICE_MODULES) and lists
 bentoml, onnxruntime, numpy, pillow and opencv-python-headless (python.lock_packages: false).
 The build runs in a child process with BENTOML_HOME set to a temporary dir: nothing leaks into ~/bentoml.
 """
@@ -37,7 +38,8 @@ def service_files(repo_root: Path) -> list[str]:
     return files
 
 
-PACKAGES = ["bentoml>=1.4,<1.5", "onnxruntime>=1.17", "numpy>=1.26", "pillow>=10", "simplejpeg>=1.7", "opencv-python-headless>=4.8",
+PACKAGES = ["bentoml>=1.4,<1.5", "onnxruntime>=1.17", "numpy>=1.26", "pillow>=10", "simplejpeg>=1.7",
+            "opencv-python-headless>=4.8",
             "fsspec>=2023.1", "pyyaml>=6", "httptools>=0.6", "uvloop>=0.19"]  # uvicorn's C parser and loop
 
 

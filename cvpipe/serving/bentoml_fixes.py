@@ -171,6 +171,7 @@ def fix_timeout_middleware() -> bool:
     if not callable(getattr(TimeoutMiddleware, "_set_timer_out", None)):
         log.warning("BentoML's TimeoutMiddleware changed; its per-request timer fix is not applied")
         return False
-    TimeoutMiddleware.bentoml_call = TimeoutMiddleware.__call__  # kept for the test that shows the leak
-    TimeoutMiddleware.__call__ = _call_with_cancelled_timer
+    # a deliberate monkeypatch of BentoML's class (see above): mypy rightly flags both assignments
+    TimeoutMiddleware.bentoml_call = TimeoutMiddleware.__call__  # type: ignore[attr-defined]  # kept for the leak test
+    TimeoutMiddleware.__call__ = _call_with_cancelled_timer  # type: ignore[method-assign]
     return True

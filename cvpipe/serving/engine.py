@@ -56,6 +56,7 @@ class DecodeBudget:
             self.in_use += cost
 
     async def release(self, cost: int) -> None:
+        assert self._cond is not None, "release() without acquire()"
         async with self._cond:
             self.in_use -= cost
             self._cond.notify_all()
@@ -77,19 +78,22 @@ class MicroBatcher:
         if self.task is None or self.task.done():
             self.queue = asyncio.Queue()
             self.task = asyncio.get_running_loop().create_task(self._loop())
+        assert self.queue is not None  # made with the task just above
         fut = asyncio.get_running_loop().create_future()
         await self.queue.put((x, fut))
         return await fut
 
     async def _collect(self) -> list:
         loop = asyncio.get_running_loop()
-        items = [await self.queue.get()]
+        queue = self.queue
+        assert queue is not None  # _loop runs only after submit() made it
+        items = [await queue.get()]
         deadline = loop.time() + self.max_wait_s
         while len(items) < self.max_batch:
             timeout = deadline - loop.time()
             try:
-                items.append(self.queue.get_nowait() if timeout <= 0 else
-                             await asyncio.wait_for(self.queue.get(), timeout))
+                items.append(queue.get_nowait() if timeout <= 0 else
+                             await asyncio.wait_for(queue.get(), timeout))
             except (TimeoutError, asyncio.QueueEmpty):
                 break
         return items

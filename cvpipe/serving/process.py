@@ -25,6 +25,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 import httpx
 import yaml
@@ -74,7 +75,10 @@ def bento_tag_of_archive(archive: Path) -> str:
         member = next((m for m in tar.getmembers() if m.name.lstrip("./") == "bento.yaml"), None)
         if member is None:
             raise ServiceStartError(f"{archive} is not a Bento archive: it holds no bento.yaml")
-        info = yaml.safe_load(tar.extractfile(member).read())
+        fileobj = tar.extractfile(member)
+        if fileobj is None:  # a directory or link named bento.yaml
+            raise ServiceStartError(f"{archive}: its bento.yaml is not a regular file")
+        info = yaml.safe_load(fileobj.read())
     return f"{info['name']}:{info['version']}"
 
 
@@ -121,7 +125,7 @@ class ServiceProcess:
         self.log_path = Path(log_path) if log_path else None
         self.proc: subprocess.Popen | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
-        self._log_file = None
+        self._log_file: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -186,6 +190,7 @@ class ServiceProcess:
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
+        assert self.proc is not None, "wait_ready() before start()"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise ServiceStartError(f"bentoml serve exited with code {self.proc.returncode} before it was "

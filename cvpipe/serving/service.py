@@ -194,5 +194,5 @@ def _update_counter() -> Callable[[str], None]:
     return lambda event: counter.labels(event=event).inc()
 
 
-Detector.add_asgi_middleware(AdmissionControl)
+Detector.add_asgi_middleware(AdmissionControl)  # type: ignore[attr-defined]  # bentoml.service's Service type
 mimetypes.add_type("image/webp", ".webp")

@@ -232,6 +232,7 @@ class ModelManager:
 
     def poll_once(self) -> dict | None:
         """One follower step: swap to the champion when it is new and not refused before."""
+        assert self.source is not None, "poll_once() follows a store source"
         try:
             rid = self.source.latest_run_id()
         except Exception as e:  # noqa: BLE001 - a store hiccup must not kill the follower

@@ -24,7 +24,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from cvpipe.store.store import ArtifactStore, RunRecord
@@ -83,7 +83,7 @@ def who() -> str:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _stamp(now: datetime) -> str:
@@ -299,7 +299,7 @@ def record_decision(store: ArtifactStore, *, step: str, step_run_id: str, model_
     log_ = PromotionLog(store)
     req = {"step": step, "run_id": step_run_id}
     champion = log_.champion_id()
-    common = dict(run_id=model_run_id, reason=reason, source=step, metrics=metrics,
+    common: dict[str, Any] = dict(run_id=model_run_id, reason=reason, source=step, metrics=metrics,
                   eval_run_id=step_run_id if step == "model_eval" else None, decision=decision)
     if passed:
         if not promote_on_pass or champion == model_run_id or step != "model_eval":

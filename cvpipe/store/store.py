@@ -28,18 +28,18 @@ import shutil
 import socket
 import tempfile
 import uuid
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Callable, Iterable
+from typing import IO, Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from cvpipe.store.hashing import CHUNK, file_digest, list_files, tree_digest
-from cvpipe.store.paths import (InvalidRunId, safe_relpath, validate_digest, validate_name,
-                                validate_run_id)
+from cvpipe.store.paths import InvalidRunId, safe_relpath, validate_digest, validate_name, validate_run_id
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +65,12 @@ def _copy_stream(src: IO[bytes], dst: IO[bytes]) -> None:
 
 def new_run_id(now: datetime | None = None) -> str:
     """Sortable by time, unique: UTC timestamp with milliseconds plus a random suffix."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z-{uuid.uuid4().hex[:6]}"
 
 
 def utcnow() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def default_cache_dir() -> Path:
@@ -162,7 +162,7 @@ class ArtifactStore:
         return self._join(self.env, "objects", digest[:2], digest + suffix)
 
     # ---- low-level writes (atomic per file, no debris on failure) ---------------------------------
-    def _atomic_local(self, path: str, write: Callable[[IO[bytes]], None]) -> None:
+    def _atomic_local(self, path: str, write: Callable[[IO[bytes]], object]) -> None:
         """Write through a temp file beside `path`, then rename; on any error the temp file is removed."""
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")

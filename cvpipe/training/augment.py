@@ -147,8 +147,8 @@ def mosaic(images: list[np.ndarray], boxes: list[np.ndarray], labels: list[np.nd
             all_boxes.append(moved[keep])
             all_labels.append(lb[keep])
     if not all_boxes:
-        b, l = empty_boxes()
-        return canvas, b, l
+        no_boxes, no_labels = empty_boxes()
+        return canvas, no_boxes, no_labels
     return canvas, np.concatenate(all_boxes).astype(np.float32), np.concatenate(all_labels).astype(np.int64)
 
 

@@ -13,9 +13,10 @@ model is and which pretrained weights it started from.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 BEST, LAST, INDEX = "best.pt", "last.pt", "checkpoints.json"
 FORMAT = "cvpipe-checkpoints"

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from cvpipe.data.schema import DetectionDataset
 from cvpipe import vision
+from cvpipe.data.schema import DetectionDataset
 from cvpipe.vision import clip_xyxy, letterbox
 
 from . import augment as A
@@ -121,6 +121,7 @@ class YoloxTrainDataset(Dataset):
 
     def augmented(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         a, s = self.aug, self.img_size
+        assert a is not None  # called only while augmenting()
         if rng.random() < a.mosaic_prob:
             picks = [index] + [int(j) for j in rng.integers(0, len(self), 3)]
             parts = [self.load_resized(j) for j in picks]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -12,6 +13,9 @@ from torch import nn
 from cvpipe.inference.coco_classes import COCO_CLASS_NAMES as COCO_CLASSES  # class order of COCO weights
 from cvpipe.models.pretrained_files import find_nano_onnx
 from cvpipe.models.yolox.weights import sha256_of
+
+if TYPE_CHECKING:  # imported lazily at run time, like the builders below
+    from cvpipe.models.yolox import YOLOX
 
 log = logging.getLogger(__name__)
 
@@ -24,20 +28,20 @@ def coco_rows(class_names: list[str] | None) -> list[int] | None:
 
 
 @torch.no_grad()
-def keep_class_rows(model: nn.Module, rows: list[int]) -> None:
+def keep_class_rows(model: YOLOX, rows: list[int]) -> None:
     """Shrink the class predictors of a COCO-80 model to `rows` (in that order), keeping their trained weights."""
     head = model.head
-    old = [(c.weight.clone(), c.bias.clone()) for c in head.cls_preds]
+    old = [(c.weight.clone(), cast(torch.Tensor, c.bias).clone()) for c in cast(list[nn.Conv2d], head.cls_preds)]
     head.reset_cls_preds(len(rows))
     idx = torch.as_tensor(rows)
-    for conv, (w, b) in zip(head.cls_preds, old):
+    for conv, (w, b) in zip(cast(list[nn.Conv2d], head.cls_preds), old):
         conv.weight.copy_(w[idx])
-        conv.bias.copy_(b[idx])
+        cast(torch.Tensor, conv.bias).copy_(b[idx])
 
 
 def build_model(scale: str, num_classes: int, pretrained: str, required: bool = True,
                 class_names: list[str] | None = None, calibration: Iterable[torch.Tensor] | None = None,
-                keep_fused: bool = False) -> tuple[nn.Module, dict]:
+                keep_fused: bool = False) -> tuple[YOLOX, dict]:
     """(model, info): info says where training starts -- {"source" (as given), "path", "sha256", "loaded",
     "layout", "fused", "reinitialized", "class_rows"?} -- so an evaluation can score the same start.
 
@@ -58,6 +62,7 @@ def build_model(scale: str, num_classes: int, pretrained: str, required: bool = 
     if spec.lower() == "none":
         log.info("YOLOX-%s from random initialisation (pretrained: none)", scale)
         return build_yolox(scale, num_classes), info
+    model: YOLOX | None
     if spec.lower() == "nano-onnx" or spec.lower().endswith(".onnx"):
         model = _from_nano_onnx(spec, scale, info, calibration, keep_fused)
     else:
@@ -70,7 +75,7 @@ def build_model(scale: str, num_classes: int, pretrained: str, required: bool = 
     return model.train(), info
 
 
-def _from_checkpoint(spec: str, scale: str, info: dict, required: bool) -> nn.Module | None:
+def _from_checkpoint(spec: str, scale: str, info: dict, required: bool) -> YOLOX | None:
     """The COCO checkpoint of the scale ("coco"), or a path / URL, loaded into a YOLOX of its own class count."""
     from cvpipe.models.yolox import build_yolox, load_checkpoint
     from cvpipe.models.yolox.checkpoints import detect_layout, infer_architecture, read_checkpoint
@@ -99,7 +104,7 @@ def _from_checkpoint(spec: str, scale: str, info: dict, required: bool) -> nn.Mo
     return model
 
 
-def _from_nano_onnx(spec: str, scale: str, info: dict, calibration, keep_fused: bool) -> nn.Module:
+def _from_nano_onnx(spec: str, scale: str, info: dict, calibration, keep_fused: bool) -> YOLOX:
     from cvpipe.models.yolox import unfuse_model
     from cvpipe.models.yolox.onnx_import import load_nano_from_onnx
 
@@ -119,7 +124,7 @@ def _from_nano_onnx(spec: str, scale: str, info: dict, calibration, keep_fused: 
     return model
 
 
-def _fit_classes(model: nn.Module, num_classes: int, rows: list[int] | None, info: dict) -> None:
+def _fit_classes(model: YOLOX, num_classes: int, rows: list[int] | None, info: dict) -> None:
     """Keep the COCO rows of the dataset's classes, or fresh class predictors for other classes."""
     if rows is not None:
         keep_class_rows(model, rows)

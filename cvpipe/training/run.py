@@ -7,6 +7,7 @@ import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cvpipe.data.schema import DetectionDataset
 
@@ -18,7 +19,7 @@ from .trainer import Trainer, TrainOutputs, seed_everything
 log = logging.getLogger(__name__)
 
 
-def pick_test_image(ds: DetectionDataset) -> tuple[str, object] | None:
+def pick_test_image(ds: DetectionDataset) -> tuple[str, Any] | None:
     """(split, image row) of one image with objects: the val image with the most non-crowd boxes (lowest image_id
     on ties); test then train split when val has none."""
     anns = ds.annotations[ds.annotations["iscrowd"] == 0]

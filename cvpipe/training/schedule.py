@@ -23,7 +23,8 @@ class WarmCosineLR:
 
     def __post_init__(self):
         if self.iters_per_epoch < 1 or self.epochs < 1:
-            raise ValueError(f"need at least one epoch of at least one iteration, got {self.epochs} x {self.iters_per_epoch}")
+            raise ValueError("need at least one epoch of at least one iteration, "
+                             f"got {self.epochs} x {self.iters_per_epoch}")
 
     @property
     def total_iters(self) -> int:

@@ -14,9 +14,10 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -28,11 +29,11 @@ from cvpipe.data.schema import DetectionDataset
 from .checkpoints import Checkpoints
 from .curves import write_curves
 from .dataset import AugmentConfig, EpochSampler, YoloxTrainDataset, collate
-from .process_group import DistInfo
 from .ema import ModelEMA, unwrap
-from .validation import evaluate_model
 from .params import TrainParams
+from .process_group import DistInfo
 from .schedule import WarmCosineLR
+from .validation import evaluate_model
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ def select_device(name: str) -> torch.device:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """YOLOX's three groups: BatchNorm weights and all biases without weight decay, other weights with it."""
-    bn_weights, weights, biases = [], [], []
+    bn_weights: list[nn.Parameter] = []
+    weights: list[nn.Parameter] = []
+    biases: list[nn.Parameter] = []
     for module in model.modules():
         bias = getattr(module, "bias", None)
         if isinstance(bias, nn.Parameter) and bias.requires_grad:
@@ -100,7 +103,7 @@ def freeze_backbone(model: nn.Module) -> int:
 
 
 def rng_state() -> dict:
-    np_state = np.random.get_state()
+    np_state = cast(tuple[Any, ...], np.random.get_state())  # the legacy tuple form (the default)
     return {"torch": torch.get_rng_state(), "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
                                                       int(np_state[2]), int(np_state[3]), float(np_state[4])],
             "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()]}
@@ -148,8 +151,14 @@ class _EpochProgress:
 
     def __enter__(self):
         if self.enabled and sys.stderr.isatty():
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("loss {task.fields[loss]:.3f}  {task.fields[ips]:.1f} img/s"),
@@ -180,6 +189,8 @@ class Trainer:
     def __init__(self, params: TrainParams, model: nn.Module, train: DetectionDataset, val: DetectionDataset | None,
                  images_dir: Path, outputs: TrainOutputs, meta: dict | None = None, dist: DistInfo | None = None):
         self.p = params
+        # TrainParams' validator resolves the auto value (None): an int from here on
+        self.no_aug_epochs = cast(int, params.no_aug_epochs)
         self.dist = dist or DistInfo()
         self.device = self.dist.device if self.dist.world_size > 1 else select_device(params.device)
         self.model = model.to(self.device)
@@ -194,7 +205,7 @@ class Trainer:
         self.rank_batch = params.batch_size // self.dist.world_size
         self.dataset, self.sampler, self.loader = self.make_loader(train)
         self.iters_per_epoch = max(1, math.ceil(len(self.sampler) / self.rank_batch))
-        flat_tail = params.no_aug_epochs if params.no_aug_lr == "min" else 0
+        flat_tail = self.no_aug_epochs if params.no_aug_lr == "min" else 0
         self.schedule = WarmCosineLR(params.lr, self.iters_per_epoch, params.epochs,
                                      warmup_epochs(params, self.iters_per_epoch), flat_tail, params.min_lr_ratio,
                                      params.warmup_lr_start)
@@ -233,7 +244,7 @@ class Trainer:
         if cache is None:  # every worker (or the main process) keeps its own copy
             cache = len(train.images) * p.img_size ** 2 * 3 * max(1, p.workers) < 1 << 30
         dataset = YoloxTrainDataset(train, self.images_dir, p.img_size, AugmentConfig.from_params(p), p.epochs,
-                                    p.no_aug_epochs, p.seed, p.max_labels, cache)
+                                    self.no_aug_epochs, p.seed, p.max_labels, cache)
         sampler = EpochSampler(len(dataset), self.rank_batch, p.seed, self.dist.rank, self.dist.world_size,
                                shuffle=True, drop_last=True)
         loader = DataLoader(dataset, batch_size=self.rank_batch, sampler=sampler, collate_fn=collate,
@@ -246,6 +257,7 @@ class Trainer:
     def hyperparameters(self) -> dict:
         """What decides the result, as used (auto values resolved): printed at the start and in the summary."""
         p, a = self.p, self.dataset.aug
+        assert a is not None  # make_loader always gives the dataset one
         return {"scale": p.scale, "pretrained": p.pretrained, "img_size": p.img_size, "epochs": p.epochs,
                 "batch_size": p.batch_size, "iterations": self.schedule.total_iters, "lr": p.lr,
                 "warmup_iterations": self.schedule.warmup_iters, "min_lr_ratio": p.min_lr_ratio,
@@ -356,7 +368,7 @@ class Trainer:
 
     def uses_l1(self, epoch: int) -> bool:
         """The L1 box loss is on in the no-aug epochs (YOLOX)."""
-        return not self.dataset.augmenting(epoch) and self.p.no_aug_epochs > 0
+        return not self.dataset.augmenting(epoch) and self.no_aug_epochs > 0
 
     @torch.no_grad()
     def plain_loss(self, most_images: int = 256) -> float:
@@ -368,7 +380,7 @@ class Trainer:
         model.eval()
         head = getattr(model, "head", None)
         use_l1 = getattr(head, "use_l1", None)
-        if use_l1 is not None:
+        if head is not None and use_l1 is not None:
             head.use_l1 = self.uses_l1(0)
         total, batches = 0.0, 0
         try:
@@ -380,7 +392,7 @@ class Trainer:
                 batches += 1
         finally:
             model.train(was_training)
-            if use_l1 is not None:
+            if head is not None and use_l1 is not None:
                 head.use_l1 = use_l1
         return total / max(batches, 1)
 
@@ -424,7 +436,7 @@ class Trainer:
             row = self.train_epoch(epoch)
             metrics: dict = {}
             evaluate = self.val_split is not None and ((epoch + 1) % p.eval_interval == 0 or epoch + 1 == p.epochs)
-            if evaluate and self.dist.is_main:
+            if evaluate and self.val_split is not None and self.dist.is_main:
                 t0 = time.perf_counter()
                 metrics = evaluate_model(self.eval_model, self.val_split, self.images_dir, p.img_size, self.device,
                                          p.eval_batch_size)

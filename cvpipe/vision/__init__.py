@@ -7,8 +7,15 @@ packed service stays torch-free.
 from .boxes import box_area, box_iou, clip_xyxy, cxcywh_to_xyxy, xywh_to_xyxy, xyxy_to_cxcywh, xyxy_to_xywh
 from .classmap import ClassMap
 from .coco_results import detections_to_coco
-from .images import (DEFAULT_MAX_PIXELS, ImageDecodeError, ImageHeader, ImageTooLarge, decode_image, read_header,
-                     read_image)
+from .images import (
+                     DEFAULT_MAX_PIXELS,
+                     ImageDecodeError,
+                     ImageHeader,
+                     ImageTooLarge,
+                     decode_image,
+                     read_header,
+                     read_image,
+)
 from .letterbox import PAD_VALUE, letterbox, letterbox_image, resize_scale
 from .yolox_decode import STRIDES, Detections, decode_raw, make_grid, nms, postprocess
 

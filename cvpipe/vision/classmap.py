@@ -3,8 +3,8 @@ names, and the dataset's category ids (COCO's 1..90 with gaps, or a VOC/YOLO pro
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 
 @dataclass(frozen=True)
@@ -19,13 +19,13 @@ class ClassMap:
             raise ValueError(f"category ids repeat: {list(self.category_ids)}")
 
     @classmethod
-    def from_names(cls, names: Sequence[str], category_ids: Sequence[int] | None = None) -> "ClassMap":
+    def from_names(cls, names: Sequence[str], category_ids: Sequence[int] | None = None) -> ClassMap:
         """Names in label order; category ids default to the labels themselves."""
         ids = range(len(names)) if category_ids is None else category_ids
         return cls(tuple(str(n) for n in names), tuple(int(i) for i in ids))
 
     @classmethod
-    def from_coco_categories(cls, categories: Iterable[Mapping]) -> "ClassMap":
+    def from_coco_categories(cls, categories: Iterable[Mapping]) -> ClassMap:
         """COCO `categories` entries, labelled in ascending id order (COCO's and mmdetection's convention)."""
         cats = sorted(categories, key=lambda c: int(c["id"]))
         return cls(tuple(str(c["name"]) for c in cats), tuple(int(c["id"]) for c in cats))
@@ -47,7 +47,7 @@ class ClassMap:
     def to_json(self) -> dict:
         return {"class_names": list(self.names), "category_ids": list(self.category_ids)}
 
-    def subset_for(self, other: "ClassMap") -> dict[int, int]:
+    def subset_for(self, other: ClassMap) -> dict[int, int]:
         """label in self -> label in `other` for the classes both name (case-insensitive); used to score a
         model on a dataset with fewer classes (e.g. the 80-class COCO model on 6 of them). Names, not ids,
         decide: two projects' ids need not mean the same class."""

@@ -49,7 +49,7 @@ class Detections:
         return len(self.scores)
 
     @classmethod
-    def empty(cls, image_size: tuple[int, int] | None = None) -> "Detections":
+    def empty(cls, image_size: tuple[int, int] | None = None) -> Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), image_size)
 
 

@@ -37,7 +37,6 @@ def s3_endpoint(tmp_path_factory):
            "AWS_ENDPOINT_URL_S3": url, "AWS_ENDPOINT_URL": url}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    import s3fs
 
     s3fs.S3FileSystem.clear_instance_cache()
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": url})

@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-from step_context import run_step, step_context
-
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from step_context import run_step, step_context
 
 from cvpipe.pipeline import StepContext
 

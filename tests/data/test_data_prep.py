@@ -186,7 +186,8 @@ def test_inverted_boxes_are_their_own_rule(coco_dir, run_load, run_prep, tmp_pat
     (voc / "JPEGImages").mkdir(parents=True)
     (voc / "Annotations").mkdir()
     image_maker(voc / "JPEGImages" / "a.jpg", 72, 48, seed=1)
-    (voc / "Annotations" / "a.xml").write_text(_voc_box_xml("a.jpg", [("cat", 50, 10, 20, 30), ("cat", 11, 11, 30, 40)]))
+    (voc / "Annotations" / "a.xml").write_text(
+        _voc_box_xml("a.jpg", [("cat", 50, 10, 20, 30), ("cat", 11, 11, 30, 40)]))
     ctx, summary = run_prep(run_load(voc)[0])
     assert summary["findings"] == {"inverted_box:fixed": 1}
     boxes = sorted(DetectionDataset.load(ctx.output("dataset")).annotations[["x", "y", "w", "h"]]

@@ -5,7 +5,7 @@ import json
 import pytest
 from coco_data import need_data
 
-from .helpers import DEV, NANO_ONNX, nano_detections
+from .helpers import DEV, nano_detections
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from coco_data import COCO_DEV as DEV, NANO_ONNX  # noqa: F401 - re-exported for the tests
+from coco_data import COCO_DEV as DEV  # noqa: F401 - re-exported for the tests
+from coco_data import NANO_ONNX
 
 
 def nano_detections(gt: dict, image_ids: list[int], score_thr: float = 0.001) -> list[dict]:
@@ -28,8 +28,8 @@ def nano_detections(gt: dict, image_ids: list[int], score_thr: float = 0.001) ->
         x, r = letterbox(img, (416, 416))
         raw = sess.run(None, {"images": x[None]})[0][0]
         det = postprocess(decode_raw(raw, (416, 416)), r, score_thr, 0.65, 100, img.shape[:2])
-        for (x1, y1, x2, y2), s, l in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist()):
-            out.append({"image_id": iid, "category_id": cat_ids[l], "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s})
+        for (x1, y1, x2, y2), s, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist()):
+            out.append({"image_id": iid, "category_id": cat_ids[label], "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s})
     return out
 
 

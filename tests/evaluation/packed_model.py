@@ -48,8 +48,8 @@ def decoded_nano_onnx(dst: Path) -> Path:
 def write_packed_model(model_dir: Path, gt: dict, run_id: str = "nano-test-run",
                        test_image: str = "000000000139.jpg", score_thr: float = 0.3) -> Path:
     """model.onnx (decoded outputs) + model.json + test_image.jpg + reference.json (the Predictor's output)."""
-    from cvpipe.vision import decode_image
     from cvpipe.inference.predictor import Predictor
+    from cvpipe.vision import decode_image
 
     model_dir.mkdir(parents=True)
     decoded_nano_onnx(model_dir / "model.onnx")

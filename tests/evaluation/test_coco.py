@@ -16,7 +16,6 @@ from cvpipe.vision import box_iou, xywh_to_xyxy
 from .helpers import perturbed_gt_detections
 
 
-
 def pycoco_eval(gt: dict, dets: list[dict]) -> tuple[np.ndarray, dict]:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval

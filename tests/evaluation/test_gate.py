@@ -141,9 +141,9 @@ def test_calibrated_drop_is_the_requested_one(pool):
 
 
 def test_leakage_refuses_any_test_image_seen_in_training():
-    from cvpipe.evaluation.leakage import leakage_criterion
-
     import hashlib
+
+    from cvpipe.evaluation.leakage import leakage_criterion
 
     test = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(10)]
     record = {"splits": ["train", "val"], "images": 2, "digests": [test[3][:16], "f" * 16]}

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from step_context import run_step, step_context
-
 import json
 
 import pytest
 from coco_data import need_data
+from step_context import run_step, step_context
 
 from cvpipe.evaluation.baseline import APDropError
 from cvpipe.pipeline.step import get_step
@@ -173,4 +172,4 @@ def test_a_candidate_trained_on_test_images_is_refused(eval_inputs, tmp_path, mo
         run_step(ctx_for(tmp_path, "leak"), params, dataset=dataset, images=images, model=model)
     clean = trained_on(DetectionDataset.load(dataset), splits=("train",))  # no train images in this dataset
     monkeypatch.setitem(spec.resolve, "trained_on", lambda params, store, runs: Resolved(None, lambda: clean))
-    s = run_step(ctx_for(tmp_path, "clean"), params, dataset=dataset, images=images, model=model)
+    run_step(ctx_for(tmp_path, "clean"), params, dataset=dataset, images=images, model=model)

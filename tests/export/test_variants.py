@@ -4,8 +4,6 @@ box-match F1, batch-position check)."""
 
 from __future__ import annotations
 
-from step_context import run_step, step_context
-
 import json
 import shutil
 import subprocess
@@ -15,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from coco_data import ANNOTATIONS, COCO_DEV, NANO_ONNX, largest_person, need_data
+from step_context import run_step, step_context
+
 from cvpipe.export.certify import ValSplit, batch_invariance, match_f1
 from cvpipe.export.variants import Budget, verdict
 from cvpipe.inference.packed import CONTRACT_VERSION, PackedModel, PackedModelError
@@ -51,7 +50,7 @@ def test_model_json_records_certified_variants_and_refusals(packed):
     model = PackedModel.load(packed)
     assert model.meta["contract_version"] == CONTRACT_VERSION == 2
     assert set(model.variants) == {"fp32", "openvino"} and model.default_variant in model.variants
-    for name, variant in model.variants.items():
+    for variant in model.variants.values():
         cert = variant.certificate
         assert cert["batch"]["ok"] and cert["batch"]["batch_sizes"] == list(range(1, 9))
         assert cert["match"]["f1"] == 1.0 and cert["match"]["reference"] == "onnx fp32"

@@ -77,7 +77,8 @@ def _wait_until_up(client: LabelStudio, proc: subprocess.Popen, home: Path) -> L
             return client
         except RuntimeError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Label Studio did not start; log: {(home / 'server.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"Label Studio did not start; log: {(home / 'server.log').read_text()[-2000:]}") from None
             time.sleep(2)
 
 

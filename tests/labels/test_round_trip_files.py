@@ -194,11 +194,13 @@ def test_cli_import_applies_a_good_export_and_refuses_a_bad_one(stored_version, 
     cli = CliRunner()
     refused = cli.invoke(app, ["labels", "import", str(tmp_path / "bad.json"), "-c", str(config), "--out",
                                str(tmp_path / "bad_out")])
-    assert refused.exit_code == 1 and "no-such-class" in " ".join(refused.output.split()) and not (tmp_path / "bad_out").exists()
+    assert refused.exit_code == 1 and "no-such-class" in " ".join(refused.output.split())
+    assert not (tmp_path / "bad_out").exists()
     applied = cli.invoke(app, ["labels", "import", str(tmp_path / "good.json"), "-c", str(config), "--out",
                                str(tmp_path / "good_out")])
     assert applied.exit_code == 0, applied.output
-    assert "1 images corrected" in " ".join(applied.output.split()) and (tmp_path / "good_out" / "annotations.json").is_file()
+    assert "1 images corrected" in " ".join(applied.output.split())
+    assert (tmp_path / "good_out" / "annotations.json").is_file()
     helped = cli.invoke(app, ["labels", "--help"])
     assert all(c in helped.output for c in ("queues", "export", "push", "pull", "import"))
 

@@ -64,5 +64,6 @@ def test_noise_rates_count_likely_errors_for_the_right_class():
               "wrong_class": q([1], [0], [0.5]), "bad_location": q([], [], []), "duplicate": q([], [], [])}
     rates = noise_rates(queues, pd.Series({0: 10, 1: 5}), ["cat", "dog"]).set_index("class")
     assert rates.loc["cat", "expected_errors"] == 0.6  # the 0.4 entries are less likely errors than not
-    assert rates.loc["dog", "missing"] == 0.9 and rates.loc["dog", "wrong_class"] == 0.5  # a missing box is its proposal's
+    # a missing box is its proposal's
+    assert rates.loc["dog", "missing"] == 0.9 and rates.loc["dog", "wrong_class"] == 0.5
     assert abs(rates.loc["dog", "noise_rate"] - 1.4 / 5) < 1e-12

@@ -44,4 +44,5 @@ def test_thumbnail_draws_label_red_and_proposal_green():
     thumb = thumbnail(pixels, [20, 20, 80, 80], [150, 100, 220, 160], size=220)
     colours = {tuple(int(v) for v in px) for px in thumb.reshape(-1, 3)}
     assert LABEL_BGR in colours and PROPOSAL_BGR in colours
-    assert LABEL_BGR not in {tuple(int(v) for v in px) for px in thumbnail(pixels, None, [150, 100, 220, 160]).reshape(-1, 3)}
+    label_free = thumbnail(pixels, None, [150, 100, 220, 160]).reshape(-1, 3)
+    assert LABEL_BGR not in {tuple(int(v) for v in px) for px in label_free}

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from step_context import run_step, step_context
-
 import json
 import os
 import shutil
 
 import pytest
 from coco_data import need_data
+from step_context import run_step, step_context
 
 from cvpipe.pipeline.step import get_step
 
 
 @pytest.fixture(scope="module")
 def bento_inputs(tmp_path_factory):
-    from evaluation.helpers import DEV, NANO_ONNX
+    from evaluation.helpers import DEV
     from evaluation.packed_model import write_packed_model
 
     from cvpipe.serving.bento import build_bento

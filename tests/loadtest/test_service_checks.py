@@ -18,7 +18,7 @@ from .test_loadtest import serve_in_thread
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
-    from evaluation.helpers import DEV, NANO_ONNX
+    from evaluation.helpers import DEV
     from evaluation.packed_model import write_packed_model
 
     need_data()

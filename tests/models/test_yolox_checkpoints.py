@@ -37,7 +37,7 @@ def randomized(scale="nano", num_classes=4, seed=0):
     torch.manual_seed(seed)
     model = build_yolox(scale, num_classes)
     with torch.no_grad():
-        for k, v in model.state_dict().items():
+        for v in model.state_dict().values():
             if v.dtype.is_floating_point:
                 v.copy_(torch.rand_like(v) + 0.1)
             else:
@@ -67,7 +67,8 @@ def test_round_trip_each_layout(tmp_path, layout):
     path = save_checkpoint(src, tmp_path / f"{layout}.pth", meta, layout=layout, optimizer=opt)
     raw = torch.load(path, map_location="cpu", weights_only=True)
     if layout == "mmdet":
-        assert "state_dict" in raw and all(k.startswith(("backbone.", "neck.", "bbox_head.")) for k in raw["state_dict"])
+        assert "state_dict" in raw
+        assert all(k.startswith(("backbone.", "neck.", "bbox_head.")) for k in raw["state_dict"])
         assert raw["meta"]["CLASSES"] == meta["class_names"]
     else:
         assert set(raw["model"]) == set(src.state_dict())
@@ -100,7 +101,8 @@ def test_class_count_mismatch_reinitialises_only_cls_preds(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         result = load_checkpoint(dst, path)
     assert "re-initialising the class predictors" in caplog.text
-    assert sorted(result.reinitialized) == sorted(f"head.cls_preds.{i}.{p}" for i in range(3) for p in ("weight", "bias"))
+    assert sorted(result.reinitialized) == sorted(f"head.cls_preds.{i}.{p}"
+                                                  for i in range(3) for p in ("weight", "bias"))
     assert dst.head.cls_preds[0].weight.shape[0] == 3
     assert torch.allclose(torch.sigmoid(dst.head.cls_preds[0].bias), torch.full((3,), 0.01))
     s, d = src.state_dict(), dst.state_dict()

@@ -25,7 +25,8 @@ def reference_simota(pred_boxes, obj_logit, cls_logit, gt_boxes, gt_classes, cen
     """Straightforward per-gt-loop SimOTA as in the YOLOX paper (BCE over a [G, A, C] tensor)."""
     g = gt_boxes.shape[0]
     cx, cy = centers[:, 0], centers[:, 1]
-    in_box = torch.stack([(cx > b[0] - b[2] / 2) & (cx < b[0] + b[2] / 2) & (cy > b[1] - b[3] / 2) & (cy < b[1] + b[3] / 2)
+    in_box = torch.stack([(cx > b[0] - b[2] / 2) & (cx < b[0] + b[2] / 2)
+                          & (cy > b[1] - b[3] / 2) & (cy < b[1] + b[3] / 2)
                           for b in gt_boxes])
     in_ctr = torch.stack([((cx - b[0]).abs() < 2.5 * stride) & ((cy - b[1]).abs() < 2.5 * stride) for b in gt_boxes])
     cand = (in_box | in_ctr).any(0)

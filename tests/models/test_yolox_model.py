@@ -1,10 +1,10 @@
 import pytest
 import torch
 
+from cvpipe import vision as processing
 from cvpipe.models.yolox import SCALES, build_yolox, fuse_model
 from cvpipe.models.yolox.flops import count_flops
 from cvpipe.models.yolox.head import make_grid
-from cvpipe import vision as processing
 
 # Parameter counts published in Megvii's YOLOX README (millions, 80 classes) -- an independent check that the
 # architecture (widths, depths, depthwise nano) matches the reference.
@@ -105,7 +105,8 @@ PUBLISHED_GFLOPS = {"nano": (416, 1.08), "tiny": (416, 6.45), "s": (640, 26.8), 
 
 
 @pytest.mark.parametrize("scale", ["nano", "tiny", "s", pytest.param("m", marks=pytest.mark.slow),
-                                   pytest.param("l", marks=pytest.mark.slow), pytest.param("x", marks=pytest.mark.slow)])
+                                   pytest.param("l", marks=pytest.mark.slow),
+                                   pytest.param("x", marks=pytest.mark.slow)])
 def test_flops_match_published(scale):
     size, gflops = PUBLISHED_GFLOPS[scale]
     model = build_yolox(scale)

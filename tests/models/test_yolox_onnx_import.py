@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from coco_data import COCO_DEV as COCO, NANO_ONNX as ONNX, need_data
+from coco_data import COCO_DEV as COCO
+from coco_data import NANO_ONNX as ONNX
+from coco_data import need_data
 
 from cvpipe import vision as processing
 from cvpipe.models.yolox.onnx_import import conv_execution_order, load_nano_from_onnx

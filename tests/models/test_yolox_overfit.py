@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from cvpipe.evaluation.coco import evaluate_detections
-from cvpipe.vision import postprocess
 from cvpipe.models.yolox import build_yolox
 from cvpipe.models.yolox.model import recalibrate_bn
+from cvpipe.vision import postprocess
 
 COLOURS = torch.tensor([[255.0, 0, 0], [0, 255.0, 0], [0, 0, 255.0]])  # BGR: blue, green, red classes
 

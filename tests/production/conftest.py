@@ -4,15 +4,13 @@ its model does not reproduce). Run ids sort in that order, so "latest" is BAD.""
 
 from __future__ import annotations
 
-from step_context import run_step, step_context
-
 import json
 import shutil
 from pathlib import Path
 
 import pytest
-
 from coco_data import ANNOTATIONS, NANO_ONNX, largest_person, need_data
+from step_context import run_step, step_context
 
 RUN_A, RUN_B, RUN_BAD = "20261124T100000000Z-aaaaaa", "20261124T110000000Z-bbbbbb", "20261124T120000000Z-cccccc"
 

@@ -80,7 +80,7 @@ def test_mixed_bad_load(model_store, person_image, tmp_path):
     with ServiceProcess(model_store["bento"], workers=2, env={"CVPIPE_MAX_BODY_BYTES": str(LIMIT)},
                         log_path=tmp_path / "server.log") as svc:
         url, host, port = svc.url, "127.0.0.1", svc.port
-        for k in kinds[:2]:  # warm both workers
+        for _kind in kinds[:2]:  # warm both workers
             for _ in range(4):
                 httpx.post(url + "/predict", files={"image": ("a.jpg", image, "image/jpeg")}, timeout=60)
         rss_start = tree_rss_mb(svc.proc.pid)
@@ -121,7 +121,8 @@ def test_mixed_bad_load(model_store, person_image, tmp_path):
         livez = httpx.get(url + "/livez", timeout=10).status_code
         final = httpx.post(url + "/predict", files={"image": ("a.jpg", image, "image/jpeg")}, timeout=60)
     print(f"\nstatuses {statuses}\nslow clients {slow_results}\n"
-          f"RSS start {rss_start:.0f} MB, after warm-up {rss_before:.0f} MB, after {DURATION_S:.0f} s {rss_after:.0f} MB")
+          f"RSS start {rss_start:.0f} MB, after warm-up {rss_before:.0f} MB, "
+          f"after {DURATION_S:.0f} s {rss_after:.0f} MB")
     server_errors = {k: s for k, v in statuses.items() for s in v if s >= 500 and s != 503}
     assert not server_errors, f"5xx answers: {server_errors} ({statuses})"
     assert not errors, errors[:5]
@@ -183,7 +184,7 @@ def test_rss_stays_flat_over_thousands_of_requests(model_store, person_image, tm
         for name, (raw, status) in kinds.items():
             conn = [KeepAliveConnection(svc.url)]
 
-            def send() -> None:
+            def send(conn: list = conn, raw: bytes = raw, status: int = status, name: str = name) -> None:
                 got, _ = conn[0].request(raw)
                 assert got == status, (name, got)
                 if status == 413:  # refused before its body: the server closes the connection

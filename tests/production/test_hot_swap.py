@@ -8,10 +8,9 @@ zero failed requests."""
 
 from __future__ import annotations
 
-import re
-
 import asyncio
 import json
+import re
 import shutil
 import threading
 import time
@@ -19,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 
 from .conftest import _commit, _pack, two_pack_store
 

@@ -11,8 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cvpipe.store import ArtifactStore
-from cvpipe.store.promotion import (PromotionError, PromotionLog, promote, record_decision, rollback,
-                                    servable_run)
+from cvpipe.store.promotion import PromotionError, PromotionLog, promote, record_decision, rollback, servable_run
 
 A, B, C = "20261124T100000000Z-aaaaaa", "20261124T110000000Z-bbbbbb", "20261124T120000000Z-cccccc"
 
@@ -56,7 +55,8 @@ def test_promote_rollback_history(store):
     assert events[1].data["eval_run_id"] == "20261124T110500000Z-e00002" and events[1].data["metrics"]["AP"] == 0.3
     assert "@" in events[0].data["by"] and events[0].data["reason"] == "first"
     files = sorted(os.listdir(PromotionLog(store).path))
-    assert [f for f in files if f.endswith(".json")] and all(f.startswith("00000") for f in files if f.endswith(".json"))
+    records = [f for f in files if f.endswith(".json")]
+    assert records and all(f.startswith("00000") for f in records)
 
 
 def test_a_model_whose_evaluation_failed_needs_force_and_reason(store):

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from step_context import run_step, step_context
-
 import json
 from pathlib import Path
 
 import pytest
-
 from coco_data import ANNOTATIONS, NANO_ONNX, largest_person, need_data  # noqa: F401 - NANO_ONNX for tests
+from step_context import run_step, step_context
 
 
 @pytest.fixture(scope="session")

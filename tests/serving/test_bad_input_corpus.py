@@ -52,11 +52,14 @@ def image_bodies() -> dict[str, bytes]:
     rng = np.random.default_rng(1)
     return {**_mutations(),
             "random bytes": rng.bytes(5000), "html": b"<html><body>hello</body></html>", "zeros": b"\0" * 4096,
-            "jpeg SOI only": b"\xff\xd8", "jpeg SOI+EOI": b"\xff\xd8\xff\xd9", "png signature only": b"\x89PNG\r\n\x1a\n",
+            "jpeg SOI only": b"\xff\xd8", "jpeg SOI+EOI": b"\xff\xd8\xff\xd9",
+            "png signature only": b"\x89PNG\r\n\x1a\n",
             "png 0x0": png_header(0, 0), "png 1x100000000": png_header(1, 100_000_000),
             "png 30000x30000": png_header(30000, 30000), "gif header only": b"GIF89a\xff\xff\xff\xff",
-            "bmp negative height": b"BM" + struct.pack("<IHHI", 70, 0, 0, 54) + struct.pack("<IiiHH", 40, 10, -2**31, 1, 24),
-            "tiff endless IFD loop": b"II*\x00\x08\x00\x00\x00" + b"\x01\x00" + struct.pack("<HHII", 256, 4, 1, 10) + b"\x08\x00\x00\x00",
+            "bmp negative height": b"BM" + struct.pack("<IHHI", 70, 0, 0, 54)
+            + struct.pack("<IiiHH", 40, 10, -2**31, 1, 24),
+            "tiff endless IFD loop": b"II*\x00\x08\x00\x00\x00" + b"\x01\x00"
+            + struct.pack("<HHII", 256, 4, 1, 10) + b"\x08\x00\x00\x00",
             "svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', "pdf": b"%PDF-1.4\n%%EOF",
             "zip": b"PK\x03\x04" + b"\0" * 26}
 

@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import psutil
-import pytest
 from PIL import Image
 
 from cvpipe.serving.process import ServiceProcess

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from cvpipe.vision import decode_image
 from cvpipe.inference.predictor import Predictor
+from cvpipe.vision import decode_image
 
 
 def iou(a, b) -> float:

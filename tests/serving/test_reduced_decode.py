@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 import pytest
 import simplejpeg
-
 from coco_data import COCO_DEV
+
 from cvpipe.evaluation.coco import coco_evaluate
 from cvpipe.inference.packed import PackedModel
 from cvpipe.serving.engine import DetectorEngine
@@ -124,8 +124,9 @@ def _predict_all(engine: DetectorEngine, jpegs: list[tuple[int, bytes]]) -> Run:
 
 @pytest.fixture(scope="module")
 def runs(packed, camera_set) -> dict[str, Run]:
-    return {"full": _predict_all(DetectorEngine(packed["model"], ServiceSettings(reduced_decode=False)), camera_set.jpegs),
-            "reduced": _predict_all(DetectorEngine(packed["model"], ServiceSettings(reduced_decode=True)), camera_set.jpegs)}
+    return {mode: _predict_all(DetectorEngine(packed["model"], ServiceSettings(reduced_decode=reduced)),
+                               camera_set.jpegs)
+            for mode, reduced in (("full", False), ("reduced", True))}
 
 
 def _expected_reduced_hw(header: ImageHeader, decoded_hw: tuple[int, int]) -> int | None:

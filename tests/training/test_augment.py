@@ -93,9 +93,9 @@ def test_mosaic_then_affine_keeps_boxes_on_rectangles():
 def test_mixup_blends_and_unions_boxes():
     img, boxes, labels = rect_image(h=SIZE, w=SIZE)
     other, ob, _ = rect_image(h=SIZE, w=SIZE, box=(100, 100, 150, 150))
-    out, b, l = A.mixup(img, boxes, labels, other, ob, np.array([7]), np.random.default_rng(0), (1.0, 1.0))
+    out, b, mixed_labels = A.mixup(img, boxes, labels, other, ob, np.array([7]), np.random.default_rng(0), (1.0, 1.0))
     assert out.shape == img.shape
-    assert 0 in range(len(b)) and l[0] == 3
+    assert 0 in range(len(b)) and mixed_labels[0] == 3
     # where only `img` is white, the blend is halfway between white and the other's grey
     y, x = 45, 60
     assert abs(int(out[y, x, 0]) - (255 + 114) // 2) <= 1
@@ -114,8 +114,8 @@ def test_hsv_jitter_keeps_shape_and_changes_colour():
 
 def test_targets_layout_and_filter():
     boxes = np.array([[10, 20, 30, 60], [0, 0, 0.5, 10], [150, 150, 200, 170]], np.float32)
-    b, l = A.filter_small(boxes, np.array([1, 2, 3]), 160, 160, 1.0)
-    assert l.tolist() == [1, 3]
+    b, kept_labels = A.filter_small(boxes, np.array([1, 2, 3]), 160, 160, 1.0)
+    assert kept_labels.tolist() == [1, 3]
     np.testing.assert_allclose(b[1], [150, 150, 160, 160])
-    t = A.xyxy_to_targets(b, l)
+    t = A.xyxy_to_targets(b, kept_labels)
     np.testing.assert_allclose(t[0], [1, 20, 40, 20, 40])

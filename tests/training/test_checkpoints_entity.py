@@ -7,9 +7,9 @@ import json
 import pytest
 
 from cvpipe.models.yolox import build_yolox, save_checkpoint
+from cvpipe.models.yolox.weights import WeightsUnavailable
 from cvpipe.training.checkpoints import Checkpoints
 from cvpipe.training.model_init import build_model
-from cvpipe.models.yolox.weights import WeightsUnavailable
 
 
 def test_save_epoch_and_load(tmp_path):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from cvpipe.data.schema import DetectionDataset
-from cvpipe.vision import letterbox
 from cvpipe.training.dataset import AugmentConfig, EpochSampler, YoloxTrainDataset, collate, read_image
+from cvpipe.vision import letterbox
 
 
 @pytest.mark.parametrize("cache", [True, False])

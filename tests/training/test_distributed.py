@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from step_context import run_step, step_context
-
 import json
 import os
 import subprocess
 import sys
 
 import torch
+from step_context import run_step, step_context
 
 
 def test_torchrun_two_cpu_processes(synthetic, tmp_path):
     ds_dir, images_dir = synthetic
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "cvpipe.training.distributed", "--dataset", str(ds_dir), "--images", str(images_dir), "--out", str(out),
+           "-m", "cvpipe.training.distributed", "--dataset", str(ds_dir), "--images", str(images_dir),
+           "--out", str(out),
            "--set", "scale=nano", "--set", "pretrained=none", "--set", "img_size=64", "--set", "batch_size=2",
            "--set", "epochs=2", "--set", "no_aug_epochs=1", "--set", "device=cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 
 from coco_data import ANNOTATIONS, COCO_DEV, need_data
+
 from cvpipe.data.schema import DetectionDataset
+from cvpipe.training.model_init import build_model
 from cvpipe.training.params import TrainParams
 from cvpipe.training.run import calibration_batches
-from cvpipe.training.model_init import build_model
 from cvpipe.training.trainer import Trainer, TrainOutputs, seed_everything
 
 N_IMAGES = 8

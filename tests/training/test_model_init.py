@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import pytest
-from coco_data import need_data
 import torch
+from coco_data import need_data
 
 from cvpipe.models.pretrained_files import find_nano_onnx
 from cvpipe.training.model_init import COCO_CLASSES, build_model

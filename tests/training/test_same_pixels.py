@@ -9,14 +9,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from coco_data import ANNOTATIONS, COCO_DEV, NANO_ONNX, need_data
 
 from cvpipe.data.schema import DetectionDataset
 from cvpipe.inference.coco_classes import COCO_CLASS_NAMES
 from cvpipe.inference.predictor import Predictor
-from cvpipe.training.dataset import YoloxTrainDataset
 from cvpipe.inference.torch_predictor import TorchPredictor
+from cvpipe.training.dataset import YoloxTrainDataset
 from cvpipe.vision import decode_image, letterbox, read_image
-from coco_data import ANNOTATIONS, COCO_DEV, NANO_ONNX, need_data
 
 SIZE = 416
 

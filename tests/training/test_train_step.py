@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
+from step_context import run_step, step_context
 
 from cvpipe.models.yolox import build_yolox, load_checkpoint
-from step_context import run_step, step_context
 from cvpipe.steps.model_train import ModelTrainParams
 from cvpipe.training.run import run_training
 

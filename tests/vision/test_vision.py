@@ -8,12 +8,22 @@ import io
 import cv2
 import numpy as np
 import pytest
+from coco_data import ANNOTATIONS, NANO_ONNX, largest_person, need_data
 from PIL import Image, ImageOps
 
-from cvpipe.vision import (ClassMap, Detections, box_iou, cxcywh_to_xyxy, decode_image, detections_to_coco,
-                           letterbox, read_header, xywh_to_xyxy, xyxy_to_cxcywh, xyxy_to_xywh)
-
-from coco_data import ANNOTATIONS, NANO_ONNX, largest_person, need_data
+from cvpipe.vision import (
+    ClassMap,
+    Detections,
+    box_iou,
+    cxcywh_to_xyxy,
+    decode_image,
+    detections_to_coco,
+    letterbox,
+    read_header,
+    xywh_to_xyxy,
+    xyxy_to_cxcywh,
+    xyxy_to_xywh,
+)
 
 
 def encode(rgb: np.ndarray, fmt: str, orientation: int | None = None) -> bytes:
@@ -87,8 +97,8 @@ def test_an_exif_rotated_photo_gives_boxes_in_the_displayed_orientation():
     need_data()
     import json
 
-    from cvpipe.inference.predictor import Predictor
     from cvpipe.inference.coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+    from cvpipe.inference.predictor import Predictor
 
     path, _ = largest_person(json.loads(ANNOTATIONS.read_text()))
     upright = np.asarray(Image.open(path).convert("RGB"))

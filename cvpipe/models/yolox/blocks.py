@@ -38,7 +38,8 @@ class DWConv(nn.Module):
         return self.pconv(self.dconv(x))
 
 
-def make_conv(cin: int, cout: int, ksize: int, stride: int = 1, depthwise: bool = False, fused: bool = False) -> nn.Module:
+def make_conv(cin: int, cout: int, ksize: int, stride: int = 1, depthwise: bool = False,
+              fused: bool = False) -> nn.Module:
     """A 'Conv' slot of YOLOX: DWConv in the depthwise (nano) variant, ConvBNAct otherwise."""
     if depthwise:
         return DWConv(cin, cout, ksize, stride, fused=fused)

@@ -16,9 +16,10 @@ import logging
 import os
 import tempfile
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -219,7 +220,7 @@ def _load_stubbing_foreign_classes(path: Path, first_error: Exception):
     if not names:
         raise CheckpointError(f"{path} is not a readable torch checkpoint (torch.load weights_only): "
                               f"{first_error}") from first_error
-    stubs = [_stub_class(n) for n in names]
+    stubs: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [_stub_class(n) for n in names]
     try:
         with torch.serialization.safe_globals(stubs):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -269,7 +270,8 @@ def detect_layout(ckpt: Mapping) -> tuple[str, dict]:
         meta = ckpt.get("meta") if container == "model" else None
         return ("cvpipe" if isinstance(meta, Mapping) and meta.get("format") == FORMAT_TAG else "megvii"), sd
     raise CheckpointError(f"state_dict keys look like neither YOLOX layout (e.g. {list(sd)[:5]}); expected "
-                          "backbone.backbone.* / head.* (cvpipe, Megvii) or backbone.* / neck.* / bbox_head.* (mmdetection)")
+                          "backbone.backbone.* / head.* (cvpipe, Megvii) or backbone.* / neck.* / bbox_head.* "
+                          "(mmdetection)")
 
 
 def _shorten(keys, n: int = 12) -> str:
@@ -361,7 +363,8 @@ def _drop_mismatched(model: YOLOX, sd: dict, result: LoadResult, layout: str, st
     if not bad:
         return sd
     if strict_shapes:
-        raise CheckpointError(f"shape mismatch loading {layout} checkpoint into YOLOX-{model.scale}: " + "; ".join(bad[:12]))
+        raise CheckpointError(f"shape mismatch loading {layout} checkpoint into YOLOX-{model.scale}: "
+                              + "; ".join(bad[:12]))
     log.warning("skipping %d tensors with mismatched shapes: %s", len(bad), "; ".join(bad[:12]))
     skipped = [b.split(":")[0] for b in bad]
     result.reinitialized += skipped
@@ -415,7 +418,8 @@ def load_model(src: str | Path | Mapping, scale: str | None = None, num_classes:
     skipped: list[str] = []
     ckpt = read_checkpoint(src, skipped) if isinstance(src, (str, Path)) else src
     _, sd = detect_layout(ckpt)
-    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), Mapping) else {}
+    raw_meta = ckpt.get("meta")
+    meta = raw_meta if isinstance(raw_meta, Mapping) else {}
     guessed_scale, guessed_classes = infer_architecture(sd)
     scale = scale or (meta.get("scale") if meta.get("format") == FORMAT_TAG else None) or guessed_scale
     model = build_yolox(scale, num_classes or guessed_classes, fused=fused)

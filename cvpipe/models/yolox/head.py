@@ -7,6 +7,7 @@ Output layout per anchor point: (dx, dy, log w, log h, obj, C class scores), anc
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -39,7 +40,8 @@ class YOLOXHead(nn.Module):
         feat = int(256 * width)
 
         def tower() -> nn.Sequential:
-            return nn.Sequential(make_conv(feat, feat, 3, 1, depthwise, fused), make_conv(feat, feat, 3, 1, depthwise, fused))
+            return nn.Sequential(make_conv(feat, feat, 3, 1, depthwise, fused),
+                                 make_conv(feat, feat, 3, 1, depthwise, fused))
 
         self.stems = nn.ModuleList(ConvBNAct(int(c * width), feat, 1, fused=fused) for c in in_channels)
         self.cls_convs = nn.ModuleList(tower() for _ in in_channels)
@@ -59,7 +61,7 @@ class YOLOXHead(nn.Module):
     def reset_cls_preds(self, num_classes: int) -> None:
         """Replace the class predictors for a new class count (fresh init, prior-prob bias)."""
         self.num_classes = num_classes
-        for i, conv in enumerate(self.cls_preds):
+        for i, conv in enumerate(cast(list[nn.Conv2d], self.cls_preds)):
             self.cls_preds[i] = nn.Conv2d(conv.in_channels, num_classes, 1).to(conv.weight.device)
         self.initialize_biases(PRIOR_PROB, which=("cls_preds",))
 
@@ -67,7 +69,8 @@ class YOLOXHead(nn.Module):
         """Per-anchor logits [B, N, 5+C] (reg raw, obj logit, cls logits) and the per-level feature sizes."""
         outs, level_hw = [], []
         for k, x in enumerate(feats):
-            # order as Megvii's forward (stem, cls tower, cls pred, reg tower, reg pred, obj pred): ONNX import relies on it
+            # order as Megvii's forward (stem, cls tower, cls pred, reg tower, reg pred, obj pred):
+            # ONNX import relies on it
             x = self.stems[k](x)
             cls_out = self.cls_preds[k](self.cls_convs[k](x))
             reg_feat = self.reg_convs[k](x)

@@ -140,7 +140,8 @@ def yolox_loss(logits: torch.Tensor, grid: torch.Tensor, stride: torch.Tensor, t
     if num_fg_total > 0:
         iou = iou_cxcywh(pred_boxes[fg_mask], torch.cat(reg_targets))
         iou_loss = REG_WEIGHT * (1 - iou ** 2).sum() / norm
-        cls_loss = F.binary_cross_entropy_with_logits(cls_logit[fg_mask], torch.cat(cls_targets), reduction="sum") / norm
+        cls_loss = F.binary_cross_entropy_with_logits(cls_logit[fg_mask], torch.cat(cls_targets),
+                                                      reduction="sum") / norm
         l1_loss = (reg_raw[fg_mask] - torch.cat(l1_targets)).abs().sum() / norm if use_l1 else zero
     else:
         iou_loss = cls_loss = l1_loss = zero

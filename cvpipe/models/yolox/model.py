@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -84,10 +85,10 @@ def fuse_model(model: YOLOX) -> YOLOX:
             conv, bn = src[name].conv, src[name].bn
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
             mod.conv.weight.copy_(conv.weight * scale[:, None, None, None])
-            mod.conv.bias.copy_(bn.bias - bn.running_mean * scale)
+            cast(torch.Tensor, mod.conv.bias).copy_(bn.bias - bn.running_mean * scale)
         elif isinstance(mod, nn.Conv2d) and name.startswith("head.") and name.split(".")[1].endswith("preds"):
             mod.weight.copy_(src[name].weight)
-            mod.bias.copy_(src[name].bias)
+            cast(torch.Tensor, mod.bias).copy_(src[name].bias)
     return fused.eval()
 
 
@@ -117,8 +118,10 @@ class _CalibrationStats:
     """Per ConvBNAct block of a fused model: moments of its conv output (bias removed) and of its input."""
 
     def __init__(self, blocks: dict[str, ConvBNAct]):
-        self.out = {name: [0, 0.0, 0.0] for name in blocks}  # count per channel, sum, sum of squares
-        self.inp = {name: [0, 0.0, 0.0] for name in blocks}  # count, sum, sum of squares (all channels)
+        # count per channel, sum, sum of squares (the sums become per-channel tensors once a batch has run)
+        self.out: dict[str, list[Any]] = {name: [0, 0.0, 0.0] for name in blocks}
+        # count, sum, sum of squares (all channels)
+        self.inp: dict[str, list[Any]] = {name: [0, 0.0, 0.0] for name in blocks}
         self.hooks = [m.conv.register_forward_hook(self._hook(name)) for name, m in blocks.items()]
 
     def _hook(self, name: str):
@@ -207,15 +210,15 @@ def unfuse_model(fused: YOLOX, calibration_batches=None, normalise_inputs: bool 
     for name, src in blocks.items():
         conv, bn = target[name].conv, target[name].bn
         mean, var = stats.output_moments(name, bn.running_mean, bn.eps)
-        c = stats.input_std(name) if normalise_inputs else 1.0
-        c = c * _row_factors(src.conv.weight * c) if equalise_rows else torch.full_like(mean, c)
+        std = stats.input_std(name) if normalise_inputs else 1.0
+        c = std * _row_factors(src.conv.weight * std) if equalise_rows else torch.full_like(mean, std)
         # per output channel: BN'(c y) with mean' = c m, var' = c^2 v, gamma' = sqrt(c^2 v + eps) / c,
         # beta' = m + b  equals  y + b
         conv.weight.copy_(src.conv.weight * c[:, None, None, None])
         bn.running_mean.copy_(mean * c)
         bn.running_var.copy_(var * c * c)
         bn.weight.copy_(torch.sqrt(var * c * c + bn.eps) / c)
-        bn.bias.copy_(mean + src.conv.bias)
+        bn.bias.copy_(mean + cast(torch.Tensor, src.conv.bias))
     for name, mod in fused.named_modules():
         if isinstance(mod, nn.Conv2d) and name.split(".")[1:2] and name.split(".")[1].endswith("preds"):
             target[name].weight.copy_(mod.weight)

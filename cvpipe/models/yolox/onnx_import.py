@@ -8,6 +8,7 @@ checking every weight/bias shape and the conv hyper-parameters (stride, groups, 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -65,15 +66,17 @@ def load_nano_from_onnx(path: str | Path, num_classes: int = 80) -> YOLOX:
                          "not a YOLOX-Nano export (or a different head)")
     with torch.no_grad():
         for (name, conv), (node, w, b, attrs) in zip(ours, theirs):
+            bias = cast(torch.Tensor, conv.bias)  # every conv of the fused model carries a bias
             problems = []
             if tuple(w.shape) != tuple(conv.weight.shape):
                 problems.append(f"weight {tuple(w.shape)} vs {tuple(conv.weight.shape)}")
-            if b is None or tuple(b.shape) != tuple(conv.bias.shape):
-                problems.append(f"bias {None if b is None else tuple(b.shape)} vs {tuple(conv.bias.shape)}")
+            if b is None or tuple(b.shape) != tuple(bias.shape):
+                problems.append(f"bias {None if b is None else tuple(b.shape)} vs {tuple(bias.shape)}")
             if list(attrs.get("strides", [1, 1])) != list(conv.stride) or attrs.get("group", 1) != conv.groups:
-                problems.append(f"stride/group {attrs.get('strides')}/{attrs.get('group')} vs {conv.stride}/{conv.groups}")
+                problems.append(f"stride/group {attrs.get('strides')}/{attrs.get('group')} "
+                                f"vs {conv.stride}/{conv.groups}")
             if problems:
                 raise ValueError(f"ONNX node {node} does not fit {name}: " + "; ".join(problems))
             conv.weight.copy_(torch.from_numpy(np.array(w, dtype=np.float32)))
-            conv.bias.copy_(torch.from_numpy(np.array(b, dtype=np.float32)))
+            bias.copy_(torch.from_numpy(np.array(b, dtype=np.float32)))
     return model.eval()
