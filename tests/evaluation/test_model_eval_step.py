@@ -172,4 +172,7 @@ def test_a_candidate_trained_on_test_images_is_refused(eval_inputs, tmp_path, mo
         run_step(ctx_for(tmp_path, "leak"), params, dataset=dataset, images=images, model=model)
     clean = trained_on(DetectionDataset.load(dataset), splits=("train",))  # no train images in this dataset
     monkeypatch.setitem(spec.resolve, "trained_on", lambda params, store, runs: Resolved(None, lambda: clean))
-    run_step(ctx_for(tmp_path, "clean"), params, dataset=dataset, images=images, model=model)
+    s = run_step(ctx_for(tmp_path, "clean"), params, dataset=dataset, images=images, model=model)
+    held_out = next(c for c in s["gate"]["criteria"] if c["name"] == "held-out data")
+    assert held_out["known"] and held_out["leaked_images"] == 0 and s["gate"]["passed"]
+    assert s["gate"]["data"]["images"] == len(ids) and len(s["gate"]["data"]["digest"]) == 64
