@@ -94,14 +94,8 @@ def fix_error_bodies() -> bool:
         from _bentoml_impl.server.app import ServiceAppFactory
     except ImportError:
         return False
-    if ServiceAppFactory.api_endpoint is _api_endpoint_with_our_errors:
-        return True
-    if not callable(getattr(ServiceAppFactory, "api_endpoint_wrapper", None)):
-        log.warning("BentoML's ServiceAppFactory changed; its error bodies are not fixed")
-        return False
-    ServiceAppFactory.bentoml_api_endpoint = ServiceAppFactory.api_endpoint
-    ServiceAppFactory.api_endpoint = _api_endpoint_with_our_errors
-    return True
+    return _replace_method(ServiceAppFactory, "api_endpoint", _api_endpoint_with_our_errors,
+                           expects="api_endpoint_wrapper", what="its error bodies")
 
 
 async def _file_parts_only(obj):
@@ -166,12 +160,19 @@ def fix_timeout_middleware() -> bool:
         from bentoml._internal.server.http.traffic import TimeoutMiddleware
     except ImportError:
         return False
-    if TimeoutMiddleware.__call__ is _call_with_cancelled_timer:
+    return _replace_method(TimeoutMiddleware, "__call__", _call_with_cancelled_timer,
+                           expects="_set_timer_out", what="its per-request timer")
+
+
+def _replace_method(cls: type, name: str, ours, *, expects: str, what: str) -> bool:
+    """Swap BentoML's `cls.name` for ours (idempotent), keeping theirs as `cls.bentoml_<name>` for the tests that
+    show the difference; refused (False, logged) when `cls` lacks `expects`, i.e. is not the code the fix was
+    written for."""
+    if getattr(cls, name) is ours:
         return True
-    if not callable(getattr(TimeoutMiddleware, "_set_timer_out", None)):
-        log.warning("BentoML's TimeoutMiddleware changed; its per-request timer fix is not applied")
+    if not callable(getattr(cls, expects, None)):
+        log.warning("BentoML's %s changed; %s is not fixed", cls.__name__, what)
         return False
-    # a deliberate monkeypatch of BentoML's class (see above): mypy rightly flags both assignments
-    TimeoutMiddleware.bentoml_call = TimeoutMiddleware.__call__  # type: ignore[attr-defined]  # kept for the leak test
-    TimeoutMiddleware.__call__ = _call_with_cancelled_timer  # type: ignore[method-assign]
+    setattr(cls, f"bentoml_{name.strip('_')}", getattr(cls, name))
+    setattr(cls, name, ours)
     return True

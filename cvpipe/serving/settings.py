@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from cvpipe.inference.runtimes import usable_cpus
 from cvpipe.vision import DEFAULT_MAX_PIXELS
 
 ENV_PREFIX = "CVPIPE_"
@@ -119,14 +120,6 @@ class ServiceSettings(BaseModel):
                 value = str(value)
             out[ENV_PREFIX + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
         return out
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask), not the machine's count."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _read_file(path: Path) -> dict:
