@@ -35,6 +35,9 @@ TopOpt = typer.Option(50, "--top", help="Entries taken from each queue.")
 UrlOpt = typer.Option(..., "--url", help="Label Studio address, e.g. http://localhost:8080.")
 TokenOpt = typer.Option(..., "--token", envvar="LABEL_STUDIO_TOKEN", help="Label Studio access token "
                         "(Account & Settings), or LABEL_STUDIO_TOKEN.")
+ImageUrlOpt = typer.Option("/data/local-files/?d={blob}", "--image-url", help="How Label Studio reaches an "
+                           "image; {blob} is its file name in the data version's images.")
+QaRunOpt = typer.Option(None, "--run", help="data_qa run (default: the latest).")
 
 
 def _check_run(config: Path | None, overrides, allow_plugins, store, run_id: str | None):
@@ -60,7 +63,7 @@ def queues(
     kind: str | None = typer.Option(None, "--type", help="Only this queue: missing, spurious, wrong_class, "
                                                             "bad_location or duplicate."),
     top: int = typer.Option(10, "--top", help="Entries shown per queue."),
-    run_id: str | None = typer.Option(None, "--run", help="data_qa run (default: the latest)."),
+    run_id: str | None = QaRunOpt,
     config: Path | None = ConfigOpt, overrides: list[str] | None = SetOpt,
     allow_plugins: list[str] | None = AllowPluginOpt, store: str | None = StoreOpt,
 ) -> None:
@@ -93,9 +96,8 @@ def export(
     to: str = typer.Option("label-studio", "--to", help="label-studio (tasks JSON) or cvat (CVAT 1.1 XML)."),
     dest: Path = typer.Option(..., "--out", help="File to write."),
     top: int = TopOpt,
-    image_url: str = typer.Option("/data/local-files/?d={blob}", "--image-url", help="How Label Studio reaches "
-                                  "an image; {blob} is its file name in the data version's images."),
-    run_id: str | None = typer.Option(None, "--run", help="data_qa run (default: the latest)."),
+    image_url: str = ImageUrlOpt,
+    run_id: str | None = QaRunOpt,
     config: Path | None = ConfigOpt, overrides: list[str] | None = SetOpt,
     allow_plugins: list[str] | None = AllowPluginOpt, store: str | None = StoreOpt,
 ) -> None:
@@ -131,9 +133,8 @@ def _tasks(st, rec, prep, ds, top: int, image_url: str) -> list[dict]:
 def push(
     url: str = UrlOpt, token: str = TokenOpt, top: int = TopOpt,
     title: str = typer.Option("cvpipe label check", "--title", help="Project title."),
-    image_url: str = typer.Option("/data/local-files/?d={blob}", "--image-url", help="How Label Studio reaches "
-                                  "an image; {blob} is its file name in the data version's images."),
-    run_id: str | None = typer.Option(None, "--run", help="data_qa run (default: the latest)."),
+    image_url: str = ImageUrlOpt,
+    run_id: str | None = QaRunOpt,
     config: Path | None = ConfigOpt, overrides: list[str] | None = SetOpt,
     allow_plugins: list[str] | None = AllowPluginOpt, store: str | None = StoreOpt,
 ) -> None:
