@@ -21,6 +21,7 @@ routes as POST.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -56,6 +57,17 @@ class UploadBudget:
         self.in_use -= n
 
 
+def name_request() -> None:
+    """BentoML names a request (X-BentoML-Request-ID, its access log) after its tracing span; /predict is not
+    traced unless `trace_predict`, so it gets a random id here instead."""
+    try:
+        from bentoml._internal.context import trace_context
+    except ImportError:  # BentoML moved it: no id, nothing else changes
+        return
+    if trace_context.request_id is None:
+        trace_context.request_id = secrets.randbits(63)
+
+
 class AdmissionControl:
     """Pure ASGI middleware (BentoML's add_asgi_middleware); limits from ServiceSettings, read once per worker."""
 
@@ -73,6 +85,8 @@ class AdmissionControl:
             if scope["method"] in ("GET", "HEAD"):
                 scope = {**scope, "method": "POST"}
             return await self.app(scope, receive, send)
+        if path != ADMIN:
+            name_request()
         request = _Upload(scope, receive, ADMIN_MAX_BODY if path == ADMIN else self.settings.max_body_bytes)
         try:
             await self._admit(request, send)

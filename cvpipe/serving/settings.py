@@ -70,6 +70,9 @@ class ServiceSettings(BaseModel):
                                   "arriving, waiting for a slot or being processed (a body counts from its "
                                   "Content-Length until its answer); an upload that does not fit gets 503.")
     request_timeout_s: float = Field(60.0, gt=0, description="BentoML's per-request timeout (504).")
+    trace_predict: bool = Field(False, description="OpenTelemetry spans for /predict (BentoML's tracing "
+                                "middleware makes one per response message: ~20 % of the worker's own "
+                                "cost per request, measured; the other endpoints are always traced).")
     # --- model updates (cvpipe.serving.swap) -----------------------------------------------------------------
     follow_store: str | None = Field(None, description="Store URL to load new model_pack runs from.")
     store_env: str = "dev"

@@ -52,6 +52,9 @@ def test_predict_on_the_test_image_equals_test_result(service, test_image, refer
     r = service.post("/predict", files={"image": (name, data, "image/jpeg")})
     assert r.status_code == 200, r.text
     assert r.json() == reference
+    again = service.post("/predict", files={"image": (name, data, "image/jpeg")})
+    ids = {r.headers.get("x-bentoml-request-id"), again.headers.get("x-bentoml-request-id")}
+    assert None not in ids and len(ids) == 2  # each answer is named, untraced /predict too (trace_predict)
     assert service.post("/test_result").json() == reference
     assert any(d["category_name"] == "person" for d in reference["detections"])
     raw = service.post("/predict", content=data, headers={"content-type": "application/octet-stream"})
