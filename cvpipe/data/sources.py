@@ -159,14 +159,22 @@ def downloads_dir() -> Path:
 
 def folder_files(root: Path) -> list[str]:
     """Relative paths of the regular files below `root` that stay inside it (symlinks leading out are left
-    out: they are never read), sorted."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if is_inside(root, Path(dirpath) / d)]
-        for name in filenames:
-            path = Path(dirpath) / name
-            if path.is_file() and is_inside(root, path):
-                out.append(path.relative_to(root).as_posix())
+    out: they are never read), sorted. Only symlinks need their target resolved: a plain file or folder met
+    while walking down from `root` without following a link is inside it."""
+    out: list[str] = []
+    stack = [(str(root), "")]
+    while stack:
+        path, rel = stack.pop()
+        with os.scandir(path) as entries:
+            for e in entries:
+                name = f"{rel}{e.name}"
+                if e.is_symlink() and not is_inside(root, Path(e.path)):
+                    continue
+                if e.is_dir():
+                    if not e.is_symlink():  # a linked folder inside root is walked where it really lies
+                        stack.append((e.path, f"{name}/"))
+                elif e.is_file():
+                    out.append(name)
     return sorted(out)
 
 
