@@ -152,7 +152,7 @@ def normalise(raw: RawDataset, images_out: Path, executor: ExecutorKind = "proce
         images.append({"image_id": im["image_id"], "file_name": im["file_name"], "width": width, "height": height,
                        "digest": info.digest, "blob": f"{info.digest}{ext}" if info.digest else "",
                        "source": _relative_source(im["path"], raw.root, im["file_name"]), "split": "",
-                       "extra": json.dumps(im.get("extra") or {}, sort_keys=True)})
+                       "extra": json.dumps(im["extra"], sort_keys=True) if im.get("extra") else "{}"})
     known = {im["image_id"] for im in images}
     anns = []
     for a in raw.annotations:
@@ -161,7 +161,7 @@ def normalise(raw: RawDataset, images_out: Path, executor: ExecutorKind = "proce
                              "ann_id": a["ann_id"], "detail": f"annotation {a['ann_id']} names image {a['image_id']}, "
                                                               f"which the data does not have"})
             continue
-        anns.append({**a, "extra": json.dumps(a.get("extra") or {}, sort_keys=True)})
+        anns.append({**a, "extra": json.dumps(a["extra"], sort_keys=True) if a.get("extra") else "{}"})
     return DetectionDataset.build(images, anns, raw.categories), findings
 
 
@@ -187,9 +187,8 @@ def sweep_unreferenced(images_out: Path, ds: DetectionDataset) -> None:
 
 
 def copy_or_link(src: Path, dest: Path) -> None:
-    """Hard-link when possible (same content, no extra space), else copy."""
-    real = Path(os.path.realpath(src))
+    """Hard-link when possible (same content, no extra space), else copy; a symlink is followed either way."""
     try:
-        os.link(real, dest)
+        os.link(src, dest)  # follow_symlinks=True: links the file a symlink names, not the link
     except OSError:
-        shutil.copyfile(real, dest)
+        shutil.copyfile(src, dest)

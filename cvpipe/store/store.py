@@ -310,7 +310,7 @@ class ArtifactStore:
             raise ChangedWhileReading(f"{rel}: its content (sha256 {digest[:12]}...) is not the content it was "
                                       f"named by: the source file changed while the step read it; run again")
         obj = self.object_path(digest, _suffix(rel))
-        if self.fs.exists(obj):
+        if os.path.exists(obj) if self.is_local else self.fs.exists(obj):
             return obj
         if self.is_local:
             got = self._put_local_checked(local, obj)
