@@ -122,3 +122,29 @@ def test_a_corrupt_cache_file_is_replaced(folder, tmp_path, reads):
     db.write_bytes(b"not a database at all" * 100)
     first = digest_source(str(folder))
     assert len(reads) == 6 and digest_source(str(folder)).digest == first.digest
+
+
+def test_run_rehash_option_makes_a_new_version_of_a_hidden_edit(folder, tmp_path, monkeypatch, coco_dir):
+    from typer.testing import CliRunner
+
+    from cvpipe.cli.main import app
+    from cvpipe.store import ArtifactStore
+
+    monkeypatch.setenv("CVPIPE_REHASH", "0")  # restored (removed) after the test: --rehash sets it in-process
+    for p in coco_dir.rglob("*"):
+        _settle(p)
+    config = tmp_path / "cfg.yaml"
+    config.write_text(f"store: {tmp_path / 'store'}\nenv: t\npipeline: p\n"
+                      f"data_load:\n  source: {coco_dir}\n  executor: serial\n")
+    runs = lambda: len(ArtifactStore(str(tmp_path / "store"), env="t", pipeline="p").list_runs("data_load"))  # noqa: E731
+    cli = ["run", "-c", str(config), "--steps", "data_load"]
+    assert CliRunner().invoke(app, cli).exit_code == 0 and runs() == 1
+    path = coco_dir / "annotations.json"
+    st = path.stat()
+    path.write_text(path.read_text().replace('"bbox": [10, 10, 20, 30]', '"bbox": [10, 10, 20, 31]'))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size
+    assert CliRunner().invoke(app, cli).exit_code == 0 and runs() == 1  # unseen without --rehash (documented)
+    result = CliRunner().invoke(app, [*cli, "--rehash"])
+    assert result.exit_code == 0, result.output
+    assert runs() == 2
