@@ -19,6 +19,7 @@ The cache is one SQLite file, `$CVPIPE_CACHE/digests.sqlite`: local, disposable,
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from cvpipe.store import hashing
+
+log = logging.getLogger(__name__)
 
 REHASH_ENV = "CVPIPE_REHASH"
 RACY_NS = 1_000_000_000
@@ -72,17 +75,25 @@ class DigestCache:
     @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
-            self.db.parent.mkdir(parents=True, exist_ok=True)
             try:
-                self._conn = self._open()
-            except sqlite3.DatabaseError:
-                self.db.unlink(missing_ok=True)
-                self._conn = self._open()
+                self._conn = self._open(self.db)
+            except (sqlite3.DatabaseError, OSError):
+                try:  # a corrupt file: it is only a cache
+                    self.db.unlink(missing_ok=True)
+                    self._conn = self._open(self.db)
+                except (sqlite3.Error, OSError) as e:  # unwritable (read-only home, a file system without locks)
+                    log.warning("digest cache %s unusable (%s): every file is read in full this time", self.db, e)
+                    self._conn = self._open(None)
         return self._conn
 
-    def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.db, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
+    @staticmethod
+    def _open(db: Path | None) -> sqlite3.Connection:
+        if db is None:
+            conn = sqlite3.connect(":memory:")
+        else:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(db, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(_SCHEMA)
         return conn
 

@@ -148,3 +148,11 @@ def test_run_rehash_option_makes_a_new_version_of_a_hidden_edit(folder, tmp_path
     result = CliRunner().invoke(app, [*cli, "--rehash"])
     assert result.exit_code == 0, result.output
     assert runs() == 2
+
+
+def test_an_unusable_cache_location_reads_everything_instead_of_failing(folder, tmp_path, monkeypatch, reads):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("CVPIPE_CACHE", str(blocker))
+    first = digest_source(str(folder))
+    assert len(reads) == 6 and digest_source(str(folder)).digest == first.digest and len(reads) == 12
