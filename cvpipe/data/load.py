@@ -67,7 +67,12 @@ def inspect_images(paths: list[Path], executor: ExecutorKind = "process", worker
     """Digest each image (read only when its inode, size or mtime changed) and its header size (read only for
     content not seen before): what data_load needs of every image, redone only for what changed."""
     with DigestCache() as cache:
-        digested = [_digest_or_error(cache, p) for p in paths]
+        try:  # one batch: changed files are hashed in threads
+            digested = [(d, "") for d in cache.digests(paths)]
+        except ChangedWhileReading:
+            raise
+        except OSError:  # some file vanished or is unreadable: find which, one by one
+            digested = [_digest_or_error(cache, p) for p in paths]
         known = cache.facts((d for d, _ in digested if d), HEADER_FACT)
         todo = [i for i, (d, err) in enumerate(digested) if not err and d not in known]
         log.info("data_load: %d images, %d new contents to read headers of", len(paths), len(todo))

@@ -151,10 +151,14 @@ class DigestCache:
         paths = list(paths)
         out: list[str | None] = [self.known(os.stat(p)) for p in paths]
         misses = [i for i, d in enumerate(out) if d is None]
-        with ThreadPoolExecutor(max(1, threads)) as pool:
-            for i, (st, digest, started) in zip(misses, pool.map(self._hash, [paths[i] for i in misses])):
-                self.record(st, digest, started)
-                out[i] = digest
+        if len(misses) > 1 and threads > 1:
+            with ThreadPoolExecutor(threads) as pool:
+                hashed = list(pool.map(self._hash, [paths[i] for i in misses]))
+        else:
+            hashed = [self._hash(paths[i]) for i in misses]
+        for i, (st, digest, started) in zip(misses, hashed):
+            self.record(st, digest, started)
+            out[i] = digest
         self.hashed += len(misses)
         return [d for d in out if d is not None]
 
