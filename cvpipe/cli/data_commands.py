@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cvpipe.cli.common import (
@@ -56,7 +57,7 @@ def _table(diff: Any, old: str, new: str, limit: int) -> Table:
         for name in getattr(diff, change):
             if shown >= limit:
                 break
-            table.add_row(f"[{CHANGE_STYLE[change]}]{change}[/]", name)
+            table.add_row(f"[{CHANGE_STYLE[change]}]{change}[/]", escape(name))  # a name is data, not markup
             shown += 1
     return table
 

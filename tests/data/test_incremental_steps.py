@@ -132,14 +132,14 @@ def test_diff_lists_added_removed_changed_and_relabelled(version, coco_dir, tmp_
     image_maker(coco_dir / "images" / "img2.jpg", 72, 48, seed=77)  # changed bytes
     coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] != 5]  # img5 relabelled (box gone)
     coco["images"] = [im for im in coco["images"] if im["id"] != 6]  # img6 removed
-    image_maker(coco_dir / "images" / "new.jpg", 64, 48, seed=5)
-    coco["images"].append({"id": 9, "file_name": "new.jpg", "width": 64, "height": 48})
+    image_maker(coco_dir / "images" / "[bold]new.jpg", 64, 48, seed=5)  # a name that looks like markup
+    coco["images"].append({"id": 9, "file_name": "[bold]new.jpg", "width": 64, "height": 48})
     (coco_dir / "annotations.json").write_text(json.dumps(coco))
     (coco_dir / "images" / "img6.jpg").unlink()
     _settle(coco_dir)
     load2, prep2 = version()
     d = diff_datasets(_dataset(version.store, load1), _dataset(version.store, load2))
-    assert (d.added, d.removed, d.changed, d.labels) == (["images/new.jpg"], ["images/img6.jpg"],
+    assert (d.added, d.removed, d.changed, d.labels) == (["images/[bold]new.jpg"], ["images/img6.jpg"],
                                                          ["images/img2.jpg"], ["images/img5.jpg"])
     assert d.unchanged == 3
     config = tmp_path / "cfg.yaml"
@@ -152,6 +152,7 @@ def test_diff_lists_added_removed_changed_and_relabelled(version, coco_dir, tmp_
                                env={"COLUMNS": "80"})
     assert table.exit_code == 0, table.output
     assert "1 added, 1 removed, 1 changed, 1 relabelled" in table.stdout
+    assert "[bold]new.jpg" in table.stdout  # shown as it is named, never read as markup
     assert max(len(line) for line in table.stdout.splitlines()) <= 80
 
 
