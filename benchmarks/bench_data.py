@@ -33,8 +33,10 @@ from PIL import Image
 from cvpipe.data.load import normalise, read_raw
 from cvpipe.data.validate import ValidationPolicy, validate
 from cvpipe.pipeline import StepContext
-from cvpipe.steps.data_load import DataLoadParams, data_load
-from cvpipe.steps.data_prep import DataPrepParams, data_prep
+from cvpipe.pipeline.runner import invoke
+from cvpipe.pipeline.step import get_step
+from cvpipe.steps.data_load import DataLoadParams
+from cvpipe.steps.data_prep import DataPrepParams
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,11 +73,12 @@ def measure_steps(source: Path, executor: str, workers: int) -> tuple[float, flo
         base = Path(tmp)
         lc = ctx(base, "data_load", ["dataset", "images"])
         t0 = time.perf_counter()
-        n = data_load(DataLoadParams(source=str(source), executor=executor, workers=workers), lc)["images"]
+        n = invoke(get_step("data_load"), DataLoadParams(source=str(source), executor=executor, workers=workers),
+                   lc, {})["images"]
         t1 = time.perf_counter()
         pc = ctx(base, "data_prep", ["dataset", "images", "report"])
-        data_prep(DataPrepParams(executor=executor, workers=workers), pc, dataset=lc.output("dataset"),
-                  images=lc.output("images"))
+        invoke(get_step("data_prep"), DataPrepParams(executor=executor, workers=workers), pc,
+               {"dataset": lc.output("dataset"), "images": lc.output("images")})
         t2 = time.perf_counter()
     return n / (t1 - t0), n / (t2 - t1), n
 
@@ -106,7 +109,7 @@ def measure_integrity(source: Path) -> tuple[float, float, float]:
         t1 = time.perf_counter()
         del os.environ[REHASH_ENV]
         lc = ctx(Path(tmp), "data_load", ["dataset", "images"])
-        images = data_load(DataLoadParams(source=str(source), executor="serial"), lc)["images"]
+        images = invoke(get_step("data_load"), DataLoadParams(source=str(source), executor="serial"), lc, {})["images"]
         t2 = time.perf_counter()
         out = lc.output("images")
         index = {rel: file_digest(out / rel) for rel in list_files(out)}
