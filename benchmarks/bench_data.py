@@ -172,6 +172,8 @@ def _change_one_image(work: Path) -> str:
 
     path = min((work / "images").rglob("*.jpg"))
     img = cv2.imread(str(path))
+    if img is None:
+        raise ValueError(f"{path}: not a readable image")
     img[0, 0] = 255 - img[0, 0]
     _replace(path, cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
     return path.relative_to(work).as_posix()

@@ -65,6 +65,8 @@ def _write_batch(job: tuple[str, list[dict], int, list[int], str]) -> list[dict]
     """One source photo, several output images: decoded once."""
     src_path, boxes, seed, ids, out = job
     src = cv2.imread(src_path, cv2.IMREAD_COLOR)
+    if src is None:
+        raise ValueError(f"{src_path}: not a readable image")
     records = []
     for i in ids:
         data, w, h, moved = variant(src, boxes, seed * 1_000_003 + i)
@@ -97,7 +99,8 @@ def jobs(n: int, out: Path, seed: int, first_id: int = 1, per_job: int = 50) -> 
 def generate(n: int, out: Path, seed: int = 0, workers: int = 2, first_id: int = 1) -> dict:
     """Write the images under out/images and return the COCO dict (the caller writes it)."""
     todo, coco = jobs(n, out, seed, first_id)
-    images, anns = [], []
+    images: list[dict] = []
+    anns: list[dict] = []
     with ProcessPoolExecutor(workers) as pool:
         for records in pool.map(_write_batch, todo):
             for r in records:
