@@ -8,6 +8,14 @@ Then the integrity costs: the source digest data_load's cache keys on (sha256 of
 verification of stored files when a run is materialised, as files/s beside a whole data_load.
 
     .venv/bin/python benchmarks/bench_data.py [--synthetic 2000] [--repeat 3] [--workers 2]
+
+At scale (`--scale DIR`, a data set written by benchmarks/make_scale_data.py): data_load + data_prep through
+the runner, five rows, each in a fresh process (its wall time, the steps' own time, peak RSS of the main
+process and of the largest worker): first version (empty store and digest cache), no-change rerun, one image
+changed, one annotation changed, 1 % of images added. DIR is never modified: the rows work on a hard-linked
+copy of it and change files only by replacing them (a new inode), so the original stays as generated.
+
+    .venv/bin/python benchmarks/bench_data.py --scale /tmp/cvpipe-scale/10k
 """
 
 from __future__ import annotations
@@ -25,8 +33,10 @@ from PIL import Image
 from cvpipe.data.load import normalise, read_raw
 from cvpipe.data.validate import ValidationPolicy, validate
 from cvpipe.pipeline import StepContext
-from cvpipe.steps.data_load import DataLoadParams, data_load
-from cvpipe.steps.data_prep import DataPrepParams, data_prep
+from cvpipe.pipeline.runner import invoke
+from cvpipe.pipeline.step import get_step
+from cvpipe.steps.data_load import DataLoadParams
+from cvpipe.steps.data_prep import DataPrepParams
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,11 +73,12 @@ def measure_steps(source: Path, executor: str, workers: int) -> tuple[float, flo
         base = Path(tmp)
         lc = ctx(base, "data_load", ["dataset", "images"])
         t0 = time.perf_counter()
-        n = data_load(DataLoadParams(source=str(source), executor=executor, workers=workers), lc)["images"]
+        n = invoke(get_step("data_load"), DataLoadParams(source=str(source), executor=executor, workers=workers),
+                   lc, {})["images"]
         t1 = time.perf_counter()
         pc = ctx(base, "data_prep", ["dataset", "images", "report"])
-        data_prep(DataPrepParams(executor=executor, workers=workers), pc, dataset=lc.output("dataset"),
-                  images=lc.output("images"))
+        invoke(get_step("data_prep"), DataPrepParams(executor=executor, workers=workers), pc,
+               {"dataset": lc.output("dataset"), "images": lc.output("images")})
         t2 = time.perf_counter()
     return n / (t1 - t0), n / (t2 - t1), n
 
@@ -87,20 +98,23 @@ def measure_integrity(source: Path) -> tuple[float, float, float]:
     """images/s of the source digest (every file's sha256, what data_load's cache keys on), of a whole
     data_load (hash, header, store) for comparison, and of verifying the stored images on materialise."""
     from cvpipe.data.sources import digest_source
+    from cvpipe.store.digests import REHASH_ENV
     from cvpipe.store.hashing import file_digest, list_files
     from cvpipe.store.store import verify_directory
 
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ[REHASH_ENV] = "1"  # the full cost: every byte read (unchanged files are free otherwise)
         t0 = time.perf_counter()
         n = digest_source(str(source)).files
         t1 = time.perf_counter()
+        del os.environ[REHASH_ENV]
         lc = ctx(Path(tmp), "data_load", ["dataset", "images"])
-        images = data_load(DataLoadParams(source=str(source), executor="serial"), lc)["images"]
+        images = invoke(get_step("data_load"), DataLoadParams(source=str(source), executor="serial"), lc, {})["images"]
         t2 = time.perf_counter()
         out = lc.output("images")
         index = {rel: file_digest(out / rel) for rel in list_files(out)}
         t3 = time.perf_counter()
-        verify_directory(out, index, "images")
+        verify_directory(out, index, "images", rehash=True)
         t4 = time.perf_counter()
     return n / (t1 - t0), images / (t2 - t1), len(index) / (t4 - t3)
 
@@ -110,12 +124,129 @@ def best(fn, repeat: int, *args):
     return tuple(max(r[i] for r in runs) for i in range(len(runs[0])))
 
 
+# ---- at scale: the five rows of issue 26 ---------------------------------------------------------------
+SCALE_STEPS = ("data_load", "data_prep")
+
+
+def scale_row(config: Path) -> None:
+    """(child process) Run data_load and data_prep once; print their times and peak memory as JSON."""
+    import io
+    import resource
+
+    from rich.console import Console
+
+    from cvpipe.config import load_config
+    from cvpipe.pipeline.runner import Runner
+
+    runner = Runner(load_config(config), console=Console(file=io.StringIO()))
+    times, reused = {}, []
+    for name in SCALE_STEPS:
+        t = time.perf_counter()
+        before = {r.run_id for r in runner.store.list_runs(name)}
+        rec = runner.run_step(name)
+        times[name] = round(time.perf_counter() - t, 2)
+        if rec.run_id in before:
+            reused.append(name)
+    mb = 1024  # ru_maxrss is in KiB on Linux
+    print(json.dumps({**times, "reused": reused,
+                      "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // mb,
+                      "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // mb}))
+
+
+def _link_copy(src: Path, dest: Path) -> None:
+    for p in src.rglob("*"):
+        if p.is_file():
+            (dest / p.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            os.link(p, dest / p.relative_to(src))
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write by replacing (a new inode): the hard-linked original is never touched."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _change_one_image(work: Path) -> str:
+    import cv2
+
+    path = min((work / "images").rglob("*.jpg"))
+    img = cv2.imread(str(path))
+    if img is None:
+        raise ValueError(f"{path}: not a readable image")
+    img[0, 0] = 255 - img[0, 0]
+    _replace(path, cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+    return path.relative_to(work).as_posix()
+
+
+def _change_one_annotation(work: Path) -> str:
+    coco = json.loads((work / "annotations.json").read_text())
+    ann = coco["annotations"][0]
+    ann["bbox"][0] += 1.0
+    _replace(work / "annotations.json", json.dumps(coco).encode())
+    return f"annotation {ann['id']}"
+
+
+def _add_one_percent(work: Path) -> str:
+    from make_scale_data import generate
+
+    coco = json.loads((work / "annotations.json").read_text())
+    n = max(1, len(coco["images"]) // 100)
+    first = max(im["id"] for im in coco["images"]) + 1
+    added = generate(n, work, seed=1, first_id=first)
+    top = max(a["id"] for a in coco["annotations"]) + 1
+    for k, a in enumerate(added["annotations"]):
+        a["id"] = top + k
+    coco["images"] += added["images"]
+    coco["annotations"] += added["annotations"]
+    _replace(work / "annotations.json", json.dumps(coco).encode())
+    return f"{n} images"
+
+
+def scale_rows(data: Path, workers: int) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    base = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=data.parent))
+    work = base / "data"
+    _link_copy(data, work)
+    config = base / "config.yaml"
+    step = {"executor": "process", "workers": workers}
+    config.write_text(json.dumps({"store": str(base / "store"), "env": "bench", "pipeline": "scale",
+                                  "data_load": {"source": str(work), **step}, "data_prep": step}))
+    env = {**os.environ, "CVPIPE_CACHE": str(base / "cache"), "PYTHONPATH": str(REPO)}
+    rows = [("first version", None), ("no-change rerun", None), ("one image changed", _change_one_image),
+            ("one annotation changed", _change_one_annotation), ("1 % images added", _add_one_percent)]
+    print(f"{data}: {len(list((data / 'images').rglob('*.jpg')))} images; {os.cpu_count()} CPUs; workers {workers}")
+    print(f"{'row':<24} {'wall s':>7} {'load s':>7} {'prep s':>7} {'RSS MB':>7} {'worker':>7} {'load avg':>8}  change")
+    try:
+        for name, change in rows:
+            what = change(work) if change else ""
+            t = time.perf_counter()
+            done = subprocess.run([sys.executable, __file__, "--scale-row", str(config)], env=env, check=True,
+                                  capture_output=True, text=True)
+            wall = time.perf_counter() - t
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            what += f" (reused: {', '.join(r['reused'])})" if r["reused"] else ""
+            print(f"{name:<24} {wall:>7.1f} {r['data_load']:>7.1f} {r['data_prep']:>7.1f} {r['rss_main_mb']:>7} "
+                  f"{r['rss_worker_mb']:>7} {os.getloadavg()[0]:>8.1f}  {what}", flush=True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--synthetic", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--scale", type=Path, help="the five at-scale rows on this data set (make_scale_data.py)")
+    ap.add_argument("--scale-row", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.scale_row:
+        return scale_row(args.scale_row)
+    if args.scale:
+        return scale_rows(args.scale.resolve(), args.workers)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         sets = {"coco_sample": REPO / "examples" / "coco_sample",

@@ -42,6 +42,18 @@ ConfigArg = typer.Argument(None, help="Pipeline config YAML (e.g. configs/exampl
                            show_default=False)
 ForceOpt = typer.Option(False, "--force", "-f", help="Rerun even when a run with the same inputs, params and "
                                                      "code exists.")
+RehashOpt = typer.Option(False, "--rehash", help="Read every data file again instead of trusting the digests "
+                                                 "recorded for files whose inode, size and mtime are unchanged "
+                                                 "(catches an edit that kept both size and mtime).")
+
+
+def _set_rehash(rehash: bool) -> None:
+    """--rehash reaches every digest (source, store commits, verified reads) through the environment, so worker
+    processes see it too; it is not a param: an unchanged digest still reuses its run."""
+    from cvpipe.store.digests import REHASH_ENV
+
+    if rehash:
+        os.environ[REHASH_ENV] = "1"
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -105,6 +117,7 @@ def run(
     start: Optional[str] = typer.Option(None, "--from", help="Run from this step on."),
     end: Optional[str] = typer.Option(None, "--to", help="Run up to and including this step."),
     force: bool = ForceOpt,
+    rehash: bool = RehashOpt,
     overrides: Optional[list[str]] = SetOpt,
     allow_plugin: Optional[list[str]] = AllowPluginOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
@@ -115,6 +128,7 @@ def run(
     existing run when its inputs, params and code are unchanged.
     """
     setup_logging(verbose)
+    _set_rehash(rehash)
     config = pick_config(config, config_opt, required=True)
     cfg = load(config, overrides, allow_plugin)
     _execute(cfg, _select(cfg, config, steps, start, end), force, config)
@@ -126,12 +140,14 @@ def step(
     config: Optional[Path] = ConfigArg,
     config_opt: Optional[Path] = ConfigOpt,
     force: bool = ForceOpt,
+    rehash: bool = RehashOpt,
     overrides: Optional[list[str]] = SetOpt,
     allow_plugin: Optional[list[str]] = AllowPluginOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Run one step; its inputs come from the latest complete (or pinned) runs in the store."""
     setup_logging(verbose)
+    _set_rehash(rehash)
     config = pick_config(config, config_opt, required=True)
     cfg = load(config, overrides, allow_plugin)
     known = list(registry())
@@ -303,7 +319,8 @@ except ImportError as _e:  # pragma: no cover - only while the serving extra is 
 
 
 # Command groups that live beside their subject; each module defines `register(app)`.
-COMMAND_MODULES = ("cvpipe.cli.store_commands", "cvpipe.cli.promotion", "cvpipe.cli.labels")
+COMMAND_MODULES = ("cvpipe.cli.store_commands", "cvpipe.cli.data_commands", "cvpipe.cli.promotion",
+                   "cvpipe.cli.labels")
 for _name in COMMAND_MODULES:
     try:
         import importlib

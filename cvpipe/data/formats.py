@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from cvpipe.store.paths import is_inside, safe_relpath
+from cvpipe.store.paths import InsideCheck, is_inside, safe_relpath
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,13 @@ def _links_out(root: Path) -> list[Path]:
                   and (p.suffix.lower() in IMAGE_SUFFIXES or p.is_dir()))
 
 
-def data_path(root: Path, name: str, base: Path | None = None) -> Path:
+def data_path(root: Path, name: str, base: Path | None = None, inside: InsideCheck | None = None) -> Path:
     """`base / name` for a file name read from the data (default base: root); ValueError, naming the reason,
-    unless the name is relative without `..` and the path, symlinks resolved, stays inside root."""
+    unless the name is relative without `..` and the path, symlinks resolved, stays inside root (`inside`: a
+    check of many names below root, see InsideCheck)."""
     rel = safe_relpath(str(name).replace("\\", "/"), "file name")
     path = (base or root) / rel
-    if not is_inside(root, path):
+    if not (inside(path) if inside else is_inside(root, path)):
         raise ValueError(f"unsafe file name {name!r}: leads outside the data folder")
     return path
 
@@ -125,9 +126,10 @@ def _locate_images(root: Path, json_path: Path, names: list[str], images_dir: st
     """file_name -> its path inside root, or the reason it is unsafe (a str)."""
     located: dict[str, Path | str] = {}
     safe: list[str] = []
+    inside = InsideCheck(root)
     for n in names:
         try:
-            data_path(root, n)
+            data_path(root, n, inside=inside)
             safe.append(n)
         except ValueError as e:
             located[n] = str(e)
@@ -136,7 +138,8 @@ def _locate_images(root: Path, json_path: Path, names: list[str], images_dir: st
     by_name = {p.name: p for p in _image_files(root)} if base is None else {}
     for n in safe:  # without a base holding the first image, find files by name anywhere below root
         try:
-            located[n] = data_path(root, n, base) if base else by_name.get(Path(n).name, data_path(root, n, bases[0]))
+            located[n] = data_path(root, n, base, inside) if base else \
+                by_name.get(Path(n).name, data_path(root, n, bases[0], inside))
         except (ValueError, IndexError) as e:
             located[n] = str(e) or "no image folder inside the data"
     return located

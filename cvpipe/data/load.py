@@ -9,13 +9,13 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 from cvpipe.data.formats import RawDataset, detect_format, read_coco, read_voc, read_yolo, scale_normalized_boxes
 from cvpipe.data.schema import DetectionDataset
 from cvpipe.pipeline.executor import ExecutorKind, parallel_map
 from cvpipe.progress import track
+from cvpipe.store.digests import ChangedWhileReading, DigestCache
 from cvpipe.vision import ImageDecodeError, read_header
 
 log = logging.getLogger(__name__)
@@ -29,26 +29,78 @@ class FileInfo:
     error: str = ""
 
 
-def inspect_and_store(path: Path, out_dir: Path) -> FileInfo:
-    """Hash an image file, read its displayed size (EXIF orientation applied) from the header, copy it to
-    out_dir as <sha256><ext> (once)."""
+HEADER_FACT = "image_header/v1"  # bump when read_header's answer for the same bytes changes
+
+
+def read_header_fact(job: tuple[Path, str]) -> FileInfo:
+    """Read one image's displayed size (EXIF orientation applied) from its header. The bytes read must be
+    the ones digested (`job[1]`): a file that changed in between is an error, never a wrong size."""
+    path, expected = job
     try:
         data = path.read_bytes()
     except OSError as e:
         return FileInfo(error=f"missing or unreadable: {e.strerror or e}")
     digest = hashlib.sha256(data).hexdigest()
+    if digest != expected:
+        return FileInfo(error="changed while being read: its content is not the content just digested; "
+                              "run again once the data stops changing")
     info = FileInfo(digest=digest)
     try:
         header = read_header(data)
         info.width, info.height = header.width, header.height
     except ImageDecodeError as e:  # a corrupt image, recorded for data_prep
         info.error = f"not a readable image: {e}"
-    dest = out_dir / f"{digest}{path.suffix.lower()}"
-    if not dest.exists():
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
     return info
+
+
+def _digest_or_error(cache: DigestCache, path: Path) -> tuple[str, str]:
+    try:
+        return cache.digest(path), ""
+    except ChangedWhileReading:  # never a finding: the next run sees the file as it is then
+        raise
+    except OSError as e:  # deleted between listing and reading, unreadable
+        return "", f"missing or unreadable: {e.strerror or e}"
+
+
+def inspect_images(paths: list[Path], executor: ExecutorKind = "process", workers: int | None = None
+                   ) -> list[FileInfo]:
+    """Digest each image (read only when its inode, size or mtime changed) and its header size (read only for
+    content not seen before): what data_load needs of every image, redone only for what changed."""
+    with DigestCache() as cache:
+        try:  # one batch: changed files are hashed in threads
+            digested = [(d, "") for d in cache.digests(paths)]
+        except ChangedWhileReading:
+            raise
+        except OSError:  # some file vanished or is unreadable: find which, one by one
+            digested = [_digest_or_error(cache, p) for p in paths]
+        known = cache.facts((d for d, _ in digested if d), HEADER_FACT)
+        todo = [i for i, (d, err) in enumerate(digested) if not err and d not in known]
+        log.info("data_load: %d images, %d new contents to read headers of", len(paths), len(todo))
+        fresh = list(track(parallel_map(read_header_fact, [(paths[i], digested[i][0]) for i in todo],
+                                        kind=executor, workers=workers),
+                           "data_load: reading new images", total=len(todo)))
+        cache.put_facts(HEADER_FACT, {f.digest: {"width": f.width, "height": f.height, "error": f.error}
+                                      for f in fresh if f.digest})
+    by_index = dict(zip(todo, fresh))
+    infos = []
+    for i, (digest, err) in enumerate(digested):
+        if i in by_index:
+            infos.append(by_index[i])
+        elif err:
+            infos.append(FileInfo(error=err))
+        else:
+            infos.append(FileInfo(digest=digest, **known[digest]))
+    return infos
+
+
+def store_images(paths: list[Path], infos: list[FileInfo], out_dir: Path) -> None:
+    """Put each digested image in out_dir as <sha256><ext>, as a hard link (no bytes copied; the store copies
+    what it does not hold yet, and shares what it does)."""
+    for path, info in zip(paths, infos):
+        if info.digest:
+            dest = out_dir / f"{info.digest}{path.suffix.lower()}"
+            if not dest.exists():
+                copy_or_link(path, dest)
 
 
 def read_raw(root: Path, fmt: str = "auto", annotations: str | None = None, images_dir: str | None = None,
@@ -87,14 +139,16 @@ def normalise(raw: RawDataset, images_out: Path, executor: ExecutorKind = "proce
     findings = list(raw.findings)
     if not raw.images:
         raise ValueError(_no_images_message(raw))
-    work = partial(inspect_and_store, out_dir=images_out)
-    infos = list(track(parallel_map(work, [im["path"] for im in raw.images], kind=executor, workers=workers),
-                       "data_load: hashing images", total=len(raw.images)))
+    paths = [Path(im["path"]) for im in raw.images]
+    infos = inspect_images(paths, executor, workers)
+    store_images(paths, infos, images_out)
     if raw.boxes_normalized:  # YOLO: sizes come from the headers just read
         scale_normalized_boxes(raw, {im["image_id"]: (info.width, info.height) for im, info in zip(raw.images, infos)})
     images = []
     for im, info in zip(raw.images, infos):
         width, height = im["width"] or info.width, im["height"] or info.height
+        if info.error.startswith("changed while being read"):
+            raise ChangedWhileReading(f"{im['file_name']}: {info.error}")
         if info.error:
             rule = "missing_image" if info.error.startswith("missing") else "corrupt_image"
             findings.append({"rule": rule, "action": "recorded", "image_id": im["image_id"], "ann_id": None,
@@ -103,7 +157,7 @@ def normalise(raw: RawDataset, images_out: Path, executor: ExecutorKind = "proce
         images.append({"image_id": im["image_id"], "file_name": im["file_name"], "width": width, "height": height,
                        "digest": info.digest, "blob": f"{info.digest}{ext}" if info.digest else "",
                        "source": _relative_source(im["path"], raw.root, im["file_name"]), "split": "",
-                       "extra": json.dumps(im.get("extra") or {}, sort_keys=True)})
+                       "extra": json.dumps(im["extra"], sort_keys=True) if im.get("extra") else "{}"})
     known = {im["image_id"] for im in images}
     anns = []
     for a in raw.annotations:
@@ -112,7 +166,7 @@ def normalise(raw: RawDataset, images_out: Path, executor: ExecutorKind = "proce
                              "ann_id": a["ann_id"], "detail": f"annotation {a['ann_id']} names image {a['image_id']}, "
                                                               f"which the data does not have"})
             continue
-        anns.append({**a, "extra": json.dumps(a.get("extra") or {}, sort_keys=True)})
+        anns.append({**a, "extra": json.dumps(a["extra"], sort_keys=True) if a.get("extra") else "{}"})
     return DetectionDataset.build(images, anns, raw.categories), findings
 
 
@@ -138,9 +192,8 @@ def sweep_unreferenced(images_out: Path, ds: DetectionDataset) -> None:
 
 
 def copy_or_link(src: Path, dest: Path) -> None:
-    """Hard-link when possible (same content, no extra space), else copy."""
-    real = Path(os.path.realpath(src))
+    """Hard-link when possible (same content, no extra space), else copy; a symlink is followed either way."""
     try:
-        os.link(real, dest)
+        os.link(src, dest)  # follow_symlinks=True: links the file a symlink names, not the link
     except OSError:
-        shutil.copyfile(real, dest)
+        shutil.copyfile(src, dest)

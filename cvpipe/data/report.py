@@ -99,6 +99,21 @@ def sample_grid(ds: DetectionDataset, thumbnails: dict[int, np.ndarray], path: P
     return _save(fig, path)
 
 
+def _per_class_counts(ds: DetectionDataset) -> list[dict]:
+    """Boxes (crowd regions excluded) per class and split: one count over the annotations, not one scan of the
+    data per class and split (80 classes x 3 splits over 100,000 images took tens of seconds)."""
+    split_of = ds.images.set_index("image_id")["split"]
+    a = ds.annotations[ds.annotations["iscrowd"] == 0]
+    counts = a.groupby([a["category_id"], a["image_id"].map(split_of)]).size()
+    per_class = []
+    for c in ds.categories.sort_values("label").itertuples():
+        row = {"label": c.label, "category_id": c.category_id, "name": c.name}
+        for s in SPLITS:
+            row[s] = int(counts.get((c.category_id, s), 0))
+        per_class.append(row)
+    return per_class
+
+
 def write_report(ds: DetectionDataset, findings: list[dict], thumbnails: dict[int, np.ndarray], out: Path,
                  params: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
@@ -108,13 +123,7 @@ def write_report(ds: DetectionDataset, findings: list[dict], thumbnails: dict[in
         "boxes": box_statistics(ds, out / "box_statistics.png"),
     }
     samples = sample_grid(ds, thumbnails, out / "samples.png")
-    per_class = []
-    for c in ds.categories.sort_values("label").itertuples():
-        row = {"label": c.label, "category_id": c.category_id, "name": c.name}
-        for s in SPLITS:
-            a = ds.split(s).annotations
-            row[s] = int(((a["category_id"] == c.category_id) & (a["iscrowd"] == 0)).sum())
-        per_class.append(row)
+    per_class = _per_class_counts(ds)
     rep = Report("data_prep report")
     rep.add("Splits", table(split_table(ds)), image(pngs["images"]))
     rep.add("Validation findings", table(summarize_findings(findings)) if findings else

@@ -3,7 +3,8 @@
 Raw data is never modified: archives and remote data are unpacked into a scratch directory.
 
 - `digest_source` identifies the data by content before data_load runs (the runner keys the step's cache
-  on it): a folder by the sha256 of every file in it, an archive or a URL by the sha256 of its bytes, an
+  on it): a folder by the sha256 of every file in it (each read again only when its inode, size or mtime
+  changed: `cvpipe.store.digests`), an archive or a URL by the sha256 of its bytes, an
   object-store prefix by its listing (names, sizes and ETags; content hashes where the store has no ETag).
   A downloaded archive is kept under the digest it was read with, so the step unpacks exactly those bytes.
 - Archive entries with absolute paths, `..` or links that lead outside the target are refused, and so is an
@@ -26,6 +27,7 @@ from typing import IO
 from pydantic import BaseModel, ConfigDict, Field
 
 from cvpipe.pipeline.step import SourceDigest
+from cvpipe.store.digests import DigestCache
 from cvpipe.store.hashing import CHUNK, file_digest, tree_digest
 from cvpipe.store.paths import is_inside, safe_relpath
 
@@ -157,19 +159,37 @@ def downloads_dir() -> Path:
 
 def folder_files(root: Path) -> list[str]:
     """Relative paths of the regular files below `root` that stay inside it (symlinks leading out are left
-    out: they are never read), sorted."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if is_inside(root, Path(dirpath) / d)]
-        for name in filenames:
-            path = Path(dirpath) / name
-            if path.is_file() and is_inside(root, path):
-                out.append(path.relative_to(root).as_posix())
+    out: they are never read), sorted. Only symlinks need their target resolved: a plain file or folder met
+    while walking down from `root` without following a link is inside it."""
+    out: list[str] = []
+    stack = [(str(root), "")]
+    while stack:
+        path, rel = stack.pop()
+        with os.scandir(path) as entries:
+            for e in entries:
+                name = f"{rel}{e.name}"
+                if e.is_symlink() and not is_inside(root, Path(e.path)):
+                    continue
+                if e.is_dir():
+                    if not e.is_symlink():  # a linked folder inside root is walked where it really lies
+                        stack.append((e.path, f"{name}/"))
+                elif e.is_file():
+                    out.append(name)
     return sorted(out)
 
 
 def _digest_folder(path: Path) -> SourceDigest:
-    files = {rel: file_digest(path / rel) for rel in folder_files(path)}
+    """Every file's sha256, read only for files whose (inode, size, mtime) changed since they were last read
+    (cvpipe.store.digests; `--rehash` reads them all)."""
+    names = folder_files(path)
+    with DigestCache() as cache:
+        try:
+            digests = cache.digests([path / rel for rel in names])
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e.filename} was removed while the data source was being read: run again "
+                                    f"once the data stops changing") from None
+        log.info("source %s: %d files, %d read (the rest unchanged since last read)", path, len(names), cache.hashed)
+    files = dict(zip(names, digests))
     return SourceDigest(str(path.resolve()), tree_digest(files), len(files), local=path)
 
 

@@ -44,11 +44,10 @@ def link_tree(src: Path, dest: Path, names: typing.Iterable[str] | None = None) 
             continue
         if target.exists():
             target.unlink()
-        real = Path(os.path.realpath(path))  # a materialised input may be a link into the store's cache
-        try:
-            os.link(real, target)
+        try:  # a materialised input may be a symlink into the store: follow_symlinks links what it names
+            os.link(path, target)
         except OSError:
-            shutil.copyfile(real, target)
+            shutil.copyfile(path, target)
 
 
 @dataclass(frozen=True)

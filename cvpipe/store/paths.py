@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path, PurePosixPath
 
 RUN_ID_RE = re.compile(r"\d{8}T\d{9}Z-[0-9a-f]{6}")
@@ -62,6 +63,28 @@ def is_inside(root: Path, path: Path) -> bool:
     real_root = os.path.realpath(root)
     real = os.path.realpath(path)
     return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+class InsideCheck:
+    """`is_inside(root, path)` for many paths below one root: each folder's real path is resolved once per
+    check object (a walk of 100,000 images meets a few hundred folders), and only a path whose last part is
+    itself a symlink is resolved in full. Make a new one per read: a folder replaced later is not seen."""
+
+    def __init__(self, root: Path):
+        self.real_root = os.path.realpath(root)
+        self._folders: dict[str, str] = {}
+
+    def __call__(self, path: Path) -> bool:
+        folder, name = os.path.split(os.fspath(path))
+        real_folder = self._folders.get(folder)
+        if real_folder is None:
+            real_folder = self._folders[folder] = os.path.realpath(folder)
+        try:
+            link = stat.S_ISLNK(os.lstat(path).st_mode)
+        except OSError:  # not there: nothing to follow
+            link = False
+        real = os.path.realpath(path) if link else os.path.join(real_folder, name)
+        return real == self.real_root or real.startswith(self.real_root.rstrip(os.sep) + os.sep)
 
 
 def join_inside(root: Path, name: str, what: str = "path") -> Path:

@@ -33,13 +33,21 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from cvpipe.store.hashing import CHUNK, file_digest, list_files, tree_digest
-from cvpipe.store.paths import InvalidRunId, safe_relpath, validate_digest, validate_name, validate_run_id
+from cvpipe.store.digests import ChangedWhileReading, DigestCache
+from cvpipe.store.hashing import CHUNK, list_files, tree_digest
+from cvpipe.store.paths import (
+    DIGEST_RE,
+    InvalidRunId,
+    safe_relpath,
+    validate_digest,
+    validate_name,
+    validate_run_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +65,11 @@ def no_space(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def _copy_stream(src: IO[bytes], dst: IO[bytes]) -> None:
+class _Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+def _copy_stream(src: _Readable, dst: IO[bytes]) -> None:
     """Chunked copy (the one place local store writes move bytes; tests make it fail like a full disk)."""
     while chunk := src.read(CHUNK):
         dst.write(chunk)
@@ -262,23 +274,24 @@ class ArtifactStore:
     # ---- entities -------------------------------------------------------------------------------
     def commit_entity(self, step: str, run_id: str, entity: str, local_dir: Path,
                       content_addressed: bool = False) -> dict[str, Any]:
-        """Upload one output directory; returns its record (uri, digest, file count, bytes)."""
+        """Upload one output directory; returns its record (uri, digest, file count, bytes).
+
+        File digests come from the digest cache (a file linked from data already read is not read again);
+        a content-addressed file whose object is already stored is neither read nor copied."""
         base = self.entity_path(step, run_id, entity)
+        names = [safe_relpath(rel, "output file name") for rel in list_files(local_dir)]
         files: dict[str, str] = {}
         objects: dict[str, str] = {}
         size = 0
-        for rel in list_files(local_dir):
-            local = local_dir / safe_relpath(rel, "output file name")
-            digest = file_digest(local)
-            files[rel] = digest
-            size += local.stat().st_size
-            if content_addressed:
-                obj = self.object_path(digest, _suffix(rel))
-                if not self.fs.exists(obj):
-                    self._put_file(local, obj)
-                objects[rel] = obj
-            else:
-                self._put_file(local, f"{base}/{rel}")
+        with DigestCache() as cache:
+            for rel, digest in zip(names, cache.digests([local_dir / rel for rel in names])):
+                local = local_dir / rel
+                files[rel] = digest
+                size += local.stat().st_size
+                if content_addressed:
+                    objects[rel] = self._put_object(local, rel, digest, cache)
+                else:
+                    self._put_file(local, f"{base}/{rel}")
         index = {"files": files, "objects": {k: self.uri(v) for k, v in objects.items()}}
         self.write_json(self.index_path(step, run_id, entity), index)
         return {
@@ -288,6 +301,37 @@ class ArtifactStore:
             "bytes": size,
             "content_addressed": content_addressed,
         }
+
+    def _put_object(self, local: Path, rel: str, digest: str, cache: DigestCache) -> str:
+        """Store one file in the object area under its digest (once: an object already there is shared by
+        every entity naming it). A file named by a digest must hold that content."""
+        stem = PurePosixPath(rel).name.split(".")[0]
+        if DIGEST_RE.fullmatch(stem) and stem != digest:
+            raise ChangedWhileReading(f"{rel}: its content (sha256 {digest[:12]}...) is not the content it was "
+                                      f"named by: the source file changed while the step read it; run again")
+        obj = self.object_path(digest, _suffix(rel))
+        if os.path.exists(obj) if self.is_local else self.fs.exists(obj):
+            return obj
+        if self.is_local:
+            got = self._put_local_checked(local, obj)
+            if got != digest:
+                raise ChangedWhileReading(f"{rel} changed while it was stored (sha256 {got[:12]}... != "
+                                          f"{digest[:12]}...); run again once the data stops changing")
+            cache.record(os.stat(obj), digest, settled=True)  # the store never writes an object again
+        else:
+            self._put_file(local, obj)
+        return obj
+
+    def _put_local_checked(self, local: Path, path: str) -> str:
+        """Copy into the local store, hashing what is written: the sha256 of the stored bytes."""
+        h = hashlib.sha256()
+
+        def write(f: IO[bytes]) -> None:
+            with open(local, "rb") as src:
+                _copy_stream(_Hashing(src, h), f)
+
+        self._atomic_local(path, write)
+        return h.hexdigest()
 
     def put_state(self, step: str, run_id: str, local_dir: Path) -> None:
         """Store a running step's resumable state (replaced file by file; never part of the outputs)."""
@@ -413,7 +457,8 @@ class ArtifactStore:
             try:
                 files = self.entity_files(rec, entity)
                 if self.is_local and not rec.output(entity).get("content_addressed"):
-                    verify_directory(Path(self.entity_path(rec.step, rec.run_id, entity)), files, entity)
+                    verify_directory(Path(self.entity_path(rec.step, rec.run_id, entity)), files, entity,
+                                     rehash=True)
                 else:
                     self._verify_remote(rec, entity, files)
             except (IntegrityError, ValueError, OSError) as e:
@@ -436,6 +481,18 @@ class ArtifactStore:
                                      f"{digest[:12]}... ({self.uri(src)})")
 
 
+class _Hashing:
+    """A reader that hashes what is read through it."""
+
+    def __init__(self, src: IO[bytes], h: Any):
+        self.src, self.h = src, h
+
+    def read(self, n: int = -1, /) -> bytes:
+        chunk = self.src.read(n)
+        self.h.update(chunk)
+        return chunk
+
+
 def _stream_digest(f: IO[bytes]) -> str:
     h = hashlib.sha256()
     while chunk := f.read(CHUNK):
@@ -443,9 +500,10 @@ def _stream_digest(f: IO[bytes]) -> str:
     return h.hexdigest()
 
 
-def verify_directory(local: Path, files: dict[str, str], where: str) -> None:
+def verify_directory(local: Path, files: dict[str, str], where: str, rehash: bool | None = None) -> None:
     """Check that `local` holds exactly `files` ({relative path: sha256}); IntegrityError names the first
-    file that is missing, extra or different."""
+    file that is missing, extra or different. Digests come from the digest cache (a file whose inode, size
+    and mtime are as when it was read is not read again) unless `rehash` (default: --rehash) asks to read all."""
     present = set(list_files(local)) if local.is_dir() else set()
     missing = sorted(set(files) - present)
     if missing:
@@ -454,8 +512,11 @@ def verify_directory(local: Path, files: dict[str, str], where: str) -> None:
     if extra:
         raise IntegrityError(f"{where}: {extra[0]} is not in the run's index ({len(extra)} unexpected file(s) "
                              f"in {local})")
-    for rel, digest in files.items():
-        got = file_digest(local / rel)
+    names = list(files)
+    with DigestCache(rehash=rehash) as cache:
+        got_all = cache.digests([local / rel for rel in names])
+    for rel, got in zip(names, got_all):
+        digest = files[rel]
         if got != digest:
             raise IntegrityError(f"{where}: {rel} was changed after the run was committed (sha256 {got[:12]}... "
                                  f"!= {digest[:12]}... recorded); refusing to use it")

@@ -62,25 +62,29 @@ def read_image(path: Path) -> np.ndarray:
 
 def image_records(ds: DetectionDataset, images_dir: Path) -> list[dict]:
     """Per image: id, file path, size, boxes xyxy float32 [N,4] and labels int64 [N] (crowd boxes and
-    categories without a training label left out)."""
+    categories without a training label left out). Vectorised: the boxes of all images are two arrays, and each
+    record holds a slice of them (a 100,000-image data version is indexed in about a second, nothing decoded)."""
     label_of = {int(r.category_id): int(r.label) for r in ds.categories.itertuples() if int(r.label) >= 0}
-    anns = ds.annotations[(ds.annotations["iscrowd"] == 0) & ds.annotations["category_id"].isin(list(label_of))]
-    by_image = {k: g for k, g in anns.groupby("image_id")}
+    anns = ds.annotations[(ds.annotations["iscrowd"] == 0) & ds.annotations["category_id"].isin(list(label_of))
+                          & (ds.annotations["w"] > 0) & (ds.annotations["h"] > 0)]
+    anns = anns.sort_values("image_id", kind="stable")
+    xywh = anns[["x", "y", "w", "h"]].to_numpy(np.float32)
+    all_boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
+    all_labels = anns["category_id"].map(label_of).to_numpy(np.int64)
+    ann_image = anns["image_id"].to_numpy(np.int64)
+    images = ds.images.sort_values("image_id")
+    ids = images["image_id"].to_numpy(np.int64)
+    starts, ends = np.searchsorted(ann_image, ids, "left"), np.searchsorted(ann_image, ids, "right")
     records = []
-    for r in ds.images.sort_values("image_id").itertuples():
-        g = by_image.get(int(r.image_id))
-        if g is not None and len(g):
-            xywh = g[["x", "y", "w", "h"]].to_numpy(np.float32)
-            boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
-            labels = g["category_id"].map(label_of).to_numpy(np.int64)
-            keep = (xywh[:, 2] > 0) & (xywh[:, 3] > 0)
-            boxes, labels = boxes[keep], labels[keep]
-        else:
-            boxes, labels = A.empty_boxes()
+    for r, a, b in zip(images.itertuples(), starts, ends):
+        boxes, labels = (all_boxes[a:b], all_labels[a:b]) if b > a else A.empty_boxes()
         name = r.blob or r.file_name
         records.append({"image_id": int(r.image_id), "path": Path(images_dir) / name, "blob": name,
                         "width": int(r.width), "height": int(r.height), "boxes": boxes, "labels": labels})
     return records
+
+
+CACHE_BYTES = 4 << 30  # resized images kept in memory per dataset (per data-loader worker): a bound, not all
 
 
 class YoloxTrainDataset(Dataset):
@@ -91,7 +95,8 @@ class YoloxTrainDataset(Dataset):
     """
 
     def __init__(self, ds: DetectionDataset, images_dir: Path, img_size: int, aug: AugmentConfig | None,
-                 epochs: int, no_aug_epochs: int, seed: int = 0, max_labels: int = 120, cache: bool = True):
+                 epochs: int, no_aug_epochs: int, seed: int = 0, max_labels: int = 120, cache: bool = True,
+                 cache_bytes: int = CACHE_BYTES):
         self.records = image_records(ds, images_dir)
         if not self.records:
             raise ValueError("the training split has no images")
@@ -101,6 +106,7 @@ class YoloxTrainDataset(Dataset):
         self.seed = seed
         self.max_labels = max_labels
         self.cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
+        self.cache_bytes, self.cached_bytes = cache_bytes, 0  # images past the budget are decoded each time
 
     def __len__(self) -> int:
         return len(self.records)
@@ -115,8 +121,9 @@ class YoloxTrainDataset(Dataset):
             image, boxes = self.cache[i]
         else:
             image, boxes = A.resize_to_fit(read_image(rec["path"]), rec["boxes"], self.img_size)
-            if self.cache is not None:
+            if self.cache is not None and self.cached_bytes + image.nbytes <= self.cache_bytes:
                 self.cache[i] = (image, boxes)
+                self.cached_bytes += image.nbytes
         return image, boxes.copy(), rec["labels"].copy()
 
     def augmented(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -57,7 +57,12 @@ def _touch(path: Path) -> None:
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
 
 
-def test_folder_source_one_byte_invalidates_the_cache(coco_dir, load_step):
+def test_folder_source_one_byte_invalidates_the_cache(coco_dir, load_step, monkeypatch):
+    """A changed file is a new run. An edit that keeps both size and mtime is seen only with --rehash
+    (CVPIPE_REHASH=1): unchanged files are not read again (cvpipe.store.digests, docs/data.md)."""
+    monkeypatch.setenv("CVPIPE_REHASH", "0")
+    for p in coco_dir.rglob("*"):  # data written well before this run (a file written this second is re-read)
+        os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns - 100_000_000_000))
     first = load_step(coco_dir)
     assert load_step(coco_dir).run_id == first.run_id  # unchanged: reused
     src = first.manifest["source"]
@@ -65,11 +70,17 @@ def test_folder_source_one_byte_invalidates_the_cache(coco_dir, load_step):
     assert src["digest"] == digest_source(str(coco_dir)).digest
     annotations = coco_dir / "annotations.json"
     _same_size_edit(annotations, _annotation_digit(annotations))  # same size, same mtime: only content differs
+    assert load_step(coco_dir).run_id == first.run_id  # not seen without --rehash (the documented limit)
+    monkeypatch.setenv("CVPIPE_REHASH", "1")
     second = load_step(coco_dir)
     assert second.run_id != first.run_id and second.manifest["source"]["digest"] != src["digest"]
     # an image's bytes count too, not just its size and time
     _same_size_edit(coco_dir / "images" / "img3.jpg", -3)
-    assert load_step(coco_dir).run_id != second.run_id
+    third = load_step(coco_dir)
+    assert third.run_id != second.run_id
+    monkeypatch.setenv("CVPIPE_REHASH", "0")
+    (coco_dir / "images" / "img3.jpg").write_bytes(b"other bytes, other size")  # an ordinary edit: seen
+    assert load_step(coco_dir).run_id != third.run_id
 
 
 def test_folder_source_touched_without_a_change_is_reused(coco_dir, load_step):

@@ -1,0 +1,183 @@
+"""Per-file content digests, cached by file identity and stat, so an unchanged file is never read twice.
+
+A file's sha256 is recorded under its identity (device, inode) with the size and modification time (ns) it
+had when it was read. The next time, a file whose identity, size and mtime are unchanged gets the recorded
+digest without a read; anything else is hashed again (like git's index). Keying by inode rather than path
+lets a hard link (a source image linked into a step's staging folder) reuse the digest of its original.
+
+What this cannot see: a content edit that keeps the size and the mtime (a tool that restores mtimes, or an
+inode reused for a same-size file given the same mtime). `--rehash` (`CVPIPE_REHASH=1`) ignores the cache and
+reads every file; `cvpipe verify` always does. A file modified less than `RACY_NS` before it was hashed is
+not trusted next time (its mtime may not move when it is written again within the timestamp's granularity).
+
+Facts about content (an image's header size, its full decode) are cached under the content digest and a
+`kind` that names what was computed and its version: a fact of a digest never goes stale.
+
+The cache is one SQLite file, `$CVPIPE_CACHE/digests.sqlite`: local, disposable, safe to delete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from cvpipe.store import hashing
+
+log = logging.getLogger(__name__)
+
+REHASH_ENV = "CVPIPE_REHASH"
+RACY_NS = 1_000_000_000
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER, digest TEXT,
+                                  hashed_at INTEGER, PRIMARY KEY (dev, ino));
+CREATE TABLE IF NOT EXISTS facts (digest TEXT, kind TEXT, value TEXT, PRIMARY KEY (digest, kind));
+"""
+
+
+def rehash_requested() -> bool:
+    """Whether `--rehash` (CVPIPE_REHASH=1) asked to read every file again."""
+    return os.environ.get(REHASH_ENV, "") not in ("", "0", "false", "no")
+
+
+def default_db() -> Path:
+    return Path(os.environ.get("CVPIPE_CACHE", Path.home() / ".cache" / "cvpipe")) / "digests.sqlite"
+
+
+def _trusted(row: tuple[int, int, str, int] | None, st: os.stat_result) -> str | None:
+    """The recorded digest if the file is as it was when read (and was not racily fresh then)."""
+    if row is None:
+        return None
+    size, mtime_ns, digest, hashed_at = row
+    if size != st.st_size or mtime_ns != st.st_mtime_ns or mtime_ns >= hashed_at - RACY_NS:
+        return None
+    return digest
+
+
+class DigestCache:
+    """sha256 of files, read only when their (device, inode, size, mtime) changed; see the module doc.
+    `hashed` counts the files read by this instance."""
+
+    def __init__(self, db: Path | None = None, rehash: bool | None = None):
+        self.db = db or default_db()
+        self.rehash = rehash_requested() if rehash is None else rehash
+        self.hashed = 0
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[tuple[int, int, int, int, str, int]] = []
+
+    # ---- the database (opened on first use; a broken one is replaced: it is only a cache) -------------
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            try:
+                self._conn = self._open(self.db)
+            except (sqlite3.DatabaseError, OSError):
+                try:  # a corrupt file: it is only a cache
+                    self.db.unlink(missing_ok=True)
+                    self._conn = self._open(self.db)
+                except (sqlite3.Error, OSError) as e:  # unwritable (read-only home, a file system without locks)
+                    log.warning("digest cache %s unusable (%s): every file is read in full this time", self.db, e)
+                    self._conn = self._open(None)
+        return self._conn
+
+    @staticmethod
+    def _open(db: Path | None) -> sqlite3.Connection:
+        if db is None:
+            conn = sqlite3.connect(":memory:")
+        else:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(db, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(_SCHEMA)
+        return conn
+
+    def flush(self) -> None:
+        if self._pending:
+            with self.conn:
+                self.conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", self._pending)
+            self._pending.clear()
+
+    def close(self) -> None:
+        self.flush()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> DigestCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- file digests ---------------------------------------------------------------------------
+    def known(self, st: os.stat_result) -> str | None:
+        """The recorded digest of the file with this stat, if still trusted (never under --rehash)."""
+        if self.rehash:
+            return None
+        row = self.conn.execute("SELECT size, mtime_ns, digest, hashed_at FROM files WHERE dev=? AND ino=?",
+                                (st.st_dev, st.st_ino)).fetchone()
+        return _trusted(row, st)
+
+    def record(self, st: os.stat_result, digest: str, hashed_at: int | None = None, settled: bool = False) -> None:
+        """Remember that the file with stat `st` (taken before it was read) has this digest. `settled`: nothing
+        will write the file again (a store object), so its fresh mtime is no reason to distrust it."""
+        when = time.time_ns() if hashed_at is None else hashed_at
+        if settled:
+            when = max(when, st.st_mtime_ns + RACY_NS + 1)
+        self._pending.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, digest, when))
+        if len(self._pending) >= 10_000:
+            self.flush()
+
+    def _hash(self, path: Path) -> tuple[os.stat_result, str, int]:
+        started = time.time_ns()
+        st = os.stat(path)
+        digest = hashing.file_digest(path)
+        if os.stat(path).st_mtime_ns != st.st_mtime_ns:
+            raise ChangedWhileReading(f"{path} changed while it was being read; run again once it is written")
+        return st, digest, started
+
+    def digest(self, path: str | Path) -> str:
+        return self.digests([Path(path)])[0]
+
+    def digests(self, paths: Iterable[Path], threads: int = 2) -> list[str]:
+        """The sha256 of each file, in order: recorded ones without a read, the rest hashed (in threads:
+        hashlib releases the GIL) and recorded. OSError (a missing file) as the file system raises it."""
+        paths = list(paths)
+        out: list[str | None] = [self.known(os.stat(p)) for p in paths]
+        misses = [i for i, d in enumerate(out) if d is None]
+        if len(misses) > 1 and threads > 1:
+            with ThreadPoolExecutor(threads) as pool:
+                hashed = list(pool.map(self._hash, [paths[i] for i in misses]))
+        else:
+            hashed = [self._hash(paths[i]) for i in misses]
+        for i, (st, digest, started) in zip(misses, hashed):
+            self.record(st, digest, started)
+            out[i] = digest
+        self.hashed += len(misses)
+        return [d for d in out if d is not None]
+
+    # ---- facts about content --------------------------------------------------------------------
+    def facts(self, digests: Iterable[str], kind: str) -> dict[str, dict[str, Any]]:
+        """{digest: fact} of those digests that have a `kind` fact recorded."""
+        found: dict[str, dict[str, Any]] = {}
+        query = "SELECT digest, value FROM facts WHERE kind=? AND digest=?"
+        for d in set(digests):
+            row = self.conn.execute(query, (kind, d)).fetchone()
+            if row is not None:
+                found[row[0]] = json.loads(row[1])
+        return found
+
+    def put_facts(self, kind: str, facts: dict[str, dict[str, Any]]) -> None:
+        with self.conn:
+            self.conn.executemany("INSERT OR REPLACE INTO facts VALUES (?, ?, ?)",
+                                  [(d, kind, json.dumps(v, sort_keys=True)) for d, v in facts.items()])
+
+
+class ChangedWhileReading(OSError):
+    """A file's modification time moved while it was hashed: its digest names no version of it."""

@@ -1,0 +1,158 @@
+"""Incremental source digests: a file is read again only when its inode, size or mtime changed; --rehash reads
+everything (and is the only way to see an edit that kept both the size and the mtime)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from cvpipe.data.sources import digest_source
+from cvpipe.store import hashing
+from cvpipe.store.digests import DigestCache
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CVPIPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CVPIPE_REHASH", raising=False)
+
+
+@pytest.fixture
+def reads(monkeypatch) -> list[Path]:
+    """Every file whose content is hashed, in order."""
+    seen: list[Path] = []
+    real = hashing.file_digest
+
+    def counting(path):
+        seen.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(hashing, "file_digest", counting)
+    return seen
+
+
+def _settle(path: Path, age_s: float = 100.0) -> None:
+    """Give the file an mtime well in the past (a file not written just now)."""
+    t = time.time_ns() - int(age_s * 1e9)
+    os.utime(path, ns=(t, t))
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    for i in range(5):
+        (root / "images" / f"{i}.jpg").write_bytes(bytes([i]) * (100 + i))
+        _settle(root / "images" / f"{i}.jpg")
+    (root / "annotations.json").write_text('{"images": []}')
+    _settle(root / "annotations.json")
+    return root
+
+
+def test_unchanged_folder_is_not_read_again(folder, reads):
+    first = digest_source(str(folder))
+    assert len(reads) == 6
+    reads.clear()
+    assert digest_source(str(folder)).digest == first.digest
+    assert reads == []  # nothing read: every file's inode, size and mtime are as recorded
+
+
+def test_only_the_changed_file_is_read_again(folder, reads):
+    first = digest_source(str(folder))
+    reads.clear()
+    (folder / "images" / "2.jpg").write_bytes(b"new content")
+    _settle(folder / "images" / "2.jpg", 50)
+    second = digest_source(str(folder))
+    assert reads == [folder / "images" / "2.jpg"]
+    assert second.digest != first.digest
+
+
+def test_same_size_same_mtime_edit_is_seen_only_with_rehash(folder, reads, monkeypatch):
+    first = digest_source(str(folder))
+    path = folder / "images" / "3.jpg"
+    st = path.stat()
+    path.write_bytes(b"\xff" * st.st_size)  # same size ...
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # ... and the mtime put back, as a careless tool might
+    reads.clear()
+    assert digest_source(str(folder)).digest == first.digest  # the documented blind spot
+    assert reads == []
+    monkeypatch.setenv("CVPIPE_REHASH", "1")
+    rehashed = digest_source(str(folder))
+    assert rehashed.digest != first.digest and len(reads) == 6  # --rehash reads every file
+
+
+def test_a_file_written_just_now_is_not_trusted(folder, reads):
+    path = folder / "images" / "1.jpg"
+    path.write_bytes(b"fresh")  # mtime now: a second write in the same timestamp tick would not move it
+    digest_source(str(folder))
+    reads.clear()
+    digest_source(str(folder))
+    assert reads == [path]
+
+
+def test_a_replaced_file_is_read_again_even_with_the_same_size_and_mtime(folder, reads):
+    first = digest_source(str(folder))
+    path = folder / "images" / "4.jpg"
+    st = path.stat()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(b"\x01" * st.st_size)
+    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(tmp, path)  # an atomic replace: a new inode
+    reads.clear()
+    assert digest_source(str(folder)).digest != first.digest and reads == [path]
+
+
+def test_hard_link_reuses_the_digest_of_its_original(folder, tmp_path, reads):
+    digest_source(str(folder))
+    link = tmp_path / "staging.jpg"
+    os.link(folder / "images" / "0.jpg", link)
+    reads.clear()
+    with DigestCache() as cache:
+        assert cache.digest(link) == hashing.file_digest(folder / "images" / "0.jpg")
+        assert cache.hashed == 0
+    assert reads == [folder / "images" / "0.jpg"]  # only the check above read it
+
+
+def test_a_corrupt_cache_file_is_replaced(folder, tmp_path, reads):
+    db = tmp_path / "cache" / "digests.sqlite"
+    db.parent.mkdir(parents=True)
+    db.write_bytes(b"not a database at all" * 100)
+    first = digest_source(str(folder))
+    assert len(reads) == 6 and digest_source(str(folder)).digest == first.digest
+
+
+def test_run_rehash_option_makes_a_new_version_of_a_hidden_edit(folder, tmp_path, monkeypatch, coco_dir):
+    from typer.testing import CliRunner
+
+    from cvpipe.cli.main import app
+    from cvpipe.store import ArtifactStore
+
+    monkeypatch.setenv("CVPIPE_REHASH", "0")  # restored (removed) after the test: --rehash sets it in-process
+    for p in coco_dir.rglob("*"):
+        _settle(p)
+    config = tmp_path / "cfg.yaml"
+    config.write_text(f"store: {tmp_path / 'store'}\nenv: t\npipeline: p\n"
+                      f"data_load:\n  source: {coco_dir}\n  executor: serial\n")
+    runs = lambda: len(ArtifactStore(str(tmp_path / "store"), env="t", pipeline="p").list_runs("data_load"))  # noqa: E731
+    cli = ["run", "-c", str(config), "--steps", "data_load"]
+    assert CliRunner().invoke(app, cli).exit_code == 0 and runs() == 1
+    path = coco_dir / "annotations.json"
+    st = path.stat()
+    path.write_text(path.read_text().replace('"bbox": [10, 10, 20, 30]', '"bbox": [10, 10, 20, 31]'))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size
+    assert CliRunner().invoke(app, cli).exit_code == 0 and runs() == 1  # unseen without --rehash (documented)
+    result = CliRunner().invoke(app, [*cli, "--rehash"])
+    assert result.exit_code == 0, result.output
+    assert runs() == 2
+
+
+def test_an_unusable_cache_location_reads_everything_instead_of_failing(folder, tmp_path, monkeypatch, reads):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("CVPIPE_CACHE", str(blocker))
+    first = digest_source(str(folder))
+    assert len(reads) == 6 and digest_source(str(folder)).digest == first.digest and len(reads) == 12

@@ -1,0 +1,164 @@
+"""data_load and data_prep redo only what changed: an unchanged image's header and decode verdict are reused
+(cached by its content digest), the new data version shares the unchanged files with the old one in the store
+(one object per content, never a link to the user's file), and `cvpipe diff` says what changed."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cvpipe.cli.main import app
+from cvpipe.config import build_config
+from cvpipe.data import load as data_load_module
+from cvpipe.data import validate as validate_module
+from cvpipe.data.diff import diff_datasets
+from cvpipe.data.schema import DetectionData
+from cvpipe.pipeline.runner import Runner
+from cvpipe.store import ArtifactStore
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CVPIPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CVPIPE_REHASH", raising=False)
+
+
+def _settle(root: Path) -> None:
+    """Every file an mtime in the past (as data not written this very second)."""
+    t = time.time_ns() - 100_000_000_000
+    for p in root.rglob("*"):
+        if p.is_file():
+            os.utime(p, ns=(t, t))
+            t += 1_000_000
+
+
+@pytest.fixture
+def counted(monkeypatch) -> dict[str, int]:
+    """How many image headers data_load read and how many images data_prep decoded."""
+    calls = {"headers": 0, "decodes": 0}
+    real_header, real_check = data_load_module.read_header_fact, validate_module.check_image
+
+    def header(job):
+        calls["headers"] += 1
+        return real_header(job)
+
+    def check(job):
+        calls["decodes"] += 1
+        return real_check(job)
+
+    monkeypatch.setattr(data_load_module, "read_header_fact", header)
+    monkeypatch.setattr(validate_module, "check_image", check)
+    return calls
+
+
+@pytest.fixture
+def version(tmp_path, coco_dir):
+    """version() -> (data_load run, data_prep run) of coco_dir in one store."""
+    _settle(coco_dir)
+    cfg = build_config({"store": str(tmp_path / "store"), "env": "test", "pipeline": "data",
+                        "data_load": {"source": str(coco_dir), "executor": "serial"},
+                        "data_prep": {"executor": "serial", "report_samples": 0}})
+
+    def run():
+        runner = Runner(cfg)
+        return runner.run_step("data_load"), runner.run_step("data_prep")
+
+    run.store = ArtifactStore(str(tmp_path / "store"), env="test", pipeline="data")
+    return run
+
+
+def _objects(store: ArtifactStore, rec, entity: str = "images") -> dict[str, str]:
+    index = store.read_json(store.index_path(rec.step, rec.run_id, entity))
+    return index["objects"]
+
+
+def _dataset(store: ArtifactStore, rec) -> DetectionData:
+    return DetectionData.load(store.materialize(rec, "dataset"))
+
+
+def test_one_changed_image_is_the_only_one_read(version, coco_dir, counted, image_maker):
+    load1, prep1 = version()
+    assert counted == {"headers": 6, "decodes": 6}
+    image_maker(coco_dir / "images" / "img3.jpg", 80, 48, seed=99)
+    _settle(coco_dir / "images")
+    counted.update(headers=0, decodes=0)
+    load2, prep2 = version()
+    assert load2.run_id != load1.run_id and prep2.run_id != prep1.run_id
+    assert counted == {"headers": 1, "decodes": 1}
+    old, new = _objects(version.store, load1), _objects(version.store, load2)
+    shared = set(old.values()) & set(new.values())
+    assert len(shared) == 5 and len(set(new.values()) - set(old.values())) == 1  # 5 shared, 1 new object
+    assert _dataset(version.store, prep2).images.shape[0] == 6
+
+
+def test_an_annotation_change_reads_no_image(version, coco_dir, counted):
+    version()
+    coco = json.loads((coco_dir / "annotations.json").read_text())
+    coco["annotations"][0]["bbox"] = [11, 10, 20, 30]
+    (coco_dir / "annotations.json").write_text(json.dumps(coco))
+    _settle(coco_dir)
+    counted.update(headers=0, decodes=0)
+    load2, prep2 = version()
+    assert counted == {"headers": 0, "decodes": 0}
+    assert float(_dataset(version.store, prep2).annotations.query("ann_id == 1")["x"].iloc[0]) == 11.0
+
+
+def test_no_change_reuses_both_runs_without_reading(version, counted):
+    first = version()
+    counted.update(headers=0, decodes=0)
+    assert [r.run_id for r in version()] == [r.run_id for r in first]
+    assert counted == {"headers": 0, "decodes": 0}
+
+
+def test_store_objects_are_copies_not_links_to_the_users_files(version, coco_dir):
+    load1, _ = version()
+    src = coco_dir / "images" / "img1.jpg"
+    objects = [Path(p.removeprefix("file://")) for p in _objects(version.store, load1).values()]
+    assert all(o.stat().st_ino != src.stat().st_ino for o in objects)
+    with open(src, "r+b") as f:  # an in-place edit of the user's file ...
+        f.seek(-10, 2)
+        f.write(b"\0" * 10)
+    assert version.store.verify_run(load1) == []  # ... leaves the stored version as it was
+
+
+def test_diff_lists_added_removed_changed_and_relabelled(version, coco_dir, tmp_path, image_maker):
+    load1, prep1 = version()
+    coco = json.loads((coco_dir / "annotations.json").read_text())
+    image_maker(coco_dir / "images" / "img2.jpg", 72, 48, seed=77)  # changed bytes
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] != 5]  # img5 relabelled (box gone)
+    coco["images"] = [im for im in coco["images"] if im["id"] != 6]  # img6 removed
+    image_maker(coco_dir / "images" / "[bold]new.jpg", 64, 48, seed=5)  # a name that looks like markup
+    coco["images"].append({"id": 9, "file_name": "[bold]new.jpg", "width": 64, "height": 48})
+    (coco_dir / "annotations.json").write_text(json.dumps(coco))
+    (coco_dir / "images" / "img6.jpg").unlink()
+    _settle(coco_dir)
+    load2, prep2 = version()
+    d = diff_datasets(_dataset(version.store, load1), _dataset(version.store, load2))
+    assert (d.added, d.removed, d.changed, d.labels) == (["images/[bold]new.jpg"], ["images/img6.jpg"],
+                                                         ["images/img2.jpg"], ["images/img5.jpg"])
+    assert d.unchanged == 3
+    config = tmp_path / "cfg.yaml"
+    config.write_text(f"store: {tmp_path / 'store'}\nenv: test\npipeline: data\n")
+    result = CliRunner().invoke(app, ["diff", "-c", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    assert got["old"] == load1.run_id and got["new"] == load2.run_id and got["removed"] == ["images/img6.jpg"]
+    table = CliRunner().invoke(app, ["diff", prep1.run_id, prep2.run_id, "-c", str(config)],
+                               env={"COLUMNS": "80"})
+    assert table.exit_code == 0, table.output
+    assert "1 added, 1 removed, 1 changed, 1 relabelled" in table.stdout
+    assert "[bold]new.jpg" in table.stdout  # shown as it is named, never read as markup
+    assert max(len(line) for line in table.stdout.splitlines()) <= 80
+
+
+def test_diff_needs_two_versions(version, tmp_path):
+    version()
+    config = tmp_path / "cfg.yaml"
+    config.write_text(f"store: {tmp_path / 'store'}\nenv: test\npipeline: data\n")
+    result = CliRunner().invoke(app, ["diff", "-c", str(config), "--step", "data_prep"])
+    assert result.exit_code == 1 and "1 other complete run" in result.output
