@@ -377,6 +377,7 @@ def bootstrap_matches(image_ids: list[int], cand: dict[int, ClassMatches], ref: 
     return {"candidate_ap": float(mean_over_classes(cand_ap[:1])[0]),
             "reference_ap": float(mean_over_classes(ref_ap[:1])[0]), "delta": float(d_ap[0]),
             "ci": _interval(d_ap[0], d_ap[1:], confidence), "std": float(d_ap[1:].std(ddof=1)),
+            "ci_percentile": [float(q) for q in np.quantile(d_ap[1:], [(1 - confidence) / 2, (1 + confidence) / 2])],
             "p_better": float((d_ap[1:] > 0).mean()),
             "ap50": {"candidate": float(mean_over_classes(cand_ap50[:1])[0]),
                      "reference": float(mean_over_classes(ref_ap50[:1])[0]), "delta": float(d_ap50[0]),
