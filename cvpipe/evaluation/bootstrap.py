@@ -294,20 +294,20 @@ def class_aps(matches: dict[int, ClassMatches], weights: np.ndarray, cells: int 
     plans = [ClassPlan.of(m) for m in matches.values()]
     B = len(weights)
     ap, ap50 = np.full((B, len(plans)), np.nan), np.full((B, len(plans)), np.nan)
-    dtype = _resample_dtype(plans, weights)
     exact = np.all(weights == 1, axis=1)
-    weights_t = np.ascontiguousarray(weights.T)
-    npos = weights @ np.stack([p.n_gt for p in plans], axis=1) if plans else np.zeros((B, 0))  # B x C
     others = np.nonzero(~exact)[0]
+    dtype = _resample_dtype(plans, weights)
+    size = max(1, cells // max([len(p.key_image) for p in plans] + [len(p.fp_image) for p in plans] + [1]))
+    # each block's weights transposed and cast once, shared by all classes
+    blocks = [(rows, np.ascontiguousarray(weights[rows].T, dtype=kind)) for rows, kind in
+              [(np.nonzero(exact)[0], np.float64)] + [(others[s], dtype) for s in _blocks(len(others), size)]
+              if len(rows)]
+    npos = weights @ np.stack([p.n_gt for p in plans], axis=1) if plans else np.zeros((B, 0))  # B x C
 
     def run(k: int) -> None:
-        p = plans[k]
-        size = max(1, cells // max(len(p.key_image), len(p.fp_image), 1))
-        blocks = [(np.nonzero(exact)[0], np.float64)] + [(others[s], dtype) for s in _blocks(len(others), size)]
-        for rows, kind in blocks:
-            if len(rows):
-                per_thr = _class_ap(p, weights_t[:, rows].astype(kind), npos[rows, k])
-                ap[rows, k], ap50[rows, k] = per_thr.mean(axis=0), per_thr[0]
+        for rows, weights_t in blocks:
+            per_thr = _class_ap(plans[k], weights_t, npos[rows, k])
+            ap[rows, k], ap50[rows, k] = per_thr.mean(axis=0), per_thr[0]
 
     with ThreadPoolExecutor(workers or min(2, os.cpu_count() or 1)) as pool:
         list(pool.map(run, range(len(plans))))
