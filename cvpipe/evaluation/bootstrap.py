@@ -64,6 +64,7 @@ class _Table:
     group: np.ndarray  # category index * images + image index
     box: np.ndarray  # n x 4 xywh
     flag: np.ndarray  # crowd (ground truth) or score (detections)
+    row: np.ndarray | None = None  # detections: each one's row in the results array
 
 
 def _gt_table(gt: dict, img_index: dict[int, int], cat_index: dict[int, int]) -> _Table:
@@ -83,10 +84,10 @@ def _det_table(results: np.ndarray, img_index: dict[int, int], cat_index: dict[i
     group = cat[ok] * len(img_index) + img[ok]
     score, box = results[ok, 5], results[ok, 1:5]
     order = np.lexsort((-score, group))  # per image and class by score, ties in input order (COCO's mergesort)
-    group, score, box = group[order], score[order], box[order]
+    group, score, box, row = group[order], score[order], box[order], np.nonzero(ok)[0][order]
     start = np.searchsorted(group, group, side="left")
     keep = np.arange(len(group)) - start < MAX_DETS
-    return _Table(group[keep], box[keep], score[keep])
+    return _Table(group[keep], box[keep], score[keep], row[keep])
 
 
 def _lookup(ids: np.ndarray, index: dict[int, int]) -> np.ndarray:
@@ -130,9 +131,17 @@ def _greedy(dg: np.ndarray, pair_det: np.ndarray, pair_start: np.ndarray, pair_l
             matched |= has
 
 
-def match_per_image(gt: dict, detections: list[dict] | np.ndarray) -> tuple[list[int], dict[int, ClassMatches]]:
-    """(image ids in order, category id -> ClassMatches) for the categories of `gt`; detections (COCO results,
-    or their `results_array`) of other images or categories are not evaluated (as COCO)."""
+@dataclass
+class _Matching:
+    image_ids: list[int]
+    cat_ids: list[int]
+    dets: _Table  # kept detections, by class, image, score
+    tp: np.ndarray  # T x kept detections
+    ign: np.ndarray  # T x kept detections: matched to a crowd region
+    n_gt: np.ndarray  # classes x images: non-crowd ground truth
+
+
+def _match(gt: dict, detections: list[dict] | np.ndarray) -> _Matching:
     image_ids = sorted(int(i["id"]) for i in gt["images"])
     cat_ids = sorted(int(c["id"]) for c in gt["categories"])
     img_index = {i: n for n, i in enumerate(image_ids)}
@@ -148,14 +157,32 @@ def match_per_image(gt: dict, detections: list[dict] | np.ndarray) -> tuple[list
     ign = np.zeros_like(tp)
     _greedy(d.group, pair_det, pair_start, pair_len, pair_gt, pair_iou, g.flag, len(g.group), tp, ign)
     n_gt = np.bincount(g.group[~g.flag], minlength=len(cat_ids) * len(image_ids)).reshape(len(cat_ids), -1)
+    return _Matching(image_ids, cat_ids, d, tp, ign, n_gt)
+
+
+def match_per_image(gt: dict, detections: list[dict] | np.ndarray) -> tuple[list[int], dict[int, ClassMatches]]:
+    """(image ids in order, category id -> ClassMatches) for the categories of `gt`; detections (COCO results,
+    or their `results_array`) of other images or categories are not evaluated (as COCO)."""
+    m = _match(gt, detections)
+    d, n_images = m.dets, len(m.image_ids)
     out = {}
-    bounds = np.searchsorted(d.group, np.arange(len(cat_ids) + 1) * len(image_ids))
-    for k, cat in enumerate(cat_ids):
+    bounds = np.searchsorted(d.group, np.arange(len(m.cat_ids) + 1) * n_images)
+    for k, cat in enumerate(m.cat_ids):
         s = slice(bounds[k], bounds[k + 1])
         order = s.start + np.argsort(-d.flag[s], kind="mergesort")  # COCO's accumulation order
-        out[cat] = ClassMatches(d.flag[order], d.group[order] - k * len(image_ids), tp[:, order],
-                                ~(tp | ign)[:, order], n_gt[k].astype(float))
-    return image_ids, out
+        out[cat] = ClassMatches(d.flag[order], d.group[order] - k * n_images, m.tp[:, order],
+                                ~(m.tp | m.ign)[:, order], m.n_gt[k].astype(float))
+    return m.image_ids, out
+
+
+def true_positive_rows(gt: dict, results: np.ndarray) -> np.ndarray:
+    """Rows of a results array that COCO matches to an object at IoU .5 (benchmarks/bench_gate_noise.py misses
+    some of them on purpose)."""
+    m = _match(gt, results)
+    out = np.zeros(len(results), bool)
+    assert m.dets.row is not None  # detections always carry their rows
+    out[m.dets.row] = m.tp[0]
+    return out
 
 
 # ---- weighted accumulation ----------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from cvpipe.evaluation.bootstrap import (
     match_per_image,
     paired_bootstrap,
     resample_weights,
+    true_positive_rows,
     weighted_ap,
 )
 from cvpipe.evaluation.coco import coco_evaluate, results_array
@@ -228,3 +229,14 @@ def test_float64_where_float32_would_round_the_counts():
     plan = bootstrap.ClassPlan.of(m)
     assert bootstrap._resample_dtype([plan], np.full((2, 1), 100.0)) == np.float32
     assert bootstrap._resample_dtype([plan], np.full((2, 1), 2.0e5)) == np.float64  # 100 x 2e5 x 1 >= 2**24
+
+
+def test_true_positive_rows_are_the_matches_at_iou_half(dev_gt):
+    dets = perturbed_gt_detections(dev_gt, seed=2)
+    results = results_array(dets)
+    rows = true_positive_rows(dev_gt, results)
+    _, matches = match_per_image(dev_gt, results)
+    assert rows.sum() == sum(int(m.tp[0].sum()) for m in matches.values()) > 100
+    assert rows.sum() > sum(int(m.tp[-1].sum()) for m in matches.values())  # .5, not .95
+    sure = [d["score"] for d, hit in zip(dets, rows) if hit]  # input order kept: the flagged rows' own scores
+    assert sorted(sure) == sorted(s for m in matches.values() for s in m.scores[m.tp[0]])
