@@ -7,7 +7,7 @@ and two models with independent errors (cvpipe.evaluation.power: per-detection s
 candidate's miss rate calibrated to the drop. The gate is model_eval's (cvpipe.evaluation.gate, defaults:
 margin 0.01, 95 % two-sided interval, power 0.8) with --resamples paired resamples per trial.
 
-    .venv/bin/python benchmarks/bench_gate_power.py --sizes 100 500 --trials 150 80 --json power.json
+    .venv/bin/python benchmarks/bench_gate_power.py --cache nano_dev.json --json power.json   # 200/200/50 trials
     .venv/bin/python benchmarks/bench_gate_power.py --plot docs/img/gate_power.png --from power.json
 """
 
