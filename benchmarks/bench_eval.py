@@ -7,8 +7,14 @@ replacement (each a new image id), e.g. 5000 for a val2017-sized one. Each evalu
 (index the ground truth, load the results, evaluate, accumulate, summarize), best of --repeats; hotcoco's 12
 numbers must equal pycocotools' exactly, faster-coco-eval's to 1e-6.
 
+The gate's row (--resamples, default 1,000): two models (the second the same detections with independent score
+noise and misses) evaluated with hotcoco, matched once, paired resamples; the fast path against the old one
+(benchmarks/legacy_bootstrap.py) in the same run, and the fast path's AP per class and IoU threshold against
+hotcoco's to 1e-12.
+
     .venv/bin/python benchmarks/bench_eval.py
     .venv/bin/python benchmarks/bench_eval.py --images 5000 --repeats 1 --json out.json
+    .venv/bin/python benchmarks/bench_eval.py --images 5000 --gate-only --json gate.json   # the gate's row only
 """
 
 from __future__ import annotations
@@ -111,19 +117,71 @@ def draw_test_set(gt: dict, dets: list[dict], n: int, seed: int = 0) -> tuple[di
     return out_gt, out_dets
 
 
-def time_gate(gt: dict, dets: list[dict], resamples: int) -> dict:
-    """Seconds of the gate's parts: matching both models once, then the paired resamples."""
-    from cvpipe.evaluation.bootstrap import bootstrap_matches, match_per_image
+def second_model(dets: list[dict], seed: int = 1) -> list[dict]:
+    """The same detections with independent errors: each score times exp(0.2 N(0, 1)), 3 % of them dropped."""
+    rng = np.random.default_rng(seed)
+    noise, keep = np.exp(0.2 * rng.standard_normal(len(dets))), rng.random(len(dets)) >= 0.03
+    return [{**d, "score": float(d["score"] * z)} for d, z, k in zip(dets, noise, keep) if k]
 
-    rng = np.random.default_rng(1)
-    other = [{**d, "score": float(d["score"] * np.exp(0.2 * rng.standard_normal()))} for d in dets]
+
+def time_gate(gt: dict, dets: list[dict], resamples: int, baseline: bool) -> dict:
+    """Seconds of the gate on two models' detections (COCO results as dicts, as model_eval has them): both
+    evaluated with hotcoco (the report's numbers), both matched once, `resamples` paired resamples. The fast
+    path (cvpipe.evaluation) against the path before it (benchmarks/legacy_bootstrap.py, hotcoco fed dicts),
+    in the same run; and the fast path's AP per class and IoU threshold against hotcoco's precision array."""
+    from cvpipe.evaluation.bootstrap import bootstrap_matches, full_set_aps, match_per_image, resample_weights
+    from cvpipe.evaluation.coco import results_array
+
+    models = [dets, second_model(dets)]
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    coco_evaluate(gt, models[0][:10])  # imports and first calls outside the timed part, for both paths
+    c0 = time.process_time()  # CPU seconds of all threads: under load, wall time says little
     t0 = time.perf_counter()
-    ids, cand = match_per_image(gt, dets)
-    _, ref = match_per_image(gt, other)
+    arrays = [results_array(d) for d in models]
     t1 = time.perf_counter()
-    boot = bootstrap_matches(ids, cand, ref, {c["id"]: c["name"] for c in gt["categories"]}, resamples)
+    evals = [coco_evaluate(gt, a) for a in arrays]
     t2 = time.perf_counter()
-    return {"match_s": t1 - t0, "resamples_s": t2 - t1, "gate_delta": boot["delta"], "gate_se": boot["std"]}
+    (ids, cand), (_, ref) = (match_per_image(gt, a) for a in arrays)
+    t3 = time.perf_counter()
+    boot = bootstrap_matches(ids, cand, ref, names, resamples)
+    t4 = time.perf_counter()
+    fast_cpu = time.process_time() - c0
+    worst = 0.0
+    for cat, m in cand.items():
+        p = evals[0].precision[:, :, evals[0].cat_ids.index(cat), 0, -1]
+        if (p > -1).any():
+            worst = max(worst, float(np.abs(full_set_aps(m) - p.mean(axis=1)).max()))
+    res = {"fast_results_array_s": t1 - t0, "fast_evaluate_s": t2 - t1, "fast_match_s": t3 - t2,
+           "fast_resamples_s": t4 - t3, "fast_total_s": t4 - t0, "fast_cpu_s": fast_cpu,
+           "fast_max_ap_diff_vs_coco": worst, "gate_delta": boot["delta"], "gate_se": boot["std"]}
+    if baseline:
+        import legacy_bootstrap as legacy
+
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        for d in models:
+            coco_evaluate_dicts(gt, d)
+        t1 = time.perf_counter()
+        (_, cand_old), (_, ref_old) = (legacy.match_per_image(gt, d) for d in models)
+        t2 = time.perf_counter()
+        weights = np.concatenate([np.ones((1, len(ids))), resample_weights(len(ids), resamples, 0)])
+        legacy.class_aps(cand_old, weights), legacy.class_aps(ref_old, weights)
+        t3 = time.perf_counter()
+        res |= {"old_evaluate_s": t1 - t0, "old_match_s": t2 - t1, "old_resamples_s": t3 - t2, "old_total_s": t3 - t0,
+                "old_cpu_s": time.process_time() - c0, "speedup": (t3 - t0) / res["fast_total_s"]}
+    return res
+
+
+def coco_evaluate_dicts(gt: dict, dets: list[dict]) -> None:
+    """hotcoco as cvpipe called it before: the results as a list of dicts."""
+    import hotcoco
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = hotcoco.COCO({"info": {}, **gt})
+        ev = hotcoco.COCOeval(coco_gt, coco_gt.load_res([dict(d) for d in dets]), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
 
 
 def main() -> None:
@@ -133,6 +191,8 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, help="detections JSON (made when missing)")
     ap.add_argument("--images", type=int, default=0, help="a test set of this many images drawn from --data")
     ap.add_argument("--resamples", type=int, default=1000, help="for the gate's bootstrap (0: skip it)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the gate's old path (minutes at 5,000 images)")
+    ap.add_argument("--gate-only", action="store_true", help="skip timing the three evaluators")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime threads for making the detections")
     ap.add_argument("--json", type=Path, help="also write the results here")
@@ -157,26 +217,30 @@ def main() -> None:
             best = min(best, time.perf_counter() - t0)
         return best, out
 
-    t_hot, hot = timed(hotcoco_eval)
-    t_fce, fce = timed(faster_coco_eval_eval)
-    t_ref, ref = timed(pycocotools_eval)
-    res = {"images": len(gt["images"]), "gt_boxes": len(gt["annotations"]), "detections": len(dets),
-           "hotcoco_s": t_hot, "faster_coco_eval_s": t_fce, "pycocotools_s": t_ref,
-           "hotcoco_vs_pycocotools": t_ref / t_hot, "hotcoco_vs_faster_coco_eval": t_fce / t_hot,
-           "AP": float(hot[0]), "AP50": float(hot[1]), "hotcoco_bit_identical": bool((hot == ref).all()),
-           "fce_max_diff": float(np.abs(fce - ref).max()), "repeats": args.repeats, "resamples": args.resamples,
-           "cpu": platform.processor() or platform.machine(), "load_avg_1min": os.getloadavg()[0]}
+    res: dict = {"images": len(gt["images"]), "gt_boxes": len(gt["annotations"]), "detections": len(dets),
+                 "resamples": args.resamples, "cpu": platform.processor() or platform.machine(),
+                 "cpus": os.cpu_count(), "load_avg_1min": os.getloadavg()[0]}
+    if not args.gate_only:
+        t_hot, hot = timed(hotcoco_eval)
+        t_fce, fce = timed(faster_coco_eval_eval)
+        t_ref, ref = timed(pycocotools_eval)
+        res |= {"hotcoco_s": t_hot, "faster_coco_eval_s": t_fce, "pycocotools_s": t_ref,
+                "hotcoco_vs_pycocotools": t_ref / t_hot, "hotcoco_vs_faster_coco_eval": t_fce / t_hot,
+                "AP": float(hot[0]), "AP50": float(hot[1]), "hotcoco_bit_identical": bool((hot == ref).all()),
+                "fce_max_diff": float(np.abs(fce - ref).max()), "repeats": args.repeats}
+        if not res["hotcoco_bit_identical"] or res["fce_max_diff"] > 1e-6:
+            raise SystemExit(f"the evaluators disagree: {hot} / {fce} vs pycocotools {ref}")
     if args.resamples:
-        res |= time_gate(gt, dets, args.resamples)
-        res["gate_total_s"] = t_hot * 2 + res["match_s"] + res["resamples_s"]  # both models evaluated + the gate
-    table = Table(title=f"COCO bbox evaluation, best of {args.repeats}", title_justify="left")
+        res |= time_gate(gt, dets, args.resamples, baseline=not args.no_baseline)
+        if res["fast_max_ap_diff_vs_coco"] > 1e-12:
+            raise SystemExit(f"the fast path's AP is not COCO's: {res['fast_max_ap_diff_vs_coco']}")
+    res["load_avg_1min_end"] = os.getloadavg()[0]
+    table = Table(title=f"COCO bbox evaluation (best of {args.repeats}) and the promotion gate", title_justify="left")
     table.add_column("")
     table.add_column("value", justify="right")
     for k, v in res.items():
         table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
     Console().print(table)
-    if not res["hotcoco_bit_identical"] or res["fce_max_diff"] > 1e-6:
-        raise SystemExit(f"the evaluators disagree: {hot} / {fce} vs pycocotools {ref}")
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
 

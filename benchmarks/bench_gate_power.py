@@ -7,7 +7,7 @@ and two models with independent errors (cvpipe.evaluation.power: per-detection s
 candidate's miss rate calibrated to the drop. The gate is model_eval's (cvpipe.evaluation.gate, defaults:
 margin 0.01, 95 % two-sided interval, power 0.8) with --resamples paired resamples per trial.
 
-    .venv/bin/python benchmarks/bench_gate_power.py --sizes 100 500 --trials 150 80 --json power.json
+    .venv/bin/python benchmarks/bench_gate_power.py --cache nano_dev.json --json power.json   # 200/200/50 trials
     .venv/bin/python benchmarks/bench_gate_power.py --plot docs/img/gate_power.png --from power.json
 """
 
@@ -74,14 +74,17 @@ def _args(args: argparse.Namespace) -> dict:
 
 def show(rows: list[dict]) -> None:
     table = Table(title_justify="left")
-    for col in ("images", "true drop", "trials", "promoted", "blocked (95% CI)", "held", "refused", "se"):
+    for col in ("images", "true drop", "trials", "promoted", "blocked (95% CI)", "held", "refused", "mean se",
+                "sd of delta", "mean delta", "percentile: promoted"):
         table.add_column(col, justify="right")
     for r in rows:
         blocked = r["held"] + r["refused"]
         lo, hi = wilson(blocked, r["trials"])
         table.add_row(str(r["images"]), f"{r['drop']:.3f}", str(r["trials"]), f"{r['promoted'] / r['trials']:.0%}",
                       f"{blocked / r['trials']:.0%} ({lo:.0%}-{hi:.0%})", str(r["held"]), str(r["refused"]),
-                      f"{r['mean_se']:.4f}")
+                      f"{r['mean_se']:.4f}", f"{r.get('sd_delta', float('nan')):.4f}",
+                      f"{r.get('mean_delta', float('nan')):+.4f}",
+                      f"{r['percentile_promoted'] / r['trials']:.0%}" if "percentile_promoted" in r else "")
     Console().print(table)
 
 
@@ -114,7 +117,7 @@ def main() -> None:
     ap.add_argument("--onnx", type=Path, default=REPO / "weights/yolox_nano/yolox_nano.onnx")
     ap.add_argument("--cache", type=Path, help="detections JSON (made when missing)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 5000])
-    ap.add_argument("--trials", type=int, nargs="+", default=[150, 80, 12], help="per size")
+    ap.add_argument("--trials", type=int, nargs="+", default=[200, 200, 50], help="per size")
     ap.add_argument("--drops", type=float, nargs="+", default=[0.0, 0.005, 0.01, 0.02])
     ap.add_argument("--margin", type=float, default=0.01)
     ap.add_argument("--sigma", type=float, default=0.2, help="score noise of each model (log scale)")

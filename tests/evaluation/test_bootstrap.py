@@ -1,14 +1,27 @@
-"""The paired bootstrap of the AP difference: its AP is COCO's (also per class and through the compressed
-accumulation), resample weights are resampled images, two models of the same quality are not told apart. The
-gate on top of it, with independent errors: test_gate.py."""
+"""The paired bootstrap of the AP difference: its AP is COCO's (per class and IoU threshold, to 1e-12), a resample's
+weights are exactly the images repeated (against pycocotools' accumulation on the repeated detections), the IoU
+is pycocotools' bit for bit, two models of the same quality are not told apart. The gate on top of it, with
+independent errors: test_gate.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cvpipe.evaluation.bootstrap import match_per_image, paired_bootstrap, weighted_ap
-from cvpipe.evaluation.coco import coco_evaluate
+from cvpipe.evaluation import bootstrap
+from cvpipe.evaluation.bootstrap import (
+    REC_THRS,
+    ClassMatches,
+    class_aps,
+    coco_box_iou,
+    full_set_aps,
+    match_per_image,
+    paired_bootstrap,
+    resample_weights,
+    true_positive_rows,
+    weighted_ap,
+)
+from cvpipe.evaluation.coco import coco_evaluate, results_array
 
 from .helpers import perturbed_gt_detections
 
@@ -106,3 +119,124 @@ def test_the_same_seed_gives_the_same_interval():
     gt = synthetic_gt(60)
     a, b = synthetic_model(gt, 1), synthetic_model(gt, 2)
     assert paired_bootstrap(gt, a, b, 200, seed=7) == paired_bootstrap(gt, a, b, 200, seed=7)
+
+
+# ---- the fast path, exact -------------------------------------------------------------------------------------
+
+def assert_per_threshold_ap_is_cocos(gt: dict, dets: list[dict]) -> None:
+    ev = coco_evaluate(gt, dets)
+    _, matches = match_per_image(gt, results_array(dets))
+    for cat, m in matches.items():
+        p = ev.precision[:, :, ev.cat_ids.index(cat), 0, -1]  # T x R: all areas, 100 detections
+        ours = full_set_aps(m)
+        if (p > -1).any():
+            assert np.abs(ours - p.mean(axis=1)).max() <= 1e-12, (cat, ours, p.mean(axis=1))
+        else:
+            assert np.isnan(ours).all()
+
+
+def test_every_class_and_iou_threshold_is_cocos_with_crowds(nano_dets_subset):
+    """Matching (greedy, crowd regions absorb, 100 per image) and accumulation together, per class and IoU
+    threshold; real detections on 24 dev images, 8 with crowd regions."""
+    assert_per_threshold_ap_is_cocos(*nano_dets_subset)
+
+
+def test_every_class_and_iou_threshold_is_cocos_on_perturbed_ground_truth(dev_gt):
+    assert_per_threshold_ap_is_cocos(dev_gt, perturbed_gt_detections(dev_gt, seed=5))
+
+
+def coco_accumulate_repeated(m: ClassMatches, w: np.ndarray) -> np.ndarray:
+    """pycocotools' accumulate (its own loops) on the class's detections with image i repeated w[i] times (each
+    copy next to the original in score order): the AP at each IoU threshold."""
+    rep = w[m.image].astype(int)
+    tp, fp = np.repeat(m.tp, rep, axis=1), np.repeat(m.fp, rep, axis=1)
+    npig = float((w * m.n_gt).sum())
+    out = []
+    for t in range(len(tp)):
+        tps, fps = np.cumsum(tp[t]).astype(float), np.cumsum(fp[t]).astype(float)
+        rc, pr = tps / npig, (tps / (fps + tps + np.spacing(1))).tolist()
+        for i in range(len(pr) - 1, 0, -1):
+            if pr[i] > pr[i - 1]:
+                pr[i - 1] = pr[i]
+        q = [pr[i] if i < len(pr) else 0.0 for i in np.searchsorted(rc, REC_THRS, side="left")]
+        out.append(np.mean(q))
+    return np.array(out)
+
+
+@pytest.fixture(scope="module")
+def nano_matches(nano_dets_subset):
+    gt, dets = nano_dets_subset
+    return match_per_image(gt, dets)
+
+
+def test_a_resample_is_the_images_repeated_exactly(nano_matches):
+    """Resample weights against pycocotools' accumulation on the repeated detections: float64 to 1e-12 (the
+    float32 blocks that class_aps uses for resamples to 1e-6)."""
+    ids, matches = nano_matches
+    weights = resample_weights(len(ids), 6, seed=3)
+    checked = 0
+    for m in matches.values():
+        if not m.n_gt.sum():
+            continue
+        plan = bootstrap.ClassPlan.of(m)
+        npos = weights @ m.n_gt
+        exact = bootstrap._class_ap(plan, np.ascontiguousarray(weights.T), npos)
+        fast = bootstrap._class_ap(plan, np.ascontiguousarray(weights.T).astype(np.float32), npos)
+        for b in range(len(weights)):
+            if npos[b] > 0:
+                ref = coco_accumulate_repeated(m, weights[b])
+                assert np.abs(exact[:, b] - ref).max() <= 1e-12
+                assert np.abs(fast[:, b] - ref).max() <= 1e-6
+                checked += 1
+    assert checked > 30
+
+
+def test_recall_exactly_on_a_threshold_linspace_put_an_ulp_higher():
+    """20 objects, 7 found first: recall 0.35 exactly, while REC_THRS[35] is an ulp above 0.35 (linspace), so
+    COCO takes the precision of recall 0.35 from the 8th true positive; 4 false positives sit in between."""
+    assert REC_THRS[35] > 0.35
+    tp = np.array([True] * 7 + [False] * 4 + [True] * 13)
+    m = ClassMatches(np.linspace(1, 0.1, len(tp)), np.zeros(len(tp), int), np.tile(tp, (10, 1)),
+                     np.tile(~tp, (10, 1)), np.array([20.0]))
+    w = np.ones(1)
+    assert full_set_aps(m) == pytest.approx(coco_accumulate_repeated(m, w), abs=1e-15)
+    assert class_aps({1: m}, np.array([[1.0], [2.0]]))[0][:, 0] == pytest.approx(
+        [coco_accumulate_repeated(m, w).mean(), coco_accumulate_repeated(m, 2 * w).mean()], abs=1e-6)
+
+
+def test_iou_is_pycocotools_bit_for_bit():
+    from faster_coco_eval.core import mask as mask_utils  # pycocotools' bbIou, ported
+
+    rng = np.random.default_rng(0)
+    d = np.column_stack([rng.uniform(0, 100, (4000, 2)), rng.uniform(0.5, 60, (4000, 2))])
+    g = np.column_stack([d[:, :2] + rng.normal(0, 8, (4000, 2)), d[:, 2:] * rng.uniform(0.7, 1.4, (4000, 2))])
+    crowd = rng.random(4000) < 0.3
+    ref = np.array([mask_utils.iou([a.tolist()], [b.tolist()], [int(c)])[0][0] for a, b, c in zip(d, g, crowd)])
+    assert np.array_equal(coco_box_iou(d, g, crowd), ref)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 17, 100, 101])
+def test_row_scans_equal_numpys_accumulate(rows):
+    """On whole numbers (multiplicities; a scan in chunks adds in another order, which only whole numbers keep
+    exact), and a running maximum from the end (the precision envelope)."""
+    a = np.random.default_rng(rows).integers(0, 5, (rows, 5)).astype(np.float32)
+    assert np.array_equal(bootstrap._scan(a.copy(), np.add), np.cumsum(a, axis=0))
+    assert np.array_equal(bootstrap._scan(a.copy()[::-1], np.maximum)[::-1], np.maximum.accumulate(a[::-1])[::-1])
+
+
+def test_float64_where_float32_would_round_the_counts():
+    m = ClassMatches(np.ones(1), np.zeros(1, int), np.ones((10, 1), bool), np.zeros((10, 1), bool), np.ones(1))
+    plan = bootstrap.ClassPlan.of(m)
+    assert bootstrap._resample_dtype([plan], np.full((2, 1), 100.0)) == np.float32
+    assert bootstrap._resample_dtype([plan], np.full((2, 1), 2.0e5)) == np.float64  # 100 x 2e5 x 1 >= 2**24
+
+
+def test_true_positive_rows_are_the_matches_at_iou_half(dev_gt):
+    dets = perturbed_gt_detections(dev_gt, seed=2)
+    results = results_array(dets)
+    rows = true_positive_rows(dev_gt, results)
+    _, matches = match_per_image(dev_gt, results)
+    assert rows.sum() == sum(int(m.tp[0].sum()) for m in matches.values()) > 100
+    assert rows.sum() > sum(int(m.tp[-1].sum()) for m in matches.values())  # .5, not .95
+    sure = [d["score"] for d, hit in zip(dets, rows) if hit]  # input order kept: the flagged rows' own scores
+    assert sorted(sure) == sorted(s for m in matches.values() for s in m.scores[m.tp[0]])
