@@ -120,7 +120,7 @@ class Detector:
         budget = DecodeBudget(s.decode_budget_bytes, s.queue_timeout_s)  # one per worker, shared across swaps
         source = StoreSource(s.follow_store, s.store_env, s.store_pipeline) if s.follow_store else None
         self.manager = ModelManager(DetectorEngine(s.model_dir or self.model.path, s, budget),
-                                    lambda path: DetectorEngine(path, s, budget), source, s.min_live_agreement)
+                                    lambda path: DetectorEngine(path, s, budget), source, s.min_live_recall)
         self.manager.on_event = _update_counter()
         self.releases = ReleaseController(self.manager, on_answer=_answer_metrics())
         if source is not None and s.follow:

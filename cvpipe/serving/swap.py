@@ -11,7 +11,7 @@ What a candidate must pass, in this order (each failure is a refusal, never a 50
    them, so a model trained for other classes needs a new deployment, not a swap;
 5. its ONNX output layout is 5 + number of classes values per box, and it reproduces its own packed
    reference on its own packed test image;
-6. on the LIVE model's test image it agrees with the live model's reference (box F1 >= min_live_agreement):
+6. on the LIVE model's test image it finds most boxes of the live model's reference (min_live_recall):
    a model consistent only with itself (detects nothing, or packed with score_thr 0.99 and its own output as
    reference) is refused, unless the operator accepts the risk (reload with accept_risk, or a promotion
    recorded with `cvpipe promote --accept-risk`). A release (cvpipe.serving.release) measures agreement on
@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cvpipe.inference.matching import detection_f1, match_detections
+from cvpipe.inference.matching import detection_recall, match_detections
 from cvpipe.inference.packed import PackedModel
 
 log = logging.getLogger(__name__)
@@ -105,24 +105,25 @@ def check_engine(engine) -> str:
     return why
 
 
-def check_against_live(engine, live, min_f1: float) -> str:
-    """The candidate on the LIVE model's test image, at the candidate's own threshold, against the live model's
-    reference (box-matching F1, IoU 0.5): a model that is only consistent with itself (detects nothing, or
-    packed with score_thr 0.99 and a reference of its own output) is refused here."""
+def check_against_live(engine, live, min_recall: float) -> str:
+    """The candidate on the LIVE model's test image, at the candidate's own threshold: it must find at least
+    `min_recall` of the boxes of the live model's reference (IoU 0.5, same class). A model that is only
+    consistent with itself (detects nothing, or packed with score_thr 0.99 and a reference of its own output)
+    is refused here; a model that finds more than the live one is not (a rollback from a degraded model works)."""
     if live.test_image is None or live.reference is None:
         return "no live test image / reference to compare with"
     from cvpipe.vision import decode_image
 
     predictor = engine.predictor
     image = decode_image(live.test_image.read_bytes())
-    det = predictor.predict(image)
+    found = predictor.to_json(predictor.predict(image))
     ref = live.reference.get("detections", [])
-    f1 = detection_f1(predictor.to_json(det), ref)
-    if f1 < min_f1:
-        raise SwapRefused(f"on the live model's test image it agrees with the live reference only at box F1 "
-                          f"{f1:.2f} (min {min_f1}; {len(det)} detections, the reference has {len(ref)}); "
-                          f"accept_risk (cvpipe promote --accept-risk) to swap anyway")
-    return f"agrees with the live model's reference at box F1 {f1:.2f}"
+    recall = detection_recall(found, ref)
+    if recall < min_recall:
+        raise SwapRefused(f"on the live model's test image it finds only {recall:.0%} of the live reference's "
+                          f"{len(ref)} boxes (min {min_recall:.0%}; it detects {len(found)}); accept_risk "
+                          f"(cvpipe promote --accept-risk) to swap anyway")
+    return f"finds {recall:.0%} of the live model's reference boxes on its test image"
 
 
 class StoreSource:
@@ -182,9 +183,9 @@ class ModelManager:
     failed). `info()` is safe for anyone; `info(private=True)` adds the error texts (no absolute paths)."""
 
     def __init__(self, engine, make_engine: Callable[[Path], object], source: StoreSource | None = None,
-                 min_live_agreement: float = 0.5):
+                 min_live_recall: float = 0.5):
         self.engine, self.make_engine, self.source = engine, make_engine, source
-        self.min_live_agreement = min_live_agreement  # check_against_live; 0 turns it off
+        self.min_live_recall = min_live_recall  # check_against_live; 0 turns it off
         self.release_active: Callable[[], bool] = lambda: False  # set by a ReleaseController
         self.live_contract = _contract_of(Path(engine.model_dir))
         self.lock = threading.Lock()  # one swap at a time (requests never take it)
@@ -229,8 +230,8 @@ class ModelManager:
                 why = check_engine(new)
                 if accept_risk:
                     why += "; not compared with the live model (risk accepted)"
-                elif self.min_live_agreement > 0:
-                    why += "; " + check_against_live(new, self.engine, self.min_live_agreement)
+                elif self.min_live_recall > 0:
+                    why += "; " + check_against_live(new, self.engine, self.min_live_recall)
             except Exception as e:  # noqa: BLE001 - a bad model is refused whatever it raised
                 self.rejected.add(rid)
                 return self._refused(rid, _text(e))

@@ -155,3 +155,11 @@ def test_mirrored_results_feed_the_window_and_windows_close_on_time():
     now[0] = 95.0  # no traffic for long: the next window starts now
     rel.close_window()
     assert rel.window_end == 105.0
+
+
+def test_detection_recall():
+    from cvpipe.inference.matching import detection_recall
+
+    a = [det((0, 0, 10, 10)), det((20, 20, 30, 30))]
+    assert detection_recall([], a) == 0.0 and detection_recall(a, []) == 1.0
+    assert detection_recall(a[:1], a) == 0.5 and detection_recall(a + [det((40, 40, 50, 50))], a) == 1.0
