@@ -35,8 +35,8 @@ def call(url: str, token_env: str, body: dict[str, Any], timeout_s: float = 300.
                        headers={"Authorization": f"Bearer {token}"})
     except httpx.HTTPError as e:
         fail(f"cannot reach the service at {url}: {e}")
-    if r.status_code == 404:
-        fail(f"{url} has no release endpoint or no admin token set ({_error(r)})")
+    if r.status_code == 404 and _error(r) == "Not Found":
+        fail(f"{url} has no release endpoint, or no admin token set (cvpipe serve --admin-token-env)")
     if r.status_code != 200:
         _refused(r)
     return r.json()

@@ -207,7 +207,10 @@ class ReleaseController:
             try:
                 rid, model_dir = source.resolve(str(run_id))
             except Exception as e:  # noqa: BLE001 - any resolution failure is a clear refusal
-                raise ReleaseRefused(404, f"unknown run {str(run_id)[:80]!r}: {_text(e)}") from None
+                from cvpipe.serving.swap import scrub_paths
+
+                shown = str(run_id)[:80]
+                raise ReleaseRefused(404, f"unknown run {shown!r}: {scrub_paths(_text(e), source.roots)}") from None
             champion = self.manager.engine
             if rid == champion.run_id:
                 raise ReleaseRefused(409, f"{rid} is the champion already")

@@ -150,7 +150,7 @@ def test_bad_release_commands_are_clear_and_the_champion_serves(client, release_
     st = release_store["store"]
     n = len(events(st))
     r = admin(client, action="start", run_id="20261124T130000000Z-ffffff", plan={})
-    assert r.status_code == 404 and "unknown run" in r.json()["error"]
+    assert r.status_code == 404 and "unknown run" in r.json()["error"] and "/tmp" not in r.text
     r = admin(client, action="start", run_id="../../etc/passwd")
     assert r.status_code == 404
     r = admin(client, action="start", run_id=RUN_NAMES2)
@@ -252,3 +252,38 @@ def test_metrics_name_both_models(client, release_store):
             any(f'model="{run}"' in ln and f'role="{role}"' in ln and "cvpipe_answers_total" in ln
                 for ln in text.splitlines()), text[-3000:]
     assert "cvpipe_model_latency_seconds_bucket" in text and json.dumps(RUN_B)[1:-1] in text
+
+
+def test_cli_release_commands(client, release_store, monkeypatch):
+    """`cvpipe release ...` against the service (its HTTP calls routed to the in-process app)."""
+    import httpx
+    from typer.testing import CliRunner
+
+    from cvpipe.cli.main import app
+
+    def post(url, json, headers, timeout):
+        return client.post(url.replace("http://svc", ""), json=json, headers=headers)
+
+    monkeypatch.setattr(httpx, "post", post)
+    runner = CliRunner()
+    base = ["--url", "http://svc", "--admin-token-env", "REL_TOKEN"]
+    r = runner.invoke(app, ["release", "status", *base])
+    assert r.exit_code == 2 and "REL_TOKEN is empty" in r.output
+    monkeypatch.setenv("REL_TOKEN", TOKEN)
+    r = runner.invoke(app, ["release", "start", "20261124T130000000Z-ffffff", *base])
+    assert r.exit_code == 1 and "refused (404)" in r.output and "unknown run" in r.output
+    assert "/tmp" not in r.output
+    r = runner.invoke(app, ["release", "start", RUN_B, "--mode", "canary", "--share", "0.3", "--window", "600",
+                            *base])
+    assert r.exit_code == 0 and RUN_B in r.output and "running" in r.output, r.output
+    r = runner.invoke(app, ["release", "start", RUN_B, *base])
+    assert r.exit_code == 1 and "in progress" in r.output
+    r = runner.invoke(app, ["release", "status", "--json", *base])
+    assert r.exit_code == 0 and '"active": true' in r.output
+    r = runner.invoke(app, ["release", "promote", "-r", "looks good", *base])
+    assert r.exit_code == 0 and "promoted" in r.output, r.output
+    assert events(release_store["store"])[-1]["reason"] == "looks good"
+    r = runner.invoke(app, ["release", "abort", *base])
+    assert r.exit_code == 1 and "no release in progress" in r.output
+    r = runner.invoke(app, ["release", "start", RUN_B, "--mode", "blue", *base])
+    assert r.exit_code == 2
