@@ -287,3 +287,60 @@ def test_cli_release_commands(client, release_store, monkeypatch):
     assert r.exit_code == 1 and "no release in progress" in r.output
     r = runner.invoke(app, ["release", "start", RUN_B, "--mode", "blue", *base])
     assert r.exit_code == 2
+
+
+# ---- a real `bentoml serve` under load ---------------------------------------------------------------------
+
+def wait_release_end(url: str, timeout_s: float = 120) -> dict:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        s = httpx.post(url + "/admin/release", json={"action": "status"},
+                       headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
+        if not s["active"] and (s["last"] or {}).get("event_seq"):
+            return s["last"]
+        time.sleep(0.3)
+    raise AssertionError(f"the release never ended: {s}")
+
+
+@pytest.mark.slow
+def test_promote_and_rollback_cycles_under_load_on_a_real_server(release_store, person_image, tmp_path):
+    """A real `bentoml serve` under steady load: canary of B promoted, canary of DEG rolled back automatically,
+    shadow of A (against B) promoted back; every answer a 200 naming its model; /metrics names both models."""
+    import httpx
+
+    from cvpipe.serving.process import ServiceProcess
+
+    from .test_hot_swap import Load
+
+    st = release_store["store"]
+    a_bento = _pack(release_store["root"] / "bento_work", RUN_A, 0.25, True, person_image)
+    bento = sorted(Path(a_bento["bento"]).glob("*.bento"))[0]
+    env = {"CVPIPE_FOLLOW_STORE": st.url, "CVPIPE_STORE_ENV": st.env, "CVPIPE_STORE_PIPELINE": st.pipeline,
+           "CVPIPE_ADMIN_TOKEN": TOKEN, "CVPIPE_CACHE": str(st.cache_dir.parent)}
+    plan = {"window_s": 2.0, "min_samples": 5, "clean_windows": 2, "min_agreement": 0.5, "share": 0.5,
+            "compare_share": 1.0, "max_latency_ratio": 5.0}
+    steps = [(RUN_B, "canary", "promoted"), (RUN_DEG, "canary", "rolled_back"), (RUN_A, "shadow", "promoted")]
+    try:
+        with ServiceProcess(bento, env=env, log_path=tmp_path / "server.log") as svc, \
+                Load(svc.url, person_image.read_bytes()) as load:
+            n = len(events(st))
+            for run, mode, expected in steps:
+                r = httpx.post(svc.url + "/admin/release", headers={"Authorization": f"Bearer {TOKEN}"},
+                               json={"action": "start", "run_id": run, "plan": {**plan, "mode": mode}}, timeout=120)
+                assert r.status_code == 200, r.text
+                last = wait_release_end(svc.url)
+                assert last["state"] == expected, last
+            metrics = httpx.get(svc.url + "/metrics").text
+            live = httpx.get(svc.url + "/info").json()["live_run_id"]
+            acts = [e["action"] for e in events(st)[n:]]
+        results = load.results
+    finally:
+        _reset_champion(st)
+    failed = [r for r in results if r[0] != 200]
+    assert not failed and len(results) > 50, f"{len(failed)} failed of {len(results)}: {failed[:5]}"
+    assert {RUN_A, RUN_B, RUN_DEG} <= {rid for _, rid in results} and live == RUN_A
+    assert acts == ["release_start", "promote", "release_start", "release_rollback", "release_start", "promote"], acts
+    for run in (RUN_A, RUN_B, RUN_DEG):
+        assert f'model="{run}"' in metrics and "cvpipe_answers_total" in metrics, metrics[-2000:]
