@@ -168,6 +168,7 @@ class ReleaseController:
         self.lock = threading.Lock()  # one admin command at a time
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="cvpipe-mirror", initializer=_low_priority)
         self._task: asyncio.Task | None = None
+        self._mirror_task: asyncio.Task | None = None
         manager.release_active = lambda: self.release is not None
         self._close_interrupted()
 
@@ -338,23 +339,32 @@ class ReleaseController:
 
     # ---- off the request path --------------------------------------------------------------------------------
     def _ensure_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._loop())
+            self._task = loop.create_task(self._window_loop())
+        if self._mirror_task is None or self._mirror_task.done():
+            self._mirror_task = loop.create_task(self._mirror_loop())
 
-    async def _loop(self) -> None:
-        """Run mirrored copies one at a time; close each window when it ends and act on its decision."""
+    async def _window_loop(self) -> None:
+        """Close each window when it ends and act on its decision (a task of its own: a mirrored copy that
+        waits for CPU never delays a rollback)."""
+        while (rel := self.release) is not None:
+            await asyncio.sleep(max(0.0, rel.window_end - self.clock()))
+            if self.release is rel and self.clock() >= rel.window_end:
+                await self.close_window(rel)
+
+    async def _mirror_loop(self) -> None:
+        """Run mirrored copies one at a time on the low-priority thread."""
         loop = asyncio.get_running_loop()
         while (rel := self.release) is not None:
             if rel.queue is None:
                 rel.queue = asyncio.Queue(rel.plan.queue_size)
             try:
-                item = await asyncio.wait_for(rel.queue.get(), max(0.0, rel.window_end - self.clock()))
+                item = await asyncio.wait_for(rel.queue.get(), 1.0)
             except TimeoutError:
-                item = None
-            if item is not None and self.release is rel:
+                continue  # to notice the end of the release
+            if self.release is rel:
                 await self._run_mirror(loop, rel, item)
-            if self.release is rel and self.clock() >= rel.window_end:
-                await self.close_window(rel)
 
     async def _run_mirror(self, loop, rel: Release, item: Mirror) -> None:
         engine = rel.engine(item.role)
