@@ -12,8 +12,8 @@ document (`/docs.json`, UI at `/`) and callable with `bentoml.SyncHTTPClient(url
                        Bearer token: a shadow or canary release (cvpipe.serving.release)
     BentoML's /readyz, /livez, /metrics (with cvpipe_answers_total and cvpipe_model_latency_seconds per model).
 
-Every /predict answer names its model: `model.run_id` and `model.role` (champion | challenger) in the body, the
-X-Cvpipe-Model and X-Cvpipe-Model-Role headers.
+Every /predict answer names its model: `model.run_id` in the body, the X-Cvpipe-Model and X-Cvpipe-Model-Role
+(champion | challenger) headers.
 
 Each worker builds its engine in `Detector.__init__` from ServiceSettings (CVPIPE_* variables or
 CVPIPE_SETTINGS_FILE): the model is the BentoML model named by the bento argument `model_tag` (set at build
@@ -68,8 +68,8 @@ class ImageSize(BaseModel):
 
 
 class ModelRef(BaseModel):
-    run_id: str | None = Field(description="model_pack run that answered")
-    role: str = Field("champion", description="champion, or challenger during a canary release")
+    run_id: str | None = Field(description="model_pack run that answered (during a canary release: the champion's "
+                                           "or the challenger's; the X-Cvpipe-Model-Role header says which)")
 
 
 class Prediction(BaseModel):
@@ -84,14 +84,14 @@ async def predict_raw_body(request: Request) -> Response:
     try:
         query_thr = request.query_params.get("score_thr")
         key = request.headers.get(detector.settings.release_key_header)
-        prediction = await detector.detect(await request.body(), parse_score_thr(query_thr), key)
+        prediction, role = await detector.detect(await request.body(), parse_score_thr(query_thr), key)
     except RequestRefused as e:
         return Response(error_body(e), e.status, e.headers, media_type="application/json")
-    return JSONResponse(prediction.model_dump(), headers=model_headers(prediction))
+    return JSONResponse(prediction.model_dump(), headers=model_headers(prediction, role))
 
 
-def model_headers(prediction: Prediction) -> dict[str, str]:
-    return {"x-cvpipe-model": str(prediction.model.run_id), "x-cvpipe-model-role": prediction.model.role}
+def model_headers(prediction: Prediction, role: str) -> dict[str, str]:
+    return {"x-cvpipe-model": str(prediction.model.run_id), "x-cvpipe-model-role": role}
 
 
 def parse_score_thr(value: str | None) -> float | None:
@@ -130,11 +130,10 @@ class Detector:
     def engine(self) -> DetectorEngine:
         return self.manager.engine  # read once per request: a swap replaces it whole
 
-    async def detect(self, image: bytes, score_thr: float | None, key: str | None = None) -> Prediction:
+    async def detect(self, image: bytes, score_thr: float | None, key: str | None = None) -> tuple[Prediction, str]:
+        """The prediction and the role (champion | challenger) of the model that made it."""
         out, role = await self.releases.predict(image, score_thr, key)
-        prediction = Prediction.model_validate(out)
-        prediction.model.role = role
-        return prediction
+        return Prediction.model_validate(out), role
 
     @bentoml.api(route="/predict")
     async def predict(
@@ -148,9 +147,9 @@ class Detector:
         """Detect objects; boxes in the original image's pixels, COCO category ids. Bad input: 4xx {"error"}."""
         if score_thr is None:
             score_thr = parse_score_thr(ctx.request.query_params.get("score_thr"))
-        prediction = await self.detect(image.read_bytes(), score_thr,
-                                       ctx.request.headers.get(self.settings.release_key_header))
-        for name, value in model_headers(prediction).items():
+        prediction, role = await self.detect(image.read_bytes(), score_thr,
+                                             ctx.request.headers.get(self.settings.release_key_header))
+        for name, value in model_headers(prediction, role).items():
             ctx.response.headers[name] = value
         return prediction
 
