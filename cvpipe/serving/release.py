@@ -167,8 +167,8 @@ class ReleaseController:
         self.on_answer = on_answer  # (run id, role, path, outcome, seconds) -> metrics
         self.lock = threading.Lock()  # one admin command at a time
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="cvpipe-mirror", initializer=_low_priority)
-        self._task: asyncio.Task | None = None
-        self._mirror_task: asyncio.Task | None = None
+        self._task_for: Release | None = None  # the release whose loop tasks run
+        self._tasks: tuple[asyncio.Task, ...] = ()  # referenced, so they are not garbage-collected
         manager.release_active = lambda: self.release is not None
         self._close_interrupted()
 
@@ -291,7 +291,7 @@ class ReleaseController:
         if rel is None:
             engine = self.manager.engine
             return await self._answer(engine, "champion", data, score_thr), "champion"
-        self._ensure_loop()
+        self._ensure_loop(rel)
         role = rel.role_for(key)
         if role == "challenger":
             try:
@@ -338,27 +338,28 @@ class ReleaseController:
                 log.exception("metrics hook failed")
 
     # ---- off the request path --------------------------------------------------------------------------------
-    def _ensure_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._task is None or self._task.done():
-            self._task = loop.create_task(self._window_loop())
-        if self._mirror_task is None or self._mirror_task.done():
-            self._mirror_task = loop.create_task(self._mirror_loop())
+    def _ensure_loop(self, rel: Release) -> None:
+        """The release's two tasks, started by its first request (in the server's event loop); each ends when
+        its release does, so a new release never waits on a task of an old one."""
+        if self._task_for is not rel:
+            loop = asyncio.get_running_loop()
+            self._task_for = rel
+            self._tasks = (loop.create_task(self._window_loop(rel)), loop.create_task(self._mirror_loop(rel)))
 
-    async def _window_loop(self) -> None:
+    async def _window_loop(self, rel: Release) -> None:
         """Close each window when it ends and act on its decision (a task of its own: a mirrored copy that
         waits for CPU never delays a rollback)."""
-        while (rel := self.release) is not None:
-            await asyncio.sleep(max(0.0, rel.window_end - self.clock()))
+        while self.release is rel:
+            await asyncio.sleep(min(1.0, max(0.0, rel.window_end - self.clock())))
             if self.release is rel and self.clock() >= rel.window_end:
                 await self.close_window(rel)
 
-    async def _mirror_loop(self) -> None:
+    async def _mirror_loop(self, rel: Release) -> None:
         """Run mirrored copies one at a time on the low-priority thread."""
         loop = asyncio.get_running_loop()
-        while (rel := self.release) is not None:
-            if rel.queue is None:
-                rel.queue = asyncio.Queue(rel.plan.queue_size)
+        if rel.queue is None:
+            rel.queue = asyncio.Queue(rel.plan.queue_size)
+        while self.release is rel:
             try:
                 item = await asyncio.wait_for(rel.queue.get(), 1.0)
             except TimeoutError:

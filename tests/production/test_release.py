@@ -146,6 +146,17 @@ def test_a_self_consistent_degraded_model_is_rolled_back_within_one_window(clien
     assert predict(client, 0, "client-1")["model"] == {"run_id": RUN_A, "role": "champion"}
 
 
+def test_a_release_after_an_aborted_long_one_still_decides(client, release_store):
+    """The loops of a release end with it: a new release never waits on an old one's 600 s window."""
+    assert admin(client, action="start", run_id=RUN_B, plan={"window_s": 600}).status_code == 200
+    predict(client, 0)
+    assert admin(client, action="abort").status_code == 200
+    plan = {"mode": "canary", "share": 1.0, "compare_share": 1.0, **PLAN}
+    assert admin(client, action="start", run_id=RUN_DEG, plan=plan).status_code == 200
+    traffic_until(client, lambda: ended(client), timeout_s=30)
+    assert admin(client, action="status").json()["last"]["state"] == "rolled_back"
+
+
 def test_bad_release_commands_are_clear_and_the_champion_serves(client, release_store):
     st = release_store["store"]
     n = len(events(st))
