@@ -105,7 +105,7 @@ def cycles(url: str, req, n: int, bad_every: int, concurrency: int) -> dict:
         for i in range(n):
             bad = (i + 1) % bad_every == 0
             challenger = RUN_DEG if bad else (RUN_B if champion == RUN_A else RUN_A)
-            mode = "canary" if i % 2 == 0 else "shadow"
+            mode = "canary" if (i // 4) % 2 == 0 else "shadow"  # the bad cycles (every 4th) alternate too
             t0 = time.monotonic()
             admin(url, action="start", run_id=challenger, plan={**plan, "mode": mode})
             last = wait_end(url)
