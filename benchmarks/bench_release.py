@@ -61,17 +61,19 @@ def wait_end(url: str, timeout_s: float = 120) -> dict:
     return {**admin(url, action="abort", reason="bench: no decision in time"), "state": "timed_out"}
 
 
-def shadow_cost(url: str, req, rounds: int, seconds: float, concurrency: int, shares: list[float]) -> dict:
-    """Phases steady, shadow at each share, ... alternated `rounds` times; medians of their p50/p99."""
+def shadow_cost(url: str, req, rounds: int, seconds: float, concurrency: int, shares: list[float],
+                nices: list[int]) -> dict:
+    """Phases steady, shadow at each share and mirror nice value, ... alternated `rounds` times; medians."""
     from cvpipe.loadtest.runner import run_phase
 
-    kinds = ["steady"] + [f"shadow_{s}" for s in shares]
+    variants = [(None, None)] + [(s, n) for s in shares for n in nices]
+    kinds = ["steady" if s is None else f"shadow_{s}_nice{n}" for s, n in variants]
     phases: dict[str, list[dict]] = {k: [] for k in kinds}
     for _ in range(rounds):
-        for kind, share in zip(kinds, [None, *shares]):
+        for kind, (share, nice) in zip(kinds, variants):
             if share is not None:
                 admin(url, action="start", run_id=RUN_B, plan={"mode": "shadow", "share": share, "window_s": 3600,
-                                                               "auto_promote": False})
+                                                               "auto_promote": False, "mirror_nice": nice})
             res = run_phase(url, req, name=kind, concurrency=concurrency, duration_s=seconds, max_requests=100000)
             st = res.stats()
             if share is not None:
@@ -136,6 +138,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="per shadow-cost phase")
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--shares", type=float, nargs="+", default=[0.1, 1.0], help="shadow shares to measure")
+    ap.add_argument("--mirror-nice", type=int, nargs="+", default=[19], help="mirror thread nice values to measure")
     ap.add_argument("--cycles", type=int, default=20)
     ap.add_argument("--bad-every", type=int, default=4)
     ap.add_argument("--out", type=Path)
@@ -156,7 +159,8 @@ def main() -> None:
             from cvpipe.loadtest.runner import run_phase
 
             run_phase(svc.url, req, name="warmup", concurrency=1, duration_s=5, max_requests=20)
-            cost = shadow_cost(svc.url, req, args.rounds, args.seconds, args.concurrency, args.shares)
+            cost = shadow_cost(svc.url, req, args.rounds, args.seconds, args.concurrency, args.shares,
+                               args.mirror_nice)
             print(json.dumps({k: cost[k] for k in ("median", "ratios", "errors")}), flush=True)
             cyc = cycles(svc.url, req, args.cycles, args.bad_every, args.concurrency) if args.cycles else {}
     with open("/proc/loadavg") as f:

@@ -62,12 +62,17 @@ class Mirror:
     role: Role
 
 
-def _low_priority() -> None:
-    """Mirror thread: nice 19 (Linux threads have their own priority), so it only takes idle CPU."""
+def _set_nice(nice: int) -> None:
+    """The calling thread's nice value (Linux threads have their own): the mirror thread takes idle CPU first."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except (OSError, AttributeError):
         pass
+
+
+def _run_niced(nice: int, fn: Callable, *args):
+    _set_nice(nice)
+    return fn(*args)
 
 
 @dataclass
@@ -166,7 +171,7 @@ class ReleaseController:
         self.last: dict | None = None  # the status of the last release that ended
         self.on_answer = on_answer  # (run id, role, path, outcome, seconds) -> metrics
         self.lock = threading.Lock()  # one admin command at a time
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="cvpipe-mirror", initializer=_low_priority)
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="cvpipe-mirror")
         self._task_for: Release | None = None  # the release whose loop tasks run
         self._tasks: tuple[asyncio.Task, ...] = ()  # referenced, so they are not garbage-collected
         manager.release_active = lambda: self.release is not None
@@ -371,8 +376,8 @@ class ReleaseController:
         engine = rel.engine(item.role)
         t0 = time.perf_counter()
         try:
-            out, cpu_ms = await loop.run_in_executor(self.executor, engine.predict_sync_timed, item.data,
-                                                     item.score_thr)
+            out, cpu_ms = await loop.run_in_executor(self.executor, _run_niced, rel.plan.mirror_nice,
+                                                     engine.predict_sync_timed, item.data, item.score_thr)
         except RequestRefused:
             return  # an image the model refuses: the answer said so already
         except Exception:  # noqa: BLE001 - counted as the challenger's error
