@@ -320,7 +320,7 @@ except ImportError as _e:  # pragma: no cover - only while the serving extra is 
 
 # Command groups that live beside their subject; each module defines `register(app)`.
 COMMAND_MODULES = ("cvpipe.cli.store_commands", "cvpipe.cli.data_commands", "cvpipe.cli.promotion",
-                   "cvpipe.cli.labels")
+                   "cvpipe.cli.labels", "cvpipe.cli.release")
 for _name in COMMAND_MODULES:
     try:
         import importlib

@@ -25,6 +25,8 @@ def promote(
     reason: str = ReasonOpt,
     force: bool = typer.Option(False, "--force", help="Promote although its evaluation did not pass "
                                                       "(needs --reason)."),
+    accept_risk: bool = typer.Option(False, "--accept-risk", help="Let services swap to it although it "
+                                     "disagrees with the live model on the live model's test image (recorded)."),
     config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = SetOpt,
     allow_plugins: Optional[list[str]] = AllowPluginOpt, store: Optional[str] = StoreOpt,
 ) -> None:
@@ -35,7 +37,7 @@ def promote(
 
     st = _store(config, overrides, allow_plugins, store)
     try:
-        event = do_promote(st, run_id, reason, force)
+        event = do_promote(st, run_id, reason, force, accept_risk)
     except (PromotionError, KeyError) as e:
         fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
     out.print(f"champion: [bold]{event.champion}[/] (was {event.data['previous'] or 'none'}); event {event.seq}")

@@ -34,3 +34,32 @@ def match_detections(pred: list[dict], ref: list[dict], min_iou: float = 0.99,
             return False, (f"reference box {i} ({ref[i].get('category_name', ref[i]['category_id'])}) best match "
                            f"IoU {iou[i, j]:.4f} (min {min_iou}), score diff {ds:.2e} (max {score_tol})")
     return True, f"{len(ref)} boxes match: min IoU {worst_iou:.5f}, max score diff {worst_ds:.2e}"
+
+
+def detection_f1(pred: list[dict], ref: list[dict], min_iou: float = 0.5) -> float:
+    """Box-matching F1 of two detection lists (how far two models agree on one image): greedy one-to-one
+    pairing, same class, IoU >= min_iou, highest reference score first. Both empty: 1.0 (full agreement)."""
+    if not pred and not ref:
+        return 1.0
+    return 2.0 * matched_boxes(pred, ref, min_iou) / (len(pred) + len(ref))
+
+
+def detection_recall(pred: list[dict], ref: list[dict], min_iou: float = 0.5) -> float:
+    """Share of the reference's boxes that `pred` finds (same pairing as detection_f1); 1.0 for no reference."""
+    return matched_boxes(pred, ref, min_iou) / len(ref) if ref else 1.0
+
+
+def matched_boxes(pred: list[dict], ref: list[dict], min_iou: float = 0.5) -> int:
+    """Pairs of a greedy one-to-one pairing: same class, IoU >= min_iou, highest reference score first."""
+    if not pred or not ref:
+        return 0
+    iou = box_iou(np.array([d["box"] for d in ref], dtype=float), np.array([d["box"] for d in pred], dtype=float))
+    used = np.zeros(len(pred), bool)
+    pred_cls = np.array([p["category_id"] for p in pred])
+    matched = 0
+    for i in np.argsort([-d["score"] for d in ref], kind="stable"):
+        ok = (pred_cls == ref[i]["category_id"]) & ~used & (iou[i] >= min_iou)
+        if ok.any():
+            used[int(np.argmax(np.where(ok, iou[i], -1.0)))] = True
+            matched += 1
+    return matched

@@ -3,7 +3,7 @@ and never looks inside a body (BentoML parses the multipart form, the endpoint d
 
 BentoML's own concurrency limit counts a request while its body is still arriving, so a few dozen clients that
 trickle their bodies would hold every slot (issue 16), and bodies waiting for a slot were held uncounted
-(issue 24 item 11). Per worker, for the endpoints that take a body (/predict, /admin/reload):
+(issue 24 item 11). Per worker, for the endpoints that take a body (/predict, /admin/reload, /admin/release):
 1. a Content-Length over the limit is 413 before the body is read (what the client sends anyway is read and
    dropped, up to twice the limit within the body deadline, so it reads the 413 instead of a connection reset;
    every refusal before the body is read does the same);
@@ -31,7 +31,7 @@ from cvpipe.serving.settings import ServiceSettings
 PREDICT = "/predict"
 RAW_PREDICT = "/predict/raw"
 READ_ONLY = frozenset({"/info", "/test_data", "/test_result"})
-ADMIN = "/admin/reload"
+ADMIN = frozenset({"/admin/reload", "/admin/release"})
 ADMIN_MAX_BODY = 65536
 PIECE = 2**20  # bytes per message when the buffered body is handed to the app
 
@@ -79,15 +79,16 @@ class AdmissionControl:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path not in READ_ONLY and path not in (PREDICT, RAW_PREDICT, ADMIN):
+        if scope["type"] != "http" or path not in READ_ONLY and path not in (PREDICT, RAW_PREDICT) \
+                and path not in ADMIN:
             return await self.app(scope, receive, send)
         if path in READ_ONLY:  # no body; BentoML routes these as POST
             if scope["method"] in ("GET", "HEAD"):
                 scope = {**scope, "method": "POST"}
             return await self.app(scope, receive, send)
-        if path != ADMIN:
+        if path not in ADMIN:
             name_request()
-        request = _Upload(scope, receive, ADMIN_MAX_BODY if path == ADMIN else self.settings.max_body_bytes)
+        request = _Upload(scope, receive, ADMIN_MAX_BODY if path in ADMIN else self.settings.max_body_bytes)
         try:
             await self._admit(request, send)
         except RequestRefused as e:

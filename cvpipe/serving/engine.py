@@ -18,6 +18,7 @@ import collections
 import ctypes
 import logging
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -177,7 +178,27 @@ class DetectorEngine:
         decoded_hw, x, r = self._prepare(data)
         return self._finish(self.predictor.run(x[None])[0], header, decoded_hw, r, score_thr)
 
+    def _predict_timed(self, data: bytes, header, score_thr: float | None) -> tuple[dict, float]:
+        """_predict_sync and the CPU time its thread spent (ms): the model's cost, whatever else runs."""
+        t0 = time.thread_time()
+        out = self._predict_sync(data, header, score_thr)
+        return out, (time.thread_time() - t0) * 1000
+
+    def predict_sync_timed(self, data: bytes, score_thr: float | None = None) -> tuple[dict, float]:
+        """A whole request in the calling thread, outside the decode budget (a release's mirrored copies: one
+        at a time, on their own low-priority thread). Raises RequestRefused for a bad image."""
+        try:
+            return self._predict_timed(data, read_header(data, self.max_pixels), score_thr)
+        except ImageTooLarge as e:
+            raise RequestRefused(413, str(e)) from None
+        except ImageDecodeError as e:
+            raise RequestRefused(400, str(e)) from None
+
     async def predict(self, data: bytes, score_thr: float | None = None) -> dict:
+        return (await self.predict_timed(data, score_thr))[0]
+
+    async def predict_timed(self, data: bytes, score_thr: float | None = None) -> tuple[dict, float | None]:
+        """(prediction, CPU ms of the model thread; None when batched)."""
         try:
             header = read_header(data, self.max_pixels)
         except ImageTooLarge as e:
@@ -189,7 +210,7 @@ class DetectorEngine:
         await self.budget.acquire(cost)
         try:
             if self.batcher is None:
-                return await loop.run_in_executor(self.executor, self._predict_sync, data, header, score_thr)
+                return await loop.run_in_executor(self.executor, self._predict_timed, data, header, score_thr)
             decoded_hw, x, r = await loop.run_in_executor(None, self._prepare, data)
         except ImageTooLarge as e:
             raise RequestRefused(413, str(e)) from None
@@ -200,7 +221,7 @@ class DetectorEngine:
             if cost > 64 * 2**20:
                 release_free_memory()
         out = await self.batcher.submit(x)  # the decoded image is freed: only the letterboxed input waits
-        return self._finish(out, header, decoded_hw, r, score_thr)
+        return self._finish(out, header, decoded_hw, r, score_thr), None
 
 
 def _legacy_test_image(model_dir: Path) -> Path | None:

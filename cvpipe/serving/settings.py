@@ -79,6 +79,11 @@ class ServiceSettings(BaseModel):
     store_pipeline: str = "default"
     follow: bool = Field(False, description="Poll follow_store and move to each newer good run.")
     follow_interval_s: float = Field(10.0, gt=0)
+    min_live_recall: float = Field(0.5, ge=0.0, le=1.0, description="A swapped-in model must find this "
+                                      "share of the live model's reference boxes on the live test image (IoU "
+                                      "0.5; 0 = off); a reload with accept_risk skips it.")
+    release_key_header: str = Field("x-client-id", min_length=1, description="Request header whose value "
+                                    "keeps a client on one model during a canary release.")
     admin_token: SecretStr | None = Field(None, min_length=MIN_TOKEN_CHARS, description="Enables POST "
                                              f"/admin/reload (Bearer token, {MIN_TOKEN_CHARS} characters or more).")
 

@@ -10,7 +10,12 @@ What a candidate must pass, in this order (each failure is a refusal, never a 50
 4. its serving contract (input size, class names and category ids) equals the live model's: clients rely on
    them, so a model trained for other classes needs a new deployment, not a swap;
 5. its ONNX output layout is 5 + number of classes values per box, and it reproduces its own packed
-   reference on its own packed test image.
+   reference on its own packed test image;
+6. on the LIVE model's test image it finds most boxes of the live model's reference (min_live_recall):
+   a model consistent only with itself (detects nothing, or packed with score_thr 0.99 and its own output as
+   reference) is refused, unless the operator accepts the risk (reload with accept_risk, or a promotion
+   recorded with `cvpipe promote --accept-risk`). A release (cvpipe.serving.release) measures agreement on
+   live traffic instead.
 
 Sources (cvpipe.serving.service wires them from the environment): a store, where "latest" means the
 champion of the promotion log (cvpipe.store.promotion), never merely the newest model_pack run; polled every
@@ -26,7 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cvpipe.inference.matching import match_detections
+from cvpipe.inference.matching import detection_recall, match_detections
 from cvpipe.inference.packed import PackedModel
 
 log = logging.getLogger(__name__)
@@ -100,6 +105,27 @@ def check_engine(engine) -> str:
     return why
 
 
+def check_against_live(engine, live, min_recall: float) -> str:
+    """The candidate on the LIVE model's test image, at the candidate's own threshold: it must find at least
+    `min_recall` of the boxes of the live model's reference (IoU 0.5, same class). A model that is only
+    consistent with itself (detects nothing, or packed with score_thr 0.99 and a reference of its own output)
+    is refused here; a model that finds more than the live one is not (a rollback from a degraded model works)."""
+    if live.test_image is None or live.reference is None:
+        return "no live test image / reference to compare with"
+    from cvpipe.vision import decode_image
+
+    predictor = engine.predictor
+    image = decode_image(live.test_image.read_bytes())
+    found = predictor.to_json(predictor.predict(image))
+    ref = live.reference.get("detections", [])
+    recall = detection_recall(found, ref)
+    if recall < min_recall:
+        raise SwapRefused(f"on the live model's test image it finds only {recall:.0%} of the live reference's "
+                          f"{len(ref)} boxes (min {min_recall:.0%}; it detects {len(found)}); accept_risk "
+                          f"(cvpipe promote --accept-risk) to swap anyway")
+    return f"finds {recall:.0%} of the live model's reference boxes on its test image"
+
+
 class StoreSource:
     """model_pack runs of an artifact store: resolve("latest" | run id) -> (run id, local model dir), where
     "latest" is the promotion log's champion."""
@@ -116,6 +142,14 @@ class StoreSource:
         """The champion's run id (None when nothing was promoted)."""
         rec = self._servable_run(self.store)
         return rec.run_id if rec else None
+
+    def accepts_risk(self, run_id: str) -> bool:
+        """Whether the event that made `run_id` champion says the operator accepted the risk of a model that
+        fails the check against the live model (`cvpipe promote --accept-risk`)."""
+        from cvpipe.store.promotion import PromotionLog
+
+        events = PromotionLog(self.store).events()
+        return bool(events) and events[-1].champion == run_id and events[-1].data.get("accept_risk") is True
 
     def resolve(self, run_id: str) -> tuple[str, Path]:
         if run_id == "latest":
@@ -148,8 +182,11 @@ class ModelManager:
     Counters for /metrics: `swaps`, `refusals` (candidates refused), `follow_errors` (store polls that
     failed). `info()` is safe for anyone; `info(private=True)` adds the error texts (no absolute paths)."""
 
-    def __init__(self, engine, make_engine: Callable[[Path], object], source: StoreSource | None = None):
+    def __init__(self, engine, make_engine: Callable[[Path], object], source: StoreSource | None = None,
+                 min_live_recall: float = 0.5):
         self.engine, self.make_engine, self.source = engine, make_engine, source
+        self.min_live_recall = min_live_recall  # check_against_live; 0 turns it off
+        self.release_active: Callable[[], bool] = lambda: False  # set by a ReleaseController
         self.live_contract = _contract_of(Path(engine.model_dir))
         self.lock = threading.Lock()  # one swap at a time (requests never take it)
         self.swaps = self.refusals = self.follow_errors = 0
@@ -174,9 +211,9 @@ class ModelManager:
     def live_run_id(self):
         return self.engine.run_id
 
-    def load(self, run_id: str = "latest") -> dict:
+    def load(self, run_id: str = "latest", accept_risk: bool = False) -> dict:
         """Resolve, check, swap. Returns {"swapped", "run_id", "error", "live_run_id"}; never raises for a
-        bad candidate or run id."""
+        bad candidate or run id. `accept_risk`: skip the check against the live model's test image."""
         if self.source is None:
             raise RuntimeError("no model store configured (CVPIPE_FOLLOW_STORE)")
         with self.lock:
@@ -191,17 +228,29 @@ class ModelManager:
                 check_candidate(model_dir, rid, self.live_contract)
                 new = self.make_engine(model_dir)
                 why = check_engine(new)
+                if accept_risk:
+                    why += "; not compared with the live model (risk accepted)"
+                elif self.min_live_recall > 0:
+                    why += "; " + check_against_live(new, self.engine, self.min_live_recall)
             except Exception as e:  # noqa: BLE001 - a bad model is refused whatever it raised
                 self.rejected.add(rid)
                 return self._refused(rid, _text(e))
-            old, self.engine = self.engine, new  # the swap: requests already running keep `old`
-            self.swaps += 1
-            self._count("swap")
-            self.last_swap_error = None
-            self._remember({"run_id": rid, "at": time.time(), "event": "swap", "check": why})
-            log.info("now serving model_pack run %s (was %s): %s", rid, old.run_id, why)
-            threading.Timer(60, old.executor.shutdown, kwargs={"wait": False}).start()  # after in-flight work
+            self._swap_in(new, why)
             return {"swapped": True, "run_id": rid, "error": None, "live_run_id": rid}
+
+    def install(self, new, why: str) -> None:
+        """Swap in an engine checked elsewhere (a release's challenger, checked at its start and on traffic)."""
+        with self.lock:
+            self._swap_in(new, why)
+
+    def _swap_in(self, new, why: str) -> None:
+        old, self.engine = self.engine, new  # the swap: requests already running keep `old`
+        self.swaps += 1
+        self._count("swap")
+        self.last_swap_error = None
+        self._remember({"run_id": new.run_id, "at": time.time(), "event": "swap", "check": why})
+        log.info("now serving model_pack run %s (was %s): %s", new.run_id, old.run_id, why)
+        threading.Timer(60, old.executor.shutdown, kwargs={"wait": False}).start()  # after in-flight work
 
     def _refused(self, rid: str | None, error: str) -> dict:
         error = scrub_paths(error, self.source.roots if self.source else ())
@@ -241,9 +290,16 @@ class ModelManager:
             self.last_follow_error = scrub_paths(_text(e), self.source.roots)
             log.warning("polling the store failed: %s", self.last_follow_error)
             return None
-        if rid and not self.pinned and rid != self.live_run_id and rid not in self.rejected:
-            return self.load(rid)
+        if rid and not self.pinned and rid != self.live_run_id and rid not in self.rejected \
+                and not self.release_active():  # a release decides the champion of this worker until it ends
+            return self.load(rid, accept_risk=self._accepts_risk(rid))
         return None
+
+    def _accepts_risk(self, run_id: str) -> bool:
+        try:
+            return bool(self.source is not None and self.source.accepts_risk(run_id))
+        except Exception:  # noqa: BLE001 - unreadable: the check runs
+            return False
 
     def follow(self, interval_s: float) -> None:
         """Poll the store in a daemon thread (see poll_once)."""

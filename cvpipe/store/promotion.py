@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 
 PROMOTIONS = "_promotions"
 EVENT_FILE_RE = re.compile(r"(\d{6})-(\d{8}T\d{9}Z)\.json")
-ACTIONS = ("promote", "rollback", "demote", "refuse")  # refuse: recorded, champion unchanged
+ACTIONS = ("promote", "rollback", "demote", "refuse",  # refuse: recorded, champion unchanged
+           "release_start", "release_rollback", "release_abort")  # a live release (champion unchanged)
+RELEASE_ACTIONS = ("release_start", "release_rollback", "release_abort")
 SCHEMA = 1
 
 
@@ -181,24 +183,67 @@ class PromotionLog:
     def append(self, action: str, champion: str | None, *, run_id: str | None, reason: str,
                source: str = "cli", metrics: dict | None = None, eval_run_id: str | None = None,
                requires_run: dict | None = None, forced: bool = False,
-               decision: dict | None = None) -> PromotionEvent:
-        """Write one event with the next number; never rewrites one."""
+               decision: dict | None = None, extra: dict | None = None) -> PromotionEvent:
+        """Write one event with the next number; never rewrites one. `extra`: more fields (a release's plan)."""
         with self._writer_lock():
-            seq = self._last_seq() + 1
-            now = _now()
-            data = {"schema": SCHEMA, "seq": seq, "action": action, "run_id": run_id, "champion": champion,
-                    "previous": self.champion_id(), "at": now.isoformat(timespec="milliseconds"), "by": who(),
-                    "reason": reason, "source": source, "eval_run_id": eval_run_id, "metrics": metrics or {},
-                    "forced": forced, "requires_run": requires_run}
-            if decision is not None:  # model_eval's gate: verdict, criteria, interval, data digest, seed
-                data["decision"] = decision
-            event = _parse_event(seq, data)
-            path = f"{self.path}/{seq:06d}-{_stamp(now)}.json"
-            if self.store.fs.exists(path):  # cannot happen under the lock; never overwrite regardless
-                raise PromotionError(f"promotion event {seq} exists already")
-            self.store.write_json(path, data)  # temp file + rename locally, one whole put on object stores
+            return self._append_locked(action, champion, run_id=run_id, reason=reason, source=source,
+                                       metrics=metrics, eval_run_id=eval_run_id, requires_run=requires_run,
+                                       forced=forced, decision=decision, extra=extra)
+
+    def _append_locked(self, action: str, champion: str | None, *, run_id: str | None, reason: str, source: str,
+                       metrics: dict | None, eval_run_id: str | None, requires_run: dict | None, forced: bool,
+                       decision: dict | None, extra: dict | None) -> PromotionEvent:
+        """The body of append(), called with the writer lock held."""
+        seq = self._last_seq() + 1
+        now = _now()
+        data = {"schema": SCHEMA, "seq": seq, "action": action, "run_id": run_id, "champion": champion,
+                "previous": self.champion_id(), "at": now.isoformat(timespec="milliseconds"), "by": who(),
+                "reason": reason, "source": source, "eval_run_id": eval_run_id, "metrics": metrics or {},
+                "forced": forced, "requires_run": requires_run}
+        if decision is not None:  # model_eval's gate: verdict, criteria, interval, data digest, seed
+            data["decision"] = decision
+        for key, value in (extra or {}).items():
+            data.setdefault(key, value)
+        event = _parse_event(seq, data)
+        path = f"{self.path}/{seq:06d}-{_stamp(now)}.json"
+        if self.store.fs.exists(path):  # cannot happen under the lock; never overwrite regardless
+            raise PromotionError(f"promotion event {seq} exists already")
+        self.store.write_json(path, data)  # temp file + rename locally, one whole put on object stores
         log.info("promotion log: %s %s -> champion %s (%s)", action, run_id, champion, reason)
         return event
+
+    def open_release(self) -> PromotionEvent | None:
+        """The `release_start` event of a release that has not ended (no later release end or promotion)."""
+        for event in reversed(self.events()):
+            if event.action == "release_start":
+                return event
+            if event.action in RELEASE_ACTIONS or event.data.get("source") == "release":
+                return None
+        return None
+
+    def start_release(self, run_id: str, reason: str, plan: dict) -> PromotionEvent:
+        """Record the start of a release of `run_id` against the champion; PromotionError while another is open."""
+        with self._writer_lock():
+            open_ = self.open_release()
+            if open_ is not None:
+                raise PromotionError(f"a release of {open_.run_id} is in progress (event {open_.seq}); "
+                                     f"`cvpipe release abort` it first")
+            return self._append_locked("release_start", self.champion_id(), run_id=run_id, reason=reason,
+                                       source="release", metrics=None, eval_run_id=None, requires_run=None,
+                                       forced=False, decision=None, extra={"plan": plan})
+
+    def close_open_release(self, action: str, reason: str, metrics: dict | None = None,
+                           champion: str | None = None) -> PromotionEvent | None:
+        """End the open release (action release_rollback | release_abort, or promote with `champion` = its
+        challenger), if there still is one when the lock is held (several workers or services may try at once:
+        exactly one event is written)."""
+        with self._writer_lock():
+            start = self.open_release()
+            if start is None:
+                return None
+            return self._append_locked(action, champion or self.champion_id(), run_id=start.run_id, reason=reason,
+                                       source="release", metrics=metrics, eval_run_id=None, requires_run=None,
+                                       forced=False, decision=None, extra={"release_seq": start.seq})
 
     @contextlib.contextmanager
     def _writer_lock(self):
@@ -240,9 +285,11 @@ def _model_pack_run(store: ArtifactStore, run_id: str) -> RunRecord:
     return rec
 
 
-def promote(store: ArtifactStore, run_id: str, reason: str = "", force: bool = False) -> PromotionEvent:
+def promote(store: ArtifactStore, run_id: str, reason: str = "", force: bool = False,
+            accept_risk: bool = False) -> PromotionEvent:
     """Make a model_pack run the champion by hand. Its evaluation must have passed its gate, unless
-    `force` (which needs a reason, recorded with the event)."""
+    `force` (which needs a reason, recorded with the event). `accept_risk` (recorded) lets following services
+    swap to it although it disagrees with the live model on the live model's test image."""
     _model_pack_run(store, run_id)
     ev = evaluation_of(store, run_id)
     gate = ((ev.manifest.get("summary") or {}).get("gate") or {}) if ev else {}
@@ -258,7 +305,8 @@ def promote(store: ArtifactStore, run_id: str, reason: str = "", force: bool = F
         raise PromotionError(f"{run_id} is already the champion")
     metrics = (ev.manifest.get("summary") or {}) if ev else {}
     return log_.append("promote", run_id, run_id=run_id, reason=reason or "promoted by hand", forced=force,
-                       metrics=_headline(metrics), eval_run_id=ev.run_id if ev else None)
+                       metrics=_headline(metrics), eval_run_id=ev.run_id if ev else None,
+                       extra={"accept_risk": True} if accept_risk else None)
 
 
 def rollback(store: ArtifactStore, to_run_id: str | None = None, reason: str = "") -> PromotionEvent:

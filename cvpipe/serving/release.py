@@ -1,0 +1,411 @@
+"""A live release: the champion and a challenger loaded side by side in one worker, the challenger tried on
+real traffic, then promoted or rolled back by the rules of cvpipe.serving.release_rules.
+
+- shadow: the champion answers every request; a share is copied to a bounded queue (dropped when full) and run
+  on the challenger by one low-priority thread, off the request path: answers never wait for it;
+- canary: a share of request keys (X-Client-Id; without one, of requests) is answered by the challenger; a
+  sample of those is run on the champion the same way, off the path, to measure agreement. A challenger that
+  fails (not a refused image: an exception) is counted and the champion answers instead: the client gets a 200.
+
+Every answer names the model that produced it. Each `window_s` the window's figures go through `decide`:
+rollback (challenger dropped), promote (challenger swapped in as the champion) or continue. Start, promotion,
+rollback and abort are events of the promotion log (cvpipe.store.promotion) with the window's figures.
+
+Restart: the release lives in one worker's memory. A worker that starts while the log has an open release
+records it as aborted ("service restarted mid-release") and serves the champion: a restarted release would
+start its windows from zero anyway, and an operator restarts it on purpose (`cvpipe release start`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from cvpipe.inference.matching import detection_f1
+from cvpipe.serving.errors import RequestRefused
+from cvpipe.serving.release_rules import (
+    Decision,
+    ReleasePlan,
+    Role,
+    WindowFigures,
+    WindowStats,
+    decide,
+    routes_to_challenger,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ReleaseRefused(ValueError):
+    """A release command that may not run; `status` is its HTTP status (404, 409, 422)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Mirror:
+    """A request copied off the path: run it on `role`, compare with the answer the other model gave."""
+
+    data: bytes
+    score_thr: float | None
+    answered: list[dict]
+    role: Role
+
+
+def _set_nice(nice: int) -> None:
+    """The calling thread's nice value (Linux threads have their own): the mirror thread takes idle CPU first."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (OSError, AttributeError):
+        pass
+
+
+def _run_niced(nice: int, fn: Callable, *args):
+    _set_nice(nice)
+    return fn(*args)
+
+
+@dataclass
+class Release:
+    """One release in progress: both engines, the plan, the current window and what it decided so far."""
+
+    plan: ReleasePlan
+    champion: Any  # DetectorEngine
+    challenger: Any
+    start_seq: int
+    clock: Callable[[], float] = time.monotonic
+    rng: random.Random = field(default_factory=random.Random)
+    started_at: float = 0.0
+    window_end: float = 0.0
+    stats: WindowStats = field(default_factory=WindowStats)
+    clean: int = 0
+    history: list[dict] = field(default_factory=list)  # closed windows: figures + verdict
+    queue: asyncio.Queue | None = None
+    state: str = "running"  # running | promoted | rolled_back | aborted
+
+    def __post_init__(self) -> None:
+        self.started_at = self.clock()
+        self.window_end = self.started_at + self.plan.window_s
+
+    def role_for(self, key: str | None) -> Role:
+        if self.plan.mode == "canary" and routes_to_challenger(self.plan.share, key, self.rng):
+            return "challenger"
+        return "champion"
+
+    def engine(self, role: Role):
+        return self.champion if role == "champion" else self.challenger
+
+    def mirror(self, item: Mirror) -> bool:
+        """Queue a copy, or drop it when the queue is full (counted): never waits."""
+        if self.queue is None:
+            self.queue = asyncio.Queue(self.plan.queue_size)
+        try:
+            self.queue.put_nowait(item)
+            return True
+        except asyncio.QueueFull:
+            self.stats.dropped += 1
+            return False
+
+    def wants_mirror(self, answered_by: Role) -> Role | None:
+        """Which model a copy of this answer should run on, if any."""
+        if self.plan.mode == "shadow":
+            return "challenger" if self.rng.random() < self.plan.share else None
+        if answered_by == "challenger" and self.rng.random() < self.plan.compare_share:
+            return "champion"
+        return None
+
+    def record_mirror(self, item: Mirror, out: dict | None, cpu_ms: float | None) -> None:
+        """The result of a mirrored copy (None: it failed)."""
+        if item.role == "challenger":
+            self.stats.challenger_call(out is not None)
+        if out is None:
+            return
+        if cpu_ms is not None:
+            self.stats.latency(item.role, cpu_ms)
+        ran = out["detections"]
+        champion, challenger = (ran, item.answered) if item.role == "champion" else (item.answered, ran)
+        self.stats.compared(detection_f1(challenger, champion), champion, challenger)
+
+    def close_window(self) -> tuple[WindowFigures, Decision]:
+        figures = self.stats.figures()
+        decision = decide(figures, self.plan, self.clean)
+        self.clean = decision.clean_windows
+        self.history.append({**figures.as_dict(), "verdict": decision.verdict, "reasons": list(decision.reasons)})
+        del self.history[:-100]
+        self.stats = WindowStats(index=figures.index + 1)
+        self.window_end += self.plan.window_s
+        if self.window_end <= self.clock():  # no traffic for a while: the next window starts now
+            self.window_end = self.clock() + self.plan.window_s
+        return figures, decision
+
+    def status(self) -> dict:
+        now = self.clock()
+        return {"state": self.state, "mode": self.plan.mode, "share": self.plan.share,
+                "champion": self.champion.run_id, "challenger": self.challenger.run_id,
+                "plan": self.plan.model_dump(), "start_seq": self.start_seq,
+                "running_s": round(now - self.started_at, 1), "window": self.stats.index,
+                "window_left_s": round(max(0.0, self.window_end - now), 1), "clean_windows": self.clean,
+                "current": self.stats.figures().as_dict(), "windows": self.history[-10:]}
+
+
+class ReleaseController:
+    """The worker's release, if any, between the service and its ModelManager (one per worker).
+
+    `predict` is the request path; `start`, `promote`, `abort` are the admin commands (blocking: run them in a
+    thread); a loop task in the event loop runs mirrored copies and closes windows."""
+
+    def __init__(self, manager, on_answer: Callable[[str, str, str, str, float], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.manager, self.clock = manager, clock
+        self.release: Release | None = None
+        self.last: dict | None = None  # the status of the last release that ended
+        self.on_answer = on_answer  # (run id, role, path, outcome, seconds) -> metrics
+        self.lock = threading.Lock()  # one admin command at a time
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="cvpipe-mirror")
+        self._task_for: Release | None = None  # the release whose loop tasks run
+        self._tasks: tuple[asyncio.Task, ...] = ()  # referenced, so they are not garbage-collected
+        manager.release_active = lambda: self.release is not None
+        self._close_interrupted()
+
+    # ---- the promotion log ------------------------------------------------------------------------------
+    def _log(self):
+        from cvpipe.store.promotion import PromotionLog
+
+        if self.manager.source is None:
+            raise ReleaseRefused(409, "no model store configured (set CVPIPE_FOLLOW_STORE): releases are "
+                                      "recorded in its promotion log")
+        return PromotionLog(self.manager.source.store)
+
+    def _close_interrupted(self) -> None:
+        if self.manager.source is None:
+            return
+        try:
+            event = self._log().close_open_release(
+                "release_abort", f"service restarted mid-release; champion {self.manager.live_run_id} serves")
+        except Exception:  # noqa: BLE001 - a store hiccup at startup must not stop the champion serving
+            log.exception("could not check the promotion log for an interrupted release")
+            return
+        if event is not None:
+            log.warning("release of %s was interrupted by a restart: recorded as aborted (event %s)",
+                        event.run_id, event.seq)
+
+    # ---- admin commands (blocking) -----------------------------------------------------------------------
+    def start(self, run_id: str, plan: ReleasePlan, reason: str = "") -> dict:
+        """Load and check the challenger beside the champion, record the start, begin routing."""
+        from cvpipe.serving.swap import check_candidate, check_engine
+
+        with self.lock:
+            if self.release is not None:
+                raise ReleaseRefused(409, f"a release of {self.release.challenger.run_id} is in progress; "
+                                          f"`cvpipe release abort` it first")
+            source = self.manager.source
+            store_log = self._log()
+            try:
+                rid, model_dir = source.resolve(str(run_id))
+            except Exception as e:  # noqa: BLE001 - any resolution failure is a clear refusal
+                from cvpipe.serving.swap import scrub_paths
+
+                shown = str(run_id)[:80]
+                raise ReleaseRefused(404, f"unknown run {shown!r}: {scrub_paths(_text(e), source.roots)}") from None
+            champion = self.manager.engine
+            if rid == champion.run_id:
+                raise ReleaseRefused(409, f"{rid} is the champion already")
+            try:
+                check_candidate(model_dir, rid, self.manager.live_contract)
+                challenger = self.manager.make_engine(model_dir)
+                check_engine(challenger)
+            except Exception as e:  # noqa: BLE001 - a bad model is refused whatever it raised
+                from cvpipe.serving.swap import scrub_paths
+
+                raise ReleaseRefused(422, f"challenger {rid} refused: " +
+                                     scrub_paths(_text(e), source.roots)) from None
+            from cvpipe.store.promotion import PromotionError
+
+            try:
+                event = store_log.start_release(rid, reason or f"{plan.mode} release", plan.model_dump())
+            except PromotionError as e:
+                challenger.executor.shutdown(wait=False)
+                raise ReleaseRefused(409, str(e)) from None
+            self.release = Release(plan, champion, challenger, event.seq, clock=self.clock)
+            log.info("release of %s started (%s, share %s) against %s", rid, plan.mode, plan.share,
+                     champion.run_id)
+            return self.status()
+
+    def promote(self, reason: str = "promoted by hand", figures: dict | None = None) -> dict:
+        """Swap the challenger in as the champion and record it; the release ends."""
+        with self.lock:
+            rel = self._running()
+            self.manager.install(rel.challenger, "release")
+            self._end(rel, "promoted")
+            self._record("promote", reason, figures or rel.stats.figures().as_dict(), rel.challenger.run_id)
+            return self.last or {}
+
+    def abort(self, reason: str = "aborted by hand", figures: dict | None = None,
+              action: str = "release_abort") -> dict:
+        """Drop the challenger (the champion kept serving throughout) and record it."""
+        with self.lock:
+            rel = self._running()
+            self._end(rel, "rolled_back" if action == "release_rollback" else "aborted")  # routing stops first
+            rel.challenger.executor.shutdown(wait=False)
+            self._record(action, reason, figures or rel.stats.figures().as_dict())
+            return self.last or {}
+
+    def _record(self, action: str, reason: str, figures: dict, champion: str | None = None) -> None:
+        """The end of the release in the promotion log; a store that fails now is retried at the next start
+        of a worker (the open release is then closed as aborted), the serving state is already right."""
+        try:
+            event = self._log().close_open_release(action, reason, figures, champion=champion)
+        except Exception as e:  # noqa: BLE001 - the swap or rollback happened; say the log is behind
+            log.exception("could not record the release's end in the promotion log")
+            if self.last is not None:
+                self.last["log_error"] = _text(e)
+            return
+        if self.last is not None and event is not None:
+            self.last["event_seq"] = event.seq
+
+    def _running(self) -> Release:
+        if self.release is None:
+            raise ReleaseRefused(409, "no release in progress")
+        return self.release
+
+    def _end(self, rel: Release, state: str) -> dict:
+        rel.state = state
+        self.last = rel.status()
+        self.release = None
+        log.info("release of %s ended: %s", rel.challenger.run_id, state)
+        return self.last
+
+    def status(self) -> dict:
+        rel = self.release
+        return {"active": rel is not None, "release": rel.status() if rel else None, "last": self.last}
+
+    # ---- the request path ----------------------------------------------------------------------------------
+    async def predict(self, data: bytes, score_thr: float | None, key: str | None) -> tuple[dict, Role]:
+        """The answer and the role of the model that gave it."""
+        rel = self.release
+        if rel is None:
+            engine = self.manager.engine
+            return await self._answer(engine, "champion", data, score_thr), "champion"
+        self._ensure_loop(rel)
+        role = rel.role_for(key)
+        if role == "challenger":
+            try:
+                t0 = time.perf_counter()
+                out, cpu_ms = await rel.challenger.predict_timed(data, score_thr)
+                self._count(rel.challenger.run_id, "challenger", "answer", "ok", time.perf_counter() - t0)
+            except RequestRefused:
+                raise  # the image, not the model: the champion would refuse it the same way
+            except Exception:  # noqa: BLE001 - a failing challenger must cost the client nothing
+                log.exception("challenger %s failed; the champion answers", rel.challenger.run_id)
+                rel.stats.challenger_call(False)
+                self._count(rel.challenger.run_id, "challenger", "answer", "error", 0.0)
+                role = "champion"
+            else:
+                rel.stats.challenger_call(True)
+                rel.stats.latency("challenger", cpu_ms if cpu_ms is not None else 0.0)
+        if role == "champion":
+            out = await self._answer(rel.champion, "champion", data, score_thr, rel)
+        mirror_to = rel.wants_mirror(role)
+        if mirror_to is not None:
+            rel.mirror(Mirror(data, score_thr, out["detections"], mirror_to))
+        return out, role
+
+    async def _answer(self, engine, role: Role, data: bytes, score_thr: float | None,
+                      rel: Release | None = None) -> dict:
+        t0 = time.perf_counter()
+        try:
+            out, cpu_ms = await engine.predict_timed(data, score_thr)
+        except RequestRefused:
+            raise
+        except Exception:
+            self._count(engine.run_id, role, "answer", "error", time.perf_counter() - t0)
+            raise
+        self._count(engine.run_id, role, "answer", "ok", time.perf_counter() - t0)
+        if rel is not None and cpu_ms is not None:
+            rel.stats.latency("champion", cpu_ms)
+        return out
+
+    def _count(self, run_id: str, role: str, path: str, outcome: str, seconds: float) -> None:
+        if self.on_answer is not None:
+            try:
+                self.on_answer(str(run_id), role, path, outcome, seconds)
+            except Exception:  # noqa: BLE001 - metrics never fail a request
+                log.exception("metrics hook failed")
+
+    # ---- off the request path --------------------------------------------------------------------------------
+    def _ensure_loop(self, rel: Release) -> None:
+        """The release's two tasks, started by its first request (in the server's event loop); each ends when
+        its release does, so a new release never waits on a task of an old one."""
+        if self._task_for is not rel:
+            loop = asyncio.get_running_loop()
+            self._task_for = rel
+            self._tasks = (loop.create_task(self._window_loop(rel)), loop.create_task(self._mirror_loop(rel)))
+
+    async def _window_loop(self, rel: Release) -> None:
+        """Close each window when it ends and act on its decision (a task of its own: a mirrored copy that
+        waits for CPU never delays a rollback)."""
+        while self.release is rel:
+            await asyncio.sleep(min(1.0, max(0.0, rel.window_end - self.clock())))
+            if self.release is rel and self.clock() >= rel.window_end:
+                await self.close_window(rel)
+
+    async def _mirror_loop(self, rel: Release) -> None:
+        """Run mirrored copies one at a time on the low-priority thread."""
+        loop = asyncio.get_running_loop()
+        if rel.queue is None:
+            rel.queue = asyncio.Queue(rel.plan.queue_size)
+        while self.release is rel:
+            try:
+                item = await asyncio.wait_for(rel.queue.get(), 1.0)
+            except TimeoutError:
+                continue  # to notice the end of the release
+            if self.release is rel:
+                await self._run_mirror(loop, rel, item)
+
+    async def _run_mirror(self, loop, rel: Release, item: Mirror) -> None:
+        engine = rel.engine(item.role)
+        t0 = time.perf_counter()
+        try:
+            out, cpu_ms = await loop.run_in_executor(self.executor, _run_niced, rel.plan.mirror_nice,
+                                                     engine.predict_sync_timed, item.data, item.score_thr)
+        except RequestRefused:
+            return  # an image the model refuses: the answer said so already
+        except Exception:  # noqa: BLE001 - counted as the challenger's error
+            log.exception("mirrored request failed on %s", engine.run_id)
+            rel.record_mirror(item, None, None)
+            self._count(engine.run_id, item.role, "mirror", "error", time.perf_counter() - t0)
+            return
+        self._count(engine.run_id, item.role, "mirror", "ok", time.perf_counter() - t0)
+        rel.record_mirror(item, out, cpu_ms)
+
+    async def close_window(self, rel: Release) -> Decision:
+        """Close the window and act: a rollback or promotion is written to the log (in a thread)."""
+        figures, decision = rel.close_window()
+        log.info("release window %s: %s %s %s", figures.index, decision.verdict, decision.action,
+                 "; ".join(decision.reasons))
+        if decision.action == "continue":
+            return decision
+        why = f"automatic: {'; '.join(decision.reasons)}"
+        try:
+            if decision.action == "rollback":
+                await asyncio.to_thread(self.abort, why, figures.as_dict(), "release_rollback")
+            else:
+                await asyncio.to_thread(self.promote, why, figures.as_dict())
+        except ReleaseRefused:  # ended by an admin command in the meantime
+            pass
+        return decision
+
+
+def _text(e: BaseException) -> str:
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return f"{type(e).__name__}: {msg}"[:500]
