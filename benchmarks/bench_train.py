@@ -118,17 +118,35 @@ def bench_model_train(config: Path, overrides: list[str]) -> None:
         step_s = float(run.manifest.get("duration_s") or summary["seconds"])
         images = summary["epochs"] * summary["train_images"]
         test = test_split_scores(store, run)
+        epochs = epoch_rows(store.materialize(run, "curves") / "metrics.csv")
+        train_s = sum(float(r["seconds"]) for r in epochs)
         print(f"\nmodel_train of {config} ({summary['epochs']} epochs x {summary['train_images']} train images, "
               f"img {summary['hyperparameters'].get('img_size')}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads)")
         print(f"  model_train step: {step_s:.1f} s wall ({step_s / 60:.2f} min); training loop "
               f"{summary['seconds']:.1f} s = {images / summary['seconds']:.1f} img/s (incl. validation); "
               f"whole command (data_load + data_prep + model_train) {total:.1f} s")
+        print(f"  training steps alone (no validation): {train_s:.1f} s = {images / train_s:.1f} img/s, "
+              f"{train_s / len(epochs):.1f} s an epoch (augmented epochs "
+              f"{mean_seconds(epochs, 'True'):.1f} s, plain {mean_seconds(epochs, 'False'):.1f} s)")
         print(f"  load average (1, 5, 15 min) before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
               f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
         print(f"  val AP {summary['start_ap']:.4f} (start) -> {summary['best_ap']:.4f} (best.pt = epoch "
               f"{summary['best_epoch']}); best.pt on the {test['images']} test images: AP {test['AP']:.4f}, "
               f"AP50 {test['AP50']:.4f}, AP75 {test['AP75']:.4f}")
+
+
+def epoch_rows(metrics_csv: Path) -> list[dict]:
+    """The trained epochs of curves/metrics.csv (epoch 0, the start, has no training steps)."""
+    import csv
+
+    with open(metrics_csv, newline="") as f:
+        return [r for r in csv.DictReader(f) if int(r["epoch"]) > 0]
+
+
+def mean_seconds(rows: list[dict], augment: str) -> float:
+    picked = [float(r["seconds"]) for r in rows if r["augment"] == augment]
+    return sum(picked) / len(picked) if picked else float("nan")
 
 
 def test_split_scores(store, train_run) -> dict:
