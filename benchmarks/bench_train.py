@@ -1,6 +1,15 @@
-"""Training throughput on this machine: data loading (with augmentation) vs the model's optimizer step.
+"""Training throughput on this machine: data loading (with augmentation) vs the model's optimizer step; or the
+time of a whole model_train step of a config (BCCD: the issue-21 target of <= 5 minutes on an idle 2-core
+machine).
 
     .venv/bin/python benchmarks/bench_train.py [--coco examples/coco_sample] [--steps 3] [--batch 8]
+    .venv/bin/python benchmarks/bench_train.py --config configs/bccd.yaml      # model_train on BCCD, then its
+                                                                               # best.pt scored on the test split
+
+With --config it runs `cvpipe run CONFIG --to model_train` in a fresh temporary store (the step's own code path:
+data_load, data_prep, then model_train), and prints model_train's wall time, training images/s, the load
+average before and after (the machine may be shared: the number is only comparable to an idle one when the
+load stays under ~0.5) and best.pt's AP / AP50 on the test split. Nothing is asserted.
 
 For YOLOX-Nano at 416 and YOLOX-S at 416 / 640 (random init, full model trained, batch 8) it prints images/s of
 (1) the DataLoader alone (mosaic + affine + mixup + HSV + flip, workers=0), (2) the model step alone
@@ -15,6 +24,9 @@ import argparse
 import hashlib
 import json
 import logging
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -85,14 +97,89 @@ def bench_one(scale: str, size: int, ds_dir: Path, images_dir: Path, batch: int,
             "train_img_s": batch / (load_s + step_s), "load_share": load_s / (load_s + step_s)}
 
 
+def bench_model_train(config: Path, overrides: list[str]) -> None:
+    """`cvpipe run CONFIG --to model_train` in a fresh store; model_train's time, img/s and best.pt's test AP."""
+    from cvpipe.config import load_config
+    from cvpipe.store import ArtifactStore
+
+    with tempfile.TemporaryDirectory() as tmpdir:
+        store_url = str(Path(tmpdir) / "store")
+        sets = [f"store={store_url}", *overrides]
+        load_before = os.getloadavg()
+        cmd = [sys.executable, "-m", "cvpipe.cli.main", "run", str(config), "--to", "model_train",
+               *(a for kv in sets for a in ("--set", kv))]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, env={**os.environ, "BENTOML_DO_NOT_TRACK": "true"})
+        total = time.perf_counter() - t0
+        load_after = os.getloadavg()
+        store = ArtifactStore.from_config(load_config(config, sets))
+        run = store.latest_run("model_train")
+        summary = run.manifest["summary"]
+        step_s = float(run.manifest.get("duration_s") or summary["seconds"])
+        images = summary["epochs"] * summary["train_images"]
+        test = test_split_scores(store, run)
+        epochs = epoch_rows(store.materialize(run, "curves") / "metrics.csv")
+        train_s = sum(float(r["seconds"]) for r in epochs)
+        print(f"\nmodel_train of {config} ({summary['epochs']} epochs x {summary['train_images']} train images, "
+              f"img {summary['hyperparameters'].get('img_size')}, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads)")
+        print(f"  model_train step: {step_s:.1f} s wall ({step_s / 60:.2f} min); training loop "
+              f"{summary['seconds']:.1f} s = {images / summary['seconds']:.1f} img/s (incl. validation); "
+              f"whole command (data_load + data_prep + model_train) {total:.1f} s")
+        print(f"  training steps alone (no validation): {train_s:.1f} s = {images / train_s:.1f} img/s, "
+              f"{train_s / len(epochs):.1f} s an epoch (augmented epochs "
+              f"{mean_seconds(epochs, 'True'):.1f} s, plain {mean_seconds(epochs, 'False'):.1f} s)")
+        print(f"  load average (1, 5, 15 min) before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
+              f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
+        print(f"  val AP {summary['start_ap']:.4f} (start) -> {summary['best_ap']:.4f} (best.pt = epoch "
+              f"{summary['best_epoch']}); best.pt on the {test['images']} test images: AP {test['AP']:.4f}, "
+              f"AP50 {test['AP50']:.4f}, AP75 {test['AP75']:.4f}")
+
+
+def epoch_rows(metrics_csv: Path) -> list[dict]:
+    """The trained epochs of curves/metrics.csv (epoch 0, the start, has no training steps)."""
+    import csv
+
+    with open(metrics_csv, newline="") as f:
+        return [r for r in csv.DictReader(f) if int(r["epoch"]) > 0]
+
+
+def mean_seconds(rows: list[dict], augment: str) -> float:
+    picked = [float(r["seconds"]) for r in rows if r["augment"] == augment]
+    return sum(picked) / len(picked) if picked else float("nan")
+
+
+def test_split_scores(store, train_run) -> dict:
+    """best.pt of a model_train run scored on its data_prep run's test split (the training's own evaluator)."""
+    from cvpipe.training.checkpoints import Checkpoints
+    from cvpipe.training.validation import evaluate_model
+
+    inputs = train_run.manifest["inputs"]
+    prep = store.get_run(inputs["dataset"]["run_id"], step="data_prep")
+    ds = DetectionDataset.load(store.materialize(prep, "dataset"))
+    images = store.materialize(prep, "images")
+    ck = Checkpoints.load(store.materialize(train_run, "checkpoints"))
+    model, _ = ck.load_model()
+    test = ds.split("test")
+    stats = evaluate_model(model, test, images, int(ck.input_size[0]), torch.device("cpu"))
+    return {"images": len(test.images), **stats}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--coco", type=Path, default=Path("examples/coco_sample"))
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--configs", default="nano@416,s@416,s@640")
+    ap.add_argument("--config", type=Path, help="time model_train of this pipeline config instead (e.g. "
+                                                 "configs/bccd.yaml)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="config override for --config, e.g. --set model_train.epochs=15")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.config is not None:
+        bench_model_train(args.config, args.overrides)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {args.steps} timed steps")
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)

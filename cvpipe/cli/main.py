@@ -90,6 +90,10 @@ def _print_runs(runs: list[RunRecord], config: Path) -> None:
         report = (r.manifest.get("outputs") or {}).get("report")
         if report:
             console.print(f"[bold]{r.step} report:[/] {report['uri']}/report.html", highlight=False)
+    for r in runs:
+        gain = (r.manifest.get("summary") or {}).get("gain") if r.step == "model_eval" else None
+        if gain:
+            console.print(f"[bold]what fine-tuning gained:[/] {gain['message']}", highlight=False)
     if any(r.step == "model_pack" for r in runs):
         console.print(f"[bold green]serve the model:[/] {cvpipe_command()} serve -c {config}   "
                       f"(then open http://127.0.0.1:3000)", highlight=False)

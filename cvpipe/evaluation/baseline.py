@@ -1,6 +1,8 @@
 """What a candidate model is compared with in model_eval: the champion (the promoted model that is served),
 or the pretrained model training started from, evaluated on the same images by the same loop; and the gate
-is cvpipe.evaluation.gate."""
+is cvpipe.evaluation.gate. The start can be the pretrained ONNX (when it knows the dataset's classes) or the
+model training started from, packed by model_pack (`start`: the pretrained weights with fresh class
+predictors, when the classes are new)."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ class EvalModel:
     """A model as the evaluation loop sees it: a batch predictor and its classes (mapped to the dataset's
     by name)."""
 
-    kind: str  # "candidate" | "champion" | "pretrained"
+    kind: str  # "candidate" | "champion" | "previous champion" | "pretrained" | "start"
     name: str  # run id or file name, for the report
     predict_batch: Callable
     classes: ClassMap
@@ -42,6 +44,14 @@ def packed_eval_model(kind: str, model: PackedModel | Path, score_thr: float) ->
     predictor = Predictor.from_dir(packed)
     return EvalModel(kind, packed.run_id or packed.dir.name,
                      lambda images: predictor.predict_batch(images, score_thr=score_thr), packed.classes)
+
+
+def start_eval_model(start_dir: Path | None, score_thr: float) -> EvalModel | None:
+    """model_pack's `start` (the model training started from, epoch 0), or None when that folder is empty."""
+    if start_dir is None or not (Path(start_dir) / "model.json").is_file():
+        return None
+    packed = packed_eval_model("start", Path(start_dir), score_thr)
+    return EvalModel("start", f"training start (epoch 0) packed by {packed.name}", packed.predict_batch, packed.classes)
 
 
 def onnx_eval_model(onnx_path: Path, input_size: tuple[int, int], score_thr: float) -> EvalModel:

@@ -67,6 +67,26 @@ def baseline_section(m: dict) -> list[str]:
     return [*verdict, note, table(stats), "<p>AP per class:</p>", table(classes)]
 
 
+def gain_section(m: dict) -> list[str]:
+    """What fine-tuning gained over the model training started from, in one sentence and a table."""
+    gain = m.get("gain")
+    if not gain:
+        return ["<p class='note'>No start to compare with (a model packed from your own ONNX, or a training run "
+                "that kept no start.pt).</p>"]
+    css = "good" if gain["shown"] else "bad"
+    head = f"{gain['confidence']:.0%} interval of the gain"
+    rows = [{"metric": "AP", "start": _ap(gain["start_AP"]), "this model": _ap(gain["AP"]),
+             "gain": f"{gain['delta']:+.4f}", head: f"[{gain['ci'][0]:+.4f}, {gain['ci'][1]:+.4f}]"},
+            {"metric": "AP50", "start": _ap(gain["AP50"]["start_AP50"]), "this model": _ap(gain["AP50"]["AP50"]),
+             "gain": f"{gain['AP50']['delta']:+.4f}",
+             head: f"[{gain['AP50']['ci'][0]:+.4f}, {gain['AP50']['ci'][1]:+.4f}]"}]
+    return [f"<p class='{css}'>{escape(gain['message'][0].upper() + gain['message'][1:])}.</p>", table(rows),
+            "<p class='note'>Same images for both; paired bootstrap over images of the difference. The start is "
+            "the model training began from (model_train's start.pt, epoch 0: the pretrained weights, with fresh "
+            "class predictors where the classes are new), packed by model_pack; where none was packed, the "
+            "pretrained ONNX.</p>"]
+
+
 def _interval(entry: dict | None) -> str:
     if not entry or not entry.get("ci"):
         return ""
@@ -88,6 +108,7 @@ def build_eval_report(metrics: dict, plots: dict[str, Path], worst: list[dict]) 
     rep.add("COCO metrics", table([{"metric": k, "value": _ap(v)} for k, v in m["stats"].items()]),
             '<p class="note">hotcoco (the numbers of pycocotools), bbox, IoU .50:.95, areas small/medium/large, '
             'max 100 detections.</p>')
+    rep.add("What fine-tuning gained", *gain_section(m))
     rep.add("Champion vs challenger", *baseline_section(m))
     s = m["speed"]
     rep.add("Speed", table([

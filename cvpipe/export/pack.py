@@ -124,10 +124,10 @@ class Bento:
 # ---- what is packed ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainedModel:
-    """A model_train checkpoint (the best, or the last epoch's)."""
+    """A model_train checkpoint (the best, the last epoch's, or the start: epoch 0)."""
 
     checkpoints: Checkpoints
-    which: Literal["best", "last"] = "best"
+    which: Literal["best", "last", "start"] = "best"
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,7 @@ def prepare_trained(model: TrainedModel, settings: PackSettings, image: np.ndarr
 
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     ck = model.checkpoints
-    path = ck.best if model.which == "best" else ck.last
+    path = ck.path(model.which)
     if path is None:
         raise FileNotFoundError(f"no '{model.which}' checkpoint in {ck.directory} (best: {ck.best.name})")
     net, loaded = load_trained(path)  # fused (BN-folded) or plain weights, whichever the file holds

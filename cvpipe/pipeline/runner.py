@@ -139,6 +139,10 @@ class Runner:
                     f"step {spec.name} needs {inp.step}.{inp.entity}, but the store "
                     f"{self.store.uri(self.store.pipeline_path)} has no complete run of {inp.step}: "
                     f"run `cvpipe step {inp.step} CONFIG` first, or include it in the pipeline")
+            if rec is not None and inp.optional and inp.entity not in (rec.manifest.get("outputs") or {}):
+                log.info("%s: run %s of %s has no %s (made before it existed): %s gets None", spec.name,
+                         rec.run_id, inp.step, inp.entity, kw)
+                rec = None
             if rec is not None:
                 rec.output(inp.entity)  # fails clearly when that run lacks the entity
             resolved[kw] = rec

@@ -1,5 +1,6 @@
 """model_eval: COCO metrics of the packed model (what will be served) on the test split, side by side with the
-champion (or the pretrained start), a paired bootstrap gate, a report, and the promotion decision."""
+champion (or the pretrained start), a paired bootstrap gate, what fine-tuning gained over the model training
+started from (with its interval), a report, and the promotion decision."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from cvpipe.evaluation.baseline import (
     label_map_for,
     onnx_eval_model,
     packed_eval_model,
+    start_eval_model,
 )
 from cvpipe.evaluation.bootstrap import paired_bootstrap
 from cvpipe.evaluation.confusion import confusion_matrix
@@ -87,25 +89,69 @@ def reference_key(params: ModelEvalParams, store, input_runs: dict[str, str | No
 
 
 def reference_model(params: ModelEvalParams, reference: Reference | None, input_size,
-                    classes: ClassMap | None = None) -> EvalModel | None:
+                    classes: ClassMap | None = None, start: EvalModel | None = None) -> EvalModel | None:
     """The reference as the evaluation loop runs it, or None.
 
-    A start that knows none of the dataset's classes (a COCO model on blood cells) cannot be compared: when it
-    stands in for a missing champion, there is no baseline (the first champion is the candidate); asked for
-    explicitly (baseline=pretrained), it is an error."""
+    A pretrained ONNX that knows none of the dataset's classes (a COCO model on blood cells) cannot be compared;
+    the model training started from (`start`: those weights with fresh class predictors, packed by model_pack)
+    stands in for it. Without that: when the ONNX stands in for a missing champion there is no baseline (the
+    first champion is the candidate); asked for explicitly (baseline=pretrained), it is an error."""
     if reference is None:
-        if params.baseline != "none":
+        if params.baseline == "none":
+            return None
+        if start is None:
             log.warning("no pretrained ONNX to compare with; the gate has nothing to compare")
-        return None
+        return start
     if reference.model is not None:
         return packed_eval_model(reference.kind, reference.model, params.score_thr)
     assert reference.onnx is not None  # a Reference is a packed champion or a pretrained ONNX
-    start = onnx_eval_model(reference.onnx, input_size, params.score_thr)
-    if params.baseline == "champion" and classes is not None and not start.classes.subset_for(classes):
-        log.warning("no champion yet, and the pretrained start (%s) knows none of the dataset's classes: "
-                    "nothing to compare with", start.name)
+    pretrained = onnx_eval_model(reference.onnx, input_size, params.score_thr)
+    if classes is not None and not pretrained.classes.subset_for(classes):
+        if start is not None:
+            log.info("the pretrained ONNX (%s) knows none of the dataset's classes: comparing with the model "
+                     "training started from (%s)", pretrained.name, start.name)
+            return start
+        if params.baseline == "champion":
+            log.warning("no champion yet, and the pretrained start (%s) knows none of the dataset's classes: "
+                        "nothing to compare with", pretrained.name)
+            return None
+    return pretrained
+
+
+def gain_over_start(params: ModelEvalParams, gt: dict, images: Path, classes: ClassMap, candidate: tuple,
+                    start: EvalModel | None, reference: EvalModel | None, baseline: dict | None) -> dict | None:
+    """What fine-tuning gained: the candidate vs the model training started from (model_pack's `start`, else a
+    pretrained reference) on the same test images, AP and AP50 with the paired bootstrap interval of the
+    difference. Reuses the gate's comparison when the start is its reference; None when there is no start."""
+    if start is not None and start is not reference:
+        ev, preds = candidate
+        _, start_preds = run_model(start, gt, images, classes)
+        boot = paired_bootstrap(gt, preds.results, start_preds.results, params.resamples, params.seed,
+                                params.confidence)
+        over = start
+    elif baseline is not None and reference is not None and reference.kind in ("start", "pretrained"):
+        boot, over = baseline["bootstrap"], reference
+    else:
         return None
-    return start
+    return gain_record(boot, over)
+
+
+def gain_record(boot: dict, start: EvalModel) -> dict:
+    """The gain section of metrics.json and the summary, with the sentence the log and the report print."""
+    ap50 = boot["ap50"]
+    lo, hi = boot["ci"]
+    shown = lo > 0
+    message = (f"fine-tuning {'gained' if shown else 'did not show a gain:'} {boot['delta']:+.4f} AP "
+               f"({boot['reference_ap']:.4f} -> {boot['candidate_ap']:.4f}; {boot['confidence']:.0%} interval "
+               f"[{lo:+.4f}, {hi:+.4f}]{', all above zero' if shown else ''}) and {ap50['delta']:+.4f} AP50 "
+               f"({ap50['reference']:.4f} -> {ap50['candidate']:.4f}; interval [{ap50['ci'][0]:+.4f}, "
+               f"{ap50['ci'][1]:+.4f}]) over the {start.kind} ({start.name}) on {boot['images']} images")
+    return {"over": {"kind": start.kind, "name": start.name}, "images": boot["images"],
+            "confidence": boot["confidence"], "AP": boot["candidate_ap"], "start_AP": boot["reference_ap"],
+            "delta": boot["delta"], "ci": [lo, hi], "p_better": boot["p_better"],
+            "AP50": {"AP50": ap50["candidate"], "start_AP50": ap50["reference"], "delta": ap50["delta"],
+                     "ci": list(ap50["ci"])},
+            "shown": shown, "message": message}
 
 
 def gate_rule(params: ModelEvalParams) -> GateRule:
@@ -134,22 +180,27 @@ def compare(params, gt, images, classes, candidate: tuple, reference: EvalModel 
 
 
 @step("model_eval", params=ModelEvalParams,
-      inputs={"dataset": "data_prep.dataset", "images": "data_prep.images", "model": "model_pack.model"},
+      inputs={"dataset": "data_prep.dataset", "images": "data_prep.images", "model": "model_pack.model",
+              "start": "model_pack.start?"},
       outputs=[Output("metrics", Folder, description="metrics.json"),
                Output("predictions", Folder, description="predictions.json, baseline_predictions.json"),
                Output("report", Folder, description="report.html, PR curves, confusion matrix, worst images")],
       resolve={"reference": resolve_reference, "trained_on": resolve_training_images})
 def model_eval(params: ModelEvalParams, ctx: StepContext, *, dataset: DetectionData, images: ImageFiles,
-               model: PackedModel, reference: Reference | None, trained_on: dict | None) -> Produced:
-    """Evaluate the packed model on the test split beside the champion or the pretrained start; gate; promote."""
+               model: PackedModel, reference: Reference | None, trained_on: dict | None,
+               start: Folder | None = None) -> Produced:
+    """Evaluate the packed model on the test split beside the champion or the pretrained start; say what
+    fine-tuning gained over its start; gate; promote."""
     gt = load_split(dataset, params)
     held_out = held_out_record(dataset, params.split, gt)
     classes = ClassMap.from_coco_categories(gt["categories"])
     candidate = packed_eval_model("candidate", model, params.score_thr)
     ev, preds = run_model(candidate, gt, images.directory, classes)
     leak = leakage_criterion(held_out.pop("digests"), trained_on)
-    baseline, gate = compare(params, gt, images.directory, classes, (ev, preds),
-                             reference_model(params, reference, model.input_size, classes), [leak])
+    start_model = start_eval_model(start.directory if start is not None else None, params.score_thr)
+    ref_model = reference_model(params, reference, model.input_size, classes, start_model)
+    baseline, gate = compare(params, gt, images.directory, classes, (ev, preds), ref_model, [leak])
+    gain = gain_over_start(params, gt, images.directory, classes, (ev, preds), start_model, ref_model, baseline)
     gate["data"] = held_out
     cm = confusion_matrix(gt, preds.results, iou_thr=params.confusion_iou, score_thr=params.confusion_score)
     metrics = {"split": params.split, "images": len(gt["images"]), "params": params.model_dump(mode="json"),
@@ -158,14 +209,16 @@ def model_eval(params: ModelEvalParams, ctx: StepContext, *, dataset: DetectionD
                "model": {"run_id": candidate.name, "input_size": list(model.input_size),
                          "model_pack_run": ctx.input_runs.get("model")},
                "stats": ev.stats, "per_class_ap": ev.per_class_ap, "speed": speed_of(preds),
-               "confusion": cm.to_dict(), "gate": gate}
+               "confusion": cm.to_dict(), "gate": gate, "gain": gain}
     outputs = write_outputs(ctx, params, metrics, baseline, Evaluated(gt, ev, preds.results, cm), images.directory)
     log.info("model_eval: AP %.4f AP50 %.4f on %d %s images; %s", ev.stats["AP"], ev.stats["AP50"],
              metrics["images"], params.split, gate["message"])
+    if gain is not None:
+        log.info("model_eval: %s", gain["message"])
     gate["compared"] = {"candidate": ctx.input_runs.get("model"), "candidate_name": candidate.name,
                         "reference": {k: baseline[k] for k in ("kind", "name")} if baseline else None}
     summary = {"AP": ev.stats["AP"], "AP50": ev.stats["AP50"], "images": metrics["images"],
-               "images_per_s": metrics["speed"]["images_per_s"], "gate": gate,
+               "images_per_s": metrics["speed"]["images_per_s"], "gate": gate, "gain": gain,
                "baseline": {k: baseline[k] for k in ("kind", "name")} | {"AP": baseline["stats"]["AP"]}
                if baseline else None}
     summary["promotion"] = promotion(params, ctx, summary)

@@ -18,7 +18,7 @@ from pydantic import Field
 from cvpipe.data.schema import DetectionData, ImageFiles, TestImage
 from cvpipe.export.pack import Bento, PackSettings
 from cvpipe.inference.packed import PackedModel
-from cvpipe.pipeline import Output, Produced, StepContext, StepParams, step
+from cvpipe.pipeline import Folder, Output, Produced, StepContext, StepParams, step
 from cvpipe.training.checkpoints import Checkpoints
 
 if TYPE_CHECKING:
@@ -52,7 +52,10 @@ class ModelPackParams(StepParams, PackSettings):
       outputs=[Output("model", PackedModel, description="model.onnx, model_e2e.onnx, certified variants "
                                                         "(model_int8.onnx, model_openvino.xml/.bin, ...), "
                                                         "model.json, test image, reference.json"),
-               Output("bento", Bento, description="<name>.bento, Dockerfile, README.md")])
+               Output("bento", Bento, description="<name>.bento, Dockerfile, README.md"),
+               Output("start", Folder, description="the model training started from (model_train's start.pt, "
+                                                   "epoch 0), packed as fp32 ONNX + model.json, so model_eval can "
+                                                   "say what fine-tuning gained; empty when there is none")])
 def model_pack(params: ModelPackParams, ctx: StepContext, *, checkpoints: Checkpoints | None = None,
                test_image: TestImage | None = None, dataset: DetectionData | None = None,
                images: ImageFiles | None = None) -> Produced:
@@ -78,7 +81,24 @@ def model_pack(params: ModelPackParams, ctx: StepContext, *, checkpoints: Checkp
     bento = Bento(ctx.workdir("bento"))
     if params.bento:
         summary.update(build_bento(packed, bento, ctx))
-    return Produced(summary, model=packed, bento=bento)
+    start = ctx.workdir("start")
+    summary["start_packed"] = pack_start(params, checkpoints, Path(image), start, ctx)
+    return Produced(summary, model=packed, bento=bento, start=Folder(start))
+
+
+def pack_start(params: ModelPackParams, checkpoints: Checkpoints | None, image: Path, out: Path,
+               ctx: StepContext) -> bool:
+    """The training's start (start.pt) as a plain fp32 ONNX model dir in `out` (no variants, no e2e graph: it is
+    only evaluated, never served); False when there is none (your own ONNX, or a run from before start.pt)."""
+    from cvpipe.export.pack import TrainedModel, pack
+
+    if params.onnx is not None or checkpoints is None or checkpoints.start is None:
+        return False
+    settings = PackSettings(**params.model_dump(include=PACK_FIELDS)).model_copy(
+        update={"e2e": False, "variants": [], "simplify": False})
+    pack(TrainedModel(checkpoints, "start"), settings, test_image=image, out=out, work=ctx.scratch / "pack_start",
+         run_id=ctx.run_id, source_run_ids={k: v for k, v in ctx.input_runs.items() if v})
+    return True
 
 
 def model_source(params: ModelPackParams, checkpoints: Checkpoints | None) -> OnnxModel | TrainedModel:

@@ -20,7 +20,8 @@ from cvpipe.training.params import TrainParams
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("checkpoints", "curves", "test_image")
-STATE_FILES = ("last.pt", "best.pt", "checkpoints.json")  # the checkpoints entity's files (cvpipe.training.checkpoints)
+# the checkpoints entity's files (cvpipe.training.checkpoints)
+STATE_FILES = ("last.pt", "best.pt", "start.pt", "checkpoints.json")
 
 
 class ModelTrainParams(TrainParams):
@@ -30,14 +31,15 @@ class ModelTrainParams(TrainParams):
 
 @step("model_train", params=ModelTrainParams,
       inputs={"dataset": "data_prep.dataset", "images": "data_prep.images"},
-      outputs=[Output("checkpoints", Checkpoints, description="best.pt, last.pt, checkpoints.json"),
+      outputs=[Output("checkpoints", Checkpoints, description="best.pt, last.pt, start.pt, checkpoints.json"),
                Output("curves", Folder, description="metrics.csv, curves.png"),
                Output("test_image", TestImage, description="image.<ext>, ground_truth.json, meta.json")])
 def model_train(params: ModelTrainParams, ctx: StepContext, *, dataset: DetectionData,
                 images: ImageFiles) -> Produced:
     """Train YOLOX on the train split, validating on val (epoch 0 = the pretrained start); writes the checkpoints
-    (best.pt, last.pt, checkpoints.json), metrics.csv / curves.png and one validation image with its ground
-    truth. The summary names the pretrained weights (source, path, sha256) and the hyper-parameters used."""
+    (best.pt, last.pt, start.pt = epoch 0, checkpoints.json), metrics.csv / curves.png and one validation image
+    with its ground truth. The summary names the pretrained weights (source, path, sha256) and the
+    hyper-parameters used."""
     from cvpipe.evaluation.leakage import trained_on
     from cvpipe.training.run import run_training  # heavy (torch, cv2): imported here so `cvpipe --help` stays fast
 

@@ -84,6 +84,16 @@ def test_optional_self_input_sees_previous_run(toy_cfg):
     assert r2.manifest["inputs"]["previous"]["run_id"] == r1.run_id
 
 
+def test_optional_input_from_a_run_made_before_the_entity_existed_is_none(toy_cfg, tmp_path):
+    """An optional input whose producing run has no such output (made by an older version of the step, e.g. a
+    model_pack run from before its `start` output) is passed as None, not an error."""
+    r1 = Runner(toy_cfg()).run(["toy_source", "toy_double", "toy_compare"])[-1]
+    manifest = next((tmp_path / "store").glob(f"*/*/toy_compare/{r1.run_id}/manifest.json"))
+    manifest.write_text(json.dumps(dict(r1.manifest, outputs={})))  # as an older version of the step wrote it
+    r2 = Runner(toy_cfg(), force=True).run_step("toy_compare")
+    assert r2.manifest["summary"] == {"had_previous": False} and r2.manifest["inputs"]["previous"] is None
+
+
 def test_failure_is_recorded_and_nothing_committed_is_touched(toy_cfg):
     good = Runner(toy_cfg()).run(["toy_source", "toy_double"])[1]
     before = json.dumps(good.manifest)

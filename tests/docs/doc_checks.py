@@ -61,7 +61,7 @@ def _predict_json_after(ctx: DocContext, before: None, output: str) -> None:
     form, raw, info = json_objects(output)[:3]
     for result in (form, raw):
         assert set(result) >= {"detections", "image", "model"} and result["model"]["run_id"] == info["run_id"]
-        assert result["image"] == {"width": 640, "height": 428}, result["image"]  # 000000000030.jpg
+        assert result["image"] == {"width": 640, "height": 480}, result["image"]  # BloodImage_00007.jpg
         for d in result["detections"]:
             assert len(d["box"]) == 4 and {"score", "category_id", "category_name"} <= set(d), d
     assert form["detections"] and all(d["score"] >= 0.5 for d in raw["detections"])

@@ -159,6 +159,7 @@ def _run_examples(examples: list[Example], work: Path, env: dict[str, str]) -> l
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the README trains the main job twice (make run, then step 6): ~4 min each idle
 def test_doc_examples_run_verbatim(tmp_path):
     """README.md first, then docs/*.md, as a reader goes: one scratch copy of the repo, one store, one served
     model; a later example sees what an earlier one made."""

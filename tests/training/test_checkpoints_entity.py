@@ -1,4 +1,4 @@
-"""The checkpoints entity (best.pt, last.pt, checkpoints.json) and where training started."""
+"""The checkpoints entity (best.pt, last.pt, start.pt, checkpoints.json) and where training started."""
 
 from __future__ import annotations
 
@@ -27,6 +27,31 @@ def test_save_epoch_and_load(tmp_path):
     assert net.num_classes == 2
     (d / "checkpoints.json").unlink()  # a directory of plain files still loads (best.pt's own metadata)
     assert Checkpoints.load(d).meta["epoch"] == 1
+
+
+def test_epoch_0_is_kept_as_the_start(tmp_path):
+    """start.pt is the model of epoch 0 (what training began from), kept however later epochs go: model_pack
+    packs it so model_eval can say what fine-tuning gained."""
+    import torch
+
+    model = build_yolox("nano", 2)
+    d = tmp_path / "checkpoints"
+    meta = {"class_names": ["a", "b"], "input_size": [64, 64]}
+    Checkpoints.save_epoch(d, model, dict(meta, epoch=0), improved=False)
+    start_weights = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ck = Checkpoints.save_epoch(d, model, dict(meta, epoch=1), improved=True)
+    for loaded in (ck, Checkpoints.load(d)):
+        assert loaded.start == d / "start.pt" and loaded.path("start") == loaded.start
+    start, _ = Checkpoints.load(d).load_model("start")
+    best, _ = Checkpoints.load(d).load_model("best")
+    key = next(k for k, v in start_weights.items() if v.is_floating_point())
+    assert torch.equal(start.state_dict()[key], start_weights[key])
+    assert not torch.equal(best.state_dict()[key], start_weights[key])
+    (d / "start.pt").unlink()  # an older run without it: no start, not an error
+    assert Checkpoints.load(d).start is None and Checkpoints.load(d).best == d / "best.pt"
 
 
 def test_index_cannot_point_outside_its_directory(tmp_path):
