@@ -6,13 +6,15 @@ from coco_data import COCO_DEV, REPO
 # The toy steps of tests/core register through `plugins:`; a config's plugins are imported only when allowed.
 os.environ.setdefault("CVPIPE_ALLOW_PLUGINS", "toy_steps")
 
-# Modules that take longest (measured with --durations, docs/testing.md): with `-n` they are handed out first, so
-# that the last module to start is a short one and no worker is left running a long one alone at the end.
+# Files that take longest (CPU seconds per file, measured with the suite on two workers; docs/testing.md): with
+# `-n` they are handed out first (addopts has --no-loadscope-reorder, so xdist keeps this order), and the last
+# file to start is a short one: no worker is left running a long one alone at the end.
 LONGEST_FIRST = [
-    "training/test_train_step.py", "evaluation/test_model_eval_step.py", "loadtest/test_model_test_step.py",
-    "training/test_finetune_known_classes.py", "training/test_finetune_sanity.py", "training/test_distributed.py",
-    "data/test_data_prep.py", "core/test_faults.py", "serving/test_service.py", "export/test_variants.py",
-    "serving/test_bad_input_corpus.py", "export/test_onnx_export.py", "evaluation/test_model_eval_cache.py",
+    "core/test_faults.py", "serving/test_service.py", "training/test_train_step.py", "data/test_data_prep.py",
+    "loadtest/test_model_test_step.py", "training/test_distributed.py", "core/test_store_runner.py",
+    "export/test_variants.py", "evaluation/test_model_eval_step.py", "training/test_finetune_known_classes.py",
+    "serving/test_model_pack.py", "serving/test_memory.py", "export/test_onnx_export.py",
+    "production/test_fuzz_decoder.py", "data/test_coco_sample.py", "training/test_finetune_sanity.py",
 ]
 
 
