@@ -27,14 +27,15 @@ run: install  ## the whole pipeline on the bundled example data
 serve: install  ## serve the latest packed model on http://127.0.0.1:3000
 	$(BIN)/cvpipe serve --config $(CONFIG)
 
-test: install  ## the default test suite (a few minutes)
+test: install  ## the default test suite (under 4 minutes on 2 cores: one pytest-xdist worker per CPU)
 	$(BIN)/pytest
 
+# The slow tests run one at a time (-n 0): several measure a service's memory or latency under a load they make.
 test-slow: install  ## the slow end-to-end tests only
-	$(BIN)/pytest -m slow
+	$(BIN)/pytest -m slow -n 0
 
 test-all: install  ## every test
-	$(BIN)/pytest -m "slow or not slow"
+	$(BIN)/pytest -m "slow or not slow" -n 0
 
 bench: install  ## benchmarks (print ratios against baselines measured in the same run)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done

@@ -454,7 +454,7 @@ class Trainer:
                          row["l1_loss"], row["lr"], row["imgs_per_s"],
                          "" if row["AP"] is None else f"  val AP {row['AP']:.4f} AP50 {row['AP50']:.4f}")
                 self.save(epoch + 1, metrics, improved or self.val_split is None)
-                write_curves(self.history, self.outputs.curves)
+                write_curves(self.history, self.outputs.curves, plot=evaluate or epoch + 1 == last)
                 if self.on_saved is not None:
                     self.on_saved()
             self.dist.barrier()

@@ -46,12 +46,25 @@ def processes_using(bentoml_home) -> list[int]:
     return pids
 
 
-def test_model_test_passes_and_reports(bento_inputs, tmp_path):
+def test_model_test_passes_and_reports(bento_inputs, tmp_path, monkeypatch):
+    import cvpipe.steps.model_test as step_module
+
     tmp, model, bento = bento_inputs
     spec = get_step("model_test")
     ctx = ctx_for(tmp_path, "ok")
+    # while the step's service answers its checks, its processes are found by their BentoML home: this makes the
+    # "stopped" assertion at the end able to fail (a marker that never matches would pass it)
+    running: list[int] = []
+    check_service = step_module.check_service
+
+    def check_and_look(*args, **kwargs):
+        running.extend(processes_using(ctx.scratch / "bentoml_home"))
+        return check_service(*args, **kwargs)
+
+    monkeypatch.setattr(step_module, "check_service", check_and_look)
     params = spec.params(duration_s=1.5, concurrency=3, max_requests=200, warmup_requests=1, max_p95_ms=5000)
     summary = run_step(ctx, params, bento=bento, model=model)
+    assert len(running) >= 2, running  # the server and its worker
     assert summary["passed"] and summary["concurrent_rps"] > 0
     rep = json.loads((ctx.output("report") / "report.json").read_text())
     assert rep["passed"] and rep["model_run_id"] == "20260101-000000-abcd"
@@ -85,17 +98,6 @@ def test_model_test_fails_on_a_mismatch_after_writing_its_report(bento_inputs, t
     assert any("test_result" in n for n in failed) and any("matches the reference" in n for n in failed)
     assert any("load test" in n for n in failed)  # every load-test response mismatched the reference
     assert not processes_using(ctx.scratch / "bentoml_home")
-
-
-def test_process_marker_sees_a_running_service(bento_inputs, tmp_path):
-    # guards the "service was stopped" assertions above: a running service is found by its BentoML home
-    from cvpipe.serving.process import ServiceProcess
-
-    tmp, model, bento = bento_inputs
-    home = tmp_path / "home"
-    with ServiceProcess(next(bento.glob("*.bento")), "127.0.0.1", bentoml_home=home):
-        assert processes_using(home)
-    assert not processes_using(home)
 
 
 def test_model_test_refuses_a_non_loopback_host_and_reports_a_missing_bento(bento_inputs, tmp_path):

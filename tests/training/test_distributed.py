@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from step_context import run_step, step_context
@@ -34,13 +35,34 @@ def test_torchrun_two_cpu_processes(synthetic, tmp_path):
     assert ckpt["extra"]["epoch"] == 2
 
 
-def test_step_launches_torchrun(synthetic, tmp_path):
+def test_step_launches_torchrun_and_collects_its_outputs(synthetic, tmp_path, monkeypatch):
+    """`nproc_per_node: 2` makes the step start torchrun with its params file and move OUT_DIR into its outputs.
+    The launched command runs here in one process (DDP itself, two real ranks, is the test above): one torchrun
+    start per suite is enough, and the command line and the collected outputs are what the step adds."""
+    import cvpipe.steps.model_train as step_module
     from cvpipe.steps.model_train import ModelTrainParams
+    from cvpipe.training.distributed import main as distributed_main
 
+    launched: list[list[str]] = []
+    real_run = subprocess.run
+
+    def run_in_process(cmd, *args, **kwargs):
+        if "torch.distributed.run" not in cmd:
+            return real_run(cmd, *args, **kwargs)
+        launched.append(cmd)
+        module_at = cmd.index("cvpipe.training.distributed")
+        return subprocess.CompletedProcess(cmd, distributed_main(cmd[module_at + 1:]))
+
+    monkeypatch.setattr(step_module.subprocess, "run", run_in_process)
     ds_dir, images_dir = synthetic
     ctx = step_context(tmp_path, "model_train", run_id="t")
     params = ModelTrainParams(scale="nano", pretrained="none", img_size=64, batch_size=2, epochs=1, no_aug_epochs=0,
                               device="cpu", nproc_per_node=2)
     summary = run_step(ctx, params, dataset=ds_dir, images=images_dir)
-    assert summary["world_size"] == 2
+    [cmd] = launched
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], cmd
+    sent = json.loads(Path(cmd[cmd.index("--params") + 1]).read_text())
+    assert "nproc_per_node" not in sent and sent["epochs"] == 1 and sent["img_size"] == 64
+    assert summary["epochs"] == 1 and summary["train_images"] == 4
     assert (ctx.output("checkpoints") / "best.pt").is_file() and (ctx.output("test_image") / "meta.json").is_file()
+    assert (ctx.output("curves") / "metrics.csv").is_file()
