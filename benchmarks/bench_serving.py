@@ -77,7 +77,7 @@ def pack(tmp: Path, image: Path, scale: str = "nano", variants: tuple[str, ...] 
     from cvpipe.pipeline.step import get_step
     from cvpipe.steps.model_pack import ModelPackParams
 
-    outs = {"model": tmp / "model", "bento": tmp / "bento"}
+    outs = {name: tmp / name for name in get_step("model_pack").outputs}  # every output the step declares
     for d in [*outs.values(), tmp / "scratch", tmp / "checkpoints"]:
         d.mkdir()
     if scale == "nano":

@@ -39,7 +39,7 @@ def pack(tmp: Path) -> tuple[Path, Path]:
     from cvpipe.pipeline.step import get_step
     from cvpipe.steps.model_pack import ModelPackParams
 
-    outs = {"model": tmp / "model", "bento": tmp / "bento"}
+    outs = {name: tmp / name for name in get_step("model_pack").outputs}  # every output the step declares
     for d in [*outs.values(), tmp / "scratch"]:
         d.mkdir()
     image = largest_person(json.loads(ANNOTATIONS.read_text()))[0]
