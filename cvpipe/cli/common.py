@@ -97,3 +97,17 @@ def failed_run_note(store: Any, run_id: str, config: Path) -> str:
         return f"the run is recorded as failed: {cvpipe_command()} show {run_id} -c {config}"
     shown = f"it shows as {status}" if status else "the store has no record of it"
     return f"its failure could not be recorded in the store ({shown}); free space or fix the store, then run again"
+
+
+def brief_summary(summary: dict[str, Any] | None, most: int = 8) -> str:
+    """A run's summary for a table cell: its first `most` plain values as `key value`, floats to 4 significant
+    digits; nested values are left to `cvpipe show` (a raw JSON dump wrapped into an 80-column cell unreadably)."""
+    parts = []
+    for key, value in (summary or {}).items():
+        if isinstance(value, float):
+            parts.append(f"{key} {value:.4g}")
+        elif isinstance(value, bool | int) or (isinstance(value, str) and len(value) <= 40):
+            parts.append(f"{key} {value}")
+        if len(parts) == most:
+            break
+    return ", ".join(parts)

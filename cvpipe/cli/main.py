@@ -18,6 +18,7 @@ from cvpipe.cli.common import (
     ConfigOpt,
     SetOpt,
     StoreOpt,
+    brief_summary,
     console,
     cvpipe_command,
     fail,
@@ -84,7 +85,7 @@ def _print_runs(runs: list[RunRecord], config: Path) -> None:
     for col in ("step", "run_id", "summary"):
         table.add_column(col, overflow="fold")
     for r in runs:
-        table.add_row(r.step, r.run_id, json.dumps(r.manifest.get("summary", {}))[:200])
+        table.add_row(r.step, r.run_id, brief_summary(r.manifest.get("summary")))
     console.print(table)
     for r in runs:
         report = (r.manifest.get("outputs") or {}).get("report")
@@ -213,7 +214,7 @@ def runs(
         c = colors.get(r["status"], "white")
         cells = [r["run_id"], r["step"], f"[{c}]{r['status']}[/]", str(r["started_at"] or "")[5:19].replace("T", " "),
                  f"{r['duration_s'] or 0:.1f}"]
-        table.add_row(*cells, *([r["error"] or json.dumps(r["summary"])] if wide else []))
+        table.add_row(*cells, *([r["error"] or brief_summary(r["summary"])] if wide else []))
     out.print(table)
 
 
