@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ctypes
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -187,41 +188,41 @@ class DetectorEngine:
     def predict_sync_timed(self, data: bytes, score_thr: float | None = None) -> tuple[dict, float]:
         """A whole request in the calling thread, outside the decode budget (a release's mirrored copies: one
         at a time, on their own low-priority thread). Raises RequestRefused for a bad image."""
-        try:
+        with refusing_bad_images():
             return self._predict_timed(data, read_header(data, self.max_pixels), score_thr)
-        except ImageTooLarge as e:
-            raise RequestRefused(413, str(e)) from None
-        except ImageDecodeError as e:
-            raise RequestRefused(400, str(e)) from None
 
     async def predict(self, data: bytes, score_thr: float | None = None) -> dict:
         return (await self.predict_timed(data, score_thr))[0]
 
     async def predict_timed(self, data: bytes, score_thr: float | None = None) -> tuple[dict, float | None]:
         """(prediction, CPU ms of the model thread; None when batched)."""
-        try:
+        with refusing_bad_images():
             header = read_header(data, self.max_pixels)
-        except ImageTooLarge as e:
-            raise RequestRefused(413, str(e)) from None
-        except ImageDecodeError as e:
-            raise RequestRefused(400, str(e)) from None
         cost = decode_cost_bytes(header, self.min_decode_size)
         loop = asyncio.get_running_loop()
         await self.budget.acquire(cost)
         try:
-            if self.batcher is None:
-                return await loop.run_in_executor(self.executor, self._predict_timed, data, header, score_thr)
-            decoded_hw, x, r = await loop.run_in_executor(None, self._prepare, data)
-        except ImageTooLarge as e:
-            raise RequestRefused(413, str(e)) from None
-        except ImageDecodeError as e:
-            raise RequestRefused(400, str(e)) from None
+            with refusing_bad_images():
+                if self.batcher is None:
+                    return await loop.run_in_executor(self.executor, self._predict_timed, data, header, score_thr)
+                decoded_hw, x, r = await loop.run_in_executor(None, self._prepare, data)
         finally:
             await self.budget.release(cost)
             if cost > 64 * 2**20:
                 release_free_memory()
         out = await self.batcher.submit(x)  # the decoded image is freed: only the letterboxed input waits
         return self._finish(out, header, decoded_hw, r, score_thr), None
+
+
+@contextlib.contextmanager
+def refusing_bad_images() -> Iterator[None]:
+    """An image the client sent that is too large (413) or not an image (400) becomes its refusal."""
+    try:
+        yield
+    except ImageTooLarge as e:
+        raise RequestRefused(413, str(e)) from None
+    except ImageDecodeError as e:
+        raise RequestRefused(400, str(e)) from None
 
 
 def _legacy_test_image(model_dir: Path) -> Path | None:
