@@ -31,7 +31,7 @@ from cvpipe.progress import track
 from cvpipe.vision import Detections, read_image
 
 from .boxes import BoxTable
-from .tiles import tiled
+from .tiles import PredictBatch, flipped, tiled
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1  # bump when the cached predictions' meaning changes
@@ -49,6 +49,10 @@ class OOFParams(BaseModel):
     max_det: int = Field(100, ge=1)
     tiles: bool = Field(True, description="also predict 2 x 2 overlapping crops of each image (5 passes): the "
                         "scorer can only judge the labels the model sees, and crops let it see small objects")
+    flip: bool = Field(False, description="also predict every image (and crop) mirrored and score each box by "
+                       "how well both views agree: a real object is seen in both, a false positive mostly in one")
+    img_size: int = Field(416, ge=128, le=1280, multiple_of=32, description="input size of the pretrained "
+                          "scheme (the shipped ONNX is fixed at 416; another size runs its weights in PyTorch)")
     batch_size: int = Field(8, ge=1)
     train: dict[str, Any] = Field(default_factory=lambda: {
         "scale": "nano", "pretrained": "nano-onnx", "img_size": 416, "epochs": 3, "no_aug_epochs": 3,
@@ -136,11 +140,28 @@ def _pretrained_predictions(ds: DetectionDataset, images_dir: Path, params: OOFP
     onnx = find_nano_onnx()
     model = onnx_eval_model(onnx, (416, 416), params.score_thr)
     mapping = label_map_for(model, ds.class_map())
-    predict = tiled(model.predict_batch, max_det=params.max_det) if params.tiles else model.predict_batch
-    frame = predict_images(predict, ds, images_dir, params.batch_size, "predicting (pretrained)",
+    predict = model.predict_batch if params.img_size == 416 else _torch_nano(params)
+    frame = predict_images(_views(predict, params), ds, images_dir, params.batch_size, "predicting (pretrained)",
                            mapping)
     frame["fold"] = -1
-    return _top_per_image(frame, params.max_det), {"model": str(onnx)}
+    return _top_per_image(frame, params.max_det), {"model": str(onnx), "img_size": params.img_size}
+
+
+def _torch_nano(params: OOFParams) -> PredictBatch:
+    """The shipped nano's weights (BN-folded, as exported) in PyTorch at `params.img_size`."""
+    from cvpipe.inference.torch_predictor import TorchPredictor
+    from cvpipe.training.model_init import build_model
+
+    net, _ = build_model("nano", 80, "nano-onnx", keep_fused=True)
+    return TorchPredictor(net.eval(), (params.img_size, params.img_size), params.score_thr,
+                          max_det=params.max_det, device="cpu")
+
+
+def _views(predict: PredictBatch, params: OOFParams) -> PredictBatch:
+    """The predictor with the test-time views the settings ask for: mirrored, then crops of each."""
+    if params.flip:
+        predict = flipped(predict, max_det=params.max_det)
+    return tiled(predict, max_det=params.max_det) if params.tiles else predict
 
 
 def _kfold_predictions(ds: DetectionDataset, images_dir: Path, params: OOFParams) -> tuple[pd.DataFrame, dict]:
@@ -179,7 +200,7 @@ def predict_fold(ds: DetectionDataset, images_dir: Path, params: OOFParams, held
         result = trainer.fit()
         net = trainer.eval_model.eval()
         predictor = TorchPredictor(net, (tp.img_size, tp.img_size), params.score_thr, device=trainer.device)
-        predict = tiled(predictor, max_det=params.max_det) if params.tiles else predictor
+        predict = _views(predictor, params)
         frame = predict_images(predict, held_ds, images_dir, params.batch_size, f"predicting fold {k + 1}")
     return frame, {"fold": k, "train_images": len(train.images), "held_images": len(held_ds.images),
                    "seconds": round(result.seconds, 1)}

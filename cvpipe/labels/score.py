@@ -43,6 +43,7 @@ class ScoreSettings:
     dup_iou: float = 0.6
     dup_any_iou: float = 0.85
     miss_iou: float = 0.3
+    miss_same_iou: float = 0.15
     miss_min_score: float = 0.05
     spur_iou: float = 0.1
     spur_size_rank: bool = True
@@ -173,7 +174,8 @@ def _missing(labels, preds, crowd, pairs, s: ScoreSettings) -> pd.DataFrame:
         covered = np.maximum(covered, segment_max(pair_ioa(preds.xyxy[cp], crowd.xyxy[cc]), cp, len(preds)))
     rate = labelled_rate(preds, labelled)
     # a prediction overlapping a label of its class is that label's (bad_location), not a missing object
-    cand = np.flatnonzero((covered < s.miss_iou) & (same_iou < s.loc_min_iou) & (preds.score >= s.miss_min_score))
+    cand = np.flatnonzero((covered < s.miss_iou) & (same_iou < s.miss_same_iou) &
+                          (preds.score >= s.miss_min_score))
     cands = preds.take(cand)  # still sorted by image
     a, b = image_pairs(cands, cands)
     stronger = (cands.score[b] > cands.score[a]) | ((cands.score[b] == cands.score[a]) & (b < a))

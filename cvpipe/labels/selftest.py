@@ -78,17 +78,45 @@ def self_test(labels: BoxTable, preds: BoxTable, crowd: BoxTable | None, image_s
         preds = preds.take(np.flatnonzero(np.isin(preds.image_id, list(images))))
         image_sizes = {i: s for i, s in image_sizes.items() if i in images}
     rows: list[dict] = []
-    scored: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {k: ([], []) for k in ERROR_TYPES}
+    runs: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []  # per seed: type -> (score, hit) of each entry
     for seed in range(first_seed, first_seed + seeds):
         injected = inject_errors(labels, image_sizes, num_classes, rate, seed)
         queues = score_labels(injected.labels, preds, crowd, settings or ScoreSettings())
         for kind, r in evaluate_queues(queues, injected.truth).items():
             rows.append({"seed": seed, "type": kind, **r})
-        for kind in ERROR_TYPES:
-            scored[kind][0].append(queues[kind]["score"].to_numpy())
-            scored[kind][1].append(hits(queues[kind], injected.truth, kind) >= 0)
-    curves = {k: hit_rate_curve(np.concatenate(v[0]), np.concatenate(v[1])) for k, v in scored.items()}
-    return SelfTest(pd.DataFrame(rows), curves)
+        runs.append({kind: (queues[kind]["score"].to_numpy(float), hits(queues[kind], injected.truth, kind))
+                     for kind in ERROR_TYPES})
+    for i, seed in enumerate(range(first_seed, first_seed + seeds)):
+        injected = sum(r["injected"] for r in rows if r["seed"] == seed and r["type"] in ERROR_TYPES)
+        rows.append({"seed": seed, "type": "merged", **merged_queue(runs, i, injected)})
+    return SelfTest(pd.DataFrame(rows), curves_of(runs))
+
+
+def curves_of(runs: list[dict[str, tuple[np.ndarray, np.ndarray]]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per type, the hit rate by score over the given self-test runs (cvpipe.labels.calibrate)."""
+    return {k: hit_rate_curve(np.concatenate([r[k][0] for r in runs]), np.concatenate([r[k][1] >= 0 for r in runs]))
+            for k in ERROR_TYPES}
+
+
+def merged_queue(runs: list[dict[str, tuple[np.ndarray, np.ndarray]]], i: int, injected: int, top: int = 100
+                 ) -> dict:
+    """Run i's queues of every type as one, ranked by the chance each entry is an error (its type's hit rate at
+    its score), read like a per-type queue: recall in the first 2 x all injected, precision of the first `top`.
+    The hit rates come from the *other* runs (from run i itself only when it is the only one): no run is ranked
+    with its own answers."""
+    curves = curves_of([r for j, r in enumerate(runs) if j != i] or runs)
+    p = np.concatenate([np.interp(runs[i][k][0], *curves[k]) for k in ERROR_TYPES])
+    score = np.concatenate([runs[i][k][0] for k in ERROR_TYPES])
+    # one id per injected error across types (an error found twice counts once)
+    found = np.concatenate([np.where(runs[i][k][1] >= 0, runs[i][k][1] * len(ERROR_TYPES) + t, -1)
+                            for t, k in enumerate(ERROR_TYPES)])
+    order = np.lexsort((-score, -p))  # by p_error, then by the queue's own score
+    k = 2 * injected
+    head = found[order[:k]]
+    got = len(np.unique(head[head >= 0]))
+    return {"injected": injected, "k": k, "found": got, "recall": got / injected if injected else float("nan"),
+            "precision_at": min(top, len(order)),
+            "precision": float((found[order[:top]] >= 0).mean()) if len(order) else float("nan")}
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:

@@ -44,7 +44,8 @@ def checked(prepared):
 def test_the_check_writes_queues_selftest_and_report(checked):
     ds, _, queues, summary, root = checked
     assert summary["predictions"]["cached"] is False
-    assert set(summary["selftest"]) == {"missing", "spurious", "wrong_class", "bad_location", "duplicate", "overall"}
+    assert set(summary["selftest"]) == {"missing", "spurious", "wrong_class", "bad_location", "duplicate", "overall",
+                                      "merged"}
     for q in queues.values():
         assert list(q["rank"]) == list(range(1, len(q) + 1))
         assert q["score"].is_monotonic_decreasing

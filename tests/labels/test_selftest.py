@@ -67,3 +67,20 @@ def test_noise_rates_count_likely_errors_for_the_right_class():
     # a missing box is its proposal's
     assert rates.loc["dog", "missing"] == 0.9 and rates.loc["dog", "wrong_class"] == 0.5
     assert abs(rates.loc["dog", "noise_rate"] - 1.4 / 5) < 1e-12
+
+
+def test_the_merged_queue_ranks_each_run_with_the_other_runs_hit_rates():
+    from cvpipe.labels.selftest import merged_queue
+
+    def run(missing_hits, spurious_hits):
+        empty = (np.zeros(0), np.zeros(0, np.int64))
+        out = dict.fromkeys(ERROR_TYPES, empty)
+        out["missing"] = (np.array([0.9, 0.8]), np.array(missing_hits))
+        out["spurious"] = (np.array([0.5, 0.4, 0.3]), np.array(spurious_hits))
+        return out
+
+    # run 0 on its own answers would trust its missing queue; run 1 says missing entries never are errors
+    runs = [run([-1, 0], [0, 1, 0]), run([-1, -1], [0, 1, 0])]
+    got = merged_queue(runs, 0, injected=3, top=2)
+    assert got["precision"] == 1.0  # the two spurious entries first, by run 1's hit rates
+    assert got["found"] == 3 and got["recall"] == 1.0  # spurious error 0 found twice counts once
