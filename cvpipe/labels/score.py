@@ -42,7 +42,7 @@ class ScoreSettings:
     loc_max_iou: float = 0.7
     dup_iou: float = 0.6
     dup_any_iou: float = 0.85
-    miss_iou: float = 0.3
+    miss_iou: float = 0.5
     miss_same_iou: float = 0.15
     miss_min_score: float = 0.05
     spur_iou: float = 0.1

@@ -107,3 +107,14 @@ def test_tiny_inputs_give_empty_or_small_queues(n_images):
     labels = grid_labels(images=n_images) if n_images else BoxTable.build([], [], np.zeros((0, 4)))
     queues = score_labels(labels, BoxTable.build([], [], np.zeros((0, 4))))
     assert all(list(q.columns[:2]) == ["type", "rank"] for q in queues.values())
+
+
+def test_an_object_in_front_of_another_class_is_still_missing():
+    """A person nobody labelled in front of a labelled horse, overlapping its label at IoU 0.43: a prediction is
+    covered by a label (of another class) only from IoU 0.5, the IoU at which it would match one."""
+    horse, person, other_person = [100.0, 100.0, 300.0, 300.0], [180.0, 100.0, 380.0, 300.0], [450, 100, 550, 300]
+    assert 0.4 < pair_iou(np.array([horse]), np.array([person]))[0] < 0.5
+    labels = BoxTable.build([1, 1], [0, 1], [horse, other_person], None, [1, 2])
+    preds = BoxTable.build([1, 1, 1], [0, 1, 1], [horse, person, other_person], [0.9, 0.8, 0.85])
+    missing = score_labels(labels, preds)["missing"]
+    assert missing[["px1", "py1", "px2", "py2"]].to_numpy().tolist() == [person]
