@@ -90,3 +90,22 @@ def test_kfold_fine_tunes_and_predicts_every_image(prepared, monkeypatch, tmp_pa
     assert set(frame["fold"]) == {0, 1} and frame["label"].between(0, len(ds.class_names) - 1).all()
     folds = fold_of_images(ds.images["image_id"], 2, 0)
     assert all(folds[int(i)] == int(f) for i, f in zip(frame["image_id"], frame["fold"]))
+
+
+@pytest.mark.slow  # builds the nano twice and predicts 6 times: ~14 s under load
+def test_the_pretrained_weights_in_pytorch_predict_like_the_onnx_and_follow_img_size(prepared):
+    """`img_size` other than 416 runs the shipped nano in PyTorch: at 416 it must give the ONNX's boxes, and at
+    another size other ones (the size is used, not ignored)."""
+    from cvpipe.evaluation.baseline import onnx_eval_model
+    from cvpipe.models.pretrained_files import find_nano_onnx
+    from cvpipe.vision import read_image
+
+    images = [read_image(p) for p in sorted(prepared[1].rglob("*.jpg"))[:2]]
+    want = onnx_eval_model(find_nano_onnx(), (416, 416), 0.05).predict_batch(images)
+    same = oof._torch_nano(OOFParams(scheme="pretrained", img_size=416, score_thr=0.05))(images)
+    other = oof._torch_nano(OOFParams(scheme="pretrained", img_size=320, score_thr=0.05))(images)
+    for a, b, c in zip(want, same, other):
+        assert len(a) == len(b) > 0
+        np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)
+        np.testing.assert_allclose(b.boxes, a.boxes, atol=1e-2)
+        assert len(c) != len(a) or not np.allclose(c.boxes, a.boxes, atol=1.0)
