@@ -50,7 +50,7 @@ class OOFParams(BaseModel):
     tiles: bool = Field(True, description="also predict 2 x 2 overlapping crops of each image (5 passes): the "
                         "scorer can only judge the labels the model sees, and crops let it see small objects")
     flip: bool = Field(False, description="also predict every image (and crop) mirrored and score each box by "
-                       "how well both views agree: a real object is seen in both, a false positive mostly in one")
+                       "how well both views agree (measured: no gain on COCO dev, docs/labels.md)")
     img_size: int = Field(416, ge=128, le=1280, multiple_of=32, description="input size of the pretrained "
                           "scheme (the shipped ONNX is fixed at 416; another size runs its weights in PyTorch)")
     batch_size: int = Field(8, ge=1)

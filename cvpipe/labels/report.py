@@ -108,7 +108,8 @@ def write_report(ds: DetectionDataset, images_dir: Path, queues: dict[str, pd.Da
             f"<p>Errors injected into a copy of these labels ({summary['selftest_seeds']} independent seeds, "
             "5 % of the boxes per type), scored like the real labels. Recall: share of the injected errors in the "
             "first k = 2 x injected entries of their queue; precision: share of the first 100 entries that are "
-            "injected errors (true errors already in the data count against it).</p>", table(st))
+            "injected errors (true errors already in the data count against it). merged: every queue as one list, "
+            "ranked by each entry's chance of being an error (hit rates of the other seeds).</p>", table(st))
     per_seed = {r["type"]: r for r in st.to_dict("records")}
     for kind in ERROR_TYPES:
         s = per_seed.get(kind, {})

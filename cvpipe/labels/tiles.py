@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from cvpipe.vision import Detections
+from cvpipe.vision.boxes import box_iou
 from cvpipe.vision.yolox_decode import nms
 
 PredictBatch = Callable[[Sequence[np.ndarray]], "list[Detections]"]
@@ -65,9 +66,9 @@ def flipped(predict_batch: PredictBatch, match_iou: float = 0.55, max_det: int =
     """A predict_batch that also predicts each image mirrored left-right and keeps what both views agree on.
 
     Each box of the union (after per-class NMS) gets the mean of its own score and the best score of a
-    same-class box of the *other* view at IoU >= `match_iou` (0 where that view saw nothing there). Why: a real
-    object is seen in both views, a false positive mostly in one; agreement separates them better than either
-    score (measured in docs/labels.md)."""
+    same-class box of the *other* view at IoU >= `match_iou` (0 where that view saw nothing there). The idea: a
+    real object is seen in both views, a false positive mostly in one. Measured on COCO dev (docs/labels.md), it
+    did not raise the self-test, so OOFParams.flip is off by default."""
 
     def predict(images: Sequence[np.ndarray]) -> list[Detections]:
         plain = predict_batch(images)
@@ -85,8 +86,6 @@ def _unmirror(det: Detections, width: int) -> Detections:
 
 
 def _agree(a: Detections, b: Detections, size: tuple[int, int], match_iou: float, max_det: int) -> Detections:
-    from cvpipe.vision.boxes import box_iou
-
     boxes = np.concatenate([a.boxes, b.boxes])
     if not len(boxes):
         return Detections.empty(size)
