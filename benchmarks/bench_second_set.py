@@ -92,9 +92,53 @@ def report(store_url: Path, overrides: list[str], tiles: dict, total_s: float, l
     if gain is None:
         raise SystemExit("model_eval reported no gain over the start (no start packed?)")
     print(f"\nmodel_eval on the {gain['images']} held-out test tiles: {gain['message']}")
-    return {"tiles": tiles, "model_train_s": train_s, "pipeline_s": total_s, "load_1min": load,
+    stats = evaluation.manifest["summary"]
+    print("packed model, COCO stats on the test tiles: " + ", ".join(
+        f"{k} {v:.3f}" for k, v in load_metrics(store, evaluation)["stats"].items() if k in SHOWN_STATS))
+    by_source = per_source_scores(store, train)
+    for name, row in by_source.items():
+        print(f"  {name:<40} {row['images']:>3} tiles {row['boxes']:>4} boxes: best.pt AP {row['AP']:.3f} "
+              f"AP50 {row['AP50']:.3f}; start AP {row['start_AP']:.3f} AP50 {row['start_AP50']:.3f}")
+    return {"by_source": by_source, "packed_AP": stats["AP"], "packed_AP50": stats["AP50"],
+            "tiles": tiles, "model_train_s": train_s, "pipeline_s": total_s, "load_1min": load,
             "train": {k: ts[k] for k in ("epochs", "train_images", "start_ap", "best_ap", "best_epoch")},
             "gain": gain, "overrides": overrides}
+
+
+SHOWN_STATS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AR100", "AR_small", "AR_medium")
+
+
+def load_metrics(store, evaluation) -> dict:
+    return json.loads((store.materialize(evaluation, "metrics") / "metrics.json").read_text())
+
+
+def per_source_scores(store, train_run) -> dict[str, dict]:
+    """best.pt and start.pt of a model_train run on the test tiles of each held-out source image (the
+    training's own evaluator): is the gain the same at the training image's site and at the other two?"""
+    import torch
+
+    from cvpipe.data.schema import DetectionDataset
+    from cvpipe.training.checkpoints import Checkpoints
+    from cvpipe.training.validation import evaluate_model
+
+    prep = store.get_run(train_run.manifest["inputs"]["dataset"]["run_id"], step="data_prep")
+    test = DetectionDataset.load(store.materialize(prep, "dataset")).split("test")
+    images = store.materialize(prep, "images")
+    ck = Checkpoints.load(store.materialize(train_run, "checkpoints"))
+    models = {"": ck.load_model()[0], "start_": ck.load_model("start")[0]}
+    size = int((ck.input_size or [416])[0])
+    source = test.images["file_name"].map(lambda f: Path(f).stem.rsplit("_", 2)[0])
+    rows = {}
+    for name in [*sorted(set(source)), "all"]:
+        imgs = test.images[(source == name) | (name == "all")]
+        anns = test.annotations[test.annotations["image_id"].isin(imgs["image_id"])]
+        part = DetectionDataset.build(imgs, anns, test.categories)
+        row: dict = {"images": len(imgs), "boxes": len(anns)}
+        for prefix, model in models.items():
+            stats = evaluate_model(model, part, images, size, torch.device("cpu"))
+            row |= {f"{prefix}AP": stats["AP"], f"{prefix}AP50": stats["AP50"]}
+        rows[name] = row
+    return rows
 
 
 def main() -> None:
@@ -103,8 +147,13 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("build/tree_crowns"), help="scratch folder (emptied first)")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="config override beyond the recipe, e.g. --set model_train.epochs=5 (reported)")
+    ap.add_argument("--report-only", action="store_true", help="only print the results of the run in --work")
     args = ap.parse_args()
     work = args.work.resolve()
+    if args.report_only:
+        earlier = json.loads((work / "result.json").read_text())
+        report(work / "store", earlier["overrides"], earlier["tiles"], earlier["pipeline_s"], earlier["load_1min"])
+        return
     shutil.rmtree(work, ignore_errors=True)
     tiles = make_tiles([str(work / "voc"), *(["--wheel", str(args.wheel)] if args.wheel else [])])
     with LoadSampler() as load:
