@@ -1,19 +1,21 @@
 """Is model B really worse than model A on this test split? A paired bootstrap over images of the COCO AP
-difference, fast enough for 1,000 resamples of a 5,000-image test set in about a second.
+difference: 1,000 resamples of a 5,000-image test set in about a second (docs/promotion.md).
 
 COCO matches detections to ground truth per image and class; only the accumulation into precision-recall
 curves mixes images. So each model's detections are matched once (`match_per_image`: pycocotools' `evaluateImg`
-rules, greedy by score, crowd regions absorb detections, 100 detections per image and class, IoU .50:.95,
-vectorised over all images at once), and a bootstrap resample is only a vector of image multiplicities (how often
+rules, greedy by score, crowd regions absorb detections, 100 detections per image and class, IoU .50:.95, in
+one compiled pass over all images), and a bootstrap resample is only a vector of image multiplicities (how often
 each image was drawn). A class's detections are sorted by score once; a resample's true and false positive counts
-are cumulative sums of the multiplicities in that fixed order, and the 101-point interpolated precision follows
-for a block of resamples at once (`class_aps`). With all multiplicities 1 the AP is COCO's, per class and IoU
-threshold (tested to 1e-12). Both models get the same resamples: the interval is on the paired difference, so
+are running sums of the multiplicities in that fixed order, and the 101-point interpolated precision follows
+(`threshold_aps`; the loops are cvpipe/evaluation/kernels.py, resamples in parallel). With all multiplicities 1
+the AP is COCO's per class and IoU threshold, and any resample is COCO's on the images repeated (tested to
+1e-12). Both models get the same resamples: the interval is on the paired difference, so
 image difficulty cancels out.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -130,6 +132,14 @@ def match_per_image(gt: dict, detections: list[dict] | np.ndarray) -> tuple[list
     return m.image_ids, out
 
 
+def match_pair(gt: dict, candidate: list[dict] | np.ndarray, reference: list[dict] | np.ndarray
+               ) -> tuple[list[int], dict[int, ClassMatches], dict[int, ClassMatches]]:
+    """match_per_image of two models at once, on two threads (the compiled matching releases the GIL)."""
+    with ThreadPoolExecutor(2) as pool:
+        (image_ids, cand), (_, ref) = pool.map(lambda d: match_per_image(gt, d), (candidate, reference))
+    return image_ids, cand, ref
+
+
 def true_positive_rows(gt: dict, results: np.ndarray) -> np.ndarray:
     """Rows of a results array that COCO matches to an object at IoU .5 (benchmarks/bench_gate_noise.py misses
     some of them on purpose)."""
@@ -145,42 +155,49 @@ def true_positive_rows(gt: dict, results: np.ndarray) -> np.ndarray:
 @dataclass
 class AccumulationPlan:
     """Classes reduced to what a weighted accumulation needs, in COCO's score order per class. A key detection (a
-    true positive or a crowd hit at some IoU threshold, not a crowd hit at all of them) stays one by one, coded
-    tp_bits | ign_bits << T (bit t: a true positive / a crowd hit at threshold t). A detection that is false at
+    true positive or a crowd hit at some IoU threshold, not a crowd hit at all of them) stays one by one, listed
+    per threshold where it is a true positive (tp_key) or a crowd hit (ign_key). A detection that is false at
     every threshold only adds to the count of detections before the next key detection, so those become
     (segment between key detections, image) groups with a count; one that hits a crowd region at every threshold
     never counts and is dropped, and so are false positives after the last key detection."""
 
     key_start: np.ndarray  # C + 1: each class's key detections
     key_image: np.ndarray  # K (int32)
-    key_code: np.ndarray  # K (int32)
     key_fp_end: np.ndarray  # K: the groups before each key detection end here (an index into the groups)
     fp_start: np.ndarray  # C + 1: each class's groups
     fp_image: np.ndarray  # U (int32)
     fp_count: np.ndarray  # U (int32)
+    tp_start: np.ndarray  # C * T + 1: each (class, threshold)'s true positives in tp_key
+    tp_key: np.ndarray  # indices into the K key detections
+    ign_start: np.ndarray  # C * T + 1
+    ign_key: np.ndarray
     n_gt: np.ndarray  # C x N: non-crowd ground truth per image
-    most_points: int  # the most true positives of one class at one threshold
 
     @classmethod
     def of(cls, matches: list[ClassMatches], n_images: int) -> AccumulationPlan:
         parts = [_class_items(m, n_images) for m in matches]
-        n_keys = np.array([len(p[0]) for p in parts], np.int64)
-        n_groups = np.array([len(p[3]) for p in parts], np.int64)
-        fp_start = np.concatenate([[0], np.cumsum(n_groups)]).astype(np.int64)
-
-        def joined(k: int, offsets: np.ndarray | None = None) -> np.ndarray:
-            arrays = [p[k] + (0 if offsets is None else offsets[c]) for c, p in enumerate(parts)]
-            return np.concatenate(arrays).astype(np.int32 if offsets is None else np.int64) if arrays else \
-                np.zeros(0, np.int32)
-
+        key_start = _starts([len(p[0]) for p in parts])
+        fp_start = _starts([len(p[2]) for p in parts])
+        tp = [idx + key_start[c] for c, p in enumerate(parts) for idx in p[4]]
+        ign = [idx + key_start[c] for c, p in enumerate(parts) for idx in p[5]]
         n_gt = np.stack([m.n_gt for m in matches]) if matches else np.zeros((0, n_images))
-        most = max([int(m.tp.sum(axis=1).max()) for m in matches if m.tp.size] + [1])
-        return cls(np.concatenate([[0], np.cumsum(n_keys)]).astype(np.int64), joined(0), joined(1),
-                   joined(2, fp_start), fp_start, joined(3), joined(4), n_gt, most)
+        return cls(key_start, _join([p[0] for p in parts], np.int32),
+                   _join([p[1] + fp_start[c] for c, p in enumerate(parts)]), fp_start,
+                   _join([p[2] for p in parts], np.int32), _join([p[3] for p in parts], np.int32),
+                   _starts([len(i) for i in tp]), _join(tp), _starts([len(i) for i in ign]), _join(ign), n_gt)
 
 
-def _class_items(m: ClassMatches, n_images: int) -> tuple[np.ndarray, ...]:
-    """(key image, key code, groups before each key detection, group image, group count) of one class."""
+def _starts(sizes: list[int]) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+
+
+def _join(arrays: list[np.ndarray], kind: type = np.int64) -> np.ndarray:
+    return np.concatenate(arrays).astype(kind) if arrays else np.zeros(0, kind)
+
+
+def _class_items(m: ClassMatches, n_images: int) -> tuple:
+    """(key image, groups before each key detection, group image, group count, per threshold: its true positives,
+    its crowd hits (indices into the key detections)) of one class."""
     ignored = ~m.tp & ~m.fp
     always_fp = m.fp.all(axis=0)
     key = ~always_fp & ~ignored.all(axis=0)
@@ -189,10 +206,9 @@ def _class_items(m: ClassMatches, n_images: int) -> tuple[np.ndarray, ...]:
     keep = always_fp & (seg < n_key)
     groups, counts = np.unique(seg[keep].astype(np.int64) * (n_images + 1) + m.image[keep], return_counts=True)
     group_seg, group_image = np.divmod(groups, n_images + 1)
-    bits = (1 << np.arange(len(IOU_THRS), dtype=np.int64))[:, None]
-    code = (m.tp[:, key] * bits).sum(axis=0) | ((ignored[:, key] * bits).sum(axis=0) << len(IOU_THRS))
     fp_end = np.searchsorted(group_seg, np.arange(n_key), side="right")
-    return m.image[key], code, fp_end, group_image, counts
+    return (m.image[key], fp_end, group_image, counts, [np.flatnonzero(row) for row in m.tp[:, key]],
+            [np.flatnonzero(row) for row in ignored[:, key]])
 
 
 def threshold_aps(matches: dict[int, ClassMatches] | list[ClassMatches], weights: np.ndarray) -> np.ndarray:
@@ -208,8 +224,8 @@ def threshold_aps(matches: dict[int, ClassMatches] | list[ClassMatches], weights
     npos = np.rint(counts @ plan.n_gt.T).astype(np.int64)  # B x C; float64 products of whole numbers are exact
     kind = np.int32 if counts.size == 0 or counts.max() < 2**31 else np.int64
     return kernels.resample_aps(np.ascontiguousarray(counts, dtype=kind), npos, plan.key_start, plan.key_image,
-                                plan.key_code, plan.key_fp_end, plan.fp_start, plan.fp_image, plan.fp_count,
-                                plan.most_points, len(IOU_THRS), _REC_ABOVE[:len(REC_THRS)],
+                                plan.key_fp_end, plan.fp_start, plan.fp_image, plan.fp_count, plan.tp_start,
+                                plan.tp_key, plan.ign_start, plan.ign_key, len(IOU_THRS), _REC_ABOVE[:len(REC_THRS)],
                                 min(len(counts), 4 * numba.get_num_threads()))
 
 
@@ -260,8 +276,7 @@ def paired_bootstrap(gt: dict, candidate: list[dict], reference: list[dict], res
                      seed: int = 0, confidence: float = 0.95) -> dict:
     """AP and AP50 of both on all images, their differences (candidate - reference) with two-sided normal
     bootstrap intervals at `confidence`, P(candidate better) over the resamples, and the same per class."""
-    image_ids, cand = match_per_image(gt, candidate)
-    _, ref = match_per_image(gt, reference)
+    image_ids, cand, ref = match_pair(gt, candidate, reference)
     return bootstrap_matches(image_ids, cand, ref, {int(c["id"]): c["name"] for c in gt["categories"]},
                              resamples, seed, confidence)
 

@@ -17,7 +17,6 @@ import numpy as np
 from numba import njit, prange
 
 _EPS = float(np.spacing(1))  # pycocotools' precision: tp / (tp + fp + eps)
-_LOWEST_BIT = np.array([(i & -i).bit_length() - 1 for i in range(1024)], np.int64)  # of 10 bits (-1 for 0)
 
 
 @njit(cache=True, nogil=True)
@@ -135,65 +134,74 @@ def _threshold_ap(tps: np.ndarray, counted: np.ndarray, n: int, need: np.ndarray
 
 @njit(cache=True, parallel=True)
 def resample_aps(weights: np.ndarray, npos: np.ndarray, key_start: np.ndarray, key_image: np.ndarray,
-                 key_code: np.ndarray, key_fp_end: np.ndarray, fp_start: np.ndarray, fp_image: np.ndarray,
-                 fp_count: np.ndarray, most_points: int, n_thr: int, rec_above: np.ndarray, n_chunks: int
-                 ) -> np.ndarray:
+                 key_fp_end: np.ndarray, fp_start: np.ndarray, fp_image: np.ndarray, fp_count: np.ndarray,
+                 tp_start: np.ndarray, tp_key: np.ndarray, ign_start: np.ndarray, ign_key: np.ndarray,
+                 n_thr: int, rec_above: np.ndarray, n_chunks: int) -> np.ndarray:
     """B x C x T: AP of each class at each IoU threshold for each row of image multiplicities (weights, B x N
-    whole numbers; npos, B x C: weighted ground truth; nan where 0). A class is its key detections in COCO's score
-    order (key_start: C + 1 bounds), each an image and a code tp_bits | ign_bits << n_thr (bit t: a true positive
-    / a crowd hit at threshold t), and groups of detections false at every threshold (fp_start: C + 1 bounds; an
-    image and a count), those before key detection k ending at key_fp_end[k]. Rows run in parallel in n_chunks
-    chunks (a few per thread); each row streams the 8-byte items once, the counts in registers."""
+    whole numbers; npos, B x C: weighted ground truth; nan where 0).
+
+    A class is its key detections in COCO's score order (key_start: C + 1 bounds; their images) and groups of
+    detections false at every threshold (fp_start: C + 1 bounds; an image and a count), the groups before key
+    detection k ending at key_fp_end[k]. Per class and threshold (c * n_thr + t), tp_key / ign_key list the key
+    detections that are a true positive / hit a crowd region there (tp_start / ign_start: bounds). Rows run in
+    parallel in n_chunks chunks (a few per thread), each with its own scratch."""
     n_rows, n_cls = weights.shape[0], len(key_start) - 1
     out = np.full((n_rows, n_cls, n_thr), np.nan)
-    for chunk in prange(n_chunks):  # scratch once per chunk of rows, not per row
-        tps = np.empty((n_thr, most_points), np.int64)
-        counted = np.empty((n_thr, most_points), np.int64)
-        tp = np.zeros(n_thr, np.int64)
-        ign = np.zeros(n_thr, np.int64)
-        n_at = np.zeros(n_thr, np.int64)
+    most_keys = max(1, np.max(np.diff(key_start))) if n_cls else 1
+    for chunk in prange(n_chunks):
+        seen = np.empty(most_keys, np.int64)  # per key detection: detections up to it (all thresholds)
+        w_key = np.empty(most_keys, np.int64)
+        tps = np.empty(most_keys, np.int64)
+        counted = np.empty(most_keys, np.int64)
         need = np.empty(len(rec_above), np.int64)
         first = np.empty(len(rec_above), np.int64)
         for b in range(chunk * n_rows // n_chunks, (chunk + 1) * n_rows // n_chunks):
-            _row_aps(weights[b], npos[b], key_start, key_image, key_code, key_fp_end, fp_start, fp_image, fp_count,
-                     n_thr, rec_above, tps, counted, tp, ign, n_at, need, first, out[b])
+            w_row = weights[b]
+            for c in range(n_cls):
+                if npos[b, c] <= 0:
+                    continue
+                k0 = key_start[c]
+                _seen_before_keys(w_row, key_image[k0:key_start[c + 1]], key_fp_end[k0:key_start[c + 1]],
+                                  fp_image, fp_count, fp_start[c], seen, w_key)
+                _recall_needs(npos[b, c], rec_above, need)
+                for t in range(n_thr):
+                    s = c * n_thr + t
+                    n = _points(tp_key, tp_start[s], tp_start[s + 1], ign_key, ign_start[s], ign_start[s + 1], k0,
+                                seen, w_key, tps, counted)
+                    out[b, c, t] = _threshold_ap(tps, counted, n, need, first)
     return out
 
 
 @njit(cache=True, nogil=True)
-def _row_aps(w_row: np.ndarray, npos: np.ndarray, key_start: np.ndarray, key_image: np.ndarray, key_code: np.ndarray,
-             key_fp_end: np.ndarray, fp_start: np.ndarray, fp_image: np.ndarray, fp_count: np.ndarray, n_thr: int,
-             rec_above: np.ndarray, tps: np.ndarray, counted: np.ndarray, tp: np.ndarray, ign: np.ndarray,
-             n_at: np.ndarray, need: np.ndarray, first: np.ndarray, out: np.ndarray) -> None:
-    """One row of resample_aps (out: C x T), with the caller's scratch."""
-    for c in range(len(key_start) - 1):
-        if npos[c] <= 0:
-            continue
-        tp[:], ign[:], n_at[:] = 0, 0, 0
-        _recall_needs(npos[c], rec_above, need)
-        seen, g = np.int64(0), fp_start[c]
-        for k in range(key_start[c], key_start[c + 1]):
-            end = key_fp_end[k]
-            while g < end:  # the always-false detections before this one
-                seen += np.int64(w_row[fp_image[g]]) * fp_count[g]
-                g += 1
-            w = np.int64(w_row[key_image[k]])
-            if w == 0:
-                continue
-            seen += w
-            code = key_code[k]
-            hits = code >> n_thr  # crowd hits (rare): each threshold's ignored count
-            while hits:
-                t = _LOWEST_BIT[hits & 1023]
-                ign[t] += w
-                hits &= hits - 1
-            hits = code & ((1 << n_thr) - 1)  # true positives: a point at each of its thresholds
-            while hits:
-                t = _LOWEST_BIT[hits & 1023]
-                tp[t] += w
-                tps[t, n_at[t]] = tp[t]
-                counted[t, n_at[t]] = seen - ign[t]
-                n_at[t] += 1
-                hits &= hits - 1
-        for t in range(n_thr):
-            out[c, t] = _threshold_ap(tps[t], counted[t], n_at[t], need, first)
+def _seen_before_keys(w_row: np.ndarray, key_image: np.ndarray, key_fp_end: np.ndarray, fp_image: np.ndarray,
+                      fp_count: np.ndarray, g: int, seen: np.ndarray, w_key: np.ndarray) -> None:
+    """For each key detection of a class: its weight, and how many detections (weighted) come up to it."""
+    total = np.int64(0)
+    for k in range(len(key_image)):
+        end = key_fp_end[k]
+        while g < end:  # the always-false detections before this one
+            total += np.int64(w_row[fp_image[g]]) * fp_count[g]
+            g += 1
+        w = np.int64(w_row[key_image[k]])
+        total += w
+        seen[k], w_key[k] = total, w
+
+
+@njit(cache=True, nogil=True)
+def _points(tp_key: np.ndarray, tp_lo: int, tp_hi: int, ign_key: np.ndarray, ign_lo: int, ign_hi: int, k0: int,
+            seen: np.ndarray, w_key: np.ndarray, tps: np.ndarray, counted: np.ndarray) -> int:
+    """One threshold's points: at each true positive that was drawn (tp_key[tp_lo:tp_hi] - k0 index seen and
+    w_key), the true positives so far and the detections counted so far (all but the crowd hits of this
+    threshold, ign_key[ign_lo:ign_hi] - k0). A true positive not drawn is written over (no branch on the draw).
+    Returns how many."""
+    n, tp, ignored, p = 0, 0, 0, ign_lo
+    for i in range(tp_lo, tp_hi):
+        k = tp_key[i] - k0
+        while p < ign_hi and ign_key[p] - k0 < k:  # crowd hits before it (rare)
+            ignored += w_key[ign_key[p] - k0]
+            p += 1
+        w = w_key[k]
+        tp += w
+        tps[n], counted[n] = tp, seen[k] - ignored
+        n += w > 0
+    return n
