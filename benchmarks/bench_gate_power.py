@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def _args(args: argparse.Namespace) -> dict:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    return json.loads(json.dumps(vars(args), default=str))
 
 
 def show(rows: list[dict]) -> None:
