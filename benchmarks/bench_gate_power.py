@@ -4,11 +4,16 @@ is `drop` below the champion's, on test sets of 100, 500 and 5,000 images, over 
 Detections: Megvii's YOLOX-Nano ONNX on the real COCO dev images (366, ../shared/data/coco_real/dev; or the
 bundled 104-image sample with --data examples/coco_sample), matched once; each trial draws a test set from them
 and two models with independent errors (cvpipe.evaluation.power: per-detection score noise and misses), the
-candidate's miss rate calibrated to the drop. The gate is model_eval's (cvpipe.evaluation.gate, defaults:
-margin 0.01, 95 % two-sided interval, power 0.8) with --resamples paired resamples per trial.
+candidate's miss rate calibrated to the drop. With --pair, two real checkpoints instead (their detections on the
+same held-out images, benchmarks/make_pair_detections.py): each trial draws a test set and takes both models'
+own detections on it; a drop adds calibrated misses to the real candidate. The gate is model_eval's
+(cvpipe.evaluation.gate, defaults: margin 0.01, 95 % two-sided interval, power 0.8) with --resamples paired
+resamples per trial.
 
     .venv/bin/python benchmarks/bench_gate_power.py --cache nano_dev.json --json power.json   # 200/200/50 trials
     .venv/bin/python benchmarks/bench_gate_power.py --plot docs/img/gate_power.png --from power.json
+    .venv/bin/python benchmarks/bench_gate_power.py --pair pairs/s0.json pairs/s1.json --pair-gt pairs/gt.json \
+        --sigma 0 --base-miss 0 --sizes 100 500 --trials 200 200 --json pair.json
 """
 
 from __future__ import annotations
@@ -50,16 +55,29 @@ def load_pool(data: Path, onnx: Path, cache: Path | None) -> Pool:
     return Pool.from_detections(gt, dets)
 
 
+def load_pair(gt_path: Path, champion: Path, candidate: Path) -> tuple[Pool, Pool]:
+    """Two real models' detections on the same images (make_pair_detections.py), each matched once."""
+    gt = json.loads(gt_path.read_text())
+    return (Pool.from_detections(gt, json.loads(champion.read_text())),
+            Pool.from_detections(gt, json.loads(candidate.read_text())))
+
+
 def run(args: argparse.Namespace) -> list[dict]:
-    pool = load_pool(args.data, args.onnx, args.cache)
     rule = GateRule(margin=args.margin)
-    misses = {d: miss_for_drop(pool, d, args.base_miss, args.sigma) for d in args.drops}
+    candidate_pool = None
+    if args.pair:
+        pool, candidate_pool = load_pair(args.pair_gt, *args.pair)
+        misses = {d: miss_for_drop(candidate_pool, d, args.base_miss, args.sigma) for d in args.drops}
+    else:
+        pool = load_pool(args.data, args.onnx, args.cache)
+        misses = {d: miss_for_drop(pool, d, args.base_miss, args.sigma) for d in args.drops}
     rows = []
     for size, trials in zip(args.sizes, args.trials):
         for drop in args.drops:
             t0 = time.perf_counter()
             c = trial_verdicts(pool, size, misses[drop], rule, trials, seed=size * 1000 + round(drop * 1e4),
-                               base_miss=args.base_miss, sigma=args.sigma, resamples=args.resamples)
+                               base_miss=args.base_miss, sigma=args.sigma, resamples=args.resamples,
+                               candidate_pool=candidate_pool)
             rows.append({"images": size, "drop": drop, "candidate_miss": misses[drop], "trials": trials, **c,
                          "seconds_per_trial": (time.perf_counter() - t0) / trials})
             show(rows[-1:])
@@ -69,7 +87,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def _args(args: argparse.Namespace) -> dict:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    return json.loads(json.dumps(vars(args), default=str))
 
 
 def show(rows: list[dict]) -> None:
@@ -123,6 +141,10 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=0.2, help="score noise of each model (log scale)")
     ap.add_argument("--base-miss", type=float, default=0.03, help="the champion's miss rate")
     ap.add_argument("--resamples", type=int, default=200)
+    ap.add_argument("--pair", type=Path, nargs=2, metavar=("CHAMPION", "CANDIDATE"),
+                    help="real-pair mode: two real models' detections (make_pair_detections.py) instead of simulated "
+                         "errors; use with --sigma 0 --base-miss 0. A drop adds misses to the real candidate")
+    ap.add_argument("--pair-gt", type=Path, help="the ground truth of --pair (make_pair_detections.py's gt.json)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--plot", type=Path, help="draw the power curve (from --from, or from this run)")
     ap.add_argument("--from", dest="from_", type=Path, nargs="+", help="JSON files of earlier runs to plot")

@@ -1,26 +1,28 @@
 """Is model B really worse than model A on this test split? A paired bootstrap over images of the COCO AP
-difference, fast enough for 1,000 resamples of a 5,000-image test set in about a second.
+difference: 1,000 resamples of a 5,000-image test set in about a second (docs/promotion.md).
 
 COCO matches detections to ground truth per image and class; only the accumulation into precision-recall
 curves mixes images. So each model's detections are matched once (`match_per_image`: pycocotools' `evaluateImg`
-rules, greedy by score, crowd regions absorb detections, 100 detections per image and class, IoU .50:.95,
-vectorised over all images at once), and a bootstrap resample is only a vector of image multiplicities (how often
+rules, greedy by score, crowd regions absorb detections, 100 detections per image and class, IoU .50:.95, in
+one compiled pass over all images), and a bootstrap resample is only a vector of image multiplicities (how often
 each image was drawn). A class's detections are sorted by score once; a resample's true and false positive counts
-are cumulative sums of the multiplicities in that fixed order, and the 101-point interpolated precision follows
-for a block of resamples at once (`class_aps`). With all multiplicities 1 the AP is COCO's, per class and IoU
-threshold (tested to 1e-12). Both models get the same resamples: the interval is on the paired difference, so
+are running sums of the multiplicities in that fixed order, and the 101-point interpolated precision follows
+(`threshold_aps`; the loops are cvpipe/evaluation/kernels.py, resamples in parallel). With all multiplicities 1
+the AP is COCO's per class and IoU threshold, and any resample is COCO's on the images repeated (tested to
+1e-12). Both models get the same resamples: the interval is on the paired difference, so
 image difficulty cancels out.
 """
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from statistics import NormalDist
 
+import numba
 import numpy as np
 
+from . import kernels
 from .coco import results_array
 
 IOU_THRS = np.linspace(0.5, 0.95, 10)
@@ -28,7 +30,6 @@ REC_THRS = np.linspace(0.0, 1.0, 101)
 MAX_DETS = 100
 # linspace puts these recall thresholds one ulp above j / 100: a recall of exactly j / 100 does not reach them
 _REC_ABOVE = np.array([REC_THRS[j] > j / 100 for j in range(101)] + [False])
-_EPS = float(np.spacing(1))  # pycocotools' precision: tp / (tp + fp + eps)
 
 
 @dataclass
@@ -46,15 +47,10 @@ class ClassMatches:
 # ---- matching ---------------------------------------------------------------------------------------------------
 
 def coco_box_iou(d: np.ndarray, g: np.ndarray, crowd: np.ndarray) -> np.ndarray:
-    """IoU of paired xywh boxes (rows of d with rows of g), bit for bit as pycocotools' bbIou: for a crowd region
-    the union is the detection's area. The same float operations in the same order, so thresholds agree."""
-    w = np.minimum(d[:, 2] + d[:, 0], g[:, 2] + g[:, 0]) - np.maximum(d[:, 0], g[:, 0])
-    h = np.minimum(d[:, 3] + d[:, 1], g[:, 3] + g[:, 1]) - np.maximum(d[:, 1], g[:, 1])
-    inter = w * h
-    da, ga = d[:, 2] * d[:, 3], g[:, 2] * g[:, 3]
-    union = np.where(crowd, da, da + ga - inter)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where((w > 0) & (h > 0), inter / union, 0.0)
+    """IoU of paired xywh boxes (rows of d with rows of g), bit for bit as pycocotools' bbIou (the matching's own
+    arithmetic): for a crowd region the union is the detection's area."""
+    return kernels.pair_ious(np.ascontiguousarray(d, dtype=np.float64), np.ascontiguousarray(g, dtype=np.float64),
+                             np.asarray(crowd, dtype=np.bool_))
 
 
 @dataclass
@@ -98,39 +94,6 @@ def _lookup(ids: np.ndarray, index: dict[int, int]) -> np.ndarray:
     return np.where(found, pos, -1).astype(np.int64)
 
 
-def _greedy(dg: np.ndarray, pair_det: np.ndarray, pair_start: np.ndarray, pair_len: np.ndarray, pair_gt: np.ndarray,
-            pair_iou: np.ndarray, crowd: np.ndarray, n_gt_boxes: int, tp: np.ndarray, ign: np.ndarray) -> None:
-    """pycocotools' greedy matching for detections that overlap some ground truth by >= .5, all images and
-    classes at once: step r takes each (image, class)'s r-th such detection (in score order) and gives it, per
-    IoU threshold, the free real object of highest IoU (the last one on ties), else the crowd region of highest
-    IoU. Detections of different groups never compete, so one step serves all groups. Fills tp and ign (T x D)."""
-    cand = np.unique(pair_det[pair_iou >= IOU_THRS[0]])  # the others match nothing at any threshold
-    if len(cand) == 0:
-        return
-    cg = dg[cand]
-    rank = np.arange(len(cand)) - np.searchsorted(cg, cg, side="left")
-    taken = np.zeros((len(IOU_THRS), n_gt_boxes), bool)
-    thr = np.minimum(IOU_THRS, 1 - 1e-10)[:, None, None]
-    for r in range(int(rank.max()) + 1):
-        rows = cand[rank == r]
-        n = pair_len[rows]
-        cols = np.arange(int(n.max()))
-        valid = cols[None, :] < n[:, None]
-        pidx = pair_start[rows][:, None] + np.minimum(cols[None, :], n[:, None] - 1)
-        iou, gidx = np.where(valid, pair_iou[pidx], -1.0), pair_gt[pidx]
-        is_crowd = crowd[gidx]
-        ok = (iou[None] >= thr) & (~taken[:, gidx] | is_crowd[None])  # T x rows x cols
-        matched = np.zeros((len(IOU_THRS), len(rows)), bool)
-        for group_mask, into in ((~is_crowd, tp), (is_crowd, ign)):  # a real object first, then a crowd region
-            vals = np.where(ok & group_mask[None], iou[None], -1.0)
-            best = vals.shape[2] - 1 - np.argmax(vals[:, :, ::-1], axis=2)  # last index of the max, as pycocotools
-            has = (vals.max(axis=2) >= 0) & ~matched
-            t_idx, r_idx = np.nonzero(has)
-            into[t_idx, rows[r_idx]] = True
-            taken[t_idx, gidx[r_idx, best[t_idx, r_idx]]] = True
-            matched |= has
-
-
 @dataclass
 class _Matching:
     image_ids: list[int]
@@ -148,14 +111,8 @@ def _match(gt: dict, detections: list[dict] | np.ndarray) -> _Matching:
     cat_index = {c: n for n, c in enumerate(cat_ids)}
     g, d = _gt_table(gt, img_index, cat_index), _det_table(results_array(detections), img_index, cat_index)
     lo, hi = np.searchsorted(g.group, d.group, "left"), np.searchsorted(g.group, d.group, "right")
-    pair_len = hi - lo
-    pair_start = np.cumsum(pair_len) - pair_len
-    pair_det = np.repeat(np.arange(len(d.group)), pair_len)
-    pair_gt = np.repeat(lo, pair_len) + np.arange(len(pair_det)) - np.repeat(pair_start, pair_len)
-    pair_iou = coco_box_iou(d.box[pair_det], g.box[pair_gt], g.flag[pair_gt])
-    tp = np.zeros((len(IOU_THRS), len(d.group)), bool)
-    ign = np.zeros_like(tp)
-    _greedy(d.group, pair_det, pair_start, pair_len, pair_gt, pair_iou, g.flag, len(g.group), tp, ign)
+    tp, ign = kernels.greedy_match(d.group, np.ascontiguousarray(d.box), lo, hi, np.ascontiguousarray(g.box),
+                                   g.flag, IOU_THRS)
     n_gt = np.bincount(g.group[~g.flag], minlength=len(cat_ids) * len(image_ids)).reshape(len(cat_ids), -1)
     return _Matching(image_ids, cat_ids, d, tp, ign, n_gt)
 
@@ -175,6 +132,14 @@ def match_per_image(gt: dict, detections: list[dict] | np.ndarray) -> tuple[list
     return m.image_ids, out
 
 
+def match_pair(gt: dict, candidate: list[dict] | np.ndarray, reference: list[dict] | np.ndarray
+               ) -> tuple[list[int], dict[int, ClassMatches], dict[int, ClassMatches]]:
+    """match_per_image of two models at once, on two threads (the compiled matching releases the GIL)."""
+    with ThreadPoolExecutor(2) as pool:
+        (image_ids, cand), (_, ref) = pool.map(lambda d: match_per_image(gt, d), (candidate, reference))
+    return image_ids, cand, ref
+
+
 def true_positive_rows(gt: dict, results: np.ndarray) -> np.ndarray:
     """Rows of a results array that COCO matches to an object at IoU .5 (benchmarks/bench_gate_noise.py misses
     some of them on purpose)."""
@@ -188,157 +153,93 @@ def true_positive_rows(gt: dict, results: np.ndarray) -> np.ndarray:
 # ---- weighted accumulation ----------------------------------------------------------------------------------------
 
 @dataclass
-class ClassPlan:
-    """One class reduced to what a weighted accumulation needs. Key detections (a true positive or a crowd hit
-    at some IoU threshold, not a crowd hit at all of them) stay one by one; a detection that is a false positive
-    at every threshold only adds to the count of detections before the next key detection, so those become
-    (segment, image) counts; one that hits a crowd region at every threshold never counts and is dropped. Per
-    threshold only its true positives are visited: precision peaks only there, and the first detection to reach
-    a recall threshold is one, so the interpolated curve sampled there is COCO's."""
+class AccumulationPlan:
+    """Classes reduced to what a weighted accumulation needs, in COCO's score order per class. A key detection (a
+    true positive or a crowd hit at some IoU threshold, not a crowd hit at all of them) stays one by one, listed
+    per threshold where it is a true positive (tp_key) or a crowd hit (ign_key). A detection that is false at
+    every threshold only adds to the count of detections before the next key detection, so those become
+    (segment between key detections, image) groups with a count; one that hits a crowd region at every threshold
+    never counts and is dropped, and so are false positives after the last key detection."""
 
-    key_image: np.ndarray  # K: image of each key detection, in score order
-    fp_image: np.ndarray  # U: image of each (segment, image) group of always-false detections
-    fp_count: np.ndarray  # U: how many detections the group holds
-    fp_ends: np.ndarray  # K: groups that lie before each key detection (an index into the U groups)
-    tp_at: list[np.ndarray]  # per IoU threshold: its true positives (indices into the K key detections)
-    ign_at: list[np.ndarray]  # per IoU threshold: detections matched to crowd regions (ignored; into K)
-    n_gt: np.ndarray  # N
+    key_start: np.ndarray  # C + 1: each class's key detections
+    key_image: np.ndarray  # K (int32)
+    key_fp_end: np.ndarray  # K: the groups before each key detection end here (an index into the groups)
+    fp_start: np.ndarray  # C + 1: each class's groups
+    fp_image: np.ndarray  # U (int32)
+    fp_count: np.ndarray  # U (int32)
+    tp_start: np.ndarray  # C * T + 1: each (class, threshold)'s true positives in tp_key
+    tp_key: np.ndarray  # indices into the K key detections
+    ign_start: np.ndarray  # C * T + 1
+    ign_key: np.ndarray
+    n_gt: np.ndarray  # C x N: non-crowd ground truth per image
 
     @classmethod
-    def of(cls, m: ClassMatches) -> ClassPlan:
-        ignored = ~m.tp & ~m.fp
-        always_fp = m.fp.all(axis=0)
-        key = ~always_fp & ~ignored.all(axis=0)
-        n_key = int(key.sum())
-        seg: np.ndarray = np.cumsum(key) - key  # for each detection: how many key detections come before it
-        keep = always_fp & (seg < n_key)  # false positives after the last key detection change nothing
-        pairs = seg[keep].astype(np.int64) * (len(m.n_gt) + 1) + m.image[keep]
-        groups, counts = np.unique(pairs, return_counts=True)  # ordered by segment, then image
-        group_seg, group_image = np.divmod(groups, len(m.n_gt) + 1)
-        ends = np.searchsorted(group_seg, np.arange(n_key), side="right")
-        return cls(m.image[key], group_image, counts, ends, [np.nonzero(row)[0] for row in m.tp[:, key]],
-                   [np.nonzero(row)[0] for row in ignored[:, key]], m.n_gt)
+    def of(cls, matches: list[ClassMatches], n_images: int) -> AccumulationPlan:
+        parts = [_class_items(m, n_images) for m in matches]
+        key_start = _starts([len(p[0]) for p in parts])
+        fp_start = _starts([len(p[2]) for p in parts])
+        tp = [idx + key_start[c] for c, p in enumerate(parts) for idx in p[4]]
+        ign = [idx + key_start[c] for c, p in enumerate(parts) for idx in p[5]]
+        n_gt = np.stack([m.n_gt for m in matches]) if matches else np.zeros((0, n_images))
+        return cls(key_start, _join([p[0] for p in parts], np.int32),
+                   _join([p[1] + fp_start[c] for c, p in enumerate(parts)]), fp_start,
+                   _join([p[2] for p in parts], np.int32), _join([p[3] for p in parts], np.int32),
+                   _starts([len(i) for i in tp]), _join(tp), _starts([len(i) for i in ign]), _join(ign), n_gt)
 
 
-def _scan(a: np.ndarray, op: np.ufunc) -> np.ndarray:
-    """Inclusive scan of `op` (np.add, np.maximum) along axis 0, in place. numpy's own accumulate walks each
-    column with a stride of a whole row; this adds whole rows instead, in chunks of about sqrt(rows) so that the
-    Python loop stays short: each chunk is scanned (all chunks at once), then each chunk takes the carry of the
-    one before (about 4x faster than np.cumsum(axis=0) on 18k x 1000 float32)."""
-    n = len(a)
-    size = max(1, int(np.sqrt(n)))
-    full = n // size * size
-    chunks = a[:full].reshape(full // size, size, *a.shape[1:])
-    for i in range(1, size):
-        op(chunks[:, i - 1], chunks[:, i], out=chunks[:, i])
-    for j in range(1, len(chunks)):
-        op(chunks[j - 1, -1], chunks[j], out=chunks[j])
-    for i in range(max(full, 1), n):
-        op(a[i - 1], a[i], out=a[i])
-    return a
+def _starts(sizes: list[int]) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+
+
+def _join(arrays: list[np.ndarray], kind: type = np.int64) -> np.ndarray:
+    return np.concatenate(arrays).astype(kind) if arrays else np.zeros(0, kind)
+
+
+def _class_items(m: ClassMatches, n_images: int) -> tuple:
+    """(key image, groups before each key detection, group image, group count, per threshold: its true positives,
+    its crowd hits (indices into the key detections)) of one class."""
+    ignored = ~m.tp & ~m.fp
+    always_fp = m.fp.all(axis=0)
+    key = ~always_fp & ~ignored.all(axis=0)
+    n_key = int(key.sum())
+    seg = np.cumsum(key) - key  # for each detection: how many key detections come before it
+    keep = always_fp & (seg < n_key)
+    groups, counts = np.unique(seg[keep].astype(np.int64) * (n_images + 1) + m.image[keep], return_counts=True)
+    group_seg, group_image = np.divmod(groups, n_images + 1)
+    fp_end = np.searchsorted(group_seg, np.arange(n_key), side="right")
+    return (m.image[key], fp_end, group_image, counts, [np.flatnonzero(row) for row in m.tp[:, key]],
+            [np.flatnonzero(row) for row in ignored[:, key]])
+
+
+def threshold_aps(matches: dict[int, ClassMatches] | list[ClassMatches], weights: np.ndarray) -> np.ndarray:
+    """B x C x T: AP of each class (in `matches` order) at each IoU threshold for each row of image weights (B x N,
+    how often each image is drawn: whole numbers); nan where a class has no ground truth in that row. Exact: all
+    ones is COCO's precision array averaged over recall (to 1e-12), any row is COCO on the images repeated."""
+    classes = list(matches.values()) if isinstance(matches, dict) else list(matches)
+    weights = np.atleast_2d(np.asarray(weights))
+    counts = np.rint(weights)
+    if len(weights) and ((counts != weights).any() or (counts < 0).any()):
+        raise ValueError("image weights must be whole numbers >= 0 (how often each image is drawn)")
+    plan = AccumulationPlan.of(classes, weights.shape[1])
+    npos = np.rint(counts @ plan.n_gt.T).astype(np.int64)  # B x C; float64 products of whole numbers are exact
+    kind = np.int32 if counts.size == 0 or counts.max() < 2**31 else np.int64
+    return kernels.resample_aps(np.ascontiguousarray(counts, dtype=kind), npos, plan.key_start, plan.key_image,
+                                plan.key_fp_end, plan.fp_start, plan.fp_image, plan.fp_count, plan.tp_start,
+                                plan.tp_key, plan.ign_start, plan.ign_key, len(IOU_THRS), _REC_ABOVE[:len(REC_THRS)],
+                                min(len(counts), 4 * numba.get_num_threads()))
 
 
 def full_set_aps(m: ClassMatches) -> np.ndarray:
     """AP at each IoU threshold on the whole test set (every image once): COCO's precision[t, :, class, all areas,
     100 detections] averaged over recall; nan without ground truth."""
-    return _class_ap(ClassPlan.of(m), np.ones((len(m.n_gt), 1)), np.array([m.n_gt.sum()]))[:, 0]
+    return threshold_aps([m], np.ones((1, len(m.n_gt))))[0, 0]
 
 
-def _thresholds_reached(tp: np.ndarray, npos: np.ndarray) -> np.ndarray:
-    """How many of COCO's 101 recall thresholds are first reached at each row of tp (cumulative true positives;
-    npos > 0). tp and npos hold integers below 2**24 / 100 (class_aps picks the dtype so), so floor(100 tp / npos)
-    is exact. A recall of exactly j / 100 misses the thresholds linspace put an ulp above j / 100; j * npos / 100
-    is a whole number of true positives only where npos is a multiple of 10, so only those columns are checked."""
-    scaled = 100 * tp
-    reached = np.floor(scaled / npos)
-    cols = np.flatnonzero(npos % 10 == 0)
-    if len(cols):
-        q = reached[:, cols]
-        rows, at = np.nonzero(q * npos[cols] == scaled[:, cols])
-        reached[rows, cols[at]] -= _REC_ABOVE[q[rows, at].astype(np.int64)]
-    reached[1:] -= reached[:-1]
-    reached[0] += 1  # recall 0 is reached at the first true positive
-    return reached
-
-
-def _class_ap(plan: ClassPlan, weights_t: np.ndarray, npos: np.ndarray) -> np.ndarray:
-    """T x B: AP of one class at each IoU threshold for each column of image weights (N x B, integer-valued;
-    npos: B, its weighted ground truth); nan without ground truth. Arrays are (detections x resamples): scans
-    add contiguous rows."""
-    dtype = weights_t.dtype
-    npos = npos.astype(dtype)
-    out = np.zeros((len(IOU_THRS), weights_t.shape[1]))
-    if len(plan.key_image) and (npos > 0).any():
-        w_key = weights_t[plan.key_image]  # K x B
-        seen = _scan(w_key.copy(), np.add)  # detections up to each key detection: key ones ...
-        if len(plan.fp_image):  # ... and the always-false ones before it
-            fp = _scan(weights_t[plan.fp_image] * plan.fp_count[:, None].astype(dtype), np.add)
-            before = fp[np.maximum(plan.fp_ends - 1, 0)]
-            before[plan.fp_ends == 0] = 0
-            seen += before
-        safe_npos = np.where(npos > 0, npos, 1)
-        for t, (tp_idx, ign_idx) in enumerate(zip(plan.tp_at, plan.ign_at)):
-            if len(tp_idx):
-                out[t] = _threshold_ap(w_key, seen, tp_idx, ign_idx, safe_npos)
-    return np.where(npos[None, :] > 0, out, np.nan)
-
-
-def _threshold_ap(w_key: np.ndarray, seen: np.ndarray, tp_idx: np.ndarray, ign_idx: np.ndarray,
-                  npos: np.ndarray) -> np.ndarray:
-    tp = _scan(w_key[tp_idx], np.add)
-    counted = seen[tp_idx]  # true + false positives: every detection so far but the ignored ones
-    if len(ign_idx):
-        ign = np.concatenate([np.zeros((1, tp.shape[1]), tp.dtype), _scan(w_key[ign_idx], np.add)])
-        counted -= ign[np.searchsorted(ign_idx, tp_idx)]
-    counted += _EPS
-    precision = np.divide(tp, counted, out=counted)
-    envelope = _scan(precision[::-1], np.maximum)[::-1]  # best precision at this recall or beyond
-    reached = _thresholds_reached(tp, npos)
-    return np.einsum("kb,kb->b", reached, envelope, dtype=np.float64) / len(REC_THRS)
-
-
-def _resample_dtype(plans: list[ClassPlan], weights: np.ndarray) -> type[np.floating]:
-    """float32 when every count the accumulation forms (detections so far, 100 x true positives) stays below
-    2**24, where float32 holds integers exactly; float64 otherwise."""
-    if not plans or not len(weights):
-        return np.float64
-    most_dets = float(weights.sum(axis=1).max()) * MAX_DETS
-    most_gt = float((weights @ np.stack([p.n_gt for p in plans], axis=1)).max())
-    return np.float32 if max(most_dets, 100 * most_gt) < 2**24 else np.float64
-
-
-def _blocks(n: int, size: int) -> list[slice]:
-    return [slice(s, min(n, s + size)) for s in range(0, n, size)]
-
-
-def class_aps(matches: dict[int, ClassMatches], weights: np.ndarray, cells: int = 16_000_000,
-              workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def class_aps(matches: dict[int, ClassMatches], weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(AP, AP50), each B x C (classes in `matches` order), for each row of image weights (B x N, how often each
-    image is drawn); nan where a class has no ground truth in that resample. Rows go in blocks of about `cells`
-    / (key detections) (memory), in float32 where its integers stay exact (a float32 AP differs from the float64
-    one by ~1e-7; an all-ones row, the full-set estimate, is always float64, COCO's to 1e-12). Classes run on
-    `workers` threads (numpy releases the GIL in its loops)."""
-    plans = [ClassPlan.of(m) for m in matches.values()]
-    B = len(weights)
-    ap, ap50 = np.full((B, len(plans)), np.nan), np.full((B, len(plans)), np.nan)
-    exact = np.all(weights == 1, axis=1)
-    others = np.nonzero(~exact)[0]
-    dtype = _resample_dtype(plans, weights)
-    size = max(1, cells // max([len(p.key_image) for p in plans] + [len(p.fp_image) for p in plans] + [1]))
-    # each block's weights transposed and cast once, shared by all classes
-    blocks = [(rows, np.ascontiguousarray(weights[rows].T, dtype=kind)) for rows, kind in
-              [(np.nonzero(exact)[0], np.float64)] + [(others[s], dtype) for s in _blocks(len(others), size)]
-              if len(rows)]
-    npos = weights @ np.stack([p.n_gt for p in plans], axis=1) if plans else np.zeros((B, 0))  # B x C
-
-    def run(k: int) -> None:
-        for rows, weights_t in blocks:
-            per_thr = _class_ap(plans[k], weights_t, npos[rows, k])
-            ap[rows, k], ap50[rows, k] = per_thr.mean(axis=0), per_thr[0]
-
-    with ThreadPoolExecutor(workers or min(2, os.cpu_count() or 1)) as pool:
-        list(pool.map(run, range(len(plans))))
-    return ap, ap50
+    image is drawn); nan where a class has no ground truth in that resample. The rows run on all cores."""
+    per_threshold = threshold_aps(matches, weights)
+    return per_threshold.mean(axis=2), per_threshold[:, :, 0]
 
 
 def mean_over_classes(per_class: np.ndarray) -> np.ndarray:
@@ -375,8 +276,7 @@ def paired_bootstrap(gt: dict, candidate: list[dict], reference: list[dict], res
                      seed: int = 0, confidence: float = 0.95) -> dict:
     """AP and AP50 of both on all images, their differences (candidate - reference) with two-sided normal
     bootstrap intervals at `confidence`, P(candidate better) over the resamples, and the same per class."""
-    image_ids, cand = match_per_image(gt, candidate)
-    _, ref = match_per_image(gt, reference)
+    image_ids, cand, ref = match_pair(gt, candidate, reference)
     return bootstrap_matches(image_ids, cand, ref, {int(c["id"]): c["name"] for c in gt["categories"]},
                              resamples, seed, confidence)
 

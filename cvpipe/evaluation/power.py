@@ -105,18 +105,21 @@ def miss_for_drop(pool: Pool, drop: float, base_miss: float, sigma: float) -> fl
 
 
 def trial_verdicts(pool: Pool, images: int, candidate_miss: float, rule: GateRule, trials: int, seed: int,
-                   base_miss: float = 0.05, sigma: float = 0.3, resamples: int = 200) -> dict[str, float]:
+                   base_miss: float = 0.05, sigma: float = 0.3, resamples: int = 200,
+                   candidate_pool: Pool | None = None) -> dict[str, float]:
     """How often the gate promotes, holds and refuses over `trials` independent test sets and model pairs; and
     whether its interval has the right width: the spread of the AP difference over the trials (its true standard
     deviation) against the bootstrap's standard error, and how often a percentile interval's lower bound would
-    have promoted instead."""
+    have promoted instead. With `candidate_pool` (another real model's detections on the same images) the
+    candidate is drawn from it: a real pair, whose errors differ as two checkpoints' do (base_miss and sigma
+    then usually 0: the pool's own detections)."""
     rng = np.random.default_rng(seed)
     counts: dict[str, float] = {"promoted": 0, "held": 0, "refused": 0}
     deltas, stds, percentile_promoted = [], [], 0
     for t in range(trials):
         source = rng.integers(0, pool.images, images)
         champion = draw_model(pool, source, rng, base_miss, sigma)
-        candidate = draw_model(pool, source, rng, candidate_miss, sigma)
+        candidate = draw_model(candidate_pool or pool, source, rng, candidate_miss, sigma)
         boot = bootstrap_matches(list(range(images)), candidate, champion, pool.names, resamples,
                                  seed=seed * 100_003 + t, confidence=rule.confidence)
         counts[gate_decision(boot, rule, "champion")["verdict"]] += 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cvpipe.evaluation import bootstrap
 from cvpipe.evaluation.bootstrap import (
     REC_THRS,
     ClassMatches,
@@ -18,6 +17,7 @@ from cvpipe.evaluation.bootstrap import (
     match_per_image,
     paired_bootstrap,
     resample_weights,
+    threshold_aps,
     true_positive_rows,
     weighted_ap,
 )
@@ -170,25 +170,37 @@ def nano_matches(nano_dets_subset):
 
 
 def test_a_resample_is_the_images_repeated_exactly(nano_matches):
-    """Resample weights against pycocotools' accumulation on the repeated detections: float64 to 1e-12 (the
-    float32 blocks that class_aps uses for resamples to 1e-6)."""
+    """Resample weights against pycocotools' accumulation on the repeated detections, every class, IoU threshold
+    and resample to 1e-12 (the compiled accumulation counts in integers and divides in float64, as COCO)."""
     ids, matches = nano_matches
     weights = resample_weights(len(ids), 6, seed=3)
+    per_threshold = threshold_aps(matches, weights)
     checked = 0
-    for m in matches.values():
-        if not m.n_gt.sum():
-            continue
-        plan = bootstrap.ClassPlan.of(m)
-        npos = weights @ m.n_gt
-        exact = bootstrap._class_ap(plan, np.ascontiguousarray(weights.T), npos)
-        fast = bootstrap._class_ap(plan, np.ascontiguousarray(weights.T).astype(np.float32), npos)
+    for k, m in enumerate(matches.values()):
         for b in range(len(weights)):
-            if npos[b] > 0:
-                ref = coco_accumulate_repeated(m, weights[b])
-                assert np.abs(exact[:, b] - ref).max() <= 1e-12
-                assert np.abs(fast[:, b] - ref).max() <= 1e-6
+            if (weights[b] @ m.n_gt) > 0:
+                assert np.abs(per_threshold[b, k] - coco_accumulate_repeated(m, weights[b])).max() <= 1e-12
                 checked += 1
+            else:
+                assert np.isnan(per_threshold[b, k]).all()
     assert checked > 30
+
+
+def test_rows_are_independent_of_how_they_are_split_over_threads(nano_matches):
+    """Rows run in parallel chunks: each row's AP is the same computed alone or among 40 others."""
+    ids, matches = nano_matches
+    weights = resample_weights(len(ids), 40, seed=5)
+    together = threshold_aps(matches, weights)
+    for b in (0, 17, 39):
+        assert np.array_equal(threshold_aps(matches, weights[b:b + 1])[0], together[b], equal_nan=True)
+
+
+def test_weights_must_be_whole_draw_counts(nano_matches):
+    ids, matches = nano_matches
+    with pytest.raises(ValueError, match="whole numbers"):
+        threshold_aps(matches, np.full((1, len(ids)), 0.5))
+    with pytest.raises(ValueError, match="whole numbers"):
+        threshold_aps(matches, -np.ones((1, len(ids))))
 
 
 def test_recall_exactly_on_a_threshold_linspace_put_an_ulp_higher():
@@ -201,7 +213,7 @@ def test_recall_exactly_on_a_threshold_linspace_put_an_ulp_higher():
     w = np.ones(1)
     assert full_set_aps(m) == pytest.approx(coco_accumulate_repeated(m, w), abs=1e-15)
     assert class_aps({1: m}, np.array([[1.0], [2.0]]))[0][:, 0] == pytest.approx(
-        [coco_accumulate_repeated(m, w).mean(), coco_accumulate_repeated(m, 2 * w).mean()], abs=1e-6)
+        [coco_accumulate_repeated(m, w).mean(), coco_accumulate_repeated(m, 2 * w).mean()], abs=1e-15)
 
 
 def test_iou_is_pycocotools_bit_for_bit():
@@ -213,22 +225,6 @@ def test_iou_is_pycocotools_bit_for_bit():
     crowd = rng.random(4000) < 0.3
     ref = np.array([mask_utils.iou([a.tolist()], [b.tolist()], [int(c)])[0][0] for a, b, c in zip(d, g, crowd)])
     assert np.array_equal(coco_box_iou(d, g, crowd), ref)
-
-
-@pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 17, 100, 101])
-def test_row_scans_equal_numpys_accumulate(rows):
-    """On whole numbers (multiplicities; a scan in chunks adds in another order, which only whole numbers keep
-    exact), and a running maximum from the end (the precision envelope)."""
-    a = np.random.default_rng(rows).integers(0, 5, (rows, 5)).astype(np.float32)
-    assert np.array_equal(bootstrap._scan(a.copy(), np.add), np.cumsum(a, axis=0))
-    assert np.array_equal(bootstrap._scan(a.copy()[::-1], np.maximum)[::-1], np.maximum.accumulate(a[::-1])[::-1])
-
-
-def test_float64_where_float32_would_round_the_counts():
-    m = ClassMatches(np.ones(1), np.zeros(1, int), np.ones((10, 1), bool), np.zeros((10, 1), bool), np.ones(1))
-    plan = bootstrap.ClassPlan.of(m)
-    assert bootstrap._resample_dtype([plan], np.full((2, 1), 100.0)) == np.float32
-    assert bootstrap._resample_dtype([plan], np.full((2, 1), 2.0e5)) == np.float64  # 100 x 2e5 x 1 >= 2**24
 
 
 def test_true_positive_rows_are_the_matches_at_iou_half(dev_gt):

@@ -152,3 +152,23 @@ def test_leakage_refuses_any_test_image_seen_in_training():
     assert leakage_criterion(test, {"splits": ["train"], "digests": ["f" * 16]})["verdict"] == "promoted"
     unknown = leakage_criterion(test, None)
     assert unknown["verdict"] == "promoted" and unknown["known"] is False  # old runs: said, not refused
+
+
+@pytest.mark.slow
+def test_a_real_pair_takes_the_candidate_from_its_own_detections(dev_gt, pool):
+    """Real-pair mode (bench_gate_power.py --pair): the candidate is another model's detections on the same
+    images. The same model twice differs by exactly 0 on every test set and is promoted; a model that lost 40 % of
+    its detections is measured as the clear drop it is."""
+    from cvpipe.evaluation.power import trial_verdicts
+
+    from .helpers import nano_detections
+
+    dets = nano_detections(dev_gt, [i["id"] for i in dev_gt["images"]])
+    keep = np.random.default_rng(0).random(len(dets)) >= 0.4
+    worse = Pool.from_detections(dev_gt, [d for d, k in zip(dets, keep) if k])
+    same = trial_verdicts(pool, 150, 0.0, GateRule(), trials=3, seed=0, base_miss=0, sigma=0, resamples=50,
+                          candidate_pool=pool)
+    assert same["promoted"] == 3 and same["mean_delta"] == 0 and same["mean_se"] == 0
+    lost = trial_verdicts(pool, 150, 0.0, GateRule(), trials=3, seed=0, base_miss=0, sigma=0, resamples=50,
+                          candidate_pool=worse)
+    assert lost["mean_delta"] < -0.03 and lost["promoted"] == 0, lost
