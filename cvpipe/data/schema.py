@@ -126,8 +126,8 @@ class DetectionDataset:
             ds = DetectionDataset.build(keep, ds.annotations[ds.annotations["image_id"].isin(keep["image_id"])],
                                         ds.categories)
         im, an = ds.images, ds.annotations  # column lists, not a Python object per row: 10^5 rows
-        images = [{**_extra(extra), "id": image_id, "file_name": blob or file_name, "width": width, "height": height,
-                   "original_file_name": file_name}
+        images = [{**_extra(extra), "id": image_id, "file_name": blob if isinstance(blob, str) and blob else file_name,
+                   "width": width, "height": height, "original_file_name": file_name}
                   for image_id, blob, file_name, width, height, extra in
                   zip(*(im[c].tolist() for c in ("image_id", "blob", "file_name", "width", "height", "extra")))]
         anns = []

@@ -1,0 +1,36 @@
+"""A config imports only the steps it names: reading a data-steps config (what every `cvpipe run` of them does,
+a no-change rerun included) imports neither pandas nor matplotlib, the evaluation's plotting, nor the serving
+stack; a name that is no step still gets the full list of steps."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cvpipe.config import ConfigError, build_config
+
+HEAVY = ("pandas", "matplotlib", "torch", "bentoml", "cvpipe.steps.model_eval", "cvpipe.steps.model_test")
+
+
+def test_a_data_steps_config_imports_no_heavy_module(tmp_path):
+    probe = f"""
+import json, sys
+from cvpipe.config import build_config
+from cvpipe.pipeline.step import execution_order
+cfg = build_config({{"store": {str(tmp_path)!r}, "data_load": {{"source": "x"}}, "data_prep": None}})
+order = execution_order(cfg.step_names())
+print(json.dumps({{"order": order, "prep_seed": cfg.params("data_prep").seed,
+                  "loaded": [m for m in {HEAVY!r} if m in sys.modules]}}))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"order": ["data_load", "data_prep"], "prep_seed": 0, "loaded": []}
+
+
+def test_an_unknown_section_still_names_every_step(tmp_path):
+    with pytest.raises(ConfigError, match=r"did you mean 'model_eval'.*") as err:
+        build_config({"store": str(tmp_path), "model_evl": {}})
+    assert "model_test" in str(err.value)  # the list of steps is complete, not just the ones imported so far
