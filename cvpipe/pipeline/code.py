@@ -65,14 +65,24 @@ def module_closure(module: str) -> tuple[tuple[str, Path], ...]:
         name = pending.pop()
         if name in seen or name.split(".")[0] not in roots:
             continue
-        path = _module_file(name)
-        if path is None:  # an attribute (from pkg import func), or not a source module
+        found = _module_imports(name)
+        if found is None:  # an attribute (from pkg import func), or not a source module
             continue
-        seen[name] = path
-        tree = ast.parse(path.read_bytes(), filename=str(path))
-        for dep in _imported_names(tree, name, path.name == "__init__.py") | {name}:
+        seen[name], deps = found
+        for dep in deps | {name}:
             pending.extend(n for n in [dep, *_parents(dep)] if n not in seen)
     return tuple(sorted(seen.items()))
+
+
+@cache
+def _module_imports(name: str) -> tuple[Path, frozenset[str]] | None:
+    """(file, names it imports) of one module, parsed once per process: the steps of one run share most of
+    their closures (the data steps: some sixty modules), and parsing them again cost seconds under load."""
+    path = _module_file(name)
+    if path is None:
+        return None
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    return path, frozenset(_imported_names(tree, name, path.name == "__init__.py"))
 
 
 def code_fingerprint(module: str) -> dict[str, object]:
