@@ -105,17 +105,17 @@ class Samples:
 
     @classmethod
     def of(cls, ds: DetectionDataset, thumbnails: dict[int, np.ndarray], limit: int = 12) -> Samples:
-        ids = [int(i) for i in ds.images["image_id"] if int(i) in thumbnails][:limit]
-        info = ds.images.set_index("image_id")
-        names = dict(zip(ds.categories["category_id"], ds.categories["name"]))
+        ids = [i for i in ds.images["image_id"].tolist() if i in thumbnails][:limit]
+        names = dict(zip(ds.categories["category_id"].tolist(), ds.categories["name"].tolist()))
+        images = ds.images[ds.images["image_id"].isin(ids)].set_index("image_id")
         anns = ds.annotations[ds.annotations["image_id"].isin(ids)]
-        shown = []
-        for image_id in ids:
-            row = info.loc[image_id]
-            boxes = [[float(a.x), float(a.y), float(a.w), float(a.h), str(names.get(a.category_id, a.category_id)),
-                      bool(a.iscrowd)] for a in anns[anns["image_id"] == image_id].itertuples()]
-            shown.append({"digest": str(row["digest"]), "title": f"{row['split']}: {Path(row['file_name']).name}",
-                          "width": int(row["width"]), "boxes": boxes})
+        boxes: dict[int, list[list]] = {i: [] for i in ids}
+        for image_id, x, y, w, h, category_id, crowd in zip(
+                *(anns[c].tolist() for c in ("image_id", "x", "y", "w", "h", "category_id", "iscrowd"))):
+            boxes[image_id].append([x, y, w, h, str(names.get(category_id, category_id)), bool(crowd)])
+        shown = [{"digest": str(images.at[i, "digest"]),
+                  "title": f"{images.at[i, 'split']}: {Path(images.at[i, 'file_name']).name}",
+                  "width": int(images.at[i, "width"]), "boxes": boxes[i]} for i in ids]
         return cls(ids, shown)
 
 
