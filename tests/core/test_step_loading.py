@@ -1,6 +1,6 @@
-"""A config imports only the steps it names: reading a data-steps config (what every `cvpipe run` of them does,
-a no-change rerun included) imports neither pandas nor matplotlib, the evaluation's plotting, nor the serving
-stack; a name that is no step still gets the full list of steps."""
+"""A config imports only the steps it names: reading a data-steps config and fingerprinting their code (what every
+`cvpipe run` of them does, a no-change rerun included) imports neither pandas nor matplotlib, the evaluation's
+plotting, nor the serving stack; a name that is no step still gets the full list of steps."""
 
 from __future__ import annotations
 
@@ -19,9 +19,12 @@ def test_a_data_steps_config_imports_no_heavy_module(tmp_path):
     probe = f"""
 import json, sys
 from cvpipe.config import build_config
-from cvpipe.pipeline.step import execution_order
+from cvpipe.pipeline.runner import code_version
+from cvpipe.pipeline.step import execution_order, get_step
 cfg = build_config({{"store": {str(tmp_path)!r}, "data_load": {{"source": "x"}}, "data_prep": None}})
 order = execution_order(cfg.step_names())
+for name in order:  # what the runner keys a reused run on: the step's code, read from source, not imported
+    assert code_version(get_step(name).func.__module__)["modules"] > 10
 print(json.dumps({{"order": order, "prep_seed": cfg.params("data_prep").seed,
                   "loaded": [m for m in {HEAVY!r} if m in sys.modules]}}))
 """
