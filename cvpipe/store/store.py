@@ -313,25 +313,25 @@ class ArtifactStore:
         if os.path.exists(obj) if self.is_local else self.fs.exists(obj):
             return obj
         if self.is_local:
-            got = self._put_local_checked(local, obj)
-            if got != digest:
-                raise ChangedWhileReading(f"{rel} changed while it was stored (sha256 {got[:12]}... != "
-                                          f"{digest[:12]}...); run again once the data stops changing")
+            self._put_local_checked(local, obj, digest, rel)
             cache.record(os.stat(obj), digest, settled=True)  # the store never writes an object again
         else:
             self._put_file(local, obj)
         return obj
 
-    def _put_local_checked(self, local: Path, path: str) -> str:
-        """Copy into the local store, hashing what is written: the sha256 of the stored bytes."""
+    def _put_local_checked(self, local: Path, path: str, digest: str, rel: str) -> None:
+        """Copy into the local store, hashing what is written; bytes that are not `digest` are refused before
+        they take the object's name (an object is trusted by its name from then on)."""
         h = hashlib.sha256()
 
         def write(f: IO[bytes]) -> None:
             with open(local, "rb") as src:
                 _copy_stream(_Hashing(src, h), f)
+            if (got := h.hexdigest()) != digest:
+                raise ChangedWhileReading(f"{rel} changed while it was stored (sha256 {got[:12]}... != "
+                                          f"{digest[:12]}...); run again once the data stops changing")
 
         self._atomic_local(path, write)
-        return h.hexdigest()
 
     def put_state(self, step: str, run_id: str, local_dir: Path) -> None:
         """Store a running step's resumable state (replaced file by file; never part of the outputs)."""

@@ -165,3 +165,31 @@ def test_full_disk_leaves_no_debris_and_a_failed_run(toy_cfg, tmp_path, monkeypa
     assert failed.status == "failed" and failed.manifest["outputs"] == {}
     assert "no space left" in failed.manifest["error"]["message"]
     assert Runner(toy_cfg()).run_step("toy_double").complete
+
+
+def test_an_object_that_changes_while_stored_never_takes_its_name(tmp_path, monkeypatch):
+    """A content-addressed file rewritten while it is copied into the store is refused, and no object is left
+    under its digest: the store trusts an object by its name from then on."""
+    import hashlib
+
+    from cvpipe.store.digests import ChangedWhileReading
+
+    monkeypatch.setenv("CVPIPE_CACHE", str(tmp_path / "cache"))
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    digest = hashlib.sha256(b"the image as digested").hexdigest()
+    source = staged / f"{digest}.jpg"
+    source.write_bytes(b"the image as digested")
+    store = ArtifactStore(str(tmp_path / "store"), env="test", pipeline="p")
+    real = store_module._copy_stream
+
+    def rewritten_meanwhile(src, dst):
+        with open(source, "r+b") as f:  # another program writes the file while the store copies it
+            f.write(b"THE")
+        return real(src, dst)
+
+    monkeypatch.setattr(store_module, "_copy_stream", rewritten_meanwhile)
+    with pytest.raises(ChangedWhileReading, match="changed while it was stored"):
+        store.commit_entity("s", "20261207T000000000Z-abcdef", "images", staged, content_addressed=True)
+    assert not Path(store.object_path(digest, ".jpg")).exists()
+    assert not list((tmp_path / "store").rglob(".tmp-*"))
