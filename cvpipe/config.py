@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model
 
 from cvpipe.pipeline.step import get_step, has_step, registered, registry
 
@@ -32,9 +32,13 @@ class _Base(BaseModel):
     plugins: list[str] = Field(default_factory=list, description="modules to import that register more steps "
                                "(each must be allowed: CVPIPE_ALLOW_PLUGINS or --allow-plugin)")
 
+    _file_order: list[str] = PrivateAttr(default_factory=list)
+
     def step_names(self) -> list[str]:
-        """Steps that have a section in this config, in file order."""
-        return [k for k in type(self).model_fields if k not in RESERVED and getattr(self, k) is not None]
+        """Steps that have a section in this config, in file order (not the order their modules happened to be
+        imported in: a config imports only the steps it names)."""
+        present = [k for k in type(self).model_fields if k not in RESERVED and getattr(self, k) is not None]
+        return sorted(present, key=lambda k: self._file_order.index(k) if k in self._file_order else len(present))
 
     def params(self, step: str) -> BaseModel:
         """This step's params: its section, or the step's defaults when the config has none."""
@@ -185,9 +189,11 @@ def build_config(data: dict | None, overrides: list[str] | None = None, allow_pl
         if data[name] is None:
             data[name] = {}
     try:
-        return config_model().model_validate(data)
+        cfg = config_model().model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_errors(e)) from None
+    cfg._file_order = [k for k in data if k not in RESERVED]
+    return cfg
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, allow_plugins: set[str] | None = None) -> _Base:

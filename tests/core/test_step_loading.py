@@ -37,3 +37,11 @@ def test_an_unknown_section_still_names_every_step(tmp_path):
     with pytest.raises(ConfigError, match=r"did you mean 'model_eval'.*") as err:
         build_config({"store": str(tmp_path), "model_evl": {}})
     assert "model_test" in str(err.value)  # the list of steps is complete, not just the ones imported so far
+
+
+def test_step_sections_keep_the_file_order_whatever_was_imported_before(tmp_path):
+    from cvpipe.pipeline.step import registry
+
+    registry()  # every step imported (alphabetical order of registration)
+    cfg = build_config({"store": str(tmp_path), "model_train": {}, "data_prep": {}, "data_load": {"source": "x"}})
+    assert cfg.step_names() == ["model_train", "data_prep", "data_load"]
