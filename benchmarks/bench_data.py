@@ -11,7 +11,8 @@ verification of stored files when a run is materialised, as files/s beside a who
 
 At scale (`--scale DIR`, a data set written by benchmarks/make_scale_data.py): data_load + data_prep through
 the runner, five rows, each in a fresh process (its wall time, the steps' own time, peak RSS of the main
-process and of the largest worker): first version (empty store and digest cache), no-change rerun, one image
+process and of the largest worker; CPU seconds of the process and its workers, which a loaded machine
+inflates less than the wall time): first version (empty store and digest cache), no-change rerun, one image
 changed, one annotation changed, 1 % of images added. DIR is never modified: the rows work on a hard-linked
 copy of it and change files only by replacing them (a new inode), so the original stays as generated.
 
@@ -148,7 +149,9 @@ def scale_row(config: Path) -> None:
         if rec.run_id in before:
             reused.append(name)
     mb = 1024  # ru_maxrss is in KiB on Linux
-    print(json.dumps({**times, "reused": reused,
+    cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    print(json.dumps({**times, "reused": reused, "cpu_s": round(cpu, 2),
                       "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // mb,
                       "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // mb}))
 
@@ -219,7 +222,8 @@ def scale_rows(data: Path, workers: int) -> None:
     rows = [("first version", None), ("no-change rerun", None), ("one image changed", _change_one_image),
             ("one annotation changed", _change_one_annotation), ("1 % images added", _add_one_percent)]
     print(f"{data}: {len(list((data / 'images').rglob('*.jpg')))} images; {os.cpu_count()} CPUs; workers {workers}")
-    print(f"{'row':<24} {'wall s':>7} {'load s':>7} {'prep s':>7} {'RSS MB':>7} {'worker':>7} {'load avg':>8}  change")
+    print(f"{'row':<24} {'wall s':>7} {'cpu s':>7} {'load s':>7} {'prep s':>7} {'RSS MB':>7} {'worker':>7} "
+          f"{'load avg':>8}  change")
     try:
         for name, change in rows:
             what = change(work) if change else ""
@@ -229,8 +233,8 @@ def scale_rows(data: Path, workers: int) -> None:
             wall = time.perf_counter() - t
             r = json.loads(done.stdout.strip().splitlines()[-1])
             what += f" (reused: {', '.join(r['reused'])})" if r["reused"] else ""
-            print(f"{name:<24} {wall:>7.1f} {r['data_load']:>7.1f} {r['data_prep']:>7.1f} {r['rss_main_mb']:>7} "
-                  f"{r['rss_worker_mb']:>7} {os.getloadavg()[0]:>8.1f}  {what}", flush=True)
+            print(f"{name:<24} {wall:>7.1f} {r['cpu_s']:>7.1f} {r['data_load']:>7.1f} {r['data_prep']:>7.1f} "
+                  f"{r['rss_main_mb']:>7} {r['rss_worker_mb']:>7} {os.getloadavg()[0]:>8.1f}  {what}", flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model
 
-from cvpipe.pipeline.step import registry
+from cvpipe.pipeline.step import get_step, has_step, registered, registry
 
 RESERVED = ("store", "env", "pipeline", "pins", "plugins")
 
@@ -32,14 +32,18 @@ class _Base(BaseModel):
     plugins: list[str] = Field(default_factory=list, description="modules to import that register more steps "
                                "(each must be allowed: CVPIPE_ALLOW_PLUGINS or --allow-plugin)")
 
+    _file_order: list[str] = PrivateAttr(default_factory=list)
+
     def step_names(self) -> list[str]:
-        """Steps that have a section in this config, in file order."""
-        return [k for k in type(self).model_fields if k not in RESERVED and getattr(self, k) is not None]
+        """Steps that have a section in this config, in file order (not the order their modules happened to be
+        imported in: a config imports only the steps it names)."""
+        present = [k for k in type(self).model_fields if k not in RESERVED and getattr(self, k) is not None]
+        return sorted(present, key=lambda k: self._file_order.index(k) if k in self._file_order else len(present))
 
     def params(self, step: str) -> BaseModel:
         """This step's params: its section, or the step's defaults when the config has none."""
         value = getattr(self, step, None)
-        return value if value is not None else registry()[step].params()
+        return value if value is not None else get_step(step).params()
 
     def flat(self) -> dict[str, Any]:
         """Effective config as dotted keys, for the table printed at the start of a run."""
@@ -60,8 +64,9 @@ _MODELS: dict[tuple, type[_Base]] = {}
 
 
 def config_model() -> type[_Base]:
-    """The config model: the base keys plus one optional section per registered step."""
-    steps = registry()
+    """The config model: the base keys plus one optional section per registered step (build_config has
+    registered the steps its config names; the others are left unimported)."""
+    steps = registered()
     key = tuple((name, spec.params) for name, spec in steps.items())
     if key not in _MODELS:
         fields = {name: (Optional[spec.params], None) for name, spec in steps.items()}
@@ -172,7 +177,7 @@ def build_config(data: dict | None, overrides: list[str] | None = None, allow_pl
     if not isinstance(plugins, list):
         raise ConfigError("plugins: must be a list of module names")
     import_plugins(plugins, allow_plugins)
-    unknown_steps = [k for k, v in data.items() if k not in RESERVED and k not in registry()]
+    unknown_steps = [k for k, v in data.items() if k not in RESERVED and not has_step(k)]
     if unknown_steps:  # named with a suggestion; pydantic would only say "extra"
         k = unknown_steps[0]
         raise ConfigError(f"invalid config:\n  {k}: unknown key at the top level (not a step: the steps are "
@@ -180,13 +185,15 @@ def build_config(data: dict | None, overrides: list[str] | None = None, allow_pl
     if "store" in data:
         data["store"] = resolve_store(data["store"])
     # A step section written as `data_load:` with nothing under it means "run it with defaults".
-    for name in registry():
-        if name in data and data[name] is None:
+    for name in [k for k in data if k not in RESERVED]:
+        if data[name] is None:
             data[name] = {}
     try:
-        return config_model().model_validate(data)
+        cfg = config_model().model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_errors(e)) from None
+    cfg._file_order = [k for k in data if k not in RESERVED]
+    return cfg
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, allow_plugins: set[str] | None = None) -> _Base:

@@ -30,7 +30,7 @@ from cvpipe.cli.common import (
 )
 from cvpipe.config import did_you_mean
 from cvpipe.pipeline.runner import MissingInput, Runner, StepFailed, select_steps
-from cvpipe.pipeline.step import registry
+from cvpipe.pipeline.step import has_step, registry
 from cvpipe.store import ArtifactStore, RunRecord
 
 app = typer.Typer(
@@ -101,17 +101,22 @@ def _print_runs(runs: list[RunRecord], config: Path) -> None:
 
 
 def _select(cfg: Any, config: Path, steps: Optional[str], start: Optional[str], end: Optional[str]) -> list[str]:
-    known = list(registry())
     for name in [x.strip() for x in (steps or "").split(",") if x.strip()] + [x for x in (start, end) if x]:
-        if name not in known:
-            fail(f"unknown step {name!r}{did_you_mean(name, known)}; known steps: {', '.join(known)}", 2)
+        _known_step(name)
     try:
         names = select_steps(cfg.step_names(), [x.strip() for x in steps.split(",")] if steps else None, start, end)
     except ValueError as e:
         fail(str(e), 2)
     if not names:
-        fail(f"{config} has no step sections; known steps: {', '.join(known)}", 2)
+        fail(f"{config} has no step sections; known steps: {', '.join(registry())}", 2)
     return names
+
+
+def _known_step(name: str) -> None:
+    """Exit 2 with the known steps when `name` is none of them (only then are all step modules imported)."""
+    if not has_step(name):
+        known = list(registry())
+        fail(f"unknown step {name!r}{did_you_mean(name, known)}; known steps: {', '.join(known)}", 2)
 
 
 @app.command()
@@ -155,9 +160,7 @@ def step(
     _set_rehash(rehash)
     config = pick_config(config, config_opt, required=True)
     cfg = load(config, overrides, allow_plugin)
-    known = list(registry())
-    if name not in known:
-        fail(f"unknown step {name!r}{did_you_mean(name, known)}; known steps: {', '.join(known)}", 2)
+    _known_step(name)
     _execute(cfg, [name], force, config)
 
 

@@ -3,6 +3,8 @@ boxes, the split table and every validation finding. One self-contained HTML fil
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import matplotlib
@@ -15,8 +17,15 @@ from cvpipe.data.schema import SPLITS, DetectionDataset  # noqa: E402
 from cvpipe.data.split import split_table  # noqa: E402
 from cvpipe.data.validate import summarize_findings  # noqa: E402
 from cvpipe.reporting.html import Report, escape, image, table  # noqa: E402
+from cvpipe.reporting.plot_cache import code_version, plot_key, reuse_or_draw  # noqa: E402
 
 COLORS = {"train": "#4C72B0", "val": "#DD8452", "test": "#55A868"}
+
+
+@cache
+def _drawing_code() -> str:
+    """What keys a cached plot besides what it shows: this module's code and matplotlib's version."""
+    return code_version(__file__)
 
 
 def _save(fig, path: Path) -> Path:
@@ -26,19 +35,17 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def class_histogram(ds: DetectionDataset, path: Path) -> Path:
-    names = dict(zip(ds.categories["category_id"], ds.categories["name"]))
-    cats = list(ds.categories.sort_values("category_id")["category_id"])
-    fig, ax = plt.subplots(figsize=(9, max(3, 0.22 * len(cats) + 1)))
-    y = np.arange(len(cats))
-    left = np.zeros(len(cats))
+def class_histogram(per_class: list[dict], path: Path) -> Path:
+    """Boxes per class, stacked by split (rows of `_per_class_counts`, drawn in category-id order)."""
+    rows = sorted(per_class, key=lambda r: r["category_id"])
+    fig, ax = plt.subplots(figsize=(9, max(3, 0.22 * len(rows) + 1)))
+    y = np.arange(len(rows))
+    left = np.zeros(len(rows))
     for s in SPLITS:
-        a = ds.split(s).annotations
-        counts = a[a["iscrowd"] == 0]["category_id"].value_counts()
-        vals = np.array([counts.get(c, 0) for c in cats])
+        vals = np.array([r[s] for r in rows])
         ax.barh(y, vals, left=left, color=COLORS[s], label=s)
         left += vals
-    ax.set_yticks(y, [names[c] for c in cats], fontsize=7)
+    ax.set_yticks(y, [r["name"] for r in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("boxes (crowd regions excluded)")
     ax.set_title("boxes per class and split")
@@ -46,27 +53,42 @@ def class_histogram(ds: DetectionDataset, path: Path) -> Path:
     return _save(fig, path)
 
 
-def box_statistics(ds: DetectionDataset, path: Path) -> Path:
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
+SIZE_BINS = np.geomspace(1, 2048, 40)
+ASPECT_BINS = np.geomspace(0.05, 20, 40)
+
+
+def box_histograms(ds: DetectionDataset) -> dict[str, dict[str, list[int]]]:
+    """Per split, the counts of box size sqrt(w*h) and aspect w/h in the plot's bins (what box_statistics
+    draws, and what keys its cached PNG)."""
+    split_of = ds.images.set_index("image_id")["split"]
+    a = ds.annotations[(ds.annotations["iscrowd"] == 0) & (ds.annotations["w"] > 0) & (ds.annotations["h"] > 0)]
+    splits = a["image_id"].map(split_of)
+    out = {}
     for s in SPLITS:
-        a = ds.split(s).annotations
-        a = a[(a["iscrowd"] == 0) & (a["w"] > 0) & (a["h"] > 0)]
-        if a.empty:
-            continue
-        a1.hist(np.sqrt(a["w"] * a["h"]), bins=np.geomspace(1, 2048, 40), histtype="step", color=COLORS[s], label=s)
-        a2.hist(a["w"] / a["h"], bins=np.geomspace(0.05, 20, 40), histtype="step", color=COLORS[s], label=s)
+        b = a[splits == s]
+        if len(b):
+            out[s] = {"size": np.histogram(np.sqrt(b["w"] * b["h"]), SIZE_BINS)[0].tolist(),
+                      "aspect": np.histogram(b["w"] / b["h"], ASPECT_BINS)[0].tolist()}
+    return out
+
+
+def box_statistics(hists: dict[str, dict[str, list[int]]], path: Path) -> Path:
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for s, h in hists.items():
+        a1.stairs(h["size"], SIZE_BINS, color=COLORS[s], label=s)
+        a2.stairs(h["aspect"], ASPECT_BINS, color=COLORS[s], label=s)
     for ax, title in ((a1, "box size sqrt(w*h), px"), (a2, "aspect ratio w/h")):
         ax.set_xscale("log")
         ax.set_title(title)
-        ax.legend()
+        if hists:
+            ax.legend()
     for edge in (32, 96):  # COCO small / medium / large
         a1.axvline(edge, color="grey", ls=":", lw=1)
     return _save(fig, path)
 
 
-def images_per_split(ds: DetectionDataset, path: Path) -> Path:
+def images_per_split(counts: list[int], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(4, 3))
-    counts = [len(ds.split(s).images) for s in SPLITS]
     ax.bar(SPLITS, counts, color=[COLORS[s] for s in SPLITS])
     for i, c in enumerate(counts):
         ax.text(i, c, str(c), ha="center", va="bottom")
@@ -74,27 +96,45 @@ def images_per_split(ds: DetectionDataset, path: Path) -> Path:
     return _save(fig, path)
 
 
-def sample_grid(ds: DetectionDataset, thumbnails: dict[int, np.ndarray], path: Path, limit: int = 12) -> Path | None:
-    ids = [i for i in ds.images["image_id"] if int(i) in thumbnails][:limit]
-    if not ids:
-        return None
-    names = dict(zip(ds.categories["category_id"], ds.categories["name"]))
-    info = ds.images.set_index("image_id")
+@dataclass
+class Samples:
+    """The sample grid's images (at most `limit` of those with a thumbnail) and what it draws of each."""
+
+    ids: list[int]
+    shown: list[dict]  # per image: content digest, title, width, boxes (what keys the cached PNG)
+
+    @classmethod
+    def of(cls, ds: DetectionDataset, thumbnails: dict[int, np.ndarray], limit: int = 12) -> Samples:
+        ids = [i for i in ds.images["image_id"].tolist() if i in thumbnails][:limit]
+        names = dict(zip(ds.categories["category_id"].tolist(), ds.categories["name"].tolist()))
+        images = ds.images[ds.images["image_id"].isin(ids)].set_index("image_id")
+        anns = ds.annotations[ds.annotations["image_id"].isin(ids)]
+        boxes: dict[int, list[list]] = {i: [] for i in ids}
+        for image_id, x, y, w, h, category_id, crowd in zip(
+                *(anns[c].tolist() for c in ("image_id", "x", "y", "w", "h", "category_id", "iscrowd"))):
+            boxes[image_id].append([x, y, w, h, str(names.get(category_id, category_id)), bool(crowd)])
+        shown = [{"digest": str(images.at[i, "digest"]),
+                  "title": f"{images.at[i, 'split']}: {Path(images.at[i, 'file_name']).name}",
+                  "width": int(images.at[i, "width"]), "boxes": boxes[i]} for i in ids]
+        return cls(ids, shown)
+
+
+def sample_grid(samples: Samples, thumbnails: dict[int, np.ndarray], path: Path) -> Path:
     cols = 4
-    rows = (len(ids) + cols - 1) // cols
+    rows = (len(samples.ids) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows))
     for ax in np.atleast_1d(axes).ravel():
         ax.axis("off")
-    for ax, image_id in zip(np.atleast_1d(axes).ravel(), ids):
-        thumb = thumbnails[int(image_id)]
-        scale = thumb.shape[1] / max(1, info.loc[image_id, "width"])
+    for ax, image_id, shown in zip(np.atleast_1d(axes).ravel(), samples.ids, samples.shown):
+        thumb = thumbnails[image_id]
+        scale = thumb.shape[1] / max(1, shown["width"])
         ax.imshow(thumb)
-        ax.set_title(f"{info.loc[image_id, 'split']}: {Path(info.loc[image_id, 'file_name']).name}", fontsize=8)
-        for a in ds.annotations[ds.annotations["image_id"] == image_id].itertuples():
-            color = "yellow" if a.iscrowd else "lime"
-            ax.add_patch(plt.Rectangle((a.x * scale, a.y * scale), a.w * scale, a.h * scale, fill=False,
-                                       edgecolor=color, lw=1))
-            ax.text(a.x * scale, a.y * scale, names.get(a.category_id, a.category_id), fontsize=6, color="black",
+        ax.set_title(shown["title"], fontsize=8)
+        for x, y, w, h, name, crowd in shown["boxes"]:
+            color = "yellow" if crowd else "lime"
+            ax.add_patch(plt.Rectangle((x * scale, y * scale), w * scale, h * scale, fill=False, edgecolor=color,
+                                       lw=1))
+            ax.text(x * scale, y * scale, name, fontsize=6, color="black",
                     bbox={"facecolor": color, "alpha": 0.7, "pad": 0.5, "lw": 0})
     return _save(fig, path)
 
@@ -117,13 +157,21 @@ def _per_class_counts(ds: DetectionDataset) -> list[dict]:
 def write_report(ds: DetectionDataset, findings: list[dict], thumbnails: dict[int, np.ndarray], out: Path,
                  params: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    pngs = {
-        "images": images_per_split(ds, out / "images_per_split.png"),
-        "classes": class_histogram(ds, out / "class_histogram.png"),
-        "boxes": box_statistics(ds, out / "box_statistics.png"),
-    }
-    samples = sample_grid(ds, thumbnails, out / "samples.png")
     per_class = _per_class_counts(ds)
+    counts = [int((ds.images["split"] == s).sum()) for s in SPLITS]
+    hists = box_histograms(ds)
+    samples = Samples.of(ds, thumbnails)
+    code = _drawing_code()
+    pngs = {
+        "images": reuse_or_draw(out / "images_per_split.png", plot_key(code, "images_per_split", counts),
+                                lambda p: images_per_split(counts, p)),
+        "classes": reuse_or_draw(out / "class_histogram.png", plot_key(code, "class_histogram", per_class),
+                                 lambda p: class_histogram(per_class, p)),
+        "boxes": reuse_or_draw(out / "box_statistics.png", plot_key(code, "box_statistics", hists),
+                               lambda p: box_statistics(hists, p)),
+    }
+    grid = reuse_or_draw(out / "samples.png", plot_key(code, "sample_grid", samples.shown),
+                         lambda p: sample_grid(samples, thumbnails, p)) if samples.ids else None
     rep = Report("data_prep report")
     rep.add("Splits", table(split_table(ds)), image(pngs["images"]))
     rep.add("Validation findings", table(summarize_findings(findings)) if findings else
@@ -132,7 +180,7 @@ def write_report(ds: DetectionDataset, findings: list[dict], thumbnails: dict[in
             table(findings[:500], columns=["step", "rule", "action", "image_id", "ann_id", "detail"]))
     rep.add("Classes", table(per_class), image(pngs["classes"]))
     rep.add("Boxes", image(pngs["boxes"]))
-    if samples:
-        rep.add("Sample images", '<p class="note">green: boxes, yellow: crowd regions</p>', image(samples))
+    if grid:
+        rep.add("Sample images", '<p class="note">green: boxes, yellow: crowd regions</p>', image(grid))
     rep.add("Parameters", f"<pre>{escape(params)}</pre>")
     return rep.write(out / "report.html")

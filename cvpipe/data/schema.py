@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from cvpipe.pipeline.entity import link_tree
 
-if TYPE_CHECKING:  # cvpipe.vision imports cv2; step modules import this one, and `cvpipe --help` stays light
+if TYPE_CHECKING:  # step modules import this one: `cvpipe --help` and a reused run import neither pandas nor cv2
+    import pandas as pd
+
     from cvpipe.vision.classmap import ClassMap
 
 IMAGE_COLUMNS = {
@@ -58,6 +58,8 @@ SPLITS = ("train", "val", "test")
 
 
 def _frame(rows: list[dict] | pd.DataFrame | None, columns: dict[str, str], defaults: dict) -> pd.DataFrame:
+    import pandas as pd
+
     df = pd.DataFrame(rows if rows is not None else [])
     for col, val in defaults.items():
         if col not in df:
@@ -100,6 +102,8 @@ class DetectionDataset:
 
     @classmethod
     def load(cls, directory: str | Path) -> DetectionDataset:
+        import pandas as pd
+
         d = Path(directory)
         return cls.build(
             pd.read_parquet(d / "images.parquet"),
@@ -121,19 +125,20 @@ class DetectionDataset:
             keep = ds.images.sort_values("image_id").head(max_images)
             ds = DetectionDataset.build(keep, ds.annotations[ds.annotations["image_id"].isin(keep["image_id"])],
                                         ds.categories)
-        images = []
-        for r in ds.images.itertuples():
-            extra = json.loads(r.extra) if r.extra else {}
-            images.append({**extra, "id": int(r.image_id), "file_name": r.blob or r.file_name, "width": int(r.width),
-                           "height": int(r.height), "original_file_name": r.file_name})
+        im, an = ds.images, ds.annotations  # column lists, not a Python object per row: 10^5 rows
+        images = [{**_extra(extra), "id": image_id, "file_name": blob if isinstance(blob, str) and blob else file_name,
+                   "width": width, "height": height, "original_file_name": file_name}
+                  for image_id, blob, file_name, width, height, extra in
+                  zip(*(im[c].tolist() for c in ("image_id", "blob", "file_name", "width", "height", "extra")))]
         anns = []
-        for r in ds.annotations.itertuples():
-            ann = {"id": int(r.ann_id), "image_id": int(r.image_id), "category_id": int(r.category_id),
-                   "bbox": [float(r.x), float(r.y), float(r.w), float(r.h)], "area": float(r.area),
-                   "iscrowd": int(r.iscrowd)}
-            extra = json.loads(r.extra) if r.extra else {}
-            if "segmentation" in extra:
-                ann["segmentation"] = extra["segmentation"]
+        for ann_id, image_id, category_id, x, y, w, h, area, iscrowd, extra in zip(
+                *(an[c].tolist() for c in ("ann_id", "image_id", "category_id", "x", "y", "w", "h", "area", "iscrowd",
+                                           "extra"))):
+            ann = {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": [x, y, w, h], "area": area,
+                   "iscrowd": iscrowd}
+            parsed = _extra(extra) if isinstance(extra, str) and '"segmentation"' in extra else {}  # rarely parsed
+            if "segmentation" in parsed:
+                ann["segmentation"] = parsed["segmentation"]
             anns.append(ann)
         cats = [{"id": int(r.category_id), "name": r.name, "supercategory": r.supercategory}
                 for r in ds.categories.itertuples()]
@@ -154,6 +159,11 @@ class DetectionDataset:
 
     def label_to_category_id(self) -> dict[int, int]:
         return dict(enumerate(self.class_map().category_ids))
+
+
+def _extra(text: object) -> dict:
+    """A row's `extra` JSON as a dict ("{}" and empty without parsing)."""
+    return json.loads(text) if isinstance(text, str) and text not in ("", "{}") else {}
 
 
 # ---- the entities steps exchange (cvpipe.pipeline.entity: the class owns load and save) ----------------------

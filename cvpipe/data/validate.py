@@ -17,13 +17,12 @@ from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 
+from cvpipe.data.policy import ValidationPolicy
 from cvpipe.data.schema import DetectionDataset
 from cvpipe.pipeline.executor import ExecutorKind, parallel_map
 from cvpipe.progress import track
@@ -34,24 +33,6 @@ CORNER_FORMATS = frozenset({"voc", "yolo"})  # formats whose inverted boxes are 
 
 class ValidationFailed(ValueError):
     """A rule whose policy is 'fail' found problems."""
-
-
-class ValidationPolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    missing_image: Literal["drop", "fail"] = "drop"
-    corrupt_image: Literal["drop", "fail"] = "drop"
-    size_mismatch: Literal["fix", "drop", "fail"] = Field("fix", description="fix: use the decoded size")
-    duplicate_image: Literal["drop", "keep", "fail"] = Field("drop", description="drop: keep the first copy")
-    unknown_category: Literal["drop", "fail"] = "drop"
-    nan_box: Literal["drop", "fail"] = "drop"
-    duplicate_ann_id: Literal["fix", "drop", "fail"] = Field("fix", description="fix: give new ids")
-    inverted_box: Literal["fix", "drop", "fail"] = Field(
-        "fix", description="fix: swap the corners back when the source gives corners (VOC, YOLO), else drop")
-    out_of_image: Literal["fix", "drop", "fail"] = Field("fix", description="fix: clip to the image")
-    tiny_box: Literal["drop", "keep", "fail"] = "drop"
-    min_box_size: float = Field(1.0, ge=0, description="boxes narrower or lower than this (px) are tiny")
-    empty_image: Literal["keep", "drop", "fail"] = Field("keep", description="keep: as negatives")
 
 
 @dataclass

@@ -22,12 +22,29 @@ def _module_file(name: str) -> Path | None:
     mod = sys.modules.get(name)
     path = getattr(mod, "__file__", None) if mod is not None else None
     if path is None:
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError, AttributeError):
-            return None
-        path = spec.origin if spec is not None else None
-    return Path(path) if path and path.endswith(".py") else None
+        return _source_file(name)
+    return Path(path) if path.endswith(".py") else None
+
+
+def _source_file(name: str) -> Path | None:
+    """The source file of a module not imported, found on disk without importing anything: `find_spec` of a
+    dotted name imports its parent packages, and fingerprinting the data steps imported matplotlib and the
+    vision stack that way (most of a no-change rerun)."""
+    top, _, rest = name.partition(".")
+    try:
+        spec = importlib.util.find_spec(top)  # a top-level name imports nothing
+    except (ImportError, ValueError, AttributeError):
+        return None
+    if spec is None:
+        return None
+    if not rest:
+        return Path(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
+    for base in spec.submodule_search_locations or []:
+        stem = Path(base, *rest.split("."))
+        for candidate in (stem.with_name(stem.name + ".py"), stem / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 def _imported_names(tree: ast.AST, module: str, is_package: bool) -> set[str]:
@@ -65,14 +82,24 @@ def module_closure(module: str) -> tuple[tuple[str, Path], ...]:
         name = pending.pop()
         if name in seen or name.split(".")[0] not in roots:
             continue
-        path = _module_file(name)
-        if path is None:  # an attribute (from pkg import func), or not a source module
+        found = _module_imports(name)
+        if found is None:  # an attribute (from pkg import func), or not a source module
             continue
-        seen[name] = path
-        tree = ast.parse(path.read_bytes(), filename=str(path))
-        for dep in _imported_names(tree, name, path.name == "__init__.py") | {name}:
+        seen[name], deps = found
+        for dep in deps | {name}:
             pending.extend(n for n in [dep, *_parents(dep)] if n not in seen)
     return tuple(sorted(seen.items()))
+
+
+@cache
+def _module_imports(name: str) -> tuple[Path, frozenset[str]] | None:
+    """(file, names it imports) of one module, parsed once per process: the steps of one run share most of
+    their closures (the data steps: some sixty modules), and parsing them again cost seconds under load."""
+    path = _module_file(name)
+    if path is None:
+        return None
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    return path, frozenset(_imported_names(tree, name, path.name == "__init__.py"))
 
 
 def code_fingerprint(module: str) -> dict[str, object]:

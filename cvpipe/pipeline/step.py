@@ -259,11 +259,29 @@ def load_builtin_steps() -> None:
 
 
 def registry() -> dict[str, StepSpec]:
+    """Every step: the built-in ones (all imported) and those registered by plugins or tests."""
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
         load_builtin_steps()
     return dict(_REGISTRY)
+
+
+def registered() -> dict[str, StepSpec]:
+    """The steps registered so far, importing nothing (a config model needs only the steps it names)."""
+    return dict(_REGISTRY)
+
+
+def has_step(name: str) -> bool:
+    """Whether a step of this name exists. A built-in step lives in the module of its name
+    (`cvpipe.steps.data_load`), so only that module is imported: a run of the data steps does not pay for
+    importing the evaluation's plotting or the serving stack (seconds on a loaded machine)."""
+    if name not in _REGISTRY and not _BUILTINS_LOADED and name.isidentifier():
+        import importlib.util
+
+        if importlib.util.find_spec(f"cvpipe.steps.{name}") is not None:
+            importlib.import_module(f"cvpipe.steps.{name}")
+    return name in _REGISTRY or name in registry()
 
 
 def unregister(name: str) -> None:
@@ -272,15 +290,14 @@ def unregister(name: str) -> None:
 
 
 def get_step(name: str) -> StepSpec:
-    steps = registry()
-    if name not in steps:
-        raise KeyError(f"unknown step {name!r}; known steps: {', '.join(sorted(steps)) or 'none'}")
-    return steps[name]
+    if not has_step(name):
+        raise KeyError(f"unknown step {name!r}; known steps: {', '.join(sorted(registry())) or 'none'}")
+    return _REGISTRY[name]
 
 
 def execution_order(names: list[str]) -> list[str]:
     """Dependency order (inputs before consumers) of the given steps; ties keep the given order."""
-    steps = registry()
+    steps = {n: get_step(n) for n in names}
     wanted = list(dict.fromkeys(names))
     done: list[str] = []
     pending = list(wanted)

@@ -8,8 +8,8 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator
 
 from cvpipe.data.convert import ClassMapping
+from cvpipe.data.policy import ValidationPolicy
 from cvpipe.data.schema import DetectionData, DetectionDataset, ImageFiles
-from cvpipe.data.validate import ValidationPolicy
 from cvpipe.pipeline import Folder, Output, Produced, StepContext, StepParams, step
 
 

@@ -118,11 +118,24 @@ class DigestCache:
     # ---- file digests ---------------------------------------------------------------------------
     def known(self, st: os.stat_result) -> str | None:
         """The recorded digest of the file with this stat, if still trusted (never under --rehash)."""
+        return self.known_many([st])[0]
+
+    def known_many(self, stats: list[os.stat_result]) -> list[str | None]:
+        """`known` of each stat, looked up in batches: one query per file cost more than hashing nothing
+        (10,000 round trips into SQLite for an unchanged folder)."""
         if self.rehash:
-            return None
-        row = self.conn.execute("SELECT size, mtime_ns, digest, hashed_at FROM files WHERE dev=? AND ino=?",
-                                (st.st_dev, st.st_ino)).fetchone()
-        return _trusted(row, st)
+            return [None] * len(stats)
+        inodes: dict[int, list[int]] = {}
+        for st in stats:
+            inodes.setdefault(st.st_dev, []).append(st.st_ino)
+        rows: dict[tuple[int, int], tuple[int, int, str, int]] = {}
+        for dev, inos in inodes.items():
+            for chunk in _batches(sorted(set(inos))):
+                query = (f"SELECT ino, size, mtime_ns, digest, hashed_at FROM files WHERE dev=? AND ino IN "
+                         f"({','.join('?' * len(chunk))})")
+                for ino, *row in self.conn.execute(query, (dev, *chunk)):
+                    rows[(dev, ino)] = tuple(row)
+        return [_trusted(rows.get((st.st_dev, st.st_ino)), st) for st in stats]
 
     def record(self, st: os.stat_result, digest: str, hashed_at: int | None = None, settled: bool = False) -> None:
         """Remember that the file with stat `st` (taken before it was read) has this digest. `settled`: nothing
@@ -134,7 +147,7 @@ class DigestCache:
         if len(self._pending) >= 10_000:
             self.flush()
 
-    def _hash(self, path: Path) -> tuple[os.stat_result, str, int]:
+    def _hash(self, path: str | Path) -> tuple[os.stat_result, str, int]:
         started = time.time_ns()
         st = os.stat(path)
         digest = hashing.file_digest(path)
@@ -145,11 +158,11 @@ class DigestCache:
     def digest(self, path: str | Path) -> str:
         return self.digests([Path(path)])[0]
 
-    def digests(self, paths: Iterable[Path], threads: int = 2) -> list[str]:
+    def digests(self, paths: Iterable[str | Path], threads: int = 2) -> list[str]:
         """The sha256 of each file, in order: recorded ones without a read, the rest hashed (in threads:
         hashlib releases the GIL) and recorded. OSError (a missing file) as the file system raises it."""
         paths = list(paths)
-        out: list[str | None] = [self.known(os.stat(p)) for p in paths]
+        out: list[str | None] = self.known_many([os.stat(p) for p in paths])
         misses = [i for i, d in enumerate(out) if d is None]
         if len(misses) > 1 and threads > 1:
             with ThreadPoolExecutor(threads) as pool:
@@ -166,17 +179,22 @@ class DigestCache:
     def facts(self, digests: Iterable[str], kind: str) -> dict[str, dict[str, Any]]:
         """{digest: fact} of those digests that have a `kind` fact recorded."""
         found: dict[str, dict[str, Any]] = {}
-        query = "SELECT digest, value FROM facts WHERE kind=? AND digest=?"
-        for d in set(digests):
-            row = self.conn.execute(query, (kind, d)).fetchone()
-            if row is not None:
-                found[row[0]] = json.loads(row[1])
+        for chunk in _batches(sorted(set(digests))):
+            query = f"SELECT digest, value FROM facts WHERE kind=? AND digest IN ({','.join('?' * len(chunk))})"
+            for digest, value in self.conn.execute(query, (kind, *chunk)):
+                found[digest] = json.loads(value)
         return found
 
     def put_facts(self, kind: str, facts: dict[str, dict[str, Any]]) -> None:
         with self.conn:
             self.conn.executemany("INSERT OR REPLACE INTO facts VALUES (?, ?, ?)",
                                   [(d, kind, json.dumps(v, sort_keys=True)) for d, v in facts.items()])
+
+
+def _batches(items: list, size: int = 500) -> Iterable[list]:
+    """Slices of at most `size` items (SQLite limits the parameters of one statement)."""
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 class ChangedWhileReading(OSError):

@@ -183,3 +183,33 @@ def test_findings_table_matches_the_json(coco_dir, run_load):
     row = table.iloc[0]
     assert (row["step"], row["rule"], row["action"], int(row["image_id"])) == ("data_load", "corrupt_image",
                                                                                "recorded", 3)
+
+
+def test_to_coco_keeps_ids_extras_and_segmentations():
+    """The COCO JSON written from the tables (column by column, not row objects) keeps every image field the
+    source had, segmentations where they exist, and plain JSON numbers."""
+    import json as json_module
+
+    from cvpipe.data.schema import DetectionDataset
+
+    polygon = [[1.0, 2.0, 11.0, 2.0, 11.0, 12.0]]
+    ds = DetectionDataset.build(
+        [{"image_id": 7, "file_name": "a/x.jpg", "width": 20, "height": 10, "digest": "d" * 64,
+          "blob": "d" * 64 + ".jpg", "extra": json_module.dumps({"license": 4, "coco_url": "http://x"})},
+         {"image_id": 8, "file_name": "y.jpg", "width": 30, "height": 15}],
+        [{"ann_id": 3, "image_id": 7, "category_id": 1, "x": 1.0, "y": 2.0, "w": 10.0, "h": 10.0, "area": 50.0,
+          "extra": json_module.dumps({"segmentation": polygon})},
+         {"ann_id": 4, "image_id": 8, "category_id": 2, "x": 0.5, "y": 0.0, "w": 3.0, "h": 4.0, "area": 12.0,
+          "extra": json_module.dumps({"note": "segmentation is not a key here"})}],
+        [{"category_id": 1, "name": "cat"}, {"category_id": 2, "name": "dog"}])
+    coco = ds.to_coco()
+    assert coco["images"] == [
+        {"license": 4, "coco_url": "http://x", "id": 7, "file_name": "d" * 64 + ".jpg", "width": 20, "height": 10,
+         "original_file_name": "a/x.jpg"},
+        {"id": 8, "file_name": "y.jpg", "width": 30, "height": 15, "original_file_name": "y.jpg"}]
+    assert coco["annotations"] == [
+        {"id": 3, "image_id": 7, "category_id": 1, "bbox": [1.0, 2.0, 10.0, 10.0], "area": 50.0, "iscrowd": 0,
+         "segmentation": polygon},
+        {"id": 4, "image_id": 8, "category_id": 2, "bbox": [0.5, 0.0, 3.0, 4.0], "area": 12.0, "iscrowd": 0}]
+    assert all(type(a["id"]) is int and type(a["bbox"][0]) is float for a in coco["annotations"])
+    json_module.dumps(coco)

@@ -156,3 +156,24 @@ def test_an_unusable_cache_location_reads_everything_instead_of_failing(folder, 
     monkeypatch.setenv("CVPIPE_CACHE", str(blocker))
     first = digest_source(str(folder))
     assert len(reads) == 6 and digest_source(str(folder)).digest == first.digest and len(reads) == 12
+
+
+def test_lookups_in_batches_find_every_file(tmp_path, reads):
+    """Recorded digests are looked up many files per query: past the first batch every unchanged file is still
+    found, and only the one file changed is read again."""
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(1203):  # more than two batches of 500
+        (root / f"{i:04d}.bin").write_bytes(i.to_bytes(2, "big"))
+        _settle(root / f"{i:04d}.bin")
+    first = digest_source(str(root))
+    assert len(reads) == 1203
+    reads.clear()
+    (root / "1100.bin").write_bytes(b"changed, and longer")
+    _settle(root / "1100.bin", age_s=50)
+    second = digest_source(str(root))
+    assert reads == [root / "1100.bin"]
+    assert second.digest != first.digest
+    with DigestCache() as cache:
+        assert cache.known_many([os.stat(root / "0000.bin"), os.stat(root / "1202.bin")]) == \
+            [hashing.file_digest(root / "0000.bin"), hashing.file_digest(root / "1202.bin")]
