@@ -10,8 +10,8 @@ val2017 images (per `coco_url`) of the --held-out folder (annotations.json + ima
 train split: never seen by the fine-tune, nor by the pretraining of COCO weights. Each epoch's evaluated model
 (the EMA, as the step evaluates it) is scored on the held-out images and on the config's own val split, with
 `cvpipe.evaluation.bootstrap.paired_bootstrap` (1,000 resamples) against epoch 0. One JSON row per epoch is
-printed and written to OUT/rows.json. Nothing is asserted. On a 2-core machine a run of configs/coco.yaml takes
-about 5 minutes idle (17 minutes at load average ~20).
+printed and written to OUT/rows.json. Nothing is asserted. A run of configs/coco.yaml took ~15 minutes on the
+shared 2-core machine at load average ~20 (not timed idle).
 """
 
 from __future__ import annotations
