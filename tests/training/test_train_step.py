@@ -122,6 +122,22 @@ def test_freeze_bn_keeps_running_stats(synthetic, tmp_path):
     assert conv in raw and raw[conv].shape == fresh[conv].shape
 
 
+def test_freeze_backbone_keeps_every_backbone_tensor(synthetic, tmp_path):
+    """A frozen backbone does not move at all: weights and BatchNorm running statistics (in train mode BN would
+    follow the batches while the weights stay fixed; issue 21)."""
+    ds_dir, images_dir = synthetic
+    out = outputs(tmp_path / "out")
+    run_training(ModelTrainParams(**dict(TINY, epochs=1, freeze_backbone=True)), ds_dir, images_dir, out)
+    start = torch.load(out["checkpoints"] / "start.pt", weights_only=True)["model"]
+    raw = torch.load(out["checkpoints"] / "last.pt", weights_only=True)["extra"]["model"]
+    backbone = [k for k in raw if k.startswith("backbone.")]
+    assert any(k.endswith(".bn.running_mean") for k in backbone)
+    moved = [k for k in backbone if not torch.equal(raw[k], start[k])]
+    assert not moved, moved[:5]
+    head = [k for k in raw if k.startswith("head.") and k.endswith(".weight")]
+    assert any(not torch.equal(raw[k], start[k]) for k in head)  # the head did train
+
+
 def test_max_train_images_caps_the_train_split(synthetic, tmp_path):
     ds_dir, images_dir = synthetic
     params = ModelTrainParams(**dict(TINY, epochs=1, no_aug_epochs=1, max_train_images=2))
