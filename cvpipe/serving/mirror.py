@@ -58,7 +58,7 @@ def _child_main(model_dir: str, settings: ServiceSettings, nice: int, parent_pid
     from cvpipe.serving.process import die_with_parent
 
     die_with_parent(signal.SIGTERM, parent_pid)
-    os.nice(nice)
+    os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))  # never above the worker
     try:
         from cvpipe.serving.engine import DetectorEngine
         from cvpipe.serving.errors import RequestRefused
