@@ -179,7 +179,8 @@ class Release:
                 "plan": self.plan.model_dump(), "start_seq": self.start_seq,
                 "running_s": round(now - self.started_at, 1), "window": self.stats.index,
                 "window_left_s": round(max(0.0, self.window_end - now), 1), "clean_windows": self.clean,
-                "current": self.stats.figures().as_dict(), "windows": self.history[-10:]}
+                "current": self.stats.figures().as_dict(), "windows": self.history[-10:],
+                "mirror": {"running": self.sink is not None and self.sink.alive, "in_flight": len(self.pending)}}
 
 
 class ReleaseController:

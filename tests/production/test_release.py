@@ -199,6 +199,26 @@ def test_the_mirror_process_runs_copies_at_low_priority_and_drops_what_does_not_
     assert not sink.alive
 
 
+def test_a_mirror_that_cannot_start_refuses_the_release_and_the_champion_serves(client, release_store,
+                                                                                 monkeypatch, tmp_path):
+    from cvpipe.serving.mirror import MirrorProcess, MirrorStartError
+    from cvpipe.serving.settings import ServiceSettings
+
+    with pytest.raises(MirrorStartError, match="could not load its model"):
+        MirrorProcess(tmp_path, ServiceSettings(), start_timeout_s=60).start()  # no model there
+    st = release_store["store"]
+    n = len(events(st))
+
+    def fail(self):
+        raise MirrorStartError("the mirror process did not load its model in 120 s")
+
+    monkeypatch.setattr(MirrorProcess, "start", fail)
+    r = admin(client, action="start", run_id=RUN_B, plan={"mode": "shadow"})
+    assert r.status_code == 503 and "mirror" in r.json()["error"], r.text
+    assert len(events(st)) == n and admin(client, action="status").json()["active"] is False
+    assert predict(client, 0)["model"] == {"run_id": RUN_A, "role": "champion"}
+
+
 def test_a_killed_mirror_process_is_restarted_and_the_release_goes_on(client, release_store):
     import os
     import signal
@@ -232,7 +252,8 @@ def test_a_killed_mirror_process_is_restarted_and_the_release_goes_on(client, re
             return sum(w["compared"] for w in windows if w["index"] > restarted_in) > 0
 
         traffic_until(client, comparing_again, timeout_s=60)
-        assert admin(client, action="status").json()["active"]  # errors alone did not end it (max_error_rate 1)
+        status = admin(client, action="status").json()
+        assert status["active"] and status["release"]["mirror"]["running"]  # errors alone did not end it
     finally:
         admin(client, action="abort")
     deadline = time.monotonic() + 10
