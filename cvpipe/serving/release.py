@@ -187,7 +187,7 @@ class ReleaseController:
     """The worker's release, if any, between the service and its ModelManager (one per worker).
 
     `predict` is the request path; `start`, `promote`, `abort` are the admin commands (blocking: run them in a
-    thread); a loop task in the event loop runs mirrored copies and closes windows."""
+    thread); tasks in the event loop take the mirrored copies' results and close windows."""
 
     def __init__(self, manager, mirror_factory: MirrorFactory,
                  on_answer: Callable[[str, str, str, str, float], None] | None = None,
@@ -420,7 +420,8 @@ class ReleaseController:
 
     async def _restart_sink(self, loop, rel: Release, sink: MirrorSink) -> None:
         """The mirror process died (a model that crashes it, the OOM killer): its copies in flight count as
-        failures, and it is started once more; if that fails, copies are dropped until the release ends."""
+        failures, and it is started again (after each death: a challenger that keeps crashing it is rolled back
+        by the error-rate rule); if a start fails, copies are dropped until the release ends."""
         lost = rel.lose_pending()
         log.error("the release's mirror process died; %d copies in flight counted as failures; restarting", lost)
         try:
