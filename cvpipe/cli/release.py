@@ -108,6 +108,10 @@ def _show(result: dict, as_json: bool) -> None:
     out.print(f"release of [bold]{rel['challenger']}[/] against champion {rel['champion']}: [bold]{rel['state']}"
               f"[/] ({rel['mode']}, share {rel['share']}), {rel['clean_windows']} clean window(s), window "
               f"{rel['window']} ({rel['window_left_s']} s left)")
+    mirror = rel.get("mirror")
+    if mirror and rel["state"] == "running":
+        out.print(f"  mirror process: {'running' if mirror['running'] else '[bold]not running: copies are dropped[/]'}"
+                  f", {mirror['in_flight']} copies in flight")
     for w in rel.get("windows", []):
         out.print(f"  window {w['index']}: {w['verdict']}: agreement {w['agreement']}, errors "
                   f"{w['challenger_errors']}/{w['challenger_calls']}, latency ratio {w['latency_ratio']}, "

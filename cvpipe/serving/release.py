@@ -2,10 +2,12 @@
 real traffic, then promoted or rolled back by the rules of cvpipe.serving.release_rules.
 
 - shadow: the champion answers every request; a share is copied to a bounded queue (dropped when full) and run
-  on the challenger by one low-priority thread, off the request path: answers never wait for it;
-- canary: a share of request keys (X-Client-Id; without one, of requests) is answered by the challenger; a
-  sample of those is run on the champion the same way, off the path, to measure agreement. A challenger that
-  fails (not a refused image: an exception) is counted and the champion answers instead: the client gets a 200.
+  on the challenger by a low-priority child process (cvpipe.serving.mirror), off the request path and outside
+  the worker's GIL: answers never wait for it;
+- canary: a share of request keys (X-Client-Id; without one, of requests) is answered by the challenger (loaded
+  in the worker); a sample of those is run on the champion the same way, in the child, to measure agreement. A
+  challenger that fails (not a refused image: an exception) is counted and the champion answers instead: the
+  client gets a 200.
 
 Every answer names the model that produced it. Each `window_s` the window's figures go through `decide`:
 rollback (challenger dropped), promote (challenger swapped in as the champion) or continue. Start, promotion,
@@ -20,17 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
 
 from cvpipe.inference.matching import detection_f1
 from cvpipe.serving.errors import RequestRefused
+from cvpipe.serving.mirror import MirrorResult, MirrorStartError
 from cvpipe.serving.release_rules import (
     Decision,
     ReleasePlan,
@@ -62,17 +65,22 @@ class Mirror:
     role: Role
 
 
-def _set_nice(nice: int) -> None:
-    """The calling thread's nice value (Linux threads have their own): the mirror thread takes idle CPU first."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-    except (OSError, AttributeError):
-        pass
+class MirrorSink(Protocol):
+    """Where mirrored copies run (cvpipe.serving.mirror.MirrorProcess; tests use fakes)."""
+
+    def submit(self, seq: int, data: bytes, score_thr: float | None) -> bool: ...  # never waits; False: dropped
+
+    def next_result(self, timeout_s: float = 1.0) -> MirrorResult | None: ...  # blocks up to timeout_s
+
+    @property
+    def alive(self) -> bool: ...
+
+    def start(self) -> Any: ...  # (re)start, blocking until ready
+
+    def close(self) -> None: ...
 
 
-def _run_niced(nice: int, fn: Callable, *args):
-    _set_nice(nice)
-    return fn(*args)
+MirrorFactory = Callable[[Path, ReleasePlan], MirrorSink]  # (the mirrored model's dir, plan) -> a started sink
 
 
 @dataclass
@@ -90,7 +98,9 @@ class Release:
     stats: WindowStats = field(default_factory=WindowStats)
     clean: int = 0
     history: list[dict] = field(default_factory=list)  # closed windows: figures + verdict
-    queue: asyncio.Queue | None = None
+    sink: MirrorSink | None = None  # where copies run; None: every copy is dropped (counted)
+    pending: dict[int, Mirror] = field(default_factory=dict)  # copies handed to the sink, by id, without image
+    next_seq: int = 0
     state: str = "running"  # running | promoted | rolled_back | aborted
 
     def __post_init__(self) -> None:
@@ -106,15 +116,29 @@ class Release:
         return self.champion if role == "champion" else self.challenger
 
     def mirror(self, item: Mirror) -> bool:
-        """Queue a copy, or drop it when the queue is full (counted): never waits."""
-        if self.queue is None:
-            self.queue = asyncio.Queue(self.plan.queue_size)
-        try:
-            self.queue.put_nowait(item)
-            return True
-        except asyncio.QueueFull:
+        """Hand a copy to the sink, or drop it when the sink's queue is full (counted): never waits."""
+        seq, self.next_seq = self.next_seq, self.next_seq + 1
+        if self.sink is None or not self.sink.submit(seq, item.data, item.score_thr):
             self.stats.dropped += 1
             return False
+        self.pending[seq] = replace(item, data=b"")  # the image travels in the queue only
+        return True
+
+    def record_result(self, result: MirrorResult) -> Mirror | None:
+        """A result from the sink, matched to its copy (None: not a copy of this sink's current run)."""
+        item = self.pending.pop(result.seq, None)
+        if item is not None and result.outcome != "refused":  # refused: the answer refused the image too
+            self.record_mirror(item, result.out if result.outcome == "ok" else None, result.cpu_ms)
+        return item
+
+    def lose_pending(self) -> int:
+        """The sink died: its copies in flight count as the mirrored model's failures (a challenger that
+        crashes its process must be rolled back like one that raises)."""
+        lost = list(self.pending.values())
+        self.pending.clear()
+        for item in lost:
+            self.record_mirror(item, None, None)
+        return len(lost)
 
     def wants_mirror(self, answered_by: Role) -> Role | None:
         """Which model a copy of this answer should run on, if any."""
@@ -155,23 +179,27 @@ class Release:
                 "plan": self.plan.model_dump(), "start_seq": self.start_seq,
                 "running_s": round(now - self.started_at, 1), "window": self.stats.index,
                 "window_left_s": round(max(0.0, self.window_end - now), 1), "clean_windows": self.clean,
-                "current": self.stats.figures().as_dict(), "windows": self.history[-10:]}
+                "current": self.stats.figures().as_dict(), "windows": self.history[-10:],
+                "mirror": {"running": self.sink is not None and self.sink.alive, "in_flight": len(self.pending)}}
 
 
 class ReleaseController:
     """The worker's release, if any, between the service and its ModelManager (one per worker).
 
     `predict` is the request path; `start`, `promote`, `abort` are the admin commands (blocking: run them in a
-    thread); a loop task in the event loop runs mirrored copies and closes windows."""
+    thread); tasks in the event loop take the mirrored copies' results and close windows."""
 
-    def __init__(self, manager, on_answer: Callable[[str, str, str, str, float], None] | None = None,
+    def __init__(self, manager, mirror_factory: MirrorFactory,
+                 on_answer: Callable[[str, str, str, str, float], None] | None = None,
                  clock: Callable[[], float] = time.monotonic):
-        self.manager, self.clock = manager, clock
+        """`mirror_factory`: starts the sink of a release's mirrored copies (the service's: a MirrorProcess
+        built from its settings)."""
+        self.manager, self.clock, self.mirror_factory = manager, clock, mirror_factory
         self.release: Release | None = None
         self.last: dict | None = None  # the status of the last release that ended
         self.on_answer = on_answer  # (run id, role, path, outcome, seconds) -> metrics
         self.lock = threading.Lock()  # one admin command at a time
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="cvpipe-mirror")
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="cvpipe-mirror-results")  # waits on the sink
         self._task_for: Release | None = None  # the release whose loop tasks run
         self._tasks: tuple[asyncio.Task, ...] = ()  # referenced, so they are not garbage-collected
         manager.release_active = lambda: self.release is not None
@@ -229,14 +257,21 @@ class ReleaseController:
 
                 raise ReleaseRefused(422, f"challenger {rid} refused: " +
                                      scrub_paths(_text(e), source.roots)) from None
+            mirrored = model_dir if plan.mode == "shadow" else champion.model_dir  # the model copies run on
+            try:
+                sink = self.mirror_factory(Path(mirrored), plan)
+            except MirrorStartError as e:
+                challenger.executor.shutdown(wait=False)
+                raise ReleaseRefused(503, f"could not start the release's mirror: {e}") from None
             from cvpipe.store.promotion import PromotionError
 
             try:
                 event = store_log.start_release(rid, reason or f"{plan.mode} release", plan.model_dump())
             except PromotionError as e:
                 challenger.executor.shutdown(wait=False)
+                sink.close()
                 raise ReleaseRefused(409, str(e)) from None
-            self.release = Release(plan, champion, challenger, event.seq, clock=self.clock)
+            self.release = Release(plan, champion, challenger, event.seq, clock=self.clock, sink=sink)
             log.info("release of %s started (%s, share %s) against %s", rid, plan.mode, plan.share,
                      champion.run_id)
             return self.status()
@@ -248,6 +283,7 @@ class ReleaseController:
             self.manager.install(rel.challenger, "release")
             self._end(rel, "promoted")
             self._record("promote", reason, figures or rel.stats.figures().as_dict(), rel.challenger.run_id)
+            _close_sink(rel)
             return self.last or {}
 
     def abort(self, reason: str = "aborted by hand", figures: dict | None = None,
@@ -258,6 +294,7 @@ class ReleaseController:
             self._end(rel, "rolled_back" if action == "release_rollback" else "aborted")  # routing stops first
             rel.challenger.executor.shutdown(wait=False)
             self._record(action, reason, figures or rel.stats.figures().as_dict())
+            _close_sink(rel)
             return self.last or {}
 
     def _record(self, action: str, reason: str, figures: dict, champion: str | None = None) -> None:
@@ -360,33 +397,39 @@ class ReleaseController:
                 await self.close_window(rel)
 
     async def _mirror_loop(self, rel: Release) -> None:
-        """Run mirrored copies one at a time on the low-priority thread."""
+        """Take the sink's results as they come (waiting in a thread of its own) and feed the window."""
         loop = asyncio.get_running_loop()
-        if rel.queue is None:
-            rel.queue = asyncio.Queue(rel.plan.queue_size)
-        while self.release is rel:
-            try:
-                item = await asyncio.wait_for(rel.queue.get(), 1.0)
-            except TimeoutError:
-                continue  # to notice the end of the release
-            if self.release is rel:
-                await self._run_mirror(loop, rel, item)
+        while self.release is rel and rel.sink is not None:
+            sink = rel.sink
+            result = await loop.run_in_executor(self.executor, sink.next_result, 1.0)
+            if self.release is not rel:
+                return  # ended meanwhile: its figures are closed
+            if result is not None:
+                self._record_result(rel, result)
+            elif not sink.alive:
+                await self._restart_sink(loop, rel, sink)
 
-    async def _run_mirror(self, loop, rel: Release, item: Mirror) -> None:
-        engine = rel.engine(item.role)
-        t0 = time.perf_counter()
-        try:
-            out, cpu_ms = await loop.run_in_executor(self.executor, _run_niced, rel.plan.mirror_nice,
-                                                     engine.predict_sync_timed, item.data, item.score_thr)
-        except RequestRefused:
-            return  # an image the model refuses: the answer said so already
-        except Exception:  # noqa: BLE001 - counted as the challenger's error
-            log.exception("mirrored request failed on %s", engine.run_id)
-            rel.record_mirror(item, None, None)
-            self._count(engine.run_id, item.role, "mirror", "error", time.perf_counter() - t0)
+    def _record_result(self, rel: Release, result: MirrorResult) -> None:
+        item = rel.record_result(result)
+        if item is None or result.outcome == "refused":
             return
-        self._count(engine.run_id, item.role, "mirror", "ok", time.perf_counter() - t0)
-        rel.record_mirror(item, out, cpu_ms)
+        engine = rel.engine(item.role)
+        if result.outcome == "error":
+            log.warning("mirrored request failed on %s: %s", engine.run_id, result.error)
+        self._count(engine.run_id, item.role, "mirror", result.outcome, result.wall_ms / 1000)
+
+    async def _restart_sink(self, loop, rel: Release, sink: MirrorSink) -> None:
+        """The mirror process died (a model that crashes it, the OOM killer): its copies in flight count as
+        failures, and it is started again (after each death: a challenger that keeps crashing it is rolled back
+        by the error-rate rule); if a start fails, copies are dropped until the release ends."""
+        lost = rel.lose_pending()
+        log.error("the release's mirror process died; %d copies in flight counted as failures; restarting", lost)
+        try:
+            await loop.run_in_executor(self.executor, sink.start)
+        except MirrorStartError:
+            log.exception("could not restart the mirror process: copies are dropped from now on")
+            if self.release is rel:
+                rel.sink = None
 
     async def close_window(self, rel: Release) -> Decision:
         """Close the window and act: a rollback or promotion is written to the log (in a thread)."""
@@ -404,6 +447,13 @@ class ReleaseController:
         except ReleaseRefused:  # ended by an admin command in the meantime
             pass
         return decision
+
+
+def _close_sink(rel: Release) -> None:
+    """Stop the ended release's mirror (after its end is recorded: the log is what clients wait on)."""
+    sink, rel.sink = rel.sink, None
+    if sink is not None:
+        sink.close()
 
 
 def _text(e: BaseException) -> str:

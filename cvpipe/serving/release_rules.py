@@ -38,7 +38,7 @@ class ReleasePlan(BaseModel):
     min_agreement: float = Field(0.7, ge=0.0, le=1.0, description="lowest mean box-matching F1 (IoU 0.5)")
     max_error_rate: float = Field(0.01, ge=0.0, le=1.0, description="highest share of challenger calls that fail")
     max_latency_ratio: float = Field(1.5, gt=0.0, description="highest challenger p95 / champion p95 latency")
-    mirror_nice: int = Field(19, ge=0, le=19, description="nice value of the thread that runs mirrored copies")
+    mirror_nice: int = Field(19, ge=0, le=19, description="nice value of the process that runs mirrored copies")
     queue_size: int = Field(16, ge=1, le=10000, description="mirrored requests waiting; more are dropped")
     auto_promote: bool = Field(True, description="promote after clean_windows; false: wait for `release promote`")
 

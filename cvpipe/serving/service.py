@@ -43,6 +43,7 @@ from cvpipe.serving.admission import AdmissionControl
 from cvpipe.serving.bentoml_fixes import apply_fixes
 from cvpipe.serving.engine import DecodeBudget, DetectorEngine, limit_heap_growth
 from cvpipe.serving.errors import RequestRefused, error_body
+from cvpipe.serving.mirror import process_mirrors
 from cvpipe.serving.process import die_with_parent
 from cvpipe.serving.release import ReleaseController, ReleaseRefused
 from cvpipe.serving.release_rules import ReleasePlan
@@ -131,7 +132,7 @@ class Detector:
         self.manager = ModelManager(DetectorEngine(s.model_dir or self.model.path, s, budget),
                                     lambda path: DetectorEngine(path, s, budget), source, s.min_live_recall)
         self.manager.on_event = _update_counter()
-        self.releases = ReleaseController(self.manager, on_answer=_answer_metrics())
+        self.releases = ReleaseController(self.manager, process_mirrors(s), on_answer=_answer_metrics())
         if source is not None and s.follow:
             self.manager.follow(s.follow_interval_s)
 

@@ -157,6 +157,111 @@ def test_a_release_after_an_aborted_long_one_still_decides(client, release_store
     assert admin(client, action="status").json()["last"]["state"] == "rolled_back"
 
 
+def test_the_mirror_process_runs_copies_at_low_priority_and_drops_what_does_not_fit(release_store):
+    """cvpipe.serving.mirror on its own: a child of its own at nice 19, the same answers as the engine in the
+    worker, a bounded queue that refuses (never waits) when full, a refused image told apart, a restart."""
+    import os
+    import signal
+
+    from cvpipe.serving.engine import DetectorEngine
+    from cvpipe.serving.mirror import MirrorProcess
+    from cvpipe.serving.settings import ServiceSettings
+
+    model, data = release_store["a"]["model"], IMAGES[0].read_bytes()
+    expected = DetectorEngine(model, ServiceSettings()).predict_sync_timed(data)[0]["detections"]
+    sink = MirrorProcess(model, ServiceSettings(), nice=19, queue_size=2).start()
+    try:
+        pid = sink.process.pid
+        assert pid != os.getpid() and os.getpriority(os.PRIO_PROCESS, pid) == 19
+        queued = [sink.submit(i, data, None) for i in range(20)]  # far faster than the child runs them
+        assert queued[:2] == [True, True] and False in queued, queued
+        assert sink.submit(99, b"not an image", None) in (True, False)
+        wanted = {i for i, q in enumerate(queued) if q}
+        results = {}
+        deadline = time.monotonic() + 120
+        while not wanted <= results.keys() and time.monotonic() < deadline:
+            r = sink.next_result(1.0)
+            if r is not None:
+                results[r.seq] = r
+        assert wanted <= results.keys(), results.keys()
+        assert all(results[i].outcome == "ok" and results[i].out["detections"] == expected for i in wanted)
+        assert sink.submit(100, b"not an image", None)
+        while (r := sink.next_result(10.0)) is not None and r.seq != 100:
+            pass
+        assert r is not None and r.outcome == "refused"
+        os.kill(pid, signal.SIGKILL)
+        sink.process.join(10)
+        assert not sink.alive
+        sink.start()  # what the release does when its mirror dies
+        assert sink.alive and sink.process.pid != pid
+    finally:
+        sink.close()
+    assert not sink.alive
+
+
+def test_a_mirror_that_cannot_start_refuses_the_release_and_the_champion_serves(client, release_store,
+                                                                                 monkeypatch, tmp_path):
+    from cvpipe.serving.mirror import MirrorProcess, MirrorStartError
+    from cvpipe.serving.settings import ServiceSettings
+
+    with pytest.raises(MirrorStartError, match="could not load its model"):
+        MirrorProcess(tmp_path, ServiceSettings(), start_timeout_s=60).start()  # no model there
+    st = release_store["store"]
+    n = len(events(st))
+
+    def fail(self):
+        raise MirrorStartError("the mirror process did not load its model in 120 s")
+
+    monkeypatch.setattr(MirrorProcess, "start", fail)
+    r = admin(client, action="start", run_id=RUN_B, plan={"mode": "shadow"})
+    assert r.status_code == 503 and "mirror" in r.json()["error"], r.text
+    assert len(events(st)) == n and admin(client, action="status").json()["active"] is False
+    assert predict(client, 0)["model"] == {"run_id": RUN_A, "role": "champion"}
+
+
+def test_a_killed_mirror_process_is_restarted_and_the_release_goes_on(client, release_store):
+    import os
+    import signal
+
+    import psutil
+
+    def mirror_children():
+        found = []
+        for p in psutil.Process().children():
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(p.cmdline()):
+                    found.append(p)
+            except psutil.Error:  # gone, or a zombie not reaped yet
+                pass
+        return found
+
+    plan = {"mode": "shadow", "share": 1.0, **PLAN, "clean_windows": 1000, "max_error_rate": 1.0,
+            "min_agreement": 0.0, "auto_promote": False}
+    assert admin(client, action="start", run_id=RUN_B, plan=plan).status_code == 200
+    try:
+        (child,) = mirror_children()
+        assert child.nice() == 19
+        for i in range(3):
+            predict(client, i)
+        os.kill(child.pid, signal.SIGKILL)
+        traffic_until(client, lambda: any(p.pid != child.pid for p in mirror_children()), timeout_s=90)
+        restarted_in = admin(client, action="status").json()["release"]["window"]
+
+        def comparing_again() -> bool:  # windows after the restart compare the new child's results
+            windows = admin(client, action="status").json()["release"]["windows"]
+            return sum(w["compared"] for w in windows if w["index"] > restarted_in) > 0
+
+        traffic_until(client, comparing_again, timeout_s=60)
+        status = admin(client, action="status").json()
+        assert status["active"] and status["release"]["mirror"]["running"]  # errors alone did not end it
+    finally:
+        admin(client, action="abort")
+    deadline = time.monotonic() + 10
+    while mirror_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert mirror_children() == []  # the release's end stops its mirror
+
+
 def test_bad_release_commands_are_clear_and_the_champion_serves(client, release_store):
     st = release_store["store"]
     n = len(events(st))

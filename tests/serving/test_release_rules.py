@@ -3,7 +3,6 @@ Release object's mirroring with fake engines (no model, no server)."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 
 import pytest
@@ -124,19 +123,48 @@ class FakeEngine:
         self.run_id, self.dets = run_id, dets
 
 
+class FakeSink:
+    """A sink whose queue holds `size` copies (what MirrorProcess's bounded queue does)."""
+
+    def __init__(self, size):
+        self.size, self.queued = size, []
+
+    def submit(self, seq, data, score_thr):
+        if len(self.queued) >= self.size:
+            return False
+        self.queued.append((seq, data, score_thr))
+        return True
+
+
 def test_shadow_mirrors_its_share_and_drops_when_the_queue_is_full():
     plan = ReleasePlan(mode="shadow", share=0.25, queue_size=4)
-    rel = Release(plan, FakeEngine("a", []), FakeEngine("b", []), 1, rng=random.Random(3))
+    sink = FakeSink(4)
+    rel = Release(plan, FakeEngine("a", []), FakeEngine("b", []), 1, rng=random.Random(3), sink=sink)
+    wanted = [rel.wants_mirror("champion") for _ in range(4000)]
+    assert set(wanted) == {"challenger", None}
+    assert abs(wanted.count("challenger") / 4000 - 0.25) < 0.03
+    assert rel.role_for("any-client") == "champion"  # shadow: the champion answers every request
+    queued = [rel.mirror(Mirror(b"x", None, [], "challenger")) for _ in range(10)]
+    assert queued == [True] * 4 + [False] * 6 and rel.stats.dropped == 6
+    assert [q[1] for q in sink.queued] == [b"x"] * 4 and all(m.data == b"" for m in rel.pending.values())
+    without = Release(plan, FakeEngine("a", []), FakeEngine("b", []), 1)  # no sink: every copy dropped, counted
+    assert without.mirror(Mirror(b"x", None, [], "challenger")) is False and without.stats.dropped == 1
 
-    async def run():
-        wanted = [rel.wants_mirror("champion") for _ in range(4000)]
-        assert set(wanted) == {"challenger", None}
-        assert abs(wanted.count("challenger") / 4000 - 0.25) < 0.03
-        assert rel.role_for("any-client") == "champion"  # shadow: the champion answers every request
-        queued = [rel.mirror(Mirror(b"x", None, [], "challenger")) for _ in range(10)]
-        assert queued == [True] * 4 + [False] * 6 and rel.stats.dropped == 6
 
-    asyncio.run(run())
+def test_results_are_matched_to_their_copies_and_a_dead_sink_counts_its_copies_as_failures():
+    from cvpipe.serving.mirror import MirrorResult
+
+    plan = ReleasePlan(mode="shadow", share=1.0)
+    rel = Release(plan, FakeEngine("a", []), FakeEngine("b", []), 1, sink=FakeSink(16))
+    box = [det((0, 0, 10, 10))]
+    for _ in range(4):
+        rel.mirror(Mirror(b"x", None, box, "challenger"))  # the champion answered `box`
+    assert rel.record_result(MirrorResult(1, "ok", {"detections": box}, 5.0)) is not None
+    rel.record_result(MirrorResult(0, "refused"))  # the image: not the challenger's fault
+    assert rel.record_result(MirrorResult(99, "ok", {"detections": []}, 5.0)) is None  # not one of ours
+    assert rel.lose_pending() == 2 and rel.pending == {}
+    f = rel.stats.figures()
+    assert f.compared == 1 and f.agreement == 1.0 and f.challenger_calls == 3 and f.challenger_errors == 2
 
 
 def test_mirrored_results_feed_the_window_and_windows_close_on_time():
