@@ -211,6 +211,9 @@ def scale_rows(data: Path, workers: int) -> None:
     import subprocess
     import sys
 
+    if not (data / "annotations.json").is_file() or not (data / "images").is_dir():
+        raise SystemExit(f"{data}: not a generated scale set (annotations.json + images/); make one with "
+                         "benchmarks/make_scale_data.py")
     base = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=data.parent))
     work = base / "data"
     _link_copy(data, work)
@@ -228,8 +231,10 @@ def scale_rows(data: Path, workers: int) -> None:
         for name, change in rows:
             what = change(work) if change else ""
             t = time.perf_counter()
-            done = subprocess.run([sys.executable, __file__, "--scale-row", str(config)], env=env, check=True,
+            done = subprocess.run([sys.executable, __file__, "--scale-row", str(config)], env=env,
                                   capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"row {name!r} failed:\n{done.stderr[-3000:]}")
             wall = time.perf_counter() - t
             r = json.loads(done.stdout.strip().splitlines()[-1])
             what += f" (reused: {', '.join(r['reused'])})" if r["reused"] else ""
