@@ -103,15 +103,6 @@ def freeze_backbone(model: nn.Module) -> int:
     return frozen
 
 
-def hold_backbone_batchnorm(model: nn.Module) -> None:
-    """Put the BatchNorms under `backbone.` in eval mode (call after model.train()). A frozen backbone must not
-    move at all: in train mode its BN running statistics followed the batches while its weights stayed fixed,
-    which cost the COCO setting 0.005-0.008 held-out AP at its peak LR (issue 21, docs/training.md)."""
-    for name, m in model.named_modules():
-        if name.startswith("backbone.") and isinstance(m, nn.modules.batchnorm._NormBase):
-            m.eval()
-
-
 def rng_state() -> dict:
     np_state = cast(tuple[Any, ...], np.random.get_state())  # the legacy tuple form (the default)
     return {"torch": torch.get_rng_state(), "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
@@ -342,7 +333,9 @@ class Trainer:
         if p.freeze_bn:
             freeze_batchnorm(self.model)
         elif self.frozen_backbone:
-            hold_backbone_batchnorm(unwrap(self.model))
+            # a frozen backbone must not move at all: in train mode its BN statistics followed the batches while
+            # its weights stayed fixed (-0.005 to -0.008 held-out AP at the COCO setting's peak LR, issue 21)
+            freeze_batchnorm(unwrap(self.model).get_submodule("backbone"))
         if self.centred is not None:
             self.centred.refresh(self.plain_batch().to(self.device))
         self.sampler.set_epoch(epoch)
