@@ -26,6 +26,7 @@ from typing import IO
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cvpipe.cache import cache_path
 from cvpipe.pipeline.step import SourceDigest
 from cvpipe.store.digests import DigestCache
 from cvpipe.store.hashing import CHUNK, file_digest, tree_digest
@@ -154,7 +155,7 @@ def extract_archive(archive: Path, target: Path, limits: ArchiveLimits | None = 
 
 # ---- digests ----------------------------------------------------------------------------------------
 def downloads_dir() -> Path:
-    return Path(os.environ.get("CVPIPE_CACHE", Path.home() / ".cache" / "cvpipe")) / "downloads"
+    return cache_path("downloads")
 
 
 def folder_files(root: Path) -> list[str]:

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from cvpipe.cache import cache_path
 from cvpipe.data.schema import DetectionDataset
 from cvpipe.progress import track
 from cvpipe.vision import Detections, read_image
@@ -74,7 +75,7 @@ def data_digest(ds: DetectionDataset) -> str:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CVPIPE_CACHE", Path.home() / ".cache" / "cvpipe")) / "oof"
+    return cache_path("oof")
 
 
 def cache_key(ds: DetectionDataset, params: OOFParams) -> str:

@@ -19,11 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cvpipe.cache import cache_path
+
 log = logging.getLogger(__name__)
 
 
 def plots_dir() -> Path:
-    return Path(os.environ.get("CVPIPE_CACHE", Path.home() / ".cache" / "cvpipe")) / "plots"
+    return cache_path("plots")
 
 
 def code_version(*files: str | Path) -> str:

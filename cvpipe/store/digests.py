@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from cvpipe.cache import cache_path
 from cvpipe.store import hashing
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def rehash_requested() -> bool:
 
 
 def default_db() -> Path:
-    return Path(os.environ.get("CVPIPE_CACHE", Path.home() / ".cache" / "cvpipe")) / "digests.sqlite"
+    return cache_path("digests.sqlite")
 
 
 def _trusted(row: tuple[int, int, str, int] | None, st: os.stat_result) -> str | None:

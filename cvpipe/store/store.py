@@ -38,6 +38,7 @@ from typing import IO, Any, Protocol
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from cvpipe.cache import cache_path
 from cvpipe.store.digests import ChangedWhileReading, DigestCache
 from cvpipe.store.hashing import CHUNK, list_files, tree_digest
 from cvpipe.store.paths import (
@@ -86,7 +87,7 @@ def utcnow() -> str:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("CVPIPE_CACHE", Path.home() / ".cache" / "cvpipe")) / "entities"
+    return cache_path("entities")
 
 
 @dataclass(frozen=True)
