@@ -72,7 +72,25 @@ def build_model(scale: str, num_classes: int, pretrained: str, required: bool = 
     if info["path"]:
         info["sha256"] = sha256_of(Path(info["path"]))
     _fit_classes(model, num_classes, rows, info)
+    info["knows_classes"] = knows_classes(spec, class_names, info)
     return model.train(), info
+
+
+def knows_classes(spec: str, class_names: list[str] | None, info: dict) -> bool:
+    """Whether the loaded start already predicts every class of the data, each from its own trained row: COCO
+    weights and COCO class names (all 80, or a subset whose rows were kept), or a checkpoint whose saved class
+    list is the data's."""
+    if not info["loaded"] or not class_names:
+        return False
+    if spec.lower() in ("coco", "nano-onnx"):
+        return "class_rows" in info or list(class_names) == list(COCO_CLASSES)
+    return info.get("class_names") == list(class_names)
+
+
+def resolve_freeze_backbone(setting: bool | str, info: dict) -> bool:
+    """freeze_backbone as trained: "auto" = frozen when the start knows every class of the data (fine-tuning every
+    layer on known classes pulled the backbone away from what it knew: docs/training.md)."""
+    return bool(info.get("knows_classes")) if setting == "auto" else bool(setting)
 
 
 def _from_checkpoint(spec: str, scale: str, info: dict, required: bool) -> YOLOX | None:
@@ -100,6 +118,9 @@ def _from_checkpoint(spec: str, scale: str, info: dict, required: bool) -> YOLOX
     model = build_yolox(scale, ckpt_classes)
     result = load_checkpoint(model, ckpt)
     info.update(path=str(path), loaded=True, layout=result.layout, skipped=list(getattr(result, "skipped", [])))
+    saved_classes = (ckpt.get("meta") or {}).get("class_names") if isinstance(ckpt.get("meta"), dict) else None
+    if saved_classes:  # a cvpipe checkpoint says which classes its rows predict
+        info["class_names"] = list(saved_classes)
     log.info("YOLOX-%s loaded from %s (%s layout, %d classes)", scale, path, result.layout, ckpt_classes)
     return model
 

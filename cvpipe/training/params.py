@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
@@ -37,8 +37,11 @@ class TrainParams(StepParams):
     momentum: float = Field(0.9, ge=0, lt=1)
     grad_clip: Optional[float] = Field(None, description="max gradient L2 norm (None / 0 = no clipping)")
     freeze_bn: bool = Field(False, description="keep BatchNorm statistics and affine weights fixed")
-    freeze_backbone: bool = Field(False, description="train only the head (backbone + PAFPN fixed); always so for a "
-                                  "fused (keep_fused) start, whose BN-free backbone diverges when trained")
+    freeze_backbone: Union[bool, Literal["auto"]] = Field(
+        "auto", description='train only the head (backbone + PAFPN fixed). "auto": frozen when the start already '
+        'predicts every class of the data (COCO weights and COCO class names, or a checkpoint trained on the same '
+        'classes), where training every layer cost 0.013-0.021 AP on held-out images; every layer trains for new '
+        'classes. Always frozen for a fused (keep_fused) start, whose BN-free backbone diverges when trained')
     ema: bool = True
     ema_decay: float = Field(0.9998, gt=0, lt=1)
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")

@@ -31,6 +31,7 @@ from .curves import write_curves
 from .dataset import AugmentConfig, EpochSampler, YoloxTrainDataset, collate
 from .ema import ModelEMA, unwrap
 from .frozen_bn import CentredSteps
+from .model_init import resolve_freeze_backbone
 from .params import TrainParams
 from .process_group import DistInfo
 from .schedule import WarmCosineLR
@@ -195,11 +196,11 @@ class Trainer:
         self.dist = dist or DistInfo()
         self.device = self.dist.device if self.dist.world_size > 1 else select_device(params.device)
         self.model = model.to(self.device)
+        self.meta = dict(meta or {})
         self.frozen_backbone = self.freeze_layers()
         self.train_split, self.val_split = train, val if val is not None and len(val.images) else None
         self.images_dir = Path(images_dir)
         self.outputs = outputs
-        self.meta = dict(meta or {})
         if params.batch_size % self.dist.world_size:
             raise ValueError(f"batch_size {params.batch_size} must be divisible by the number of processes "
                              f"{self.dist.world_size}")
@@ -233,13 +234,16 @@ class Trainer:
         """Freeze what the params ask (a fused model always trains its head only); True when the backbone is."""
         p = self.p
         fused = bool(getattr(self.model, "fused", False))
-        if p.freeze_backbone or fused:
+        asked = resolve_freeze_backbone(p.freeze_backbone, self.meta.get("pretrained") or {})
+        if asked or fused:
             n = freeze_backbone(self.model)
-            log.info("backbone frozen (%d tensors)%s: training the head only", n,
-                     "" if p.freeze_backbone else " because the model is fused (no BatchNorm)")
+            why = (" because the model is fused (no BatchNorm)" if not asked else
+                   " (freeze_backbone: auto -- the start already knows every class of the data)"
+                   if p.freeze_backbone == "auto" else "")
+            log.info("backbone frozen (%d tensors)%s: training the head only", n, why)
         if p.freeze_bn:
             freeze_batchnorm(self.model)
-        return bool(p.freeze_backbone or fused)
+        return asked or fused
 
     def make_loader(self, train: DetectionDataset) -> tuple[YoloxTrainDataset, EpochSampler, DataLoader]:
         p = self.p

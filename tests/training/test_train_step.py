@@ -138,6 +138,25 @@ def test_freeze_backbone_keeps_every_backbone_tensor(synthetic, tmp_path):
     assert any(not torch.equal(raw[k], start[k]) for k in head)  # the head did train
 
 
+def test_auto_freezes_the_backbone_only_when_the_start_knows_every_class(synthetic, tmp_path):
+    """freeze_backbone: auto (the default) trains every layer from a start that does not know the data's classes
+    and only the head when it does: here a retrain from this data's own checkpoint (issue 21)."""
+    ds_dir, images_dir = synthetic
+    first = run_training(ModelTrainParams(**dict(TINY, epochs=1)), ds_dir, images_dir, outputs(tmp_path / "a"))
+    assert first["hyperparameters"]["frozen"] == "none"
+    again = dict(TINY, epochs=1, pretrained=str(tmp_path / "a" / "checkpoints" / "best.pt"))
+    out = outputs(tmp_path / "b")
+    second = run_training(ModelTrainParams(**again), ds_dir, images_dir, out)
+    assert second["hyperparameters"]["frozen"] == "backbone"
+    start = torch.load(out["checkpoints"] / "start.pt", weights_only=True)["model"]
+    raw = torch.load(out["checkpoints"] / "last.pt", weights_only=True)["extra"]["model"]
+    assert all(torch.equal(raw[k], start[k]) for k in raw if k.startswith("backbone."))
+    # asked explicitly, every layer trains from the same start
+    third = run_training(ModelTrainParams(**dict(again, freeze_backbone=False)), ds_dir, images_dir,
+                         outputs(tmp_path / "c"))
+    assert third["hyperparameters"]["frozen"] == "none"
+
+
 def test_max_train_images_caps_the_train_split(synthetic, tmp_path):
     ds_dir, images_dir = synthetic
     params = ModelTrainParams(**dict(TINY, epochs=1, no_aug_epochs=1, max_train_images=2))
