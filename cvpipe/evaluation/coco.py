@@ -58,7 +58,8 @@ class CocoEvaluation:
 def results_array(detections: list[dict] | np.ndarray) -> np.ndarray:
     """COCO results as an n x 7 float64 array [image_id, x, y, w, h, score, category_id] (pycocotools'
     loadNumpyAnnotations layout), made once and shared by hotcoco and the bootstrap's matching. Read column by
-    column (`np.fromiter` over the dicts, no tuple per detection): 5,000 images' 400,000 results in about 0.1 s."""
+    column (`np.fromiter` over the dicts, no tuple per detection): 5,000 images' 400,000 results in about 0.13 s
+    (0.19 s as a list of tuples)."""
     if isinstance(detections, np.ndarray):
         return detections.reshape(-1, 7).astype(np.float64, copy=False)
     n = len(detections)
