@@ -7,7 +7,8 @@ rules, greedy by score, crowd regions absorb detections, 100 detections per imag
 one compiled pass over all images), and a bootstrap resample is only a vector of image multiplicities (how often
 each image was drawn). A class's detections are sorted by score once; a resample's true and false positive counts
 are running sums of the multiplicities in that fixed order, and the 101-point interpolated precision follows
-(`threshold_aps`; the loops are cvpipe/evaluation/kernels.py, resamples in parallel). With all multiplicities 1
+(`threshold_aps`; the loops are cvpipe/evaluation/kernels.py: 32 resamples walk the detections together, as
+vector lanes, and blocks of them run in parallel). With all multiplicities 1
 the AP is COCO's per class and IoU threshold, and any resample is COCO's on the images repeated (tested to
 1e-12). Both models get the same resamples: the interval is on the paired difference, so
 image difficulty cancels out.
@@ -19,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from statistics import NormalDist
 
-import numba
 import numpy as np
 
 from . import kernels
@@ -29,7 +29,9 @@ IOU_THRS = np.linspace(0.5, 0.95, 10)
 REC_THRS = np.linspace(0.0, 1.0, 101)
 MAX_DETS = 100
 # linspace puts these recall thresholds one ulp above j / 100: a recall of exactly j / 100 does not reach them
-_REC_ABOVE = np.array([REC_THRS[j] > j / 100 for j in range(101)] + [False])
+_REC_ABOVE = [j for j in range(len(REC_THRS)) if REC_THRS[j] > j / 100]
+_ABOVE_LO = sum(1 << j for j in _REC_ABOVE if j < 64)  # as bits of two int64 (the kernel's lanes test a bit)
+_ABOVE_HI = sum(1 << (j - 64) for j in _REC_ABOVE if j >= 64)
 
 
 @dataclass
@@ -221,12 +223,11 @@ def threshold_aps(matches: dict[int, ClassMatches] | list[ClassMatches], weights
     if len(weights) and ((counts != weights).any() or (counts < 0).any()):
         raise ValueError("image weights must be whole numbers >= 0 (how often each image is drawn)")
     plan = AccumulationPlan.of(classes, weights.shape[1])
-    npos = np.rint(counts @ plan.n_gt.T).astype(np.int64)  # B x C; float64 products of whole numbers are exact
-    kind = np.int32 if counts.size == 0 or counts.max() < 2**31 else np.int64
-    return kernels.resample_aps(np.ascontiguousarray(counts, dtype=kind), npos, plan.key_start, plan.key_image,
-                                plan.key_fp_end, plan.fp_start, plan.fp_image, plan.fp_count, plan.tp_start,
-                                plan.tp_key, plan.ign_start, plan.ign_key, len(IOU_THRS), _REC_ABOVE[:len(REC_THRS)],
-                                min(len(counts), 4 * numba.get_num_threads()))
+    npos = np.rint(counts @ plan.n_gt.T)  # B x C; float64 products of whole numbers are exact
+    return kernels.resample_aps(np.ascontiguousarray(counts, dtype=np.float64), npos, plan.key_start,
+                                plan.key_image, plan.key_fp_end, plan.fp_start, plan.fp_image, plan.fp_count,
+                                plan.tp_start, plan.tp_key, plan.ign_start, plan.ign_key, len(IOU_THRS),
+                                _ABOVE_LO, _ABOVE_HI, len(REC_THRS), kernels.LANES)
 
 
 def full_set_aps(m: ClassMatches) -> np.ndarray:

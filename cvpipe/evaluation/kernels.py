@@ -1,12 +1,14 @@
 """The bootstrap's two inner loops, compiled with numba: COCO's greedy matching and the weighted accumulation of
-every resample. In numpy each was a dozen passes over (detections x resamples) arrays; here each is one pass
-with the counts in registers, and the resamples run on all cores (`prange` threads release the GIL).
+every resample. The matching is one pass over all (image, class) groups; the accumulation walks each class's
+detections once per block of LANES resamples, every step one vector operation over the block (their
+multiplicities side by side), and the blocks run on all cores (`prange` threads release the GIL).
 
-Both keep pycocotools' arithmetic: the IoU is `bbIou`'s float operations in the same order; counts are exact
-integers, precision is tp / (tp + fp + eps) in float64 as in `accumulate`, and a recall threshold is reached
-where tp / npos >= REC_THRS[j], decided in integers (j * npos <= 100 * tp, with the thresholds that linspace put
-an ulp above j / 100 missed at equality). So with every multiplicity 1 the AP per class and IoU threshold is
-COCO's, and a resample is COCO on its repeated images (tests/evaluation/test_bootstrap.py, to 1e-12).
+Both keep pycocotools' arithmetic: the IoU is `bbIou`'s float operations in the same order; counts are whole
+numbers (exact in float64), precision is tp / (tp + fp + eps) in float64 as in `accumulate`, its envelope the
+running maximum of those same floats, and a recall threshold is reached where tp / npos >= REC_THRS[j], decided
+exactly (j * npos <= 100 * tp, with the thresholds that linspace put an ulp above j / 100 missed at equality). So
+with every multiplicity 1 the AP per class and IoU threshold is COCO's, and a resample is COCO on its repeated
+images (tests/evaluation/test_bootstrap.py, to 1e-12).
 
 Compiled once per machine and cached next to this file (numba's `cache=True`; NUMBA_CACHE_DIR elsewhere).
 """
@@ -86,122 +88,140 @@ def greedy_match(det_group: np.ndarray, det_box: np.ndarray, gt_lo: np.ndarray, 
     return tp, ign
 
 
-@njit(cache=True, nogil=True)
-def _recall_needs(npos: int, rec_above: np.ndarray, need: np.ndarray) -> None:
-    """need[j]: the fewest true positives whose recall reaches REC_THRS[j], i.e. tp / npos >= REC_THRS[j] in
-    float64, decided in integers: j * npos <= 100 * tp, but for the thresholds linspace put an ulp above j / 100
-    a recall of exactly j / 100 falls short."""
-    for j in range(len(need)):
-        need[j] = (j * npos + 99) // 100
-        if rec_above[j] and (j * npos) % 100 == 0:
-            need[j] += 1
+# ---- the accumulation of all resamples, LANES resamples at a time --------------------------------------------------
+# Every resample walks the same detections in the same order; only the multiplicities differ. So a block of LANES
+# resamples is walked together, each step one vector operation over the block's lanes (a row of LANES
+# multiplicities per image). Two things keep LLVM vectorising the lane loops: error_model="numpy" (a float division
+# has no Python zero-division branch; divisors here are >= eps) and no table lookup by a computed index (a recall
+# threshold's ulp correction is a bit of two int64 masks). The lane count is a run-time argument on purpose: a
+# constant trip count is unrolled into scalars before the loop vectoriser sees it.
+LANES = 32
 
 
-@njit(cache=True, nogil=True)
-def _threshold_ap(tps: np.ndarray, counted: np.ndarray, n: int, need: np.ndarray, first: np.ndarray) -> float:
-    """COCO's 101-point interpolated AP from the (cumulative true positives, true + false positives) at each true
-    positive: recall threshold j takes the precision envelope (the best precision from there on) at the first
-    point whose tp reaches need[j]. The envelope is a running maximum from the end, kept as an exact fraction
-    (COCO's rounded precisions tp / (counted + eps) order the same, but for counted = 1, where + eps puts 1 below
-    a later 1.0), so it is divided only where a threshold takes it."""
-    if n == 0:
-        return 0.0
-    k = 0
-    for j in range(len(need)):  # the first point of each threshold (n: never reached)
-        while k < n and tps[k] < need[j]:
-            k += 1
-        first[j] = k
-    j = len(need) - 1
-    while j >= 0 and first[j] >= n:
-        j -= 1
-    # counted grows by at least 1 per point, so only the first point can have counted = 1
-    env_tp, env_counted, env, total = 0, 1, 0.0, 0.0
-    for k in range(n - 1, 0, -1):
-        tp, c = tps[k], counted[k]
-        if tp * env_counted >= env_tp * c:
-            env_tp, env_counted, env = tp, c, -1.0
-        while j >= 0 and first[j] == k:
-            if env < 0:
-                env = env_tp / (env_counted + _EPS)
-            total += env
-            j -= 1
-    if env < 0:
-        env = env_tp / (env_counted + _EPS)
-    env = max(env, tps[0] / (counted[0] + _EPS))
-    total += env * (j + 1)  # the thresholds first reached at the first point
-    return total / len(need)
-
-
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def resample_aps(weights: np.ndarray, npos: np.ndarray, key_start: np.ndarray, key_image: np.ndarray,
                  key_fp_end: np.ndarray, fp_start: np.ndarray, fp_image: np.ndarray, fp_count: np.ndarray,
                  tp_start: np.ndarray, tp_key: np.ndarray, ign_start: np.ndarray, ign_key: np.ndarray,
-                 n_thr: int, rec_above: np.ndarray, n_chunks: int) -> np.ndarray:
+                 n_thr: int, above_lo: int, above_hi: int, n_rec: int, lanes: int) -> np.ndarray:
     """B x C x T: AP of each class at each IoU threshold for each row of image multiplicities (weights, B x N
-    whole numbers; npos, B x C: weighted ground truth; nan where 0).
+    whole numbers as float64; npos, B x C: weighted ground truth; nan where 0).
 
     A class is its key detections in COCO's score order (key_start: C + 1 bounds; their images) and groups of
     detections false at every threshold (fp_start: C + 1 bounds; an image and a count), the groups before key
     detection k ending at key_fp_end[k]. Per class and threshold (c * n_thr + t), tp_key / ign_key list the key
-    detections that are a true positive / hit a crowd region there (tp_start / ign_start: bounds). Rows run in
-    parallel in n_chunks chunks (a few per thread), each with its own scratch."""
-    n_rows, n_cls = weights.shape[0], len(key_start) - 1
+    detections that are a true positive / hit a crowd region there (tp_start / ign_start: bounds). Recall
+    threshold j (of n_rec) lies an ulp above j / 100 where bit j of above_lo | above_hi << 64 is set. Blocks of
+    `lanes` rows run in parallel."""
+    n_rows, n_img = weights.shape
+    n_cls = len(key_start) - 1
     out = np.full((n_rows, n_cls, n_thr), np.nan)
     most_keys = max(1, np.max(np.diff(key_start))) if n_cls else 1
-    for chunk in prange(n_chunks):
-        seen = np.empty(most_keys, np.int64)  # per key detection: detections up to it (all thresholds)
-        w_key = np.empty(most_keys, np.int64)
-        tps = np.empty(most_keys, np.int64)
-        counted = np.empty(most_keys, np.int64)
-        need = np.empty(len(rec_above), np.int64)
-        first = np.empty(len(rec_above), np.int64)
-        for b in range(chunk * n_rows // n_chunks, (chunk + 1) * n_rows // n_chunks):
-            w_row = weights[b]
-            for c in range(n_cls):
-                if npos[b, c] <= 0:
-                    continue
-                k0 = key_start[c]
-                _seen_before_keys(w_row, key_image[k0:key_start[c + 1]], key_fp_end[k0:key_start[c + 1]],
-                                  fp_image, fp_count, fp_start[c], seen, w_key)
-                _recall_needs(npos[b, c], rec_above, need)
-                for t in range(n_thr):
-                    s = c * n_thr + t
-                    n = _points(tp_key, tp_start[s], tp_start[s + 1], ign_key, ign_start[s], ign_start[s + 1], k0,
-                                seen, w_key, tps, counted)
-                    out[b, c, t] = _threshold_ap(tps, counted, n, need, first)
+    for block in prange((n_rows + lanes - 1) // lanes):
+        b0 = block * lanes
+        rows = min(lanes, n_rows - b0)
+        w = np.zeros((n_img, lanes))  # the block's multiplicities, a row of lanes per image
+        for b in range(rows):
+            w[:, b] = weights[b0 + b]
+        seen = np.empty((most_keys, lanes))  # per key detection: detections up to it (all thresholds)
+        state = np.empty((6, lanes))  # scratch of _threshold_lanes
+        ap = np.empty(lanes)
+        for c in range(n_cls):
+            if not (npos[b0:b0 + rows, c] > 0).any():
+                continue
+            k0 = key_start[c]
+            _seen_lanes(w, key_image[k0:key_start[c + 1]], key_fp_end[k0:key_start[c + 1]], fp_image, fp_count,
+                        fp_start[c], seen)
+            pos = np.ones(lanes)
+            for b in range(rows):
+                pos[b] = max(npos[b0 + b, c], 1.0)
+            for t in range(n_thr):
+                s = c * n_thr + t
+                _threshold_lanes(w, key_image, seen, k0, tp_key[tp_start[s]:tp_start[s + 1]],
+                                 ign_key[ign_start[s]:ign_start[s + 1]], pos, above_lo, above_hi, n_rec, state, ap)
+                for b in range(rows):
+                    if npos[b0 + b, c] > 0:
+                        out[b0 + b, c, t] = ap[b]
     return out
 
 
-@njit(cache=True, nogil=True)
-def _seen_before_keys(w_row: np.ndarray, key_image: np.ndarray, key_fp_end: np.ndarray, fp_image: np.ndarray,
-                      fp_count: np.ndarray, g: int, seen: np.ndarray, w_key: np.ndarray) -> None:
-    """For each key detection of a class: its weight, and how many detections (weighted) come up to it."""
-    total = np.int64(0)
+@njit(cache=True, nogil=True, error_model="numpy")
+def _seen_lanes(w: np.ndarray, key_image: np.ndarray, key_fp_end: np.ndarray, fp_image: np.ndarray,
+                fp_count: np.ndarray, g: int, seen: np.ndarray) -> None:
+    """For each key detection of a class and each lane: how many detections (weighted) come up to it."""
+    lanes = w.shape[1]
+    total = np.zeros(lanes)
     for k in range(len(key_image)):
         end = key_fp_end[k]
         while g < end:  # the always-false detections before this one
-            total += np.int64(w_row[fp_image[g]]) * fp_count[g]
+            w_group, count = w[fp_image[g]], np.float64(fp_count[g])
+            for b in range(lanes):
+                total[b] += w_group[b] * count
             g += 1
-        w = np.int64(w_row[key_image[k]])
-        total += w
-        seen[k], w_key[k] = total, w
+        w_key, seen_k = w[key_image[k]], seen[k]
+        for b in range(lanes):
+            total[b] += w_key[b]
+            seen_k[b] = total[b]
 
 
-@njit(cache=True, nogil=True)
-def _points(tp_key: np.ndarray, tp_lo: int, tp_hi: int, ign_key: np.ndarray, ign_lo: int, ign_hi: int, k0: int,
-            seen: np.ndarray, w_key: np.ndarray, tps: np.ndarray, counted: np.ndarray) -> int:
-    """One threshold's points: at each true positive that was drawn (tp_key[tp_lo:tp_hi] - k0 index seen and
-    w_key), the true positives so far and the detections counted so far (all but the crowd hits of this
-    threshold, ign_key[ign_lo:ign_hi] - k0). A true positive not drawn is written over (no branch on the draw).
-    Returns how many."""
-    n, tp, ignored, p = 0, 0, 0, ign_lo
-    for i in range(tp_lo, tp_hi):
-        k = tp_key[i] - k0
-        while p < ign_hi and ign_key[p] - k0 < k:  # crowd hits before it (rare)
-            ignored += w_key[ign_key[p] - k0]
-            p += 1
-        w = w_key[k]
-        tp += w
-        tps[n], counted[n] = tp, seen[k] - ignored
-        n += w > 0
-    return n
+@njit(cache=True, nogil=True, error_model="numpy")
+def _recall_points(tp: float, npos: float, inv_npos: float, above_lo: int, above_hi: int) -> float:
+    """How many recall thresholds tp true positives of npos reach: #{j: tp / npos >= REC_THRS[j]}, decided in
+    exact float arithmetic on whole numbers: j * npos <= 100 tp, but a recall of exactly j / 100 falls short of
+    the thresholds linspace put an ulp above j / 100."""
+    x = 100.0 * tp
+    q = np.floor(x * inv_npos)  # floor(x / npos), or one less where x / npos is whole
+    r = x - q * npos
+    up = 1.0 if r >= npos else 0.0
+    q += up
+    r -= up * npos
+    j = np.int64(q)
+    mask = above_hi if j >= 64 else above_lo
+    return q + 1.0 - np.float64((mask >> (j & 63)) & 1) * (r == 0.0)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _threshold_lanes(w: np.ndarray, key_image: np.ndarray, seen: np.ndarray, k0: int, tp_key: np.ndarray,
+                     ign_key: np.ndarray, npos: np.ndarray, above_lo: int, above_hi: int, n_rec: int,
+                     state: np.ndarray, ap: np.ndarray) -> None:
+    """COCO's 101-point interpolated AP of one class at one IoU threshold, for each lane, into ap.
+
+    One backward pass over the threshold's true positives (keys tp_key - k0 index seen), counting down from the
+    totals: at each, the precision tp / (detections counted + eps) as COCO (crowd hits, ign_key, not counted),
+    the envelope (the best precision from there on), and the recall thresholds first reached there, which take
+    the envelope. A true positive not drawn in a lane reaches no threshold there and its precision is at most
+    the one of the drawn point before it, so every lane walks all of them without a branch."""
+    lanes = w.shape[1]
+    tp, ign, env, total, hi, inv = state[0], state[1], state[2], state[3], state[4], state[5]
+    tp[:] = 0.0
+    ign[:] = 0.0
+    for i in range(len(tp_key)):
+        w_key = w[key_image[tp_key[i]]]
+        for b in range(lanes):
+            tp[b] += w_key[b]
+    for i in range(len(ign_key)):
+        w_key = w[key_image[ign_key[i]]]
+        for b in range(lanes):
+            ign[b] += w_key[b]
+    for b in range(lanes):
+        env[b] = 0.0
+        total[b] = 0.0
+        inv[b] = 1.0 / npos[b]
+        hi[b] = _recall_points(tp[b], npos[b], inv[b], above_lo, above_hi)
+    p = len(ign_key)
+    for i in range(len(tp_key) - 1, -1, -1):
+        k = tp_key[i]
+        while p > 0 and ign_key[p - 1] > k:  # crowd hits after this one stop being subtracted (rare)
+            w_key = w[key_image[ign_key[p - 1]]]
+            for b in range(lanes):
+                ign[b] -= w_key[b]
+            p -= 1
+        w_key, seen_k = w[key_image[k]], seen[k - k0]
+        for b in range(lanes):
+            e = max(env[b], tp[b] / (seen_k[b] - ign[b] + _EPS))
+            env[b] = e
+            tp[b] -= w_key[b]
+            lo = _recall_points(tp[b], npos[b], inv[b], above_lo, above_hi)
+            total[b] += e * (hi[b] - lo)
+            hi[b] = lo
+    for b in range(lanes):  # the first point also takes the thresholds reached at zero (recall 0)
+        ap[b] = (total[b] + env[b] * hi[b]) / n_rec

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cvpipe.evaluation import kernels
 from cvpipe.evaluation.bootstrap import (
     REC_THRS,
     ClassMatches,
@@ -169,11 +170,14 @@ def nano_matches(nano_dets_subset):
     return match_per_image(gt, dets)
 
 
-def test_a_resample_is_the_images_repeated_exactly(nano_matches):
+@pytest.mark.parametrize("lanes", [32, 5])
+def test_a_resample_is_the_images_repeated_exactly(nano_matches, monkeypatch, lanes):
     """Resample weights against pycocotools' accumulation on the repeated detections, every class, IoU threshold
-    and resample to 1e-12 (the compiled accumulation counts in integers and divides in float64, as COCO)."""
+    and resample to 1e-12 (the compiled accumulation counts whole numbers and divides in float64, as COCO). The
+    kernel walks `lanes` resamples at once: 37 rows are two blocks of 32 (the second part empty) or eight of 5."""
+    monkeypatch.setattr(kernels, "LANES", lanes)
     ids, matches = nano_matches
-    weights = resample_weights(len(ids), 6, seed=3)
+    weights = resample_weights(len(ids), 37, seed=3)
     per_threshold = threshold_aps(matches, weights)
     checked = 0
     for k, m in enumerate(matches.values()):
@@ -183,16 +187,19 @@ def test_a_resample_is_the_images_repeated_exactly(nano_matches):
                 checked += 1
             else:
                 assert np.isnan(per_threshold[b, k]).all()
-    assert checked > 30
+    assert checked > 200
 
 
-def test_rows_are_independent_of_how_they_are_split_over_threads(nano_matches):
-    """Rows run in parallel chunks: each row's AP is the same computed alone or among 40 others."""
+def test_rows_are_independent_of_how_they_are_split_over_threads(nano_matches, monkeypatch):
+    """Rows run in parallel blocks of lanes: each row's AP is the same computed alone, among 40 others, or in
+    blocks of another size."""
     ids, matches = nano_matches
     weights = resample_weights(len(ids), 40, seed=5)
     together = threshold_aps(matches, weights)
     for b in (0, 17, 39):
         assert np.array_equal(threshold_aps(matches, weights[b:b + 1])[0], together[b], equal_nan=True)
+    monkeypatch.setattr(kernels, "LANES", 3)
+    assert np.array_equal(threshold_aps(matches, weights), together, equal_nan=True)
 
 
 def test_weights_must_be_whole_draw_counts(nano_matches):
@@ -203,13 +210,16 @@ def test_weights_must_be_whole_draw_counts(nano_matches):
         threshold_aps(matches, -np.ones((1, len(ids))))
 
 
-def test_recall_exactly_on_a_threshold_linspace_put_an_ulp_higher():
-    """20 objects, 7 found first: recall 0.35 exactly, while REC_THRS[35] is an ulp above 0.35 (linspace), so
-    COCO takes the precision of recall 0.35 from the 8th true positive; 4 false positives sit in between."""
-    assert REC_THRS[35] > 0.35
-    tp = np.array([True] * 7 + [False] * 4 + [True] * 13)
+@pytest.mark.parametrize("n_gt, found", [(20, 7), (100, 69), (50, 41)])
+def test_recall_exactly_on_a_threshold_linspace_put_an_ulp_higher(n_gt, found):
+    """n_gt objects, `found` of them first: recall found / n_gt is exactly j / 100 while REC_THRS[j] is an ulp
+    above (linspace; j = 35, 69, 82: both halves of the kernel's bit mask), so COCO takes the precision of that
+    recall from the next true positive; 4 false positives sit in between. Also drawn twice."""
+    j = 100 * found // n_gt
+    assert REC_THRS[j] > j / 100 and j * n_gt == 100 * found
+    tp = np.array([True] * found + [False] * 4 + [True] * (n_gt - found))
     m = ClassMatches(np.linspace(1, 0.1, len(tp)), np.zeros(len(tp), int), np.tile(tp, (10, 1)),
-                     np.tile(~tp, (10, 1)), np.array([20.0]))
+                     np.tile(~tp, (10, 1)), np.array([float(n_gt)]))
     w = np.ones(1)
     assert full_set_aps(m) == pytest.approx(coco_accumulate_repeated(m, w), abs=1e-15)
     assert class_aps({1: m}, np.array([[1.0], [2.0]]))[0][:, 0] == pytest.approx(

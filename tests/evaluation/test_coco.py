@@ -10,7 +10,7 @@ import numpy as np
 import pycocotools  # noqa: F401 - the dev extra installs it: a broken install fails here, never skips
 import pytest
 
-from cvpipe.evaluation.coco import STAT_NAMES, coco_evaluate, evaluate_detections
+from cvpipe.evaluation.coco import STAT_NAMES, coco_evaluate, coco_evaluate_models, evaluate_detections, results_array
 from cvpipe.vision import box_iou, xywh_to_xyxy
 
 from .helpers import perturbed_gt_detections
@@ -124,3 +124,42 @@ def test_pr_curve_of_a_hand_computed_case():
     np.testing.assert_allclose(p[r <= 0.5], 1.0)
     np.testing.assert_allclose(p[r > 0.5], 2 / 3)
     assert ev.stats["AP50"] == pytest.approx((51 * 1 + 50 * 2 / 3) / 101)
+
+
+def test_models_evaluated_together_on_threads_are_each_pycocotools(nano_dets_subset, capsys):
+    """coco_evaluate_models: one ground-truth index, each model on its own thread; every model's numbers still
+    pycocotools' bit for bit, and nothing is printed (no stdout swapping that threads would tangle)."""
+    gt, dets = nano_dets_subset
+    models = [dets, perturbed_gt_detections(gt, seed=3), dets[::2]]
+    evals = coco_evaluate_models(gt, [results_array(d) for d in models])
+    for ev, d in zip(evals, models):
+        ref_stats, ref_class = pycoco_eval(gt, d)
+        assert [ev.stats[n] for n in STAT_NAMES] == ref_stats.tolist()
+        assert ev.per_class_ap == ref_class
+    assert capsys.readouterr().out == ""
+
+
+def test_results_array_is_the_dicts_column_by_column():
+    dets = [{"image_id": 3, "category_id": 7, "bbox": [1.5, 2, 30, 40.25], "score": 0.9},
+            {"image_id": 1, "category_id": 2, "bbox": [0, 0, 1, 1], "score": 0.125, "extra": "kept out"}]
+    assert results_array(dets).tolist() == [[3, 1.5, 2, 30, 40.25, 0.9, 7], [1, 0, 0, 1, 1, 0.125, 2]]
+    assert results_array([]).shape == (0, 7)
+
+
+@pytest.mark.parametrize("bad", [{"bbox": [1, 2, 3]}, {"bbox": [1, 2, 3, 4, 5]}, {"bbox": "1234"},
+                                 {"score": float("nan")}, {"score": None}, {"image_id": None}])
+def test_results_array_refuses_malformed_results(bad):
+    """One malformed row among good ones (a short or long bbox would shift every later box) is an error."""
+    good = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}
+    with pytest.raises(ValueError):
+        results_array([good, {**good, **bad}, good])
+    missing = dict(good)
+    del missing["bbox"]
+    with pytest.raises(ValueError, match="need image_id"):
+        results_array([good, missing])
+
+
+def test_results_array_says_what_is_wrong_with_the_boxes():
+    row = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 5], "score": 0.5}
+    with pytest.raises(ValueError, match=r"a bbox is \[x, y, w, h\]"):
+        results_array([row] * 4)
