@@ -127,9 +127,9 @@ def _locate_images(root: Path, json_path: Path, names: list[str], images_dir: st
     located: dict[str, Path | str] = {}
     safe: list[str] = []
     inside = InsideCheck(root)
-    for n in names:
+    for n in names:  # the name alone here; where it leads (symlinks) is checked once, below, for its final path
         try:
-            data_path(root, n, inside=inside)
+            safe_relpath(str(n).replace("\\", "/"), "file name")
             safe.append(n)
         except ValueError as e:
             located[n] = str(e)

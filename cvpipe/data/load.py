@@ -96,11 +96,12 @@ def inspect_images(paths: list[Path], executor: ExecutorKind = "process", worker
 def store_images(paths: list[Path], infos: list[FileInfo], out_dir: Path) -> None:
     """Put each digested image in out_dir as <sha256><ext>, as a hard link (no bytes copied; the store copies
     what it does not hold yet, and shares what it does)."""
+    done: set[str] = set()
     for path, info in zip(paths, infos):
-        if info.digest:
-            dest = out_dir / f"{info.digest}{path.suffix.lower()}"
-            if not dest.exists():
-                copy_or_link(path, dest)
+        name = f"{info.digest}{path.suffix.lower()}"
+        if info.digest and name not in done:  # a set, not a stat per image: duplicates share one file
+            copy_or_link(path, out_dir / name)
+            done.add(name)
 
 
 def read_raw(root: Path, fmt: str = "auto", annotations: str | None = None, images_dir: str | None = None,
@@ -118,8 +119,15 @@ def read_raw(root: Path, fmt: str = "auto", annotations: str | None = None, imag
 
 def _relative_source(path: Path, root: Path | None, fallback: str) -> str:
     """The image's path inside the raw data (what `source` records)."""
+    if not root:
+        return fallback
+    text, prefix = os.fspath(path), os.fspath(root).rstrip("/") + "/"  # strings: a Path per image cost 3 % of a version
+    return text[len(prefix):] if text.startswith(prefix) and os.sep == "/" else _relative_path(path, root, fallback)
+
+
+def _relative_path(path: Path, root: Path, fallback: str) -> str:
     try:
-        return Path(path).relative_to(root).as_posix() if root else fallback
+        return Path(path).relative_to(root).as_posix()
     except ValueError:
         return fallback
 

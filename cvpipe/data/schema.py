@@ -4,8 +4,11 @@ On disk (one directory, the `dataset` entity):
     images.parquet       image_id, file_name, width, height, digest, blob, source, split, extra
     annotations.parquet  ann_id, image_id, category_id, x, y, w, h, area, iscrowd, extra
     categories.parquet   category_id, name, supercategory, label
-    coco.json            the same data as COCO instances JSON (one file per split after data_prep:
-                         coco_train.json, coco_val.json, coco_test.json)
+
+The COCO instances JSON of a version is not stored: `cvpipe coco RUN [--split S]` (or `to_coco`/`write_coco`)
+writes it from the tables on demand. Rewriting it with every version cost more than the rest of writing a
+version (100,000 images, 650,000 boxes: a Python dict per box, then `json.dumps`), for a file nothing in the
+pipeline reads.
 
 Pixel files live in the separate content-addressed `images` entity, named by `blob`
 ("<sha256>.<ext>"); `source` is the image's path inside the raw data, `file_name` its name in the source's
@@ -86,19 +89,20 @@ class DetectionDataset:
         )
 
     # ---- storage -------------------------------------------------------------------------
-    def save(self, directory: str | Path, coco_json: bool = True) -> None:
+    def save(self, directory: str | Path) -> None:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.images.to_parquet(d / "images.parquet", index=False)
         self.annotations.to_parquet(d / "annotations.parquet", index=False)
         self.categories.to_parquet(d / "categories.parquet", index=False)
-        if coco_json:
-            splits = sorted(s for s in self.images["split"].unique() if s)
-            if splits:
-                for s in splits:
-                    (d / f"coco_{s}.json").write_text(json.dumps(self.to_coco(split=s)))
-            else:
-                (d / "coco.json").write_text(json.dumps(self.to_coco()))
+
+    def write_coco(self, path: str | Path, split: str | None = None) -> Path:
+        """Write the COCO instances JSON of the whole dataset or of one split to `path` (a file)."""
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}: one of {', '.join(SPLITS)}")
+        out = Path(path)
+        out.write_text(json.dumps(self.to_coco(split=split)))
+        return out
 
     @classmethod
     def load(cls, directory: str | Path) -> DetectionDataset:
@@ -192,12 +196,12 @@ class DetectionData(DetectionDataset):
            source: dict[str, Any] | None = None) -> DetectionData:
         return cls(ds.images, ds.annotations, ds.categories, list(findings), dict(source or {}))
 
-    def save(self, directory: str | Path, coco_json: bool = True) -> None:
+    def save(self, directory: str | Path) -> None:
         from cvpipe.data.load import write_source_info
         from cvpipe.data.validate import write_findings
 
         d = Path(directory)
-        super().save(d, coco_json)
+        super().save(d)
         write_findings(self.findings, d)
         if self.source:  # no local paths in it: they differ from run to run and say nothing about the data
             write_source_info(d, self.source)

@@ -36,7 +36,7 @@ def digest_data_source(params: DataLoadParams) -> SourceDigest:
 
 @step("data_load", params=DataLoadParams, source=digest_data_source,
       outputs=[Output("dataset", DetectionData,
-                      description="canonical tables + coco.json + findings.{json,parquet} + source.json"),
+                      description="canonical tables + findings.{json,parquet} + source.json"),
                Output("images", ImageFiles, content_addressed=True, description="image files named <sha256><ext>")])
 def data_load(params: DataLoadParams, ctx: StepContext) -> Produced:
     """Normalise raw detection data into the canonical dataset."""

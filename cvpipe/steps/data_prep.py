@@ -34,8 +34,8 @@ class DataPrepParams(StepParams):
 
 
 @step("data_prep", params=DataPrepParams, inputs={"dataset": "data_load.dataset", "images": "data_load.images"},
-      outputs=[Output("dataset", DetectionData, description="validated, converted and split dataset, "
-                                                             "coco_{split}.json"),
+      outputs=[Output("dataset", DetectionData, description="validated, converted and split dataset "
+                                                             "(COCO JSON on demand: cvpipe coco)"),
                Output("images", ImageFiles, content_addressed=True, description="the kept images"),
                Output("report", Folder, description="report.html, PNGs, findings.{json,parquet}")])
 def data_prep(params: DataPrepParams, ctx: StepContext, *, dataset: DetectionData, images: ImageFiles) -> Produced:

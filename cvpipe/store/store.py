@@ -20,6 +20,7 @@ against the index, so a tampered or torn run is an IntegrityError naming the fil
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -291,7 +292,7 @@ class ArtifactStore:
             for rel, digest in zip(names, cache.digests([os.path.join(local_dir, rel) for rel in names])):
                 local = local_dir / rel
                 files[rel] = digest
-                nbytes = local.stat().st_size
+                nbytes = os.stat(os.path.join(local_dir, rel)).st_size  # a str: a Path per file cost more
                 size += nbytes
                 if content_addressed:
                     objects[rel] = self._put_object(local, rel, digest, cache, nbytes, written)
@@ -442,6 +443,7 @@ class ArtifactStore:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.cache_dir, prefix=".tmp-"))
         folders: set[str] = set()
+        objects = self._join(self.env, "objects")
         try:
             for rel, digest in files.items():
                 dest = os.path.join(tmp, rel)  # str, one mkdir per folder: 10^5 files
@@ -449,7 +451,8 @@ class ArtifactStore:
                     os.makedirs(folder, exist_ok=True)
                     folders.add(folder)
                 if content_addressed:
-                    src = self.object_path(digest, _suffix(rel))
+                    # object_path without its checks per file: entity_files checked every digest and name
+                    src = f"{objects}/{digest[:2]}/{digest}{_suffix(rel)}"
                     if self.is_local:
                         os.symlink(src, dest)
                         continue
@@ -575,9 +578,16 @@ def _load_syncfs() -> Callable[[int], int] | None:
 _syncfs = _load_syncfs()
 
 
-def _suffix(rel: str) -> str:
-    suffix = PurePosixPath(rel).suffix.lower()
+@functools.lru_cache(maxsize=256)
+def _suffix_of(suffix: str) -> str:
     return suffix if _is_name(suffix[1:]) else ""
+
+
+def _suffix(rel: str) -> str:
+    """An object's suffix: the file's lower-case extension when it is a valid name (checked once per extension)."""
+    name = rel.rsplit("/", 1)[-1]
+    dot = name.rfind(".")
+    return _suffix_of(name[dot:].lower()) if 0 < dot < len(name) - 1 else ""
 
 
 def _is_name(name: str) -> bool:

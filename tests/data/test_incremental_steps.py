@@ -162,3 +162,25 @@ def test_diff_needs_two_versions(version, tmp_path):
     config.write_text(f"store: {tmp_path / 'store'}\nenv: test\npipeline: data\n")
     result = CliRunner().invoke(app, ["diff", "-c", str(config), "--step", "data_prep"])
     assert result.exit_code == 1 and "1 other complete run" in result.output
+
+
+def test_coco_json_is_written_on_demand_from_a_version(version, tmp_path):
+    load1, prep1 = version()
+    for rec in (load1, prep1):  # no version stores a COCO JSON: it is written from the tables when asked
+        assert not [f for f in version.store.entity_files(rec, "dataset") if f.endswith(".json") and "coco" in f]
+    config = tmp_path / "cfg.yaml"
+    config.write_text(f"store: {tmp_path / 'store'}\nenv: test\npipeline: data\n")
+    ds = _dataset(version.store, prep1)
+    for split in ("train", "val", "test"):
+        out = tmp_path / f"{split}.json"
+        result = CliRunner().invoke(app, ["coco", "-c", str(config), "--split", split, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        coco = json.loads(out.read_text())
+        want = ds.images[ds.images["split"] == split]
+        assert sorted(im["file_name"] for im in coco["images"]) == sorted(want["blob"])
+        assert len(coco["annotations"]) == ds.annotations["image_id"].isin(want["image_id"]).sum()
+    whole = tmp_path / "all.json"
+    assert CliRunner().invoke(app, ["coco", load1.run_id, "-c", str(config), "-o", str(whole)]).exit_code == 0
+    assert len(json.loads(whole.read_text())["images"]) == len(_dataset(version.store, load1).images)
+    bad = CliRunner().invoke(app, ["coco", "-c", str(config), "--split", "holdout", "-o", str(tmp_path / "x.json")])
+    assert bad.exit_code == 1 and "unknown split" in bad.output and not (tmp_path / "x.json").exists()
