@@ -22,6 +22,7 @@ back.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,8 +30,11 @@ from typing import TYPE_CHECKING, Any
 from cvpipe.pipeline.entity import link_tree
 
 if TYPE_CHECKING:  # step modules import this one: `cvpipe --help` and a reused run import neither pandas nor cv2
+    from collections.abc import Callable
+
     import pandas as pd
 
+    from cvpipe.store.store import StoredFiles
     from cvpipe.vision.classmap import ClassMap
 
 IMAGE_COLUMNS = {
@@ -207,30 +211,65 @@ class DetectionData(DetectionDataset):
             write_source_info(d, self.source)
 
 
-@dataclass(frozen=True)
 class ImageFiles:
     """The content-addressed `images` entity: image files named by content (`blob` = <sha256><ext>).
 
-    `names` limits it to some of the files of `directory` (data_prep keeps the images it kept)."""
+    Either a folder (`directory`; `names` limits it to some of its files) or, handed out by the runner from a
+    local store, the stored objects read through (`stored`), with no folder of links built for a version of
+    100,000 images: `path(blob)` finds a file either way, and `directory` builds the folder only when a step
+    asks for it (`folder`). `subset` keeps what it is: data_prep keeps most of data_load's images, and a
+    subset of stored files is committed as an index, with no file linked again."""
 
-    directory: Path
-    names: tuple[str, ...] | None = None
+    def __init__(self, directory: str | Path | None = None, names: tuple[str, ...] | None = None, *,
+                 stored: StoredFiles | None = None, folder: Callable[[], Path] | None = None):
+        if directory is None and folder is None:
+            raise ValueError("ImageFiles needs a directory or a way to build one")
+        self._directory = Path(directory) if directory is not None else None
+        self.names = names
+        self.stored = stored
+        self._folder = folder
 
     @classmethod
     def load(cls, directory: str | Path) -> ImageFiles:
         return cls(Path(directory))
 
+    @classmethod
+    def from_store(cls, stored: StoredFiles, folder: Callable[[], Path]) -> ImageFiles:
+        """The runner's read-through input (see the class doc)."""
+        return cls(stored=stored, folder=folder)
+
+    @property
+    def directory(self) -> Path:
+        """A folder holding every file (for steps that want one: training, evaluation); built on first use."""
+        if self._directory is None:
+            assert self._folder is not None  # __init__ requires one of them
+            self._directory = self._folder()
+        return self._directory
+
     def save(self, directory: str | Path) -> None:
-        link_tree(self.directory, Path(directory), self.names)
+        if self.stored is None:
+            link_tree(self.directory, Path(directory), self.names)
+            return
+        dest = Path(directory)
+        dest.mkdir(parents=True, exist_ok=True)
+        for name, path in self.stored.paths.items():  # what a runner without a store (tests, benchmarks) keeps
+            os.link(path, dest / name)
 
     def path(self, blob: str) -> Path:
         """The file of one image (a plain name inside the entity)."""
         if not blob or Path(blob).name != blob:
             raise ValueError(f"not an image file name: {blob!r}")
+        if self.stored is not None:
+            if blob not in self.stored.paths:
+                raise ValueError(f"{blob} is not in this images entity")
+            return Path(self.stored.paths[blob])
         return self.directory / blob
 
     def subset(self, blobs: set[str] | list[str]) -> ImageFiles:
-        return ImageFiles(self.directory, tuple(sorted(set(blobs))))
+        names = tuple(sorted(set(blobs)))
+        if self.stored is not None:
+            return ImageFiles(self._directory, names, stored=self.stored.subset(names), folder=self._folder)
+        return ImageFiles(self.directory, names)
 
 
 @dataclass(frozen=True)

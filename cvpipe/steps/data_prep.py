@@ -45,7 +45,7 @@ def data_prep(params: DataPrepParams, ctx: StepContext, *, dataset: DetectionDat
     from cvpipe.data.validate import summarize_findings, validate, write_findings
 
     candidates = set(dataset.images.sort_values("digest")["image_id"].head(params.report_samples * 2).astype(int))
-    result = validate(dataset, images.directory, params.validation, candidates, params.executor, params.workers,
+    result = validate(dataset, images.path, params.validation, candidates, params.executor, params.workers,
                       source_format=dataset.source.get("format", ""))
     converted, conv_findings = _convert_and_split(result.dataset, params)
     findings = [{"step": "data_load", **f} for f in dataset.findings] + \
@@ -59,7 +59,7 @@ def data_prep(params: DataPrepParams, ctx: StepContext, *, dataset: DetectionDat
                "findings": {f"{r['rule']}:{r['action']}": r["count"] for r in summarize_findings(findings)}}
     # duplicates kept by policy share one file
     return Produced(summary, dataset=DetectionData.of(converted, findings),
-                    images=images.subset(set(converted.images["blob"])), report=Folder(report))
+                    images=images.subset(set(converted.images["blob"]) - {""}), report=Folder(report))
 
 
 def _convert_and_split(ds: DetectionDataset, params: DataPrepParams) -> tuple[DetectionDataset, list[dict]]:

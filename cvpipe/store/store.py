@@ -132,6 +132,25 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+@dataclass(frozen=True)
+class StoredFiles:
+    """Files of a content-addressed entity that are already objects of a local store, read through rather than
+    assembled into a folder: {relative path: object file}, with each one's digest and size (as checked when
+    they were read). A step that passes such files on (data_prep keeps most of data_load's images) has them
+    committed as an index, with no file linked, listed or hashed again."""
+
+    paths: dict[str, str]
+    digests: dict[str, str]
+    sizes: dict[str, int]
+
+    def subset(self, names: Iterable[str]) -> StoredFiles:
+        keep = list(names)
+        if unknown := [n for n in keep if n not in self.paths]:
+            raise ValueError(f"{unknown[0]} is not one of these files ({len(unknown)} unknown)")
+        return StoredFiles({n: self.paths[n] for n in keep}, {n: self.digests[n] for n in keep},
+                           {n: self.sizes[n] for n in keep})
+
+
 class ArtifactStore:
     """All reads and writes of pipeline artifacts go through here (same code for every fsspec backend)."""
 
@@ -309,6 +328,23 @@ class ArtifactStore:
             "content_addressed": content_addressed,
         }
 
+    def commit_stored(self, step: str, run_id: str, entity: str, stored: StoredFiles) -> dict[str, Any]:
+        """Record a content-addressed entity whose files are all objects of this (local) store already, as
+        `object_view` handed them out: its index only. Each path must be the object its digest names."""
+        if not self.is_local:
+            raise ValueError(f"{entity}: stored files are objects of a local store; this one is {self.url}")
+        root = self._join(self.env, "objects")
+        uri_root, objects = self.uri(root), {}
+        for rel, digest in stored.digests.items():
+            safe_relpath(rel, "output file name")
+            tail = f"{validate_digest(digest)[:2]}/{digest}{_suffix(rel)}"
+            if stored.paths.get(rel) != f"{root}/{tail}":
+                raise ValueError(f"{entity}/{rel}: {stored.paths.get(rel)!r} is not the stored object of {digest}")
+            objects[rel] = f"{uri_root}/{tail}"  # as uri(object_path) writes it, without a Path per file
+        self.write_json(self.index_path(step, run_id, entity), {"files": dict(stored.digests), "objects": objects})
+        return {"uri": self.uri(self.entity_path(step, run_id, entity)), "digest": tree_digest(stored.digests),
+                "files": len(stored.digests), "bytes": sum(stored.sizes.values()), "content_addressed": True}
+
     def _put_object(self, local: Path, rel: str, digest: str, cache: DigestCache, nbytes: int,
                     written: list[str]) -> str:
         """Store one file in the object area under its digest (once: an object already there is shared by
@@ -430,6 +466,32 @@ class ArtifactStore:
         if verify:
             verify_directory(local, files, where)
         return local
+
+    def object_view(self, rec: RunRecord, entity: str) -> StoredFiles | None:
+        """A content-addressed entity of a local store read through its objects, checked like `materialize`
+        checks a folder (the index against the manifest, each object against its digest through the digest
+        cache; --rehash reads them all), with no folder of links built. None for other entities and stores."""
+        if not self.is_local or not rec.output(entity).get("content_addressed"):
+            return None
+        files = self.entity_files(rec, entity)
+        objects = self._join(self.env, "objects")
+        paths = {rel: f"{objects}/{d[:2]}/{d}{_suffix(rel)}" for rel, d in files.items()}  # names checked above
+        where = f"{entity} of {rec.step} run {rec.run_id}"
+        names = list(paths)
+        try:
+            stats = [os.stat(paths[rel]) for rel in names]
+        except FileNotFoundError as e:
+            raise IntegrityError(f"{where}: an object is missing from the store ({e.filename})") from None
+        with DigestCache() as cache:
+            known = cache.known_many(stats)
+            misses = [i for i, d in enumerate(known) if d is None]  # changed or never recorded: read them
+            hashed = dict(zip(misses, cache.digests([paths[names[i]] for i in misses])))
+        for i, rel in enumerate(names):
+            digest = known[i] or hashed[i]
+            if digest != files[rel]:
+                raise IntegrityError(f"{where}: {rel} was changed after the run was committed (sha256 "
+                                     f"{digest[:12]}... != {files[rel][:12]}... recorded); refusing to use it")
+        return StoredFiles(paths, dict(files), {rel: st.st_size for rel, st in zip(names, stats)})
 
     def _discard(self, cached: Path) -> None:
         aside = Path(tempfile.mkdtemp(dir=self.cache_dir, prefix=".tmp-stale-"))

@@ -184,3 +184,49 @@ def test_coco_json_is_written_on_demand_from_a_version(version, tmp_path):
     assert len(json.loads(whole.read_text())["images"]) == len(_dataset(version.store, load1).images)
     bad = CliRunner().invoke(app, ["coco", "-c", str(config), "--split", "holdout", "-o", str(tmp_path / "x.json")])
     assert bad.exit_code == 1 and "unknown split" in bad.output and not (tmp_path / "x.json").exists()
+
+
+def test_data_prep_reads_the_images_through_the_store_and_commits_an_index(version):
+    """No folder of links is built for data_load's images, and data_prep's images are recorded as the same
+    objects, with the digest a folder of those files would have had; the version reads back and verifies."""
+    from cvpipe.store.hashing import tree_digest
+
+    load1, prep1 = version()
+    assert not (version.store.cache_dir / load1.output("images")["digest"]).exists()
+    kept = _dataset(version.store, prep1).images
+    files = dict(zip(kept["blob"], kept["digest"]))
+    record = prep1.output("images")
+    assert record["digest"] == tree_digest(files) and record["files"] == len(files) and record["bytes"] > 0
+    assert _objects(version.store, prep1) == _objects(version.store, load1)  # the very same objects
+    folder = version.store.materialize(prep1, "images")  # a later step (training) still gets a folder
+    assert sorted(p.name for p in folder.iterdir()) == sorted(files)
+    assert version.store.verify_run(prep1) == []
+
+
+def test_a_stored_object_changed_after_commit_is_refused_when_read_through(version):
+    from cvpipe.store import IntegrityError
+
+    load1, _ = version()
+    obj = Path(next(iter(_objects(version.store, load1).values())).removeprefix("file://"))
+    obj.chmod(0o644)
+    with open(obj, "r+b") as f:  # same size, other bytes, a new mtime
+        f.seek(-10, 2)
+        f.write(b"\1" * 10)
+    with pytest.raises(IntegrityError, match="changed after the run was committed"):
+        version.store.object_view(load1, "images")
+    obj.unlink()
+    with pytest.raises(IntegrityError, match="missing"):
+        version.store.object_view(load1, "images")
+
+
+def test_an_index_commit_names_only_stored_objects(version):
+    from cvpipe.store.store import StoredFiles
+
+    load1, _ = version()
+    view = version.store.object_view(load1, "images")
+    blob, path = next(iter(view.paths.items()))
+    forged = StoredFiles({**view.paths, blob: str(Path(path).with_name("elsewhere.jpg"))}, view.digests, view.sizes)
+    with pytest.raises(ValueError, match="is not the stored object"):
+        version.store.commit_stored("data_prep", load1.run_id, "images", forged)
+    with pytest.raises(ValueError, match="not one of these files"):
+        view.subset([blob, "f" * 64 + ".jpg"])
