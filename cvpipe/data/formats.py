@@ -177,8 +177,10 @@ def read_coco(root: Path, annotations: str | None = None, images_dir: str | None
         extra = {k: v for k, v in im.items() if k not in ("id", "file_name", "width", "height")}
         raw.images.append({"image_id": int(im["id"]), "file_name": im["file_name"], "path": path,
                            "width": int(im.get("width") or 0), "height": int(im.get("height") or 0), "extra": extra})
-    for a in coco["annotations"]:
-        ann = _coco_annotation(a)
+    parsed = coco.pop("annotations")
+    for i in range(len(parsed)):  # each parsed dict freed as it is converted: one copy of the boxes at a time
+        ann = _coco_annotation(parsed[i])
+        parsed[i] = None
         if ann["image_id"] in unsafe_ids:
             raw.findings.append({"rule": "unsafe_path", "action": "dropped", "image_id": ann["image_id"],
                                  "ann_id": ann["ann_id"], "detail": "annotation of an image with an unsafe file name"})

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,7 +144,8 @@ def _no_images_message(raw: RawDataset) -> str:
 
 def normalise(raw: RawDataset, images_out: Path, executor: ExecutorKind = "process",
               workers: int | None = None) -> tuple[DetectionDataset, list[dict]]:
-    """Hash and store every image, fill sizes, and build the canonical dataset; problems become findings."""
+    """Hash and store every image, fill sizes, and build the canonical dataset; problems become findings.
+    `raw.annotations` is emptied as it is read (one copy of the boxes in memory at a time)."""
     findings = list(raw.findings)
     if not raw.images:
         raise ValueError(_no_images_message(raw))
@@ -168,7 +170,7 @@ def normalise(raw: RawDataset, images_out: Path, executor: ExecutorKind = "proce
                        "extra": json.dumps(im["extra"], sort_keys=True) if im.get("extra") else "{}"})
     known = {im["image_id"] for im in images}
     anns = []
-    for a in raw.annotations:
+    for a in _consume(raw.annotations):
         if a["image_id"] not in known:
             findings.append({"rule": "annotation_without_image", "action": "dropped", "image_id": a["image_id"],
                              "ann_id": a["ann_id"], "detail": f"annotation {a['ann_id']} names image {a['image_id']}, "
@@ -176,6 +178,14 @@ def normalise(raw: RawDataset, images_out: Path, executor: ExecutorKind = "proce
             continue
         anns.append({**a, "extra": json.dumps(a["extra"], sort_keys=True) if a.get("extra") else "{}"})
     return DetectionDataset.build(images, anns, raw.categories), findings
+
+
+def _consume(rows: list[dict]) -> Iterator[dict]:
+    """Each row of `rows`, the list emptied as it goes: the raw boxes and the canonical ones are never all in
+    memory together (at 650,000 boxes each copy is hundreds of MB)."""
+    rows.reverse()
+    while rows:
+        yield rows.pop()
 
 
 SOURCE_INFO = "source.json"

@@ -173,11 +173,14 @@ class DigestCache:
     def digest(self, path: str | Path) -> str:
         return self.digests([Path(path)])[0]
 
-    def digests(self, paths: Iterable[str | Path], threads: int = 2) -> list[str]:
+    def digests(self, paths: Iterable[str | Path], threads: int = 2,
+                stats: list[os.stat_result] | None = None) -> list[str]:
         """The sha256 of each file, in order: recorded ones without a read, the rest hashed (in threads:
-        hashlib releases the GIL) and recorded. OSError (a missing file) as the file system raises it."""
+        hashlib releases the GIL) and recorded. OSError (a missing file) as the file system raises it.
+        `stats`: the files' stats, when the caller has just taken them (they are what a recorded digest is
+        trusted by; a hashed file is stat'ed again around its read)."""
         paths = list(paths)
-        out: list[str | None] = self.known_many([os.stat(p) for p in paths])
+        out: list[str | None] = self.known_many(stats if stats is not None else [os.stat(p) for p in paths])
         misses = [i for i, d in enumerate(out) if d is None]
         if len(misses) > 1 and threads > 1:
             with ThreadPoolExecutor(threads) as pool:

@@ -194,6 +194,17 @@ class ArtifactStore:
             raise ValueError(f"invalid object suffix {suffix!r}")
         return self._join(self.env, "objects", digest[:2], digest + suffix)
 
+    def _object_path_of(self, digest: str, rel: str) -> str:
+        """object_path for a digest this store computed (a sha256 hexdigest) and a file's name: the same path
+        without a Path and a name check per file (10^5 files)."""
+        if not DIGEST_RE.fullmatch(digest):
+            raise ValueError(f"invalid digest {digest[:80]!r}")
+        return f"{self._objects_root}/{digest[:2]}/{digest}{_suffix(rel)}"
+
+    @functools.cached_property
+    def _objects_root(self) -> str:
+        return self._join(self.env, "objects")
+
     # ---- low-level writes (atomic per file, no debris on failure) ---------------------------------
     def _atomic_local(self, path: str, write: Callable[[IO[bytes]], object], durable: bool = True) -> None:
         """Write through a temp file beside `path`, then rename; on any error the temp file is removed.
@@ -308,15 +319,15 @@ class ArtifactStore:
         size = 0
         written: list[str] = []
         with DigestCache() as cache:
-            for rel, digest in zip(names, cache.digests([os.path.join(local_dir, rel) for rel in names])):
-                local = local_dir / rel
+            paths = [os.path.join(local_dir, rel) for rel in names]  # str: a Path per file cost more
+            stats = [os.stat(p) for p in paths]
+            for rel, path, st, digest in zip(names, paths, stats, cache.digests(paths, stats=stats)):
                 files[rel] = digest
-                nbytes = os.stat(os.path.join(local_dir, rel)).st_size  # a str: a Path per file cost more
-                size += nbytes
+                size += st.st_size
                 if content_addressed:
-                    objects[rel] = self._put_object(local, rel, digest, cache, nbytes, written)
+                    objects[rel] = self._put_object(Path(path), rel, digest, cache, st.st_size, written)
                 else:
-                    self._put_file(local, f"{base}/{rel}")
+                    self._put_file(Path(path), f"{base}/{rel}")
         _sync(written)  # the new objects on disk before any index (and so any manifest) names them
         index = {"files": files, "objects": {k: self.uri(v) for k, v in objects.items()}}
         self.write_json(self.index_path(step, run_id, entity), index)
@@ -333,7 +344,7 @@ class ArtifactStore:
         `object_view` handed them out: its index only. Each path must be the object its digest names."""
         if not self.is_local:
             raise ValueError(f"{entity}: stored files are objects of a local store; this one is {self.url}")
-        root = self._join(self.env, "objects")
+        root = self._objects_root
         uri_root, objects = self.uri(root), {}
         for rel, digest in stored.digests.items():
             safe_relpath(rel, "output file name")
@@ -351,11 +362,11 @@ class ArtifactStore:
         every entity naming it). A file named by a digest must hold that content. A local object is written
         without its own fsync and appended to `written`: the caller syncs them all at once (an fsync per
         image was most of the first version of 100,000 images on a busy disk)."""
-        stem = PurePosixPath(rel).name.split(".")[0]
+        stem = rel.rsplit("/", 1)[-1].split(".")[0]
         if DIGEST_RE.fullmatch(stem) and stem != digest:
             raise ChangedWhileReading(f"{rel}: its content (sha256 {digest[:12]}...) is not the content it was "
                                       f"named by: the source file changed while the step read it; run again")
-        obj = self.object_path(digest, _suffix(rel))
+        obj = self._object_path_of(digest, rel)
         if self.is_local and _stored_size(obj) == nbytes:  # a torn copy (a crash before its sync) is written again
             return obj
         if not self.is_local and self.fs.exists(obj):
@@ -474,8 +485,7 @@ class ArtifactStore:
         if not self.is_local or not rec.output(entity).get("content_addressed"):
             return None
         files = self.entity_files(rec, entity)
-        objects = self._join(self.env, "objects")
-        paths = {rel: f"{objects}/{d[:2]}/{d}{_suffix(rel)}" for rel, d in files.items()}  # names checked above
+        paths = {rel: f"{self._objects_root}/{d[:2]}/{d}{_suffix(rel)}" for rel, d in files.items()}  # checked above
         where = f"{entity} of {rec.step} run {rec.run_id}"
         names = list(paths)
         try:
@@ -505,7 +515,7 @@ class ArtifactStore:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.cache_dir, prefix=".tmp-"))
         folders: set[str] = set()
-        objects = self._join(self.env, "objects")
+        objects = self._objects_root
         try:
             for rel, digest in files.items():
                 dest = os.path.join(tmp, rel)  # str, one mkdir per folder: 10^5 files
