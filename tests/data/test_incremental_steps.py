@@ -17,7 +17,7 @@ from cvpipe.config import build_config
 from cvpipe.data import load as data_load_module
 from cvpipe.data import validate as validate_module
 from cvpipe.data.diff import diff_datasets
-from cvpipe.data.schema import DetectionData
+from cvpipe.data.schema import DetectionData, ImageFiles
 from cvpipe.pipeline.runner import Runner
 from cvpipe.store import ArtifactStore
 
@@ -198,8 +198,14 @@ def test_data_prep_reads_the_images_through_the_store_and_commits_an_index(versi
     record = prep1.output("images")
     assert record["digest"] == tree_digest(files) and record["files"] == len(files) and record["bytes"] > 0
     assert _objects(version.store, prep1) == _objects(version.store, load1)  # the very same objects
-    folder = version.store.materialize(prep1, "images")  # a later step (training) still gets a folder
-    assert sorted(p.name for p in folder.iterdir()) == sorted(files)
+    built = []
+    images = ImageFiles.from_store(version.store.object_view(prep1, "images"),
+                                   lambda: built.append(1) or version.store.materialize(prep1, "images"))
+    blob = next(iter(files))
+    assert images.path(blob).read_bytes() and not built  # read through: no folder yet
+    folder = images.directory  # a step that wants a folder (training) gets one, built on first use
+    assert built == [1] and sorted(p.name for p in folder.iterdir()) == sorted(files)
+    assert (folder / blob).read_bytes() == images.path(blob).read_bytes()
     assert version.store.verify_run(prep1) == []
 
 
