@@ -3,12 +3,14 @@ with image files stored once per content digest."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,6 +180,21 @@ def normalise(raw: RawDataset, images_out: Path, executor: ExecutorKind = "proce
             continue
         anns.append({**a, "extra": json.dumps(a["extra"], sort_keys=True) if a.get("extra") else "{}"})
     return DetectionDataset.build(images, anns, raw.categories), findings
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """The cyclic garbage collector off while a data step builds rows: it does not free them (they are not
+    cycles), yet each full collection walks every one of them, and 10^5 images with 650,000 boxes made it
+    a third of reading the COCO JSON (5.4 s of CPU against 3.4 s without). Cycles made meanwhile are collected
+    when it is back on."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _consume(rows: list[dict]) -> Iterator[dict]:

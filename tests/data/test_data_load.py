@@ -214,3 +214,22 @@ def test_to_coco_keeps_ids_extras_and_segmentations():
         {"id": 4, "image_id": 8, "category_id": 2, "bbox": [0.5, 0.0, 3.0, 4.0], "area": 12.0, "iscrowd": 0}]
     assert all(type(a["id"]) is int and type(a["bbox"][0]) is float for a in coco["annotations"])
     json_module.dumps(coco)
+
+
+def test_paused_gc_restores_the_collector_as_it_was():
+    import gc
+
+    from cvpipe.data.load import paused_gc
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), paused_gc():
+        assert not gc.isenabled()
+        raise RuntimeError("a failing step")
+    assert gc.isenabled()  # back on after an error
+    gc.disable()
+    try:
+        with paused_gc():
+            pass
+        assert not gc.isenabled()  # left off where the caller had turned it off
+    finally:
+        gc.enable()
