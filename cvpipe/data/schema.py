@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -253,7 +254,10 @@ class ImageFiles:
         dest = Path(directory)
         dest.mkdir(parents=True, exist_ok=True)
         for name, path in self.stored.paths.items():  # what a runner without a store (tests, benchmarks) keeps
-            os.link(path, dest / name)
+            try:
+                os.link(path, dest / name)
+            except OSError:  # another file system
+                shutil.copyfile(path, dest / name)
 
     def path(self, blob: str) -> Path:
         """The file of one image (a plain name inside the entity)."""

@@ -186,7 +186,7 @@ def test_coco_json_is_written_on_demand_from_a_version(version, tmp_path):
     assert bad.exit_code == 1 and "unknown split" in bad.output and not (tmp_path / "x.json").exists()
 
 
-def test_data_prep_reads_the_images_through_the_store_and_commits_an_index(version):
+def test_data_prep_reads_the_images_through_the_store_and_commits_an_index(version, tmp_path):
     """No folder of links is built for data_load's images, and data_prep's images are recorded as the same
     objects, with the digest a folder of those files would have had; the version reads back and verifies."""
     from cvpipe.store.hashing import tree_digest
@@ -207,6 +207,9 @@ def test_data_prep_reads_the_images_through_the_store_and_commits_an_index(versi
     assert built == [1] and sorted(p.name for p in folder.iterdir()) == sorted(files)
     assert (folder / blob).read_bytes() == images.path(blob).read_bytes()
     assert version.store.verify_run(prep1) == []
+    saved = tmp_path / "saved"  # saved without a store behind (a step called by hand): the kept files only
+    images.subset([blob]).save(saved)
+    assert [p.name for p in saved.iterdir()] == [blob] and (saved / blob).read_bytes() == images.path(blob).read_bytes()
 
 
 def test_a_stored_object_changed_after_commit_is_refused_when_read_through(version):
