@@ -90,7 +90,7 @@ def measure_phases(source: Path, executor: str, workers: int) -> tuple[float, fl
         t0 = time.perf_counter()
         ds, _ = normalise(raw, Path(tmp), executor, workers)
         t1 = time.perf_counter()
-        validate(ds, Path(tmp), ValidationPolicy(), set(), executor, workers)
+        validate(ds, Path(tmp).joinpath, ValidationPolicy(), set(), executor, workers)
         t2 = time.perf_counter()
     return len(ds.images) / (t1 - t0), len(ds.images) / (t2 - t1)
 

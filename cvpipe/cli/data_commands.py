@@ -1,4 +1,5 @@
-"""`cvpipe diff`: which images and labels changed between two data versions (runs of data_load or data_prep)."""
+"""Data versions from the command line: `cvpipe diff` (which images and labels changed between two runs of
+data_load or data_prep) and `cvpipe coco` (a version's COCO instances JSON, written from its tables on demand)."""
 
 from __future__ import annotations
 
@@ -89,5 +90,31 @@ def diff(
               + (f" ({total - limit} more rows: --limit or --json)" if total > limit else ""), highlight=False)
 
 
+def coco(
+    run: Optional[str] = typer.Argument(None, help="The data version (default: the newest run of --step)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Only this split (train, val or test)."),
+    output: Path = typer.Option(Path("coco.json"), "-o", "--output", help="The JSON file to write."),
+    step: str = typer.Option("data_prep", "--step", help="Whose newest run to export when no run is named."),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[list[str]] = SetOpt,
+    allow_plugin: Optional[list[str]] = AllowPluginOpt,
+    store: Optional[str] = StoreOpt,
+) -> None:
+    """Write a data version's COCO instances JSON (file_name: the blob name in its images entity)."""
+    st = open_store(pick_config(None, config), overrides, allow_plugin, store)
+    try:
+        rec = st.get_run(run) if run else st.latest_run(step)
+    except (KeyError, ValueError) as e:
+        fail(str(e))
+    if rec is None:
+        fail(f"{step} has no complete run: make a data version first (cvpipe run)")
+    try:
+        written = _dataset(st, rec).write_coco(output, split)
+    except ValueError as e:
+        fail(str(e))
+    out.print(f"wrote {written} (run {rec.run_id}{f', split {split}' if split else ''})", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     app.command(help=diff.__doc__)(diff)
+    app.command(help=coco.__doc__)(coco)

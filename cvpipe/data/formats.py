@@ -127,9 +127,9 @@ def _locate_images(root: Path, json_path: Path, names: list[str], images_dir: st
     located: dict[str, Path | str] = {}
     safe: list[str] = []
     inside = InsideCheck(root)
-    for n in names:
+    for n in names:  # the name alone here; where it leads (symlinks) is checked once, below, for its final path
         try:
-            data_path(root, n, inside=inside)
+            safe_relpath(str(n).replace("\\", "/"), "file name")
             safe.append(n)
         except ValueError as e:
             located[n] = str(e)
@@ -177,8 +177,10 @@ def read_coco(root: Path, annotations: str | None = None, images_dir: str | None
         extra = {k: v for k, v in im.items() if k not in ("id", "file_name", "width", "height")}
         raw.images.append({"image_id": int(im["id"]), "file_name": im["file_name"], "path": path,
                            "width": int(im.get("width") or 0), "height": int(im.get("height") or 0), "extra": extra})
-    for a in coco["annotations"]:
-        ann = _coco_annotation(a)
+    parsed = coco.pop("annotations")
+    for i in range(len(parsed)):  # each parsed dict freed as it is converted: one copy of the boxes at a time
+        ann = _coco_annotation(parsed[i])
+        parsed[i] = None
         if ann["image_id"] in unsafe_ids:
             raw.findings.append({"rule": "unsafe_path", "action": "dropped", "image_id": ann["image_id"],
                                  "ann_id": ann["ann_id"], "detail": "annotation of an image with an unsafe file name"})

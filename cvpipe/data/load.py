@@ -3,11 +3,14 @@ with image files stored once per content digest."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,11 +99,12 @@ def inspect_images(paths: list[Path], executor: ExecutorKind = "process", worker
 def store_images(paths: list[Path], infos: list[FileInfo], out_dir: Path) -> None:
     """Put each digested image in out_dir as <sha256><ext>, as a hard link (no bytes copied; the store copies
     what it does not hold yet, and shares what it does)."""
+    done: set[str] = set()
     for path, info in zip(paths, infos):
-        if info.digest:
-            dest = out_dir / f"{info.digest}{path.suffix.lower()}"
-            if not dest.exists():
-                copy_or_link(path, dest)
+        name = f"{info.digest}{path.suffix.lower()}"
+        if info.digest and name not in done:  # a set, not a stat per image: duplicates share one file
+            copy_or_link(path, out_dir / name)
+            done.add(name)
 
 
 def read_raw(root: Path, fmt: str = "auto", annotations: str | None = None, images_dir: str | None = None,
@@ -118,8 +122,15 @@ def read_raw(root: Path, fmt: str = "auto", annotations: str | None = None, imag
 
 def _relative_source(path: Path, root: Path | None, fallback: str) -> str:
     """The image's path inside the raw data (what `source` records)."""
+    if not root:
+        return fallback
+    text, prefix = os.fspath(path), os.fspath(root).rstrip("/") + "/"  # strings: a Path per image cost 3 % of a version
+    return text[len(prefix):] if text.startswith(prefix) and os.sep == "/" else _relative_path(path, root, fallback)
+
+
+def _relative_path(path: Path, root: Path, fallback: str) -> str:
     try:
-        return Path(path).relative_to(root).as_posix() if root else fallback
+        return Path(path).relative_to(root).as_posix()
     except ValueError:
         return fallback
 
@@ -135,7 +146,8 @@ def _no_images_message(raw: RawDataset) -> str:
 
 def normalise(raw: RawDataset, images_out: Path, executor: ExecutorKind = "process",
               workers: int | None = None) -> tuple[DetectionDataset, list[dict]]:
-    """Hash and store every image, fill sizes, and build the canonical dataset; problems become findings."""
+    """Hash and store every image, fill sizes, and build the canonical dataset; problems become findings.
+    `raw.annotations` is emptied as it is read (one copy of the boxes in memory at a time)."""
     findings = list(raw.findings)
     if not raw.images:
         raise ValueError(_no_images_message(raw))
@@ -160,7 +172,7 @@ def normalise(raw: RawDataset, images_out: Path, executor: ExecutorKind = "proce
                        "extra": json.dumps(im["extra"], sort_keys=True) if im.get("extra") else "{}"})
     known = {im["image_id"] for im in images}
     anns = []
-    for a in raw.annotations:
+    for a in _consume(raw.annotations):
         if a["image_id"] not in known:
             findings.append({"rule": "annotation_without_image", "action": "dropped", "image_id": a["image_id"],
                              "ann_id": a["ann_id"], "detail": f"annotation {a['ann_id']} names image {a['image_id']}, "
@@ -168,6 +180,29 @@ def normalise(raw: RawDataset, images_out: Path, executor: ExecutorKind = "proce
             continue
         anns.append({**a, "extra": json.dumps(a["extra"], sort_keys=True) if a.get("extra") else "{}"})
     return DetectionDataset.build(images, anns, raw.categories), findings
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """The cyclic garbage collector off while a data step builds rows: it does not free them (they are not
+    cycles), yet each full collection walks every one of them, and 10^5 images with 650,000 boxes made it
+    a third of reading the COCO JSON (5.4 s of CPU against 3.4 s without). Cycles made meanwhile are collected
+    when it is back on."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _consume(rows: list[dict]) -> Iterator[dict]:
+    """Each row of `rows`, the list emptied as it goes: the raw boxes and the canonical ones are never all in
+    memory together (at 650,000 boxes each copy is hundreds of MB)."""
+    rows.reverse()
+    while rows:
+        yield rows.pop()
 
 
 SOURCE_INFO = "source.json"

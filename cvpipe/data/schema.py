@@ -4,8 +4,11 @@ On disk (one directory, the `dataset` entity):
     images.parquet       image_id, file_name, width, height, digest, blob, source, split, extra
     annotations.parquet  ann_id, image_id, category_id, x, y, w, h, area, iscrowd, extra
     categories.parquet   category_id, name, supercategory, label
-    coco.json            the same data as COCO instances JSON (one file per split after data_prep:
-                         coco_train.json, coco_val.json, coco_test.json)
+
+The COCO instances JSON of a version is not stored: `cvpipe coco RUN [--split S]` (or `to_coco`/`write_coco`)
+writes it from the tables on demand. Rewriting it with every version cost more than the rest of writing a
+version (100,000 images, 650,000 boxes: a Python dict per box, then `json.dumps`), for a file nothing in the
+pipeline reads.
 
 Pixel files live in the separate content-addressed `images` entity, named by `blob`
 ("<sha256>.<ext>"); `source` is the image's path inside the raw data, `file_name` its name in the source's
@@ -19,6 +22,8 @@ back.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,8 +31,11 @@ from typing import TYPE_CHECKING, Any
 from cvpipe.pipeline.entity import link_tree
 
 if TYPE_CHECKING:  # step modules import this one: `cvpipe --help` and a reused run import neither pandas nor cv2
+    from collections.abc import Callable
+
     import pandas as pd
 
+    from cvpipe.store.store import StoredFiles
     from cvpipe.vision.classmap import ClassMap
 
 IMAGE_COLUMNS = {
@@ -86,19 +94,20 @@ class DetectionDataset:
         )
 
     # ---- storage -------------------------------------------------------------------------
-    def save(self, directory: str | Path, coco_json: bool = True) -> None:
+    def save(self, directory: str | Path) -> None:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.images.to_parquet(d / "images.parquet", index=False)
         self.annotations.to_parquet(d / "annotations.parquet", index=False)
         self.categories.to_parquet(d / "categories.parquet", index=False)
-        if coco_json:
-            splits = sorted(s for s in self.images["split"].unique() if s)
-            if splits:
-                for s in splits:
-                    (d / f"coco_{s}.json").write_text(json.dumps(self.to_coco(split=s)))
-            else:
-                (d / "coco.json").write_text(json.dumps(self.to_coco()))
+
+    def write_coco(self, path: str | Path, split: str | None = None) -> Path:
+        """Write the COCO instances JSON of the whole dataset or of one split to `path` (a file)."""
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}: one of {', '.join(SPLITS)}")
+        out = Path(path)
+        out.write_text(json.dumps(self.to_coco(split=split)))
+        return out
 
     @classmethod
     def load(cls, directory: str | Path) -> DetectionDataset:
@@ -192,41 +201,79 @@ class DetectionData(DetectionDataset):
            source: dict[str, Any] | None = None) -> DetectionData:
         return cls(ds.images, ds.annotations, ds.categories, list(findings), dict(source or {}))
 
-    def save(self, directory: str | Path, coco_json: bool = True) -> None:
+    def save(self, directory: str | Path) -> None:
         from cvpipe.data.load import write_source_info
         from cvpipe.data.validate import write_findings
 
         d = Path(directory)
-        super().save(d, coco_json)
+        super().save(d)
         write_findings(self.findings, d)
         if self.source:  # no local paths in it: they differ from run to run and say nothing about the data
             write_source_info(d, self.source)
 
 
-@dataclass(frozen=True)
 class ImageFiles:
     """The content-addressed `images` entity: image files named by content (`blob` = <sha256><ext>).
 
-    `names` limits it to some of the files of `directory` (data_prep keeps the images it kept)."""
+    Either a folder (`directory`; `names` limits it to some of its files) or, handed out by the runner from a
+    local store, the stored objects read through (`stored`), with no folder of links built for a version of
+    100,000 images: `path(blob)` finds a file either way, and `directory` builds the folder only when a step
+    asks for it (`folder`). `subset` keeps what it is: data_prep keeps most of data_load's images, and a
+    subset of stored files is committed as an index, with no file linked again."""
 
-    directory: Path
-    names: tuple[str, ...] | None = None
+    def __init__(self, directory: str | Path | None = None, names: tuple[str, ...] | None = None, *,
+                 stored: StoredFiles | None = None, folder: Callable[[], Path] | None = None):
+        if directory is None and folder is None:
+            raise ValueError("ImageFiles needs a directory or a way to build one")
+        self._directory = Path(directory) if directory is not None else None
+        self.names = names
+        self.stored = stored
+        self._folder = folder
 
     @classmethod
     def load(cls, directory: str | Path) -> ImageFiles:
         return cls(Path(directory))
 
+    @classmethod
+    def from_store(cls, stored: StoredFiles, folder: Callable[[], Path]) -> ImageFiles:
+        """The runner's read-through input (see the class doc)."""
+        return cls(stored=stored, folder=folder)
+
+    @property
+    def directory(self) -> Path:
+        """A folder holding every file (for steps that want one: training, evaluation); built on first use."""
+        if self._directory is None:
+            assert self._folder is not None  # __init__ requires one of them
+            self._directory = self._folder()
+        return self._directory
+
     def save(self, directory: str | Path) -> None:
-        link_tree(self.directory, Path(directory), self.names)
+        if self.stored is None:
+            link_tree(self.directory, Path(directory), self.names)
+            return
+        dest = Path(directory)
+        dest.mkdir(parents=True, exist_ok=True)
+        for name, path in self.stored.paths.items():  # what a runner without a store (tests, benchmarks) keeps
+            try:
+                os.link(path, dest / name)
+            except OSError:  # another file system
+                shutil.copyfile(path, dest / name)
 
     def path(self, blob: str) -> Path:
         """The file of one image (a plain name inside the entity)."""
         if not blob or Path(blob).name != blob:
             raise ValueError(f"not an image file name: {blob!r}")
+        if self.stored is not None:
+            if blob not in self.stored.paths:
+                raise ValueError(f"{blob} is not in this images entity")
+            return Path(self.stored.paths[blob])
         return self.directory / blob
 
     def subset(self, blobs: set[str] | list[str]) -> ImageFiles:
-        return ImageFiles(self.directory, tuple(sorted(set(blobs))))
+        names = tuple(sorted(set(blobs)))
+        if self.stored is not None:
+            return ImageFiles(self._directory, names, stored=self.stored.subset(names), folder=self._folder)
+        return ImageFiles(self.directory, names)
 
 
 @dataclass(frozen=True)

@@ -43,10 +43,12 @@ class ImageCheck:
     thumbnail: np.ndarray | None = None  # RGB, for the report's sample grid (decoded here, once)
 
 
-def check_image(job: tuple[Path, bool]) -> ImageCheck:
+def check_image(job: tuple[Path | None, bool]) -> ImageCheck:
     """Fully decode one image with the vision core's decoder (catches truncation; sizes as displayed, EXIF
-    orientation applied); optionally return a small RGB thumbnail."""
+    orientation applied); optionally return a small RGB thumbnail. No path: an image data_load found missing."""
     path, want_thumb = job
+    if path is None:
+        return ImageCheck(error="missing")
     try:
         pixels = decode_image(path.read_bytes())
     except FileNotFoundError:
@@ -195,18 +197,18 @@ class _Validation:
 DECODE_FACT = "image_decode/v1"  # bump when decode_image's verdict on the same bytes changes
 
 
-def decode_checks(ds: DetectionDataset, images_dir: Path, thumbnail_ids: AbstractSet[int],
+def decode_checks(ds: DetectionDataset, image_path: Callable[[str], Path], thumbnail_ids: AbstractSet[int],
                   executor: ExecutorKind = "process", workers: int | None = None) -> list[ImageCheck]:
     """check_image for every image row, in order, decoding only content never checked before (and the report's
-    thumbnail candidates): a verdict on an image's bytes is cached under their sha256."""
+    thumbnail candidates): a verdict on an image's bytes is cached under their sha256. `image_path`: the file
+    of a blob (`ImageFiles.path`)."""
     from cvpipe.store.digests import DigestCache
 
     rows = list(zip(ds.images["blob"], ds.images["image_id"], ds.images["digest"]))
     with DigestCache() as cache:
         known = cache.facts((d for b, _, d in rows if b and d), DECODE_FACT)
         todo = [k for k, (b, i, d) in enumerate(rows) if not b or d not in known or int(i) in thumbnail_ids]
-        jobs = [(images_dir / rows[k][0] if rows[k][0] else images_dir / f"__missing__{rows[k][1]}",
-                 int(rows[k][1]) in thumbnail_ids) for k in todo]
+        jobs = [(_locate(image_path, rows[k][0]), int(rows[k][1]) in thumbnail_ids) for k in todo]
         fresh = list(track(parallel_map(check_image, jobs, kind=executor, workers=workers, chunksize=8),
                            "data_prep: decoding new images", total=len(jobs)))
         cache.put_facts(DECODE_FACT, {rows[k][2]: {"width": c.width, "height": c.height, "error": c.error}
@@ -215,17 +217,25 @@ def decode_checks(ds: DetectionDataset, images_dir: Path, thumbnail_ids: Abstrac
     return [by_row[k] if k in by_row else ImageCheck(**known[d]) for k, (_, _, d) in enumerate(rows)]
 
 
+def _locate(image_path: Callable[[str], Path], blob: str) -> Path | None:
+    """The file of a blob, or None (checked as missing) for an image without one or not in the images entity."""
+    try:
+        return image_path(blob) if blob else None
+    except ValueError:
+        return None
+
+
 def _content_verdict(check: ImageCheck) -> bool:
     """Whether a check says something about the bytes (a size, or a decoder's refusal), not about the file
     system (missing, unreadable), and so may be cached under the content digest."""
     return check.error == "" or check.error.startswith(ImageDecodeError.__name__)
 
 
-def validate(ds: DetectionDataset, images_dir: Path, policy: ValidationPolicy,
+def validate(ds: DetectionDataset, image_path: Callable[[str], Path], policy: ValidationPolicy,
              thumbnail_ids: AbstractSet[int] = frozenset(), executor: ExecutorKind = "process",
              workers: int | None = None, source_format: str = "") -> ValidationResult:
     """Apply every rule in order (see the module doc); `source_format` is data_load's (decides inverted_box)."""
-    checks = decode_checks(ds, images_dir, thumbnail_ids, executor, workers)
+    checks = decode_checks(ds, image_path, thumbnail_ids, executor, workers)
     v = _Validation(ds, policy)
     v.decoded(checks)
     v.records()

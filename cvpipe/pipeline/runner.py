@@ -34,6 +34,7 @@ from cvpipe.store.store import (
     STATUS_RUNNING,
     ArtifactStore,
     RunRecord,
+    StoredFiles,
     new_run_id,
     no_space,
     utcnow,
@@ -299,16 +300,33 @@ class Runner:
               resolved: dict[str, Resolved]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Materialise (and verify) the inputs, call the step, commit its outputs: (outputs, summary)."""
         store = self.store
-        local_inputs = {kw: (store.materialize(r, spec.inputs[kw].entity) if r else None) for kw, r in inputs.items()}
+        local_inputs = {kw: self._input(spec, kw, r) for kw, r in inputs.items()}
         log.info("running %s (run %s)", spec.name, ctx.run_id)
-        summary = invoke(spec, params, ctx, local_inputs, {kw: r.load() for kw, r in resolved.items()})
+        stored: dict[str, StoredFiles] = {}
+        summary = invoke(spec, params, ctx, local_inputs, {kw: r.load() for kw, r in resolved.items()}, stored)
         fault_point(spec.name, "before_commit")
         outputs: dict[str, Any] = {}
         for name, out in spec.outputs.items():
-            outputs[name] = store.commit_entity(spec.name, ctx.run_id, name, ctx.outputs[name],
-                                                content_addressed=out.content_addressed)
+            if name in stored:  # files that are objects of this store already: their index is the commit
+                outputs[name] = store.commit_stored(spec.name, ctx.run_id, name, stored[name])
+            else:
+                outputs[name] = store.commit_entity(spec.name, ctx.run_id, name, ctx.outputs[name],
+                                                    content_addressed=out.content_addressed)
             fault_point(spec.name, "mid_commit")
         return outputs, summary
+
+    def _input(self, spec: StepSpec, kw: str, rec: RunRecord | None) -> Any:
+        """An input as the step gets it: a verified local folder, or, for an entity class that reads a local
+        store's objects through (`from_store`: ImageFiles), the checked objects and a way to build the folder
+        if the step asks for it (a folder of 100,000 links per version was most of materialising one)."""
+        if rec is None:
+            return None
+        entity = spec.inputs[kw].entity
+        from_store = getattr(spec.input_classes().get(kw), "from_store", None)
+        view = self.store.object_view(rec, entity) if from_store is not None else None
+        if from_store is None or view is None:
+            return self.store.materialize(rec, entity)
+        return from_store(view, lambda: self.store.materialize(rec, entity))
 
     def _record_failure(self, spec: StepSpec, manifest: dict[str, Any], e: BaseException, staging: Path) -> None:
         manifest.update(status=STATUS_FAILED,
@@ -354,12 +372,15 @@ class Runner:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def invoke(spec: StepSpec, params: Any, ctx: StepContext, local_inputs: dict[str, Path | None],
-           extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Load the input entities from their local directories, call the step, save the entities it returns into
-    ctx.outputs: the summary. The one place a step is called (the runner; tests call it too)."""
+def invoke(spec: StepSpec, params: Any, ctx: StepContext, local_inputs: dict[str, Any],
+           extra: dict[str, Any] | None = None, stored: dict[str, StoredFiles] | None = None) -> dict[str, Any]:
+    """Load the input entities from their local directories (or take those the runner built), call the step,
+    save the entities it returns into ctx.outputs: the summary. The one place a step is called (the runner;
+    tests call it too). With `stored`, a content-addressed output whose files are all objects of the store
+    already (`.stored`) is put there instead of saved: the runner commits its index."""
     classes = spec.input_classes()
-    loaded = {kw: load_entity(classes.get(kw), path) for kw, path in local_inputs.items()}
+    loaded = {kw: load_entity(classes.get(kw), path) if path is None or isinstance(path, Path) else path
+              for kw, path in local_inputs.items()}
     result = spec.func(params, ctx, **loaded, **(extra or {}))
     if isinstance(result, Produced):
         unknown = set(result.entities) - set(spec.outputs)
@@ -368,6 +389,10 @@ def invoke(spec: StepSpec, params: Any, ctx: StepContext, local_inputs: dict[str
             raise TypeError(f"step {spec.name} returned entities {sorted(result.entities)}; it declares "
                             f"{sorted(spec.outputs)}")
         for name, value in result.entities.items():
+            files = getattr(value, "stored", None) if spec.outputs[name].content_addressed else None
+            if stored is not None and files is not None and isinstance(value, spec.outputs[name].entity or object):
+                stored[name] = files
+                continue
             save_entity(value, ctx.output(name), spec.outputs[name].entity, f"{spec.name}.{name}")
         summary = result.summary
     else:

@@ -36,18 +36,19 @@ def digest_data_source(params: DataLoadParams) -> SourceDigest:
 
 @step("data_load", params=DataLoadParams, source=digest_data_source,
       outputs=[Output("dataset", DetectionData,
-                      description="canonical tables + coco.json + findings.{json,parquet} + source.json"),
+                      description="canonical tables + findings.{json,parquet} + source.json"),
                Output("images", ImageFiles, content_addressed=True, description="image files named <sha256><ext>")])
 def data_load(params: DataLoadParams, ctx: StepContext) -> Produced:
     """Normalise raw detection data into the canonical dataset."""
-    from cvpipe.data.load import normalise, read_raw, sweep_unreferenced
+    from cvpipe.data.load import normalise, paused_gc, read_raw, sweep_unreferenced
     from cvpipe.data.sources import fetch_source
 
     source = ctx.source or digest_data_source(params)
     root = fetch_source(params.source, ctx.scratch / "source", params.archive_limits, source)
-    raw = read_raw(root, params.format, params.annotations, params.images_dir, params.classes)
     images = ctx.workdir("images")
-    ds, findings = normalise(raw, images, params.executor, params.workers)
+    with paused_gc():
+        raw = read_raw(root, params.format, params.annotations, params.images_dir, params.classes)
+        ds, findings = normalise(raw, images, params.executor, params.workers)
     findings = [{**f, "step": "data_load"} for f in findings]
     sweep_unreferenced(images, ds)
     # no local paths in the source info: they differ from run to run (scratch) and say nothing about the data

@@ -34,20 +34,22 @@ class DataPrepParams(StepParams):
 
 
 @step("data_prep", params=DataPrepParams, inputs={"dataset": "data_load.dataset", "images": "data_load.images"},
-      outputs=[Output("dataset", DetectionData, description="validated, converted and split dataset, "
-                                                             "coco_{split}.json"),
+      outputs=[Output("dataset", DetectionData, description="validated, converted and split dataset "
+                                                             "(COCO JSON on demand: cvpipe coco)"),
                Output("images", ImageFiles, content_addressed=True, description="the kept images"),
                Output("report", Folder, description="report.html, PNGs, findings.{json,parquet}")])
 def data_prep(params: DataPrepParams, ctx: StepContext, *, dataset: DetectionData, images: ImageFiles) -> Produced:
     """Validate, convert, split and report the loaded dataset."""
+    from cvpipe.data.load import paused_gc
     from cvpipe.data.report import write_report
     from cvpipe.data.split import split_table
     from cvpipe.data.validate import summarize_findings, validate, write_findings
 
     candidates = set(dataset.images.sort_values("digest")["image_id"].head(params.report_samples * 2).astype(int))
-    result = validate(dataset, images.directory, params.validation, candidates, params.executor, params.workers,
-                      source_format=dataset.source.get("format", ""))
-    converted, conv_findings = _convert_and_split(result.dataset, params)
+    with paused_gc():
+        result = validate(dataset, images.path, params.validation, candidates, params.executor, params.workers,
+                          source_format=dataset.source.get("format", ""))
+        converted, conv_findings = _convert_and_split(result.dataset, params)
     findings = [{"step": "data_load", **f} for f in dataset.findings] + \
                [{**f, "step": "data_prep"} for f in result.findings + conv_findings]
     report = ctx.workdir("report")
@@ -59,7 +61,7 @@ def data_prep(params: DataPrepParams, ctx: StepContext, *, dataset: DetectionDat
                "findings": {f"{r['rule']}:{r['action']}": r["count"] for r in summarize_findings(findings)}}
     # duplicates kept by policy share one file
     return Produced(summary, dataset=DetectionData.of(converted, findings),
-                    images=images.subset(set(converted.images["blob"])), report=Folder(report))
+                    images=images.subset(set(converted.images["blob"]) - {""}), report=Folder(report))
 
 
 def _convert_and_split(ds: DetectionDataset, params: DataPrepParams) -> tuple[DetectionDataset, list[dict]]:

@@ -81,7 +81,7 @@ def launch_torchrun(params: ModelTrainParams, ctx: StepContext, dataset: Detecti
                     outputs: dict[str, Path]) -> dict:
     """Run cvpipe.training.distributed under torchrun on this machine, then move its outputs into ours."""
     dataset_dir = ctx.workdir("torchrun_dataset")  # the processes read the dataset from a folder
-    dataset.save(dataset_dir, coco_json=False)
+    dataset.save(dataset_dir)
     out = Path(ctx.scratch) / "ddp_out"
     out.mkdir(parents=True, exist_ok=True)
     params_file = Path(ctx.scratch) / "train_params.json"

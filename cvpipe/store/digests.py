@@ -51,6 +51,13 @@ def default_db() -> Path:
     return cache_path("digests.sqlite")
 
 
+# Rows read or written by this process, by (database, device, inode): one version looks the same files up
+# several times (the source images, then their hard links in the staging folder; the stored objects when an
+# entity is verified, then when the next step commits them). A remembered row is judged against the file's
+# stat like a fresh one, so a file changed since is still read again.
+_ROWS: dict[tuple[str, int, int], tuple[int, int, str, int]] = {}
+
+
 def _trusted(row: tuple[int, int, str, int] | None, st: os.stat_result) -> str | None:
     """The recorded digest if the file is as it was when read (and was not racily fresh then)."""
     if row is None:
@@ -70,6 +77,7 @@ class DigestCache:
         self.rehash = rehash_requested() if rehash is None else rehash
         self.hashed = 0
         self._conn: sqlite3.Connection | None = None
+        self._shared = True  # rows may be remembered across instances (not for a throwaway in-memory database)
         self._pending: list[tuple[int, int, int, int, str, int]] = []
 
     # ---- the database (opened on first use; a broken one is replaced: it is only a cache) -------------
@@ -85,6 +93,7 @@ class DigestCache:
                 except (sqlite3.Error, OSError) as e:  # unwritable (read-only home, a file system without locks)
                     log.warning("digest cache %s unusable (%s): every file is read in full this time", self.db, e)
                     self._conn = self._open(None)
+                    self._shared = False
         return self._conn
 
     @staticmethod
@@ -126,17 +135,20 @@ class DigestCache:
         (10,000 round trips into SQLite for an unchanged folder)."""
         if self.rehash:
             return [None] * len(stats)
+        conn = self.conn
+        db = str(self.db)
+        rows = _ROWS if self._shared else {}
         inodes: dict[int, list[int]] = {}
         for st in stats:
-            inodes.setdefault(st.st_dev, []).append(st.st_ino)
-        rows: dict[tuple[int, int], tuple[int, int, str, int]] = {}
+            if (db, st.st_dev, st.st_ino) not in rows:
+                inodes.setdefault(st.st_dev, []).append(st.st_ino)
         for dev, inos in inodes.items():
             for chunk in _batches(sorted(set(inos))):
                 query = (f"SELECT ino, size, mtime_ns, digest, hashed_at FROM files WHERE dev=? AND ino IN "
                          f"({','.join('?' * len(chunk))})")
-                for ino, *row in self.conn.execute(query, (dev, *chunk)):
-                    rows[(dev, ino)] = tuple(row)
-        return [_trusted(rows.get((st.st_dev, st.st_ino)), st) for st in stats]
+                for ino, *row in conn.execute(query, (dev, *chunk)):
+                    rows[(db, dev, ino)] = tuple(row)
+        return [_trusted(rows.get((db, st.st_dev, st.st_ino)), st) for st in stats]
 
     def record(self, st: os.stat_result, digest: str, hashed_at: int | None = None, settled: bool = False) -> None:
         """Remember that the file with stat `st` (taken before it was read) has this digest. `settled`: nothing
@@ -145,6 +157,8 @@ class DigestCache:
         if settled:
             when = max(when, st.st_mtime_ns + RACY_NS + 1)
         self._pending.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, digest, when))
+        if self._shared:
+            _ROWS[(str(self.db), st.st_dev, st.st_ino)] = (st.st_size, st.st_mtime_ns, digest, when)
         if len(self._pending) >= 10_000:
             self.flush()
 
@@ -159,11 +173,14 @@ class DigestCache:
     def digest(self, path: str | Path) -> str:
         return self.digests([Path(path)])[0]
 
-    def digests(self, paths: Iterable[str | Path], threads: int = 2) -> list[str]:
+    def digests(self, paths: Iterable[str | Path], threads: int = 2,
+                stats: list[os.stat_result] | None = None) -> list[str]:
         """The sha256 of each file, in order: recorded ones without a read, the rest hashed (in threads:
-        hashlib releases the GIL) and recorded. OSError (a missing file) as the file system raises it."""
+        hashlib releases the GIL) and recorded. OSError (a missing file) as the file system raises it.
+        `stats`: the files' stats, when the caller has just taken them (they are what a recorded digest is
+        trusted by; a hashed file is stat'ed again around its read)."""
         paths = list(paths)
-        out: list[str | None] = self.known_many([os.stat(p) for p in paths])
+        out: list[str | None] = self.known_many(stats if stats is not None else [os.stat(p) for p in paths])
         misses = [i for i, d in enumerate(out) if d is None]
         if len(misses) > 1 and threads > 1:
             with ThreadPoolExecutor(threads) as pool:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import re
 import stat
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 RUN_ID_RE = re.compile(r"\d{8}T\d{9}Z-[0-9a-f]{6}")
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
 DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
 class InvalidRunId(ValueError, KeyError):
@@ -51,7 +52,7 @@ def safe_relpath(name: object, what: str = "path") -> str:
     backslash, NUL, empty segment, `.` or `..`. Returns it unchanged."""
     if not isinstance(name, str) or not name or len(name) > 4096:
         raise ValueError(f"unsafe {what} {str(name)[:80]!r}: empty or not text")
-    if "\x00" in name or "\\" in name or re.match(r"^[A-Za-z]:", name) or PurePosixPath(name).is_absolute():
+    if "\x00" in name or "\\" in name or _DRIVE.match(name) or name.startswith("/"):  # POSIX: absolute = leading /
         raise ValueError(f"unsafe {what} {name[:200]!r}: absolute, drive letter, backslash or NUL")
     if any(part in ("", ".", "..") for part in name.split("/")):
         raise ValueError(f"unsafe {what} {name[:200]!r}: empty, '.' or '..' segment")

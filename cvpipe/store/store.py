@@ -20,6 +20,7 @@ against the index, so a tampered or torn run is an IntegrityError naming the fil
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -131,6 +132,25 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+@dataclass(frozen=True)
+class StoredFiles:
+    """Files of a content-addressed entity that are already objects of a local store, read through rather than
+    assembled into a folder: {relative path: object file}, with each one's digest and size (as checked when
+    they were read). A step that passes such files on (data_prep keeps most of data_load's images) has them
+    committed as an index, with no file linked, listed or hashed again."""
+
+    paths: dict[str, str]
+    digests: dict[str, str]
+    sizes: dict[str, int]
+
+    def subset(self, names: Iterable[str]) -> StoredFiles:
+        keep = list(names)
+        if unknown := [n for n in keep if n not in self.paths]:
+            raise ValueError(f"{unknown[0]} is not one of these files ({len(unknown)} unknown)")
+        return StoredFiles({n: self.paths[n] for n in keep}, {n: self.digests[n] for n in keep},
+                           {n: self.sizes[n] for n in keep})
+
+
 class ArtifactStore:
     """All reads and writes of pipeline artifacts go through here (same code for every fsspec backend)."""
 
@@ -174,6 +194,17 @@ class ArtifactStore:
             raise ValueError(f"invalid object suffix {suffix!r}")
         return self._join(self.env, "objects", digest[:2], digest + suffix)
 
+    def _object_path_of(self, digest: str, rel: str) -> str:
+        """object_path for a digest this store computed (a sha256 hexdigest) and a file's name: the same path
+        without a Path and a name check per file (10^5 files)."""
+        if not DIGEST_RE.fullmatch(digest):
+            raise ValueError(f"invalid digest {digest[:80]!r}")
+        return f"{self._objects_root}/{digest[:2]}/{digest}{_suffix(rel)}"
+
+    @functools.cached_property
+    def _objects_root(self) -> str:
+        return self._join(self.env, "objects")
+
     # ---- low-level writes (atomic per file, no debris on failure) ---------------------------------
     def _atomic_local(self, path: str, write: Callable[[IO[bytes]], object], durable: bool = True) -> None:
         """Write through a temp file beside `path`, then rename; on any error the temp file is removed.
@@ -205,8 +236,13 @@ class ArtifactStore:
         else:
             self.fs.put_file(str(local), path)
 
-    def write_json(self, path: str, obj: Any) -> None:
-        self._write_bytes(path, json.dumps(obj, indent=2, sort_keys=False, default=str).encode())
+    def write_json(self, path: str, obj: Any, indent: int | None = 2) -> None:
+        """`indent=None` for what only code reads: json's C encoder serves only unindented output (an entity
+        index of 10^5 files went through the pure-Python one)."""
+        self._write_bytes(path, json.dumps(obj, indent=indent, sort_keys=False, default=str).encode())
+
+    def _write_index(self, step: str, run_id: str, entity: str, files: dict[str, str], objects: dict[str, str]) -> None:
+        self.write_json(self.index_path(step, run_id, entity), {"files": files, "objects": objects}, indent=None)
 
     def read_json(self, path: str) -> Any:
         with self.fs.open(path, "rb") as f:
@@ -288,18 +324,17 @@ class ArtifactStore:
         size = 0
         written: list[str] = []
         with DigestCache() as cache:
-            for rel, digest in zip(names, cache.digests([os.path.join(local_dir, rel) for rel in names])):
-                local = local_dir / rel
+            paths = [os.path.join(local_dir, rel) for rel in names]  # str: a Path per file cost more
+            stats = [os.stat(p) for p in paths]
+            for rel, path, st, digest in zip(names, paths, stats, cache.digests(paths, stats=stats)):
                 files[rel] = digest
-                nbytes = local.stat().st_size
-                size += nbytes
+                size += st.st_size
                 if content_addressed:
-                    objects[rel] = self._put_object(local, rel, digest, cache, nbytes, written)
+                    objects[rel] = self._put_object(Path(path), rel, digest, cache, st.st_size, written)
                 else:
-                    self._put_file(local, f"{base}/{rel}")
+                    self._put_file(Path(path), f"{base}/{rel}")
         _sync(written)  # the new objects on disk before any index (and so any manifest) names them
-        index = {"files": files, "objects": {k: self.uri(v) for k, v in objects.items()}}
-        self.write_json(self.index_path(step, run_id, entity), index)
+        self._write_index(step, run_id, entity, files, {k: self.uri(v) for k, v in objects.items()})
         return {
             "uri": self.uri(base),
             "digest": tree_digest(files),
@@ -308,17 +343,34 @@ class ArtifactStore:
             "content_addressed": content_addressed,
         }
 
+    def commit_stored(self, step: str, run_id: str, entity: str, stored: StoredFiles) -> dict[str, Any]:
+        """Record a content-addressed entity whose files are all objects of this (local) store already, as
+        `object_view` handed them out: its index only. Each path must be the object its digest names."""
+        if not self.is_local:
+            raise ValueError(f"{entity}: stored files are objects of a local store; this one is {self.url}")
+        root = self._objects_root
+        uri_root, objects = self.uri(root), {}
+        for rel, digest in stored.digests.items():
+            safe_relpath(rel, "output file name")
+            tail = f"{validate_digest(digest)[:2]}/{digest}{_suffix(rel)}"
+            if stored.paths.get(rel) != f"{root}/{tail}":
+                raise ValueError(f"{entity}/{rel}: {stored.paths.get(rel)!r} is not the stored object of {digest}")
+            objects[rel] = f"{uri_root}/{tail}"  # as uri(object_path) writes it, without a Path per file
+        self._write_index(step, run_id, entity, dict(stored.digests), objects)
+        return {"uri": self.uri(self.entity_path(step, run_id, entity)), "digest": tree_digest(stored.digests),
+                "files": len(stored.digests), "bytes": sum(stored.sizes.values()), "content_addressed": True}
+
     def _put_object(self, local: Path, rel: str, digest: str, cache: DigestCache, nbytes: int,
                     written: list[str]) -> str:
         """Store one file in the object area under its digest (once: an object already there is shared by
         every entity naming it). A file named by a digest must hold that content. A local object is written
         without its own fsync and appended to `written`: the caller syncs them all at once (an fsync per
         image was most of the first version of 100,000 images on a busy disk)."""
-        stem = PurePosixPath(rel).name.split(".")[0]
+        stem = rel.rsplit("/", 1)[-1].split(".")[0]
         if DIGEST_RE.fullmatch(stem) and stem != digest:
             raise ChangedWhileReading(f"{rel}: its content (sha256 {digest[:12]}...) is not the content it was "
                                       f"named by: the source file changed while the step read it; run again")
-        obj = self.object_path(digest, _suffix(rel))
+        obj = self._object_path_of(digest, rel)
         if self.is_local and _stored_size(obj) == nbytes:  # a torn copy (a crash before its sync) is written again
             return obj
         if not self.is_local and self.fs.exists(obj):
@@ -430,6 +482,31 @@ class ArtifactStore:
             verify_directory(local, files, where)
         return local
 
+    def object_view(self, rec: RunRecord, entity: str) -> StoredFiles | None:
+        """A content-addressed entity of a local store read through its objects, checked like `materialize`
+        checks a folder (the index against the manifest, each object against its digest through the digest
+        cache; --rehash reads them all), with no folder of links built. None for other entities and stores."""
+        if not self.is_local or not rec.output(entity).get("content_addressed"):
+            return None
+        files = self.entity_files(rec, entity)
+        paths = {rel: f"{self._objects_root}/{d[:2]}/{d}{_suffix(rel)}" for rel, d in files.items()}  # checked above
+        where = f"{entity} of {rec.step} run {rec.run_id}"
+        names = list(paths)
+        try:
+            stats = [os.stat(paths[rel]) for rel in names]
+        except FileNotFoundError as e:
+            raise IntegrityError(f"{where}: an object is missing from the store ({e.filename})") from None
+        with DigestCache() as cache:
+            known = cache.known_many(stats)
+            misses = [i for i, d in enumerate(known) if d is None]  # changed or never recorded: read them
+            hashed = dict(zip(misses, cache.digests([paths[names[i]] for i in misses])))
+        for i, rel in enumerate(names):
+            digest = known[i] or hashed[i]
+            if digest != files[rel]:
+                raise IntegrityError(f"{where}: {rel} was changed after the run was committed (sha256 "
+                                     f"{digest[:12]}... != {files[rel][:12]}... recorded); refusing to use it")
+        return StoredFiles(paths, dict(files), {rel: st.st_size for rel, st in zip(names, stats)})
+
     def _discard(self, cached: Path) -> None:
         aside = Path(tempfile.mkdtemp(dir=self.cache_dir, prefix=".tmp-stale-"))
         with suppress(OSError):
@@ -442,6 +519,7 @@ class ArtifactStore:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.cache_dir, prefix=".tmp-"))
         folders: set[str] = set()
+        objects = self._objects_root
         try:
             for rel, digest in files.items():
                 dest = os.path.join(tmp, rel)  # str, one mkdir per folder: 10^5 files
@@ -449,7 +527,8 @@ class ArtifactStore:
                     os.makedirs(folder, exist_ok=True)
                     folders.add(folder)
                 if content_addressed:
-                    src = self.object_path(digest, _suffix(rel))
+                    # object_path without its checks per file: entity_files checked every digest and name
+                    src = f"{objects}/{digest[:2]}/{digest}{_suffix(rel)}"
                     if self.is_local:
                         os.symlink(src, dest)
                         continue
@@ -575,9 +654,16 @@ def _load_syncfs() -> Callable[[int], int] | None:
 _syncfs = _load_syncfs()
 
 
-def _suffix(rel: str) -> str:
-    suffix = PurePosixPath(rel).suffix.lower()
+@functools.lru_cache(maxsize=256)
+def _suffix_of(suffix: str) -> str:
     return suffix if _is_name(suffix[1:]) else ""
+
+
+def _suffix(rel: str) -> str:
+    """An object's suffix: the file's lower-case extension when it is a valid name (checked once per extension)."""
+    name = rel.rsplit("/", 1)[-1]
+    dot = name.rfind(".")
+    return _suffix_of(name[dot:].lower()) if 0 < dot < len(name) - 1 else ""
 
 
 def _is_name(name: str) -> bool:

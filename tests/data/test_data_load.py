@@ -23,7 +23,7 @@ def canonical(ctx):
                    round(a.x, 3), round(a.y, 3), round(a.w, 3), round(a.h, 3)) for a in ds.annotations.itertuples())
 
 
-def test_coco_load_normalises_and_stores_by_digest(coco_dir, run_load):
+def test_coco_load_normalises_and_stores_by_digest(coco_dir, run_load, tmp_path):
     ctx, summary = run_load(coco_dir)
     assert summary == {"format": "coco", "images": 6, "annotations": 7, "categories": 3, "distinct_files": 6,
                        "findings": 0}
@@ -32,7 +32,8 @@ def test_coco_load_normalises_and_stores_by_digest(coco_dir, run_load):
         stored = ctx.output("images") / r.blob
         assert stored.read_bytes() == (coco_dir / "images" / r.file_name).read_bytes()
         assert r.blob == f"{r.digest}.jpg"
-    coco = json.loads((ctx.output("dataset") / "coco.json").read_text())
+    assert not (ctx.output("dataset") / "coco.json").exists()  # written on demand (cvpipe coco), not per version
+    coco = json.loads(ds.write_coco(tmp_path / "coco.json").read_text())
     assert {c["id"] for c in coco["categories"]} == {1, 3, 7}
     assert len(coco["annotations"]) == 7
 
@@ -70,7 +71,7 @@ def test_archives(coco_dir, run_load, tmp_path, kind):
     assert canonical(ctx) == canonical(run_load(coco_dir)[0])
     # a second load (another scratch dir) writes the same dataset files
     again, _ = run_load(archive)
-    for name in ("images.parquet", "annotations.parquet", "coco.json", "source.json"):
+    for name in ("images.parquet", "annotations.parquet", "source.json"):
         assert (again.output("dataset") / name).read_bytes() == (ctx.output("dataset") / name).read_bytes(), name
 
 
@@ -143,12 +144,12 @@ def test_missing_source_and_unknown_format(run_load, tmp_path):
         run_load(tmp_path / "empty")
 
 
-def test_source_column_is_the_path_inside_the_raw_data_and_extras_survive(coco_dir, run_load):
+def test_source_column_is_the_path_inside_the_raw_data_and_extras_survive(coco_dir, run_load, tmp_path):
     ctx, _ = run_load(coco_dir)
     ds = DetectionDataset.load(ctx.output("dataset"))
     assert set(ds.images["source"]) == {f"images/img{i}.jpg" for i in range(1, 7)}
     assert all(json.loads(e) == {"license": 4} for e in ds.images["extra"])
-    coco = json.loads((ctx.output("dataset") / "coco.json").read_text())
+    coco = json.loads(ds.write_coco(tmp_path / "coco.json").read_text())
     assert {im["license"] for im in coco["images"]} == {4}
 
 
@@ -213,3 +214,22 @@ def test_to_coco_keeps_ids_extras_and_segmentations():
         {"id": 4, "image_id": 8, "category_id": 2, "bbox": [0.5, 0.0, 3.0, 4.0], "area": 12.0, "iscrowd": 0}]
     assert all(type(a["id"]) is int and type(a["bbox"][0]) is float for a in coco["annotations"])
     json_module.dumps(coco)
+
+
+def test_paused_gc_restores_the_collector_as_it_was():
+    import gc
+
+    from cvpipe.data.load import paused_gc
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), paused_gc():
+        assert not gc.isenabled()
+        raise RuntimeError("a failing step")
+    assert gc.isenabled()  # back on after an error
+    gc.disable()
+    try:
+        with paused_gc():
+            pass
+        assert not gc.isenabled()  # left off where the caller had turned it off
+    finally:
+        gc.enable()

@@ -139,7 +139,7 @@ def test_split_is_deterministic_stratified_and_reported(tmp_path, run_load, run_
     for png in ("class_histogram.png", "box_statistics.png", "images_per_split.png", "samples.png"):
         assert (a.output("report") / png).stat().st_size > 1000
     for s in SPLITS:
-        coco = json.loads((a.output("dataset") / f"coco_{s}.json").read_text())
+        coco = json.loads(ds.write_coco(tmp_path / f"coco_{s}.json", s).read_text())
         assert len(coco["images"]) == sa["splits"][s]
 
 

@@ -17,7 +17,7 @@ from cvpipe.config import build_config
 from cvpipe.data import load as data_load_module
 from cvpipe.data import validate as validate_module
 from cvpipe.data.diff import diff_datasets
-from cvpipe.data.schema import DetectionData
+from cvpipe.data.schema import DetectionData, ImageFiles
 from cvpipe.pipeline.runner import Runner
 from cvpipe.store import ArtifactStore
 
@@ -162,3 +162,80 @@ def test_diff_needs_two_versions(version, tmp_path):
     config.write_text(f"store: {tmp_path / 'store'}\nenv: test\npipeline: data\n")
     result = CliRunner().invoke(app, ["diff", "-c", str(config), "--step", "data_prep"])
     assert result.exit_code == 1 and "1 other complete run" in result.output
+
+
+def test_coco_json_is_written_on_demand_from_a_version(version, tmp_path):
+    load1, prep1 = version()
+    for rec in (load1, prep1):  # no version stores a COCO JSON: it is written from the tables when asked
+        assert not [f for f in version.store.entity_files(rec, "dataset") if f.endswith(".json") and "coco" in f]
+    config = tmp_path / "cfg.yaml"
+    config.write_text(f"store: {tmp_path / 'store'}\nenv: test\npipeline: data\n")
+    ds = _dataset(version.store, prep1)
+    for split in ("train", "val", "test"):
+        out = tmp_path / f"{split}.json"
+        result = CliRunner().invoke(app, ["coco", "-c", str(config), "--split", split, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        coco = json.loads(out.read_text())
+        want = ds.images[ds.images["split"] == split]
+        assert sorted(im["file_name"] for im in coco["images"]) == sorted(want["blob"])
+        assert len(coco["annotations"]) == ds.annotations["image_id"].isin(want["image_id"]).sum()
+    whole = tmp_path / "all.json"
+    assert CliRunner().invoke(app, ["coco", load1.run_id, "-c", str(config), "-o", str(whole)]).exit_code == 0
+    assert len(json.loads(whole.read_text())["images"]) == len(_dataset(version.store, load1).images)
+    bad = CliRunner().invoke(app, ["coco", "-c", str(config), "--split", "holdout", "-o", str(tmp_path / "x.json")])
+    assert bad.exit_code == 1 and "unknown split" in bad.output and not (tmp_path / "x.json").exists()
+
+
+def test_data_prep_reads_the_images_through_the_store_and_commits_an_index(version, tmp_path):
+    """No folder of links is built for data_load's images, and data_prep's images are recorded as the same
+    objects, with the digest a folder of those files would have had; the version reads back and verifies."""
+    from cvpipe.store.hashing import tree_digest
+
+    load1, prep1 = version()
+    assert not (version.store.cache_dir / load1.output("images")["digest"]).exists()
+    kept = _dataset(version.store, prep1).images
+    files = dict(zip(kept["blob"], kept["digest"]))
+    record = prep1.output("images")
+    assert record["digest"] == tree_digest(files) and record["files"] == len(files) and record["bytes"] > 0
+    assert _objects(version.store, prep1) == _objects(version.store, load1)  # the very same objects
+    built = []
+    images = ImageFiles.from_store(version.store.object_view(prep1, "images"),
+                                   lambda: built.append(1) or version.store.materialize(prep1, "images"))
+    blob = next(iter(files))
+    assert images.path(blob).read_bytes() and not built  # read through: no folder yet
+    folder = images.directory  # a step that wants a folder (training) gets one, built on first use
+    assert built == [1] and sorted(p.name for p in folder.iterdir()) == sorted(files)
+    assert (folder / blob).read_bytes() == images.path(blob).read_bytes()
+    assert version.store.verify_run(prep1) == []
+    saved = tmp_path / "saved"  # saved without a store behind (a step called by hand): the kept files only
+    images.subset([blob]).save(saved)
+    assert [p.name for p in saved.iterdir()] == [blob] and (saved / blob).read_bytes() == images.path(blob).read_bytes()
+
+
+def test_a_stored_object_changed_after_commit_is_refused_when_read_through(version):
+    from cvpipe.store import IntegrityError
+
+    load1, _ = version()
+    obj = Path(next(iter(_objects(version.store, load1).values())).removeprefix("file://"))
+    obj.chmod(0o644)
+    with open(obj, "r+b") as f:  # same size, other bytes, a new mtime
+        f.seek(-10, 2)
+        f.write(b"\1" * 10)
+    with pytest.raises(IntegrityError, match="changed after the run was committed"):
+        version.store.object_view(load1, "images")
+    obj.unlink()
+    with pytest.raises(IntegrityError, match="missing"):
+        version.store.object_view(load1, "images")
+
+
+def test_an_index_commit_names_only_stored_objects(version):
+    from cvpipe.store.store import StoredFiles
+
+    load1, _ = version()
+    view = version.store.object_view(load1, "images")
+    blob, path = next(iter(view.paths.items()))
+    forged = StoredFiles({**view.paths, blob: str(Path(path).with_name("elsewhere.jpg"))}, view.digests, view.sizes)
+    with pytest.raises(ValueError, match="is not the stored object"):
+        version.store.commit_stored("data_prep", load1.run_id, "images", forged)
+    with pytest.raises(ValueError, match="not one of these files"):
+        view.subset([blob, "f" * 64 + ".jpg"])
