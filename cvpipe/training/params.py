@@ -8,6 +8,13 @@ from pydantic import Field, field_validator, model_validator
 
 from cvpipe.pipeline import StepParams
 
+# Augmentation defaults of each model scale: Megvii's YOLOX exps (exps/default/yolox_*.py) train the small models
+# without mixup and with milder mosaic zoom, and nano on mosaics half the time.
+_SMALL = {"mixup": False, "mosaic_scale": (0.5, 1.5)}
+_LARGE = {"mixup": True, "mosaic_scale": (0.1, 2.0), "mosaic_prob": 1.0}
+SCALE_AUGMENT: dict[str, dict] = {"nano": {**_SMALL, "mosaic_prob": 0.5}, "tiny": {**_SMALL, "mosaic_prob": 1.0},
+                                  "s": _LARGE, "m": _LARGE, "l": _LARGE, "x": _LARGE}
+
 
 class TrainParams(StepParams):
     # model
@@ -48,14 +55,16 @@ class TrainParams(StepParams):
     # input and augmentation
     img_size: int = Field(640, ge=32, description="square training / evaluation input size, multiple of 32")
     mosaic: bool = True
-    mosaic_prob: float = Field(1.0, ge=0, le=1)
-    mixup: bool = True
+    mosaic_prob: Optional[float] = Field(None, ge=0, le=1, description="None = the scale's YOLOX default "
+                                         "(SCALE_AUGMENT: 0.5 for nano, 1.0 otherwise)")
+    mixup: Optional[bool] = Field(None, description="None = the scale's YOLOX default (off for nano and tiny)")
     mixup_prob: float = Field(1.0, ge=0, le=1)
     mixup_scale: tuple[float, float] = (0.5, 1.5)
     affine: bool = True
     degrees: float = Field(10.0, ge=0)
     translate: float = Field(0.1, ge=0, le=1)
-    mosaic_scale: tuple[float, float] = Field((0.1, 2.0), description="affine scale range")
+    mosaic_scale: Optional[tuple[float, float]] = Field(None, description="affine scale range; None = the scale's "
+                                                        "YOLOX default ((0.5, 1.5) for nano and tiny, else (0.1, 2))")
     shear: float = Field(2.0, ge=0)
     hsv: bool = True
     hsv_prob: float = Field(1.0, ge=0, le=1)
@@ -85,15 +94,18 @@ class TrainParams(StepParams):
 
     @field_validator("mixup_scale", "mosaic_scale")
     @classmethod
-    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < v[0] <= v[1]:
+    def _ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 < v[0] <= v[1]:
             raise ValueError(f"scale range must be 0 < low <= high, got {v}")
         return v
 
     @model_validator(mode="after")
     def _auto(self):
-        """Resolve auto no_aug_epochs for this run length (auto warm-up depends on the iterations per epoch: the
-        trainer resolves it and reports it)."""
+        """Resolve the scale's augmentation defaults and auto no_aug_epochs for this run length (auto warm-up
+        depends on the iterations per epoch: the trainer resolves it and reports it)."""
+        for name, value in SCALE_AUGMENT[self.scale].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         if self.no_aug_epochs is None:
             augmenting = self.mosaic or self.mixup or self.affine or self.hsv or self.flip
             self.no_aug_epochs = max(1, round(0.15 * self.epochs)) if augmenting else 0
