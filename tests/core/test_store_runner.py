@@ -137,9 +137,17 @@ def test_crash_during_commit_leaves_no_complete_run(toy_cfg, monkeypatch):
     assert Runner(toy_cfg()).run_step("toy_double").complete
 
 
+def _default_sigint() -> None:
+    # an ignored or blocked SIGINT survives exec: once in the full suite the step slept through it (status
+    # "complete"), so the child starts with Ctrl-C's default action whatever the test worker inherited
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _spawn(config: Path, env: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "cvpipe.cli.main", "step", "toy_double", str(config)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_default_sigint)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])

@@ -39,7 +39,10 @@ def toy_double(params: DoubleParams, ctx: StepContext, *, numbers: Path, blobs: 
     if params.fail:
         raise ValueError("injected failure")
     if params.hang_after_partial:
-        Path(os.environ["TOY_SIGNAL_FILE"]).write_text(ctx.run_id)
+        signal_file = Path(os.environ["TOY_SIGNAL_FILE"])
+        # written whole, then renamed: the test polls for the file, and a half-written one read "" as the run id
+        signal_file.with_suffix(".tmp").write_text(ctx.run_id)
+        signal_file.with_suffix(".tmp").replace(signal_file)
         time.sleep(120)
     (out / "part2.txt").write_text(str(values[len(values) // 2:]))
     (out / "blob_count.txt").write_text(str(len(list(blobs.iterdir()))))

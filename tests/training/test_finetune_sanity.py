@@ -41,8 +41,9 @@ def test_short_finetune_from_pretrained_nano_raises_ap_on_its_images(tmp_path):
     # lr 0.01 / 128 per image: half YOLOX's from-scratch rate (measured on the bundled sample: AP 0.71 -> 0.87;
     # on 8 images of the shared COCO dev set 0.50 -> 0.58, where the full rate dipped to 0.09 at epoch 2 and
     # only recovered to 0.52), warm-up over 4 of the 16 iterations
+    # freeze_backbone=False: COCO classes would make "auto" train the head only; this test is of all layers
     params = TrainParams(scale="nano", pretrained="nano-onnx", img_size=320, epochs=8, batch_size=4,
-                         lr_per_img=0.01 / 128, warmup_epochs=2, no_aug_epochs=8, ema=False, device="cpu",
+                         freeze_backbone=False, lr_per_img=0.01 / 128, warmup_epochs=2, no_aug_epochs=8, ema=False, device="cpu",
                          workers=0, eval_interval=8, eval_batch_size=8)
     seed_everything(0)
     model, info = build_model("nano", len(ds.class_names), "nano-onnx", True, ds.class_names,
