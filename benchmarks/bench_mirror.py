@@ -1,7 +1,10 @@
 """Where a shadow mirror's cost to the champion comes from (issue 27): the champion's in-process latency while a
 second copy of the model runs continuously beside it, as a thread of the same process (shares the GIL) or as a
-child process (cvpipe.serving.mirror.MirrorProcess: its own GIL), each at nice 19 and at nice 0. "mirror ran"
-counts the copies the mirror finished in a phase (more: fewer inconclusive windows).
+child process (cvpipe.serving.mirror.MirrorProcess: its own GIL), under a scheduling policy and CPU cap.
+"mirror ran" counts the copies the mirror finished in a phase (more: fewer inconclusive windows).
+
+Variants (`--variants`): thread_nice<N>; process_nice<N> (nice alone); process_idle (SCHED_IDLE, nice 19);
+any process variant + `_cap<S>` (at most S of one core over 1 s, e.g. process_idle_cap0.25).
 
 The champion is `--concurrency` threads calling DetectorEngine.predict_sync_timed in a closed loop (what the
 service's model threads do); the mirror is kept busy all the time (the worst case: every request copied and
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -72,11 +76,11 @@ class ThreadMirror:
 class ProcessMirror:
     """The mirror as it is: cvpipe.serving.mirror.MirrorProcess, its queue kept full by a feeder thread."""
 
-    def __init__(self, model_dir: Path, data: bytes, nice: int):
+    def __init__(self, model_dir: Path, data: bytes, policy):
         from cvpipe.serving.mirror import MirrorProcess
         from cvpipe.serving.settings import ServiceSettings
 
-        self.sink = MirrorProcess(model_dir, ServiceSettings(), nice=nice, queue_size=4)
+        self.sink = MirrorProcess(model_dir, ServiceSettings(), policy, queue_size=4)
         self.data, self.stop, self.done = data, threading.Event(), 0
         self.feeder = threading.Thread(target=self._feed, daemon=True)
 
@@ -89,9 +93,17 @@ class ProcessMirror:
                 self.done += 1
 
     def __enter__(self):
+        import psutil
+
         self.sink.start()
+        self.child = psutil.Process(self.sink.process.pid)
         self.feeder.start()
         return self
+
+    def cpu_s(self) -> float:
+        """CPU seconds the child has used so far (all its threads)."""
+        t = self.child.cpu_times()
+        return t.user + t.system
 
     def __exit__(self, *exc):
         self.stop.set()
@@ -99,13 +111,25 @@ class ProcessMirror:
         self.sink.close()
 
 
+def mirror_of(name: str, engine, model_dir: Path, data: bytes):
+    """A variant's name -> a function that makes its mirror (see the module's docstring)."""
+    from cvpipe.serving.mirror import MirrorPolicy
+
+    kind, sched, *cap = name.split("_")
+    if kind == "thread":
+        return lambda: ThreadMirror(engine, data, int(sched.removeprefix("nice")))
+    nice = 19 if sched == "idle" else int(sched.removeprefix("nice"))
+    share = float(cap[0].removeprefix("cap")) if cap else 1.0
+    policy = MirrorPolicy(nice=nice, sched_idle=sched == "idle", cpu_share=share)
+    return lambda: ProcessMirror(model_dir, data, policy)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--concurrency", type=int, default=2)
-    ap.add_argument("--variants", nargs="+", default=["thread_nice19", "process_nice19", "thread_nice0",
-                                                      "process_nice0"])
+    ap.add_argument("--variants", nargs="+", default=["process_nice19", "process_idle", "process_idle_cap0.25"])
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     from bench_slow_clients import pack
@@ -122,34 +146,44 @@ def main() -> None:
         for _ in range(5):
             champion.predict_sync_timed(data)
             second.predict_sync_timed(data)
-        variants = {"none": None,
-                    "thread_nice19": lambda: ThreadMirror(second, data, 19),
-                    "process_nice19": lambda: ProcessMirror(model_dir, data, 19),
-                    "thread_nice0": lambda: ThreadMirror(second, data, 0),
-                    "process_nice0": lambda: ProcessMirror(model_dir, data, 0)}
-        variants = {k: v for k, v in variants.items() if k == "none" or k in args.variants}
+        variants = {"none": None, **{name: mirror_of(name, second, model_dir, data) for name in args.variants}}
         phases: dict[str, list[dict]] = {k: [] for k in variants}
+        order = list(variants)
         for r in range(args.rounds):
-            for name, make in variants.items():
+            random.Random(r).shuffle(order)  # no variant always runs right after another
+            for name in order:
+                make = variants[name]
                 if make is None:
-                    st, done = champion_phase(champion, data, args.concurrency, args.seconds), 0
+                    st, done, cpu = champion_phase(champion, data, args.concurrency, args.seconds), 0, 0.0
                 else:
                     with make() as m:
                         time.sleep(0.5)  # the mirror is busy before the phase starts
+                        cpu0, done0 = getattr(m, "cpu_s", lambda: 0.0)(), m.done
                         st = champion_phase(champion, data, args.concurrency, args.seconds)
-                        done = m.done
-                phases[name].append({**st, "mirror_done": done})
-                print(f"round {r} {name:<15} p50 {st['p50_ms']:6.1f} p99 {st['p99_ms']:6.1f} ms "
-                      f"{st['throughput_rps']:6.1f} req/s  mirror ran {done}", flush=True)
-    med = {k: {m: statistics.median(p[m] for p in v) for m in ("p50_ms", "p99_ms", "throughput_rps", "mirror_done")}
+                        done, cpu = m.done - done0, getattr(m, "cpu_s", lambda: 0.0)() - cpu0
+                phases[name].append({**st, "mirror_done": done, "mirror_cpu_share": cpu / args.seconds,
+                                     "loadavg1": os.getloadavg()[0]})
+                print(f"round {r} {name:<22} p50 {st['p50_ms']:6.1f} p99 {st['p99_ms']:6.1f} ms "
+                      f"{st['throughput_rps']:6.1f} req/s  mirror ran {done:4d} ({cpu / args.seconds:.2f} core)  "
+                      f"load {os.getloadavg()[0]:.1f}", flush=True)
+    med = {k: {m: statistics.median(p[m] for p in v)
+               for m in ("p50_ms", "p99_ms", "throughput_rps", "mirror_done", "mirror_cpu_share", "loadavg1")}
            for k, v in phases.items()}
     ratios = {k: round(med[k]["p99_ms"] / med["none"]["p99_ms"], 3) for k in variants if k != "none"}
+    paired = {k: paired_ratios(phases[k], phases["none"]) for k in variants if k != "none"}
     with open("/proc/loadavg") as f:
         loadavg = f.read().split()[:3]
-    print(json.dumps({"median": med, "p99_ratio": ratios, "loadavg": loadavg}, indent=1))
+    print(json.dumps({"median": med, "p99_ratio": ratios, "paired_p99_ratio": paired, "loadavg": loadavg}, indent=1))
     if args.out:
-        args.out.write_text(json.dumps({"phases": phases, "median": med, "p99_ratio": ratios, "loadavg": loadavg},
-                                       indent=1))
+        args.out.write_text(json.dumps({"phases": phases, "median": med, "p99_ratio": ratios,
+                                        "paired_p99_ratio": paired, "loadavg": loadavg}, indent=1))
+
+
+def paired_ratios(variant: list[dict], none: list[dict]) -> dict:
+    """Each round's p99 over the same round's no-mirror p99 (both saw about the same machine load): quartiles."""
+    r = sorted(v["p99_ms"] / n["p99_ms"] for v, n in zip(variant, none))
+    q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
+    return {"q1": round(q[0], 3), "median": round(q[1], 3), "q3": round(q[2], 3), "rounds": len(r)}
 
 
 if __name__ == "__main__":

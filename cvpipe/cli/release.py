@@ -111,7 +111,8 @@ def _show(result: dict, as_json: bool) -> None:
     mirror = rel.get("mirror")
     if mirror and rel["state"] == "running":
         out.print(f"  mirror process: {'running' if mirror['running'] else '[bold]not running: copies are dropped[/]'}"
-                  f", {mirror['in_flight']} copies in flight")
+                  f", {mirror['in_flight']} copies in flight"
+                  + (f", scheduled {mirror['scheduling']}" if mirror.get("scheduling") else ""))
     for w in rel.get("windows", []):
         out.print(f"  window {w['index']}: {w['verdict']}: agreement {w['agreement']}, errors "
                   f"{w['challenger_errors']}/{w['challenger_calls']}, latency ratio {w['latency_ratio']}, "

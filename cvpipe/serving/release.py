@@ -75,6 +75,8 @@ class MirrorSink(Protocol):
     @property
     def alive(self) -> bool: ...
 
+    scheduling: str  # what the sink's process runs under: "idle" (SCHED_IDLE) or "nice"
+
     def start(self) -> Any: ...  # (re)start, blocking until ready
 
     def close(self) -> None: ...
@@ -180,7 +182,8 @@ class Release:
                 "running_s": round(now - self.started_at, 1), "window": self.stats.index,
                 "window_left_s": round(max(0.0, self.window_end - now), 1), "clean_windows": self.clean,
                 "current": self.stats.figures().as_dict(), "windows": self.history[-10:],
-                "mirror": {"running": self.sink is not None and self.sink.alive, "in_flight": len(self.pending)}}
+                "mirror": {"running": self.sink is not None and self.sink.alive, "in_flight": len(self.pending),
+                           "scheduling": self.sink.scheduling if self.sink is not None else ""}}
 
 
 class ReleaseController:
