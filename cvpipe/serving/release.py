@@ -82,7 +82,15 @@ class MirrorSink(Protocol):
     def close(self) -> None: ...
 
 
-MirrorFactory = Callable[[Path, ReleasePlan], MirrorSink]  # (the mirrored model's dir, plan) -> a started sink
+MirrorFactory = Callable[[Path, ReleasePlan], MirrorSink]
+
+
+def release_needs_one_worker(workers: int) -> str:
+    """Why `start` is refused under several workers, and what to do instead."""
+    return (f"a release runs in one worker's memory (its windows, challenger and mirror process) and this service "
+            f"has {workers} workers: each would see part of the traffic and promote or roll back on its own. Run "
+            f"the release on a service with CVPIPE_WORKERS=1 (restart this one so, or serve a second one beside "
+            f"it and send it part of the traffic)")  # (the mirrored model's dir, plan) -> a started sink
 
 
 @dataclass
