@@ -32,9 +32,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "benchmarks")]
 
 
-def champion_phase(engine, data: bytes, concurrency: int, seconds: float) -> dict:
+def champion_phase(engine, data: bytes, concurrency: int, seconds: float, rps: float | None = None) -> dict:
+    """Closed loop (`rps` None: each thread calls again at once) or open loop (Poisson arrivals at `rps`, served
+    by `concurrency` threads; a request's latency counts from its arrival, so waiting for a thread is in it)."""
     from cvpipe.loadtest.stats import latency_stats
 
+    if rps:
+        return open_loop_phase(engine, data, concurrency, seconds, rps)
     lat: list[float] = []
     deadline = time.perf_counter() + seconds
 
@@ -48,6 +52,70 @@ def champion_phase(engine, data: bytes, concurrency: int, seconds: float) -> dic
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(lambda _: worker(), range(concurrency)))
     return latency_stats(lat, time.perf_counter() - t0)
+
+
+def open_loop_phase(engine, data: bytes, concurrency: int, seconds: float, rps: float) -> dict:
+    from cvpipe.loadtest.stats import latency_stats
+
+    rng, lat = random.Random(), []
+
+    def one(arrival: float) -> None:
+        engine.predict_sync_timed(data)
+        lat.append(time.perf_counter() - arrival)
+
+    t0 = time.perf_counter()
+    arrival = t0
+    with ThreadPoolExecutor(concurrency) as pool:
+        while (arrival := arrival + rng.expovariate(rps)) < t0 + seconds:
+            time.sleep(max(0.0, arrival - time.perf_counter()))
+            pool.submit(one, arrival)
+    return latency_stats(lat, time.perf_counter() - t0)
+
+
+class CpuMeter:
+    """The machine's busy cores over an interval (/proc/stat) and, of those, what `pids` (this benchmark and its
+    mirror) used: the rest is the other work on the machine, reported beside each phase."""
+
+    def __init__(self):
+        self.total0, self.idle0, self.mine0 = self._machine() + (self._mine(),)
+
+    @staticmethod
+    def _machine() -> tuple[float, float]:
+        with open("/proc/stat") as f:
+            v = [float(x) for x in f.readline().split()[1:]]
+        tick = os.sysconf("SC_CLK_TCK")
+        return sum(v[:8]) / tick, (v[3] + v[4]) / tick
+
+    @staticmethod
+    def _mine() -> float:
+        import psutil
+
+        me = psutil.Process()
+        procs = [me, *me.children(recursive=True)]
+        total = 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
+
+    def others_cores(self, wall_s: float) -> float:
+        total, idle = self._machine()
+        busy = (total - self.total0) - (idle - self.idle0)
+        return max(0.0, (busy - (self._mine() - self.mine0)) / wall_s)
+
+
+def wait_until_quiet(max_others: float, timeout_s: float) -> float:
+    """Wait (up to timeout_s) until other work on the machine used at most `max_others` cores over 2 s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        meter = CpuMeter()
+        time.sleep(2.0)
+        others = meter.others_cores(2.0)
+        if others <= max_others or time.monotonic() > deadline:
+            return others
 
 
 class ThreadMirror:
@@ -130,6 +198,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--variants", nargs="+", default=["process_nice19", "process_idle", "process_idle_cap0.25"])
+    ap.add_argument("--rps", type=float, help="open loop: Poisson arrivals at this rate (default: closed loop)")
+    ap.add_argument("--quiet", type=float, help="before each round, wait until other work uses at most this many "
+                    "cores (the shared machine's load comes and goes)")
+    ap.add_argument("--quiet-timeout", type=float, default=120.0)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     from bench_slow_clients import pack
@@ -151,23 +223,31 @@ def main() -> None:
         order = list(variants)
         for r in range(args.rounds):
             random.Random(r).shuffle(order)  # no variant always runs right after another
+            if args.quiet is not None:
+                print(f"round {r}: others used {wait_until_quiet(args.quiet, args.quiet_timeout):.2f} cores before it",
+                      flush=True)
             for name in order:
                 make = variants[name]
+                meter = CpuMeter()
                 if make is None:
-                    st, done, cpu = champion_phase(champion, data, args.concurrency, args.seconds), 0, 0.0
+                    st = champion_phase(champion, data, args.concurrency, args.seconds, args.rps)
+                    done, cpu = 0, 0.0
                 else:
                     with make() as m:
                         time.sleep(0.5)  # the mirror is busy before the phase starts
+                        meter = CpuMeter()
                         cpu0, done0 = getattr(m, "cpu_s", lambda: 0.0)(), m.done
-                        st = champion_phase(champion, data, args.concurrency, args.seconds)
+                        st = champion_phase(champion, data, args.concurrency, args.seconds, args.rps)
                         done, cpu = m.done - done0, getattr(m, "cpu_s", lambda: 0.0)() - cpu0
+                others = meter.others_cores(st["wall_s"])
                 phases[name].append({**st, "mirror_done": done, "mirror_cpu_share": cpu / args.seconds,
-                                     "loadavg1": os.getloadavg()[0]})
+                                     "loadavg1": os.getloadavg()[0], "others_cores": others})
                 print(f"round {r} {name:<22} p50 {st['p50_ms']:6.1f} p99 {st['p99_ms']:6.1f} ms "
                       f"{st['throughput_rps']:6.1f} req/s  mirror ran {done:4d} ({cpu / args.seconds:.2f} core)  "
-                      f"load {os.getloadavg()[0]:.1f}", flush=True)
+                      f"load {os.getloadavg()[0]:.1f}, others {others:.2f} cores", flush=True)
     med = {k: {m: statistics.median(p[m] for p in v)
-               for m in ("p50_ms", "p99_ms", "throughput_rps", "mirror_done", "mirror_cpu_share", "loadavg1")}
+               for m in ("p50_ms", "p99_ms", "throughput_rps", "mirror_done", "mirror_cpu_share", "loadavg1",
+                         "others_cores")}
            for k, v in phases.items()}
     ratios = {k: round(med[k]["p99_ms"] / med["none"]["p99_ms"], 3) for k in variants if k != "none"}
     paired = {k: paired_ratios(phases[k], phases["none"]) for k in variants if k != "none"}

@@ -413,12 +413,12 @@ def test_cli_release_commands(client, release_store, monkeypatch):
     assert r.exit_code == 1 and "refused (404)" in r.output and "unknown run" in r.output
     assert "/tmp" not in r.output
     r = runner.invoke(app, ["release", "start", RUN_B, "--mode", "canary", "--share", "0.3", "--window", "600",
-                            *base])
+                            "--mirror-cpu-share", "0.4", *base])
     assert r.exit_code == 0 and RUN_B in r.output and "running" in r.output, r.output
     r = runner.invoke(app, ["release", "start", RUN_B, *base])
     assert r.exit_code == 1 and "in progress" in r.output
     r = runner.invoke(app, ["release", "status", "--json", *base])
-    assert r.exit_code == 0 and '"active": true' in r.output
+    assert r.exit_code == 0 and '"active": true' in r.output and '"mirror_cpu_share": 0.4' in r.output
     r = runner.invoke(app, ["release", "promote", "-r", "looks good", *base])
     assert r.exit_code == 0 and "promoted" in r.output, r.output
     assert events(release_store["store"])[-1]["reason"] == "looks good"
