@@ -4,14 +4,23 @@ child process (cvpipe.serving.mirror.MirrorProcess: its own GIL), under a schedu
 "mirror ran" counts the copies the mirror finished in a phase (more: fewer inconclusive windows).
 
 Variants (`--variants`): thread_nice<N>; process_nice<N> (nice alone); process_idle (SCHED_IDLE, nice 19);
-any process variant + `_cap<S>` (at most S of one core over 1 s, e.g. process_idle_cap0.25).
+`group` after either: a session and autogroup of its own (process_idlegroup: the service's default); any process
+variant + `_cap<S>` (at most S of one core, a duty cycle, e.g. process_idlegroup_cap0.25).
 
 The champion is `--concurrency` threads calling DetectorEngine.predict_sync_timed in a closed loop (what the
-service's model threads do); the mirror is kept busy all the time (the worst case: every request copied and
-the copies never dropped). Phases are alternated `--rounds` times so every variant sees the same machine load;
-medians of the rounds are printed with the p99 ratio against no mirror.
+service's model threads do) or, with `--rps`, serving Poisson arrivals (latency from arrival); the mirror is kept
+busy all the time (the worst case: every request copied, its queue always full). Two designs:
+
+- rounds (default): each variant's phase, in a shuffled order, `--rounds` times; medians of the rounds and each
+  round's p99 over the same round's no-mirror p99 (quartiles);
+- interleaved (`--minutes`, process variants): every mirror started once and fed in turn for `--phase-s`
+  seconds, for that long; latencies pooled per variant and a block-bootstrap 90 % interval of the p99 ratio.
+  On a shared machine whose load comes and goes this is the comparison to trust: every variant samples the
+  same minutes.
 
     .venv/bin/python benchmarks/bench_mirror.py --rounds 3 --seconds 8        # ~3 min
+    .venv/bin/python benchmarks/bench_mirror.py --minutes 12 --phase-s 2 --rps 20 \
+        --variants process_nice19 process_idle process_idle_cap0.5 process_idle_cap0.25
 """
 
 from __future__ import annotations
@@ -37,6 +46,12 @@ def champion_phase(engine, data: bytes, concurrency: int, seconds: float, rps: f
     by `concurrency` threads; a request's latency counts from its arrival, so waiting for a thread is in it)."""
     from cvpipe.loadtest.stats import latency_stats
 
+    return latency_stats(*phase_latencies(engine, data, concurrency, seconds, rps))
+
+
+def phase_latencies(engine, data: bytes, concurrency: int, seconds: float,
+                    rps: float | None = None) -> tuple[list[float], float]:
+    """Every request's latency (s) and the phase's wall time."""
     if rps:
         return open_loop_phase(engine, data, concurrency, seconds, rps)
     lat: list[float] = []
@@ -51,12 +66,10 @@ def champion_phase(engine, data: bytes, concurrency: int, seconds: float, rps: f
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(lambda _: worker(), range(concurrency)))
-    return latency_stats(lat, time.perf_counter() - t0)
+    return lat, time.perf_counter() - t0
 
 
-def open_loop_phase(engine, data: bytes, concurrency: int, seconds: float, rps: float) -> dict:
-    from cvpipe.loadtest.stats import latency_stats
-
+def open_loop_phase(engine, data: bytes, concurrency: int, seconds: float, rps: float) -> tuple[list[float], float]:
     rng, lat = random.Random(), []
 
     def one(arrival: float) -> None:
@@ -69,7 +82,7 @@ def open_loop_phase(engine, data: bytes, concurrency: int, seconds: float, rps: 
         while (arrival := arrival + rng.expovariate(rps)) < t0 + seconds:
             time.sleep(max(0.0, arrival - time.perf_counter()))
             pool.submit(one, arrival)
-    return latency_stats(lat, time.perf_counter() - t0)
+    return lat, time.perf_counter() - t0
 
 
 class CpuMeter:
@@ -150,12 +163,14 @@ class ProcessMirror:
 
         self.sink = MirrorProcess(model_dir, ServiceSettings(), policy, queue_size=4)
         self.data, self.stop, self.done = data, threading.Event(), 0
+        self.active = threading.Event()  # interleaved runs: fed only while active (idle: blocked, costs nothing)
+        self.active.set()
         self.feeder = threading.Thread(target=self._feed, daemon=True)
 
     def _feed(self):
         seq = 0
         while not self.stop.is_set():
-            while self.sink.submit(seq, self.data, None):
+            while self.active.is_set() and self.sink.submit(seq, self.data, None):
                 seq += 1
             if self.sink.next_result(0.05) is not None:
                 self.done += 1
@@ -179,6 +194,61 @@ class ProcessMirror:
         self.sink.close()
 
 
+def interleaved(champion, data: bytes, model_dir: Path, names: list[str], args) -> dict:
+    """Every mirror started once, idle; then blocks of short phases (no mirror, each mirror fed in turn, in a
+    shuffled order) for `args.minutes`: all variants sample the same stretches of machine load. Latencies are
+    pooled per variant; the p99 ratio's 90 % interval comes from resampling whole blocks."""
+    import contextlib
+
+    import numpy as np
+
+    mirrors = {n: mirror_of(n, None, model_dir, data)() for n in names}
+    kinds = ["none", *names]
+    blocks: list[dict[str, list[float]]] = []
+    done = {k: 0 for k in kinds}
+    with contextlib.ExitStack() as stack:
+        for m in mirrors.values():
+            stack.enter_context(m)
+            m.active.clear()
+        time.sleep(1.0)
+        deadline = time.monotonic() + args.minutes * 60
+        rng = random.Random(0)
+        while time.monotonic() < deadline:
+            block: dict[str, list[float]] = {}
+            for name in rng.sample(kinds, len(kinds)):
+                m = mirrors.get(name)
+                if m is not None:
+                    m.active.set()
+                    time.sleep(0.2)  # its queue is full, it is running
+                    done0 = m.done
+                block[name], _ = phase_latencies(champion, data, args.concurrency, args.phase_s, args.rps)
+                if m is not None:
+                    m.active.clear()
+                    done[name] += m.done - done0
+                    time.sleep(0.2)  # the copy in progress ends before the next phase
+            blocks.append(block)
+            print(f"block {len(blocks)}: " + "  ".join(f"{k} p99 {1000 * np.percentile(v, 99):.0f}"
+                                                       for k, v in block.items()) + f"  load {os.getloadavg()[0]:.1f}",
+                  flush=True)
+
+    def p99(kind: str, picks) -> float:
+        return float(np.percentile(np.concatenate([blocks[i][kind] for i in picks]), 99))
+
+    every = range(len(blocks))
+    gen = np.random.default_rng(0)
+    boots = [gen.integers(0, len(blocks), len(blocks)) for _ in range(1000)]
+    out = {"blocks": len(blocks), "phase_s": args.phase_s, "rps": args.rps, "concurrency": args.concurrency}
+    for k in kinds:
+        lat = np.concatenate([b[k] for b in blocks]) * 1000
+        out[k] = {"requests": int(lat.size), "p50_ms": float(np.percentile(lat, 50)),
+                  "p99_ms": float(np.percentile(lat, 99)), "mirror_done": done[k]}
+        if k != "none":
+            ratios = [p99(k, b) / p99("none", b) for b in boots]
+            out[k] |= {"p99_ratio": p99(k, every) / p99("none", every),
+                       "p99_ratio_90ci": [float(np.percentile(ratios, 5)), float(np.percentile(ratios, 95))]}
+    return out
+
+
 def mirror_of(name: str, engine, model_dir: Path, data: bytes):
     """A variant's name -> a function that makes its mirror (see the module's docstring)."""
     from cvpipe.serving.mirror import MirrorPolicy
@@ -186,9 +256,11 @@ def mirror_of(name: str, engine, model_dir: Path, data: bytes):
     kind, sched, *cap = name.split("_")
     if kind == "thread":
         return lambda: ThreadMirror(engine, data, int(sched.removeprefix("nice")))
+    group = sched.endswith("group")
+    sched = sched.removesuffix("group")
     nice = 19 if sched == "idle" else int(sched.removeprefix("nice"))
     share = float(cap[0].removeprefix("cap")) if cap else 1.0
-    policy = MirrorPolicy(nice=nice, sched_idle=sched == "idle", cpu_share=share)
+    policy = MirrorPolicy(nice=nice, sched_idle=sched == "idle", cpu_share=share, own_group=group)
     return lambda: ProcessMirror(model_dir, data, policy)
 
 
@@ -202,6 +274,9 @@ def main() -> None:
     ap.add_argument("--quiet", type=float, help="before each round, wait until other work uses at most this many "
                     "cores (the shared machine's load comes and goes)")
     ap.add_argument("--quiet-timeout", type=float, default=120.0)
+    ap.add_argument("--minutes", type=float, help="interleaved: short phases of every variant, in turn, for this long "
+                    "(process variants only; pooled latencies, block-bootstrap interval)")
+    ap.add_argument("--phase-s", type=float, default=2.0, help="interleaved: seconds per phase")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     from bench_slow_clients import pack
@@ -218,6 +293,12 @@ def main() -> None:
         for _ in range(5):
             champion.predict_sync_timed(data)
             second.predict_sync_timed(data)
+        if args.minutes:
+            res = {**interleaved(champion, data, model_dir, args.variants, args), "loadavg": os.getloadavg()}
+            print(json.dumps(res, indent=1))
+            if args.out:
+                args.out.write_text(json.dumps(res, indent=1))
+            return
         variants = {"none": None, **{name: mirror_of(name, second, model_dir, data) for name in args.variants}}
         phases: dict[str, list[dict]] = {k: [] for k in variants}
         order = list(variants)
@@ -239,7 +320,9 @@ def main() -> None:
                         cpu0, done0 = getattr(m, "cpu_s", lambda: 0.0)(), m.done
                         st = champion_phase(champion, data, args.concurrency, args.seconds, args.rps)
                         done, cpu = m.done - done0, getattr(m, "cpu_s", lambda: 0.0)() - cpu0
-                others = meter.others_cores(st["wall_s"])
+                        others = meter.others_cores(st["wall_s"])  # while the mirror is still a child of ours
+                if make is None:
+                    others = meter.others_cores(st["wall_s"])
                 phases[name].append({**st, "mirror_done": done, "mirror_cpu_share": cpu / args.seconds,
                                      "loadavg1": os.getloadavg()[0], "others_cores": others})
                 print(f"round {r} {name:<22} p50 {st['p50_ms']:6.1f} p99 {st['p99_ms']:6.1f} ms "

@@ -62,10 +62,13 @@ def wait_end(url: str, timeout_s: float = 120) -> dict:
 
 
 def mirror_plan(name: str) -> dict:
-    """A mirror policy's name -> the plan's fields: nice<N> (nice alone), idle (SCHED_IDLE, nice 19), and either
-    + `_cap<S>` (at most S of one core), e.g. idle_cap0.25."""
+    """A mirror policy's name -> the plan's fields: nice<N> (nice alone), idle (SCHED_IDLE, nice 19), `group`
+    after either (a session and autogroup of its own: idlegroup is the default), and + `_cap<S>` (at most S of
+    one core), e.g. idlegroup_cap0.25."""
     sched, *cap = name.split("_")
-    plan = {"mirror_idle": sched == "idle", "mirror_nice": 19 if sched == "idle" else int(sched.removeprefix("nice"))}
+    group, sched = sched.endswith("group"), sched.removesuffix("group")
+    plan = {"mirror_idle": sched == "idle", "mirror_own_group": group,
+            "mirror_nice": 19 if sched == "idle" else int(sched.removeprefix("nice"))}
     return {**plan, "mirror_cpu_share": float(cap[0].removeprefix("cap"))} if cap else plan
 
 
@@ -164,8 +167,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="per shadow-cost phase")
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--shares", type=float, nargs="+", default=[0.1, 1.0], help="shadow shares to measure")
-    ap.add_argument("--mirrors", nargs="+", default=["idle"], help="mirror policies to measure: nice<N>, idle, "
-                    "and either + _cap<S> (e.g. nice19 idle idle_cap0.25)")
+    ap.add_argument("--mirrors", nargs="+", default=["idlegroup"], help="mirror policies to measure: nice<N>, idle, "
+                    "+group, + _cap<S> (e.g. nice19 idle idlegroup idlegroup_cap0.25)")
     ap.add_argument("--cycles", type=int, default=20)
     ap.add_argument("--bad-every", type=int, default=4)
     ap.add_argument("--out", type=Path)

@@ -63,6 +63,7 @@ class MirrorPolicy:
 
     nice: int = 19
     sched_idle: bool = True  # SCHED_IDLE where the OS has it (Linux); else nice alone
+    own_group: bool = True  # a session of its own, so an autogroup of its own, at the autogroup's nice
     cpu_share: float = 1.0  # of one core (1.0: no cap beyond the scheduling)
 
 
@@ -84,9 +85,36 @@ class CpuBudget:
         return max(0.0, self.ready_at - now)
 
 
+def leave_the_workers_group(nice: int) -> bool:
+    """Start a session of our own and give its autogroup `nice`; True when the kernel groups by session.
+
+    Why: with autogroup scheduling (Linux's default on most distributions) CPU is shared fairly between
+    sessions first, and only then between the tasks of a session by their nice value or policy. A mirror in the
+    worker's session spends the worker's share: on a busy host the worker then waits behind other sessions for
+    the CPU its mirror took, however idle the mirror's own policy (measured: docs/production.md). A session of its
+    own at autogroup nice 19 is charged to itself. (A container's CPU quota still counts the mirror: the
+    `cpu_share` cap is what bounds that.)"""
+    try:
+        os.setsid()
+    except OSError:  # already a session leader
+        pass
+    try:
+        with open("/proc/self/autogroup", "w") as f:
+            f.write(str(nice))
+    except OSError:  # no autogroup in this kernel
+        return False
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
 def lower_priority(policy: MirrorPolicy) -> str:
     """Put every thread of this process under the policy's scheduling; returns what was applied ("idle" or
-    "nice"). Never raises the priority above what the thread has (a worker at nice 5 keeps its child >= 5)."""
+    "nice", + "+group" for a session and autogroup of its own). Never raises the priority above what the
+    thread has (a worker at nice 5 keeps its child >= 5)."""
+    grouped = policy.own_group and leave_the_workers_group(policy.nice)
     idle = policy.sched_idle and hasattr(os, "SCHED_IDLE")
     for tid in _threads():
         try:
@@ -97,7 +125,7 @@ def lower_priority(policy: MirrorPolicy) -> str:
             continue
         except PermissionError:  # a sandbox that forbids it: nice alone
             idle = False
-    return "idle" if idle else "nice"
+    return ("idle" if idle else "nice") + ("+group" if grouped else "")
 
 
 def _threads() -> list[int]:
@@ -238,7 +266,7 @@ class MirrorProcess:
 def process_mirrors(settings: ServiceSettings):
     """The service's mirror factory: (the mirrored model's dir, the release plan) -> a started MirrorProcess."""
     def start(model_dir: Path, plan: Any) -> MirrorProcess:
-        policy = MirrorPolicy(plan.mirror_nice, plan.mirror_idle, plan.mirror_cpu_share)
+        policy = MirrorPolicy(plan.mirror_nice, plan.mirror_idle, plan.mirror_own_group, plan.mirror_cpu_share)
         return MirrorProcess(model_dir, settings, policy, plan.queue_size).start()
 
     return start

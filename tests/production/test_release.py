@@ -173,7 +173,7 @@ def test_the_mirror_process_runs_copies_at_low_priority_and_drops_what_does_not_
     sink = MirrorProcess(model, ServiceSettings(), queue_size=2).start()
     try:
         pid = sink.process.pid
-        assert pid != os.getpid() and sink.scheduling == "idle"
+        assert pid != os.getpid() and sink.scheduling == "idle+group"
         queued = [sink.submit(i, data, None) for i in range(20)]  # far faster than the child runs them
         assert queued[:2] == [True, True] and False in queued, queued
         assert sink.submit(99, b"not an image", None) in (True, False)
@@ -245,7 +245,7 @@ def test_a_killed_mirror_process_is_restarted_and_the_release_goes_on(client, re
     try:
         (child,) = mirror_children()
         assert child.nice() == 19 and os.sched_getscheduler(child.pid) == os.SCHED_IDLE
-        assert admin(client, action="status").json()["release"]["mirror"]["scheduling"] == "idle"
+        assert admin(client, action="status").json()["release"]["mirror"]["scheduling"] == "idle+group"
         for i in range(3):
             predict(client, i)
         os.kill(child.pid, signal.SIGKILL)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import sys
 import threading
 
 import pytest
@@ -80,23 +79,31 @@ def _policies_after_lowering(policy: MirrorPolicy, out) -> None:
     late = threading.Thread(target=stop.wait)
     late.start()
     tids = [int(t) for t in os.listdir("/proc/self/task")]
-    out.put((applied, {tid: (os.getpriority(os.PRIO_PROCESS, tid), os.sched_getscheduler(tid)) for tid in tids}))
+    with open("/proc/self/autogroup") as f:
+        group = f.read()
+    out.put((applied, {tid: (os.getpriority(os.PRIO_PROCESS, tid), os.sched_getscheduler(tid)) for tid in tids},
+             os.getsid(0) == os.getpid(), group))
     stop.set()
     early.join()
     late.join()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_IDLE and per-thread nice are Linux's")
-@pytest.mark.parametrize("policy,expected", [(MirrorPolicy(nice=19, sched_idle=True), "idle"),
-                                             (MirrorPolicy(nice=15, sched_idle=False), "nice")])
+@pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"), reason="SCHED_IDLE, per-thread nice and autogroups "
+                    "are Linux's (a kernel built with CONFIG_SCHED_AUTOGROUP)")
+@pytest.mark.parametrize("policy,expected", [(MirrorPolicy(nice=19), "idle+group"),
+                                             (MirrorPolicy(nice=15, sched_idle=False, own_group=False), "nice")])
 def test_every_thread_of_the_mirror_gets_the_policy_even_one_started_before(policy, expected):
+    """The default: SCHED_IDLE and nice 19 on every thread, in a session (so an autogroup) of its own at nice
+    19, whose CPU is not charged to the worker's session."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     p = ctx.Process(target=_policies_after_lowering, args=(policy, out))
     p.start()
-    applied, threads = out.get(timeout=60)
+    applied, threads, leads_session, group = out.get(timeout=60)
     p.join(10)
     assert applied == expected and len(threads) >= 3, threads  # main, early, late (+ the queue's feeder)
+    assert leads_session is policy.own_group
+    assert group.endswith(f"nice {policy.nice}\n") is policy.own_group, group
     scheduler = os.SCHED_IDLE if policy.sched_idle else os.SCHED_OTHER
     assert all(nice == policy.nice and sched == scheduler for nice, sched in threads.values()), threads
 
@@ -107,7 +114,9 @@ def test_the_release_plan_reaches_the_mirror_process(monkeypatch):
     from cvpipe.serving.settings import ServiceSettings
 
     monkeypatch.setattr(MirrorProcess, "start", lambda self: self)
-    plan = ReleasePlan(mirror_nice=17, mirror_idle=False, mirror_cpu_share=0.3, queue_size=5)
+    plan = ReleasePlan(mirror_nice=17, mirror_idle=False, mirror_own_group=False, mirror_cpu_share=0.3, queue_size=5)
     sink = process_mirrors(ServiceSettings())("/nowhere", plan)
-    assert sink.policy == MirrorPolicy(nice=17, sched_idle=False, cpu_share=0.3) and sink.queue_size == 5
-    assert ReleasePlan().mirror_idle is True  # the default: SCHED_IDLE
+    assert sink.policy == MirrorPolicy(nice=17, sched_idle=False, own_group=False, cpu_share=0.3)
+    assert sink.queue_size == 5
+    default = ReleasePlan()
+    assert default.mirror_idle and default.mirror_own_group  # SCHED_IDLE, in a session of its own
