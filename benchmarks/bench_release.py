@@ -61,31 +61,60 @@ def wait_end(url: str, timeout_s: float = 120) -> dict:
     return {**admin(url, action="abort", reason="bench: no decision in time"), "state": "timed_out"}
 
 
+def mirror_plan(name: str) -> dict:
+    """A mirror policy's name -> the plan's fields: nice<N> (nice alone), idle (SCHED_IDLE, nice 19), `group`
+    after either (a session and autogroup of its own: idlegroup is the default), and + `_cap<S>` (at most S of
+    one core), e.g. idlegroup_cap0.25."""
+    sched, *cap = name.split("_")
+    group, sched = sched.endswith("group"), sched.removesuffix("group")
+    plan = {"mirror_idle": sched == "idle", "mirror_own_group": group,
+            "mirror_nice": 19 if sched == "idle" else int(sched.removeprefix("nice"))}
+    return {**plan, "mirror_cpu_share": float(cap[0].removeprefix("cap"))} if cap else plan
+
+
 def shadow_cost(url: str, req, rounds: int, seconds: float, concurrency: int, shares: list[float],
-                nices: list[int]) -> dict:
-    """Phases steady, shadow at each share and mirror nice value, ... alternated `rounds` times; medians."""
+                mirrors: list[str]) -> dict:
+    """Phases steady, shadow at each share and mirror policy, ... in a shuffled order each of `rounds` rounds;
+    medians, and each round's ratio against the same round's steady phase (paired: both saw the same load)."""
+    import os
+    import random
+
     from cvpipe.loadtest.runner import run_phase
 
-    variants = [(None, None)] + [(s, n) for s in shares for n in nices]
-    kinds = ["steady" if s is None else f"shadow_{s}_nice{n}" for s, n in variants]
+    variants = [(None, None)] + [(s, m) for s in shares for m in mirrors]
+    kinds = ["steady" if s is None else f"shadow_{s}_{m}" for s, m in variants]
     phases: dict[str, list[dict]] = {k: [] for k in kinds}
-    for _ in range(rounds):
-        for kind, (share, nice) in zip(kinds, variants):
+    order = list(zip(kinds, variants))
+    for r in range(rounds):
+        random.Random(r).shuffle(order)
+        for kind, (share, mirror) in order:
             if share is not None:
                 admin(url, action="start", run_id=RUN_B, plan={"mode": "shadow", "share": share, "window_s": 3600,
-                                                               "auto_promote": False, "mirror_nice": nice})
+                                                               "auto_promote": False, **mirror_plan(mirror)})
             res = run_phase(url, req, name=kind, concurrency=concurrency, duration_s=seconds, max_requests=100000)
-            st = res.stats()
+            st = {**res.stats(), "loadavg1": os.getloadavg()[0]}
             if share is not None:
                 st["release"] = admin(url, action="status")["release"]["current"]
                 admin(url, action="abort", reason="bench")
             phases[kind].append(st)
+            print(f"round {r} {kind:<28} p50 {st['p50_ms']:6.1f} p99 {st['p99_ms']:6.1f} ms  compared "
+                  f"{st.get('release', {}).get('compared', 0):4d} dropped {st.get('release', {}).get('dropped', 0):4d}"
+                  f"  load {st['loadavg1']:.1f}", flush=True)
     med = {k: {m: statistics.median(p[m] for p in v) for m in ("p50_ms", "p99_ms", "throughput_rps")}
            for k, v in phases.items()}
     ratios = {k: {"p99": med[k]["p99_ms"] / med["steady"]["p99_ms"], "p50": med[k]["p50_ms"] / med["steady"]["p50_ms"]}
               for k in kinds[1:]}
-    return {"phases": phases, "median": med, "ratios": ratios,
+    paired = {k: paired_ratios(phases[k], phases["steady"]) for k in kinds[1:]}
+    return {"phases": phases, "median": med, "ratios": ratios, "paired_p99_ratio": paired,
+            "compared": {k: sum(p["release"]["compared"] for p in phases[k]) for k in kinds[1:]},
             "errors": sum(p["errors"] for v in phases.values() for p in v)}
+
+
+def paired_ratios(variant: list[dict], steady: list[dict]) -> dict:
+    """Each round's p99 over the same round's steady p99: quartiles over the rounds."""
+    r = sorted(v["p99_ms"] / n["p99_ms"] for v, n in zip(variant, steady))
+    q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
+    return {"q1": round(q[0], 3), "median": round(q[1], 3), "q3": round(q[2], 3), "rounds": len(r)}
 
 
 def cycles(url: str, req, n: int, bad_every: int, concurrency: int) -> dict:
@@ -138,7 +167,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="per shadow-cost phase")
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--shares", type=float, nargs="+", default=[0.1, 1.0], help="shadow shares to measure")
-    ap.add_argument("--mirror-nice", type=int, nargs="+", default=[19], help="mirror thread nice values to measure")
+    ap.add_argument("--mirrors", nargs="+", default=["idlegroup"], help="mirror policies to measure: nice<N>, idle, "
+                    "+group, + _cap<S> (e.g. nice19 idle idlegroup idlegroup_cap0.25)")
     ap.add_argument("--cycles", type=int, default=20)
     ap.add_argument("--bad-every", type=int, default=4)
     ap.add_argument("--out", type=Path)
@@ -159,15 +189,16 @@ def main() -> None:
             from cvpipe.loadtest.runner import run_phase
 
             run_phase(svc.url, req, name="warmup", concurrency=1, duration_s=5, max_requests=20)
-            cost = shadow_cost(svc.url, req, args.rounds, args.seconds, args.concurrency, args.shares,
-                               args.mirror_nice)
-            print(json.dumps({k: cost[k] for k in ("median", "ratios", "errors")}), flush=True)
+            cost = shadow_cost(svc.url, req, args.rounds, args.seconds, args.concurrency, args.shares, args.mirrors)
+            print(json.dumps({k: cost[k] for k in ("median", "ratios", "paired_p99_ratio", "compared", "errors")}),
+                  flush=True)
             cyc = cycles(svc.url, req, args.cycles, args.bad_every, args.concurrency) if args.cycles else {}
     with open("/proc/loadavg") as f:
         loadavg = f.read().split()[:3]
     report = {"shadow_cost": cost, "cycles": cyc, "loadavg": loadavg}
     summary = {k: v for k, v in cyc.items() if k not in ("cycles", "non_2xx_examples")}
-    print(json.dumps({"ratios": cost["ratios"], **summary, "loadavg": loadavg}, indent=1))
+    print(json.dumps({"ratios": cost["ratios"], "paired_p99_ratio": cost["paired_p99_ratio"], **summary,
+                      "loadavg": loadavg}, indent=1))
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
 

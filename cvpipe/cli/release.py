@@ -67,6 +67,9 @@ def start(
                                             "p95 model time."),
     min_samples: int = typer.Option(10, "--min-samples", help="Compared requests a window needs to count."),
     manual: bool = typer.Option(False, "--manual", help="Never promote automatically (rollback stays automatic)."),
+    mirror_cpu_share: float = typer.Option(1.0, "--mirror-cpu-share", min=0.01, max=1.0, help="Most of one core "
+                                           "the mirror process may use; copies past it are dropped (1.0: no cap "
+                                           "beyond its SCHED_IDLE scheduling)."),
     reason: str = ReasonOpt, url: str = UrlOpt, token_env: str = TokenEnvOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Load RUN_ID beside the champion (checked like a hot swap) and start a shadow or canary release."""
@@ -74,7 +77,8 @@ def start(
         fail(f"--mode must be shadow or canary, not {mode!r}", 2)
     plan = {"mode": mode, "share": share, "window_s": window, "clean_windows": clean_windows,
             "min_agreement": min_agreement, "max_error_rate": max_error_rate,
-            "max_latency_ratio": max_latency_ratio, "min_samples": min_samples, "auto_promote": not manual}
+            "max_latency_ratio": max_latency_ratio, "min_samples": min_samples, "auto_promote": not manual,
+            "mirror_cpu_share": mirror_cpu_share}
     result = call(url, token_env, {"action": "start", "run_id": run_id, "plan": plan, "reason": reason})
     _show(result, as_json)
 
@@ -111,7 +115,8 @@ def _show(result: dict, as_json: bool) -> None:
     mirror = rel.get("mirror")
     if mirror and rel["state"] == "running":
         out.print(f"  mirror process: {'running' if mirror['running'] else '[bold]not running: copies are dropped[/]'}"
-                  f", {mirror['in_flight']} copies in flight")
+                  f", {mirror['in_flight']} copies in flight"
+                  + (f", scheduled {mirror['scheduling']}" if mirror.get("scheduling") else ""))
     for w in rel.get("windows", []):
         out.print(f"  window {w['index']}: {w['verdict']}: agreement {w['agreement']}, errors "
                   f"{w['challenger_errors']}/{w['challenger_calls']}, latency ratio {w['latency_ratio']}, "

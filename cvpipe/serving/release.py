@@ -75,12 +75,22 @@ class MirrorSink(Protocol):
     @property
     def alive(self) -> bool: ...
 
+    scheduling: str  # what the sink's process runs under: "idle" (SCHED_IDLE) or "nice"
+
     def start(self) -> Any: ...  # (re)start, blocking until ready
 
     def close(self) -> None: ...
 
 
-MirrorFactory = Callable[[Path, ReleasePlan], MirrorSink]  # (the mirrored model's dir, plan) -> a started sink
+MirrorFactory = Callable[[Path, ReleasePlan], MirrorSink]
+
+
+def release_needs_one_worker(workers: int) -> str:
+    """Why `start` is refused under several workers, and what to do instead."""
+    return (f"a release runs in one worker's memory (its windows, challenger and mirror process) and this service "
+            f"has {workers} workers: each would see part of the traffic and promote or roll back on its own. Run "
+            f"the release on a service with CVPIPE_WORKERS=1 (restart this one so, or serve a second one beside "
+            f"it and send it part of the traffic)")  # (the mirrored model's dir, plan) -> a started sink
 
 
 @dataclass
@@ -180,7 +190,8 @@ class Release:
                 "running_s": round(now - self.started_at, 1), "window": self.stats.index,
                 "window_left_s": round(max(0.0, self.window_end - now), 1), "clean_windows": self.clean,
                 "current": self.stats.figures().as_dict(), "windows": self.history[-10:],
-                "mirror": {"running": self.sink is not None and self.sink.alive, "in_flight": len(self.pending)}}
+                "mirror": {"running": self.sink is not None and self.sink.alive, "in_flight": len(self.pending),
+                           "scheduling": self.sink.scheduling if self.sink is not None else ""}}
 
 
 class ReleaseController:

@@ -39,6 +39,13 @@ class ReleasePlan(BaseModel):
     max_error_rate: float = Field(0.01, ge=0.0, le=1.0, description="highest share of challenger calls that fail")
     max_latency_ratio: float = Field(1.5, gt=0.0, description="highest challenger p95 / champion p95 latency")
     mirror_nice: int = Field(19, ge=0, le=19, description="nice value of the process that runs mirrored copies")
+    mirror_idle: bool = Field(True, description="run the mirror process under SCHED_IDLE (Linux): only on a core "
+                              "nothing else wants, preempted at once by a request")
+    mirror_own_group: bool = Field(True, description="give the mirror process a session of its own (Linux "
+                                   "autogroup at nice 19), so its CPU is not charged to the worker's share")
+    mirror_cpu_share: float = Field(1.0, gt=0.0, le=1.0, description="most of one core the mirror process may "
+                                    "use (a duty cycle: it pauses after each copy, copies that arrive meanwhile "
+                                    "are dropped; 1.0: no cap)")
     queue_size: int = Field(16, ge=1, le=10000, description="mirrored requests waiting; more are dropped")
     auto_promote: bool = Field(True, description="promote after clean_windows; false: wait for `release promote`")
 

@@ -45,7 +45,7 @@ from cvpipe.serving.engine import DecodeBudget, DetectorEngine, limit_heap_growt
 from cvpipe.serving.errors import RequestRefused, error_body
 from cvpipe.serving.mirror import process_mirrors
 from cvpipe.serving.process import die_with_parent
-from cvpipe.serving.release import ReleaseController, ReleaseRefused
+from cvpipe.serving.release import ReleaseController, ReleaseRefused, release_needs_one_worker
 from cvpipe.serving.release_rules import ReleasePlan
 from cvpipe.serving.settings import ServiceSettings
 from cvpipe.serving.swap import ModelManager, StoreSource
@@ -219,7 +219,7 @@ class Detector:
         try:
             if action == "start":
                 if self.settings.workers > 1:
-                    raise ReleaseRefused(409, "a release runs in one worker's memory: serve with 1 worker")
+                    raise ReleaseRefused(409, release_needs_one_worker(self.settings.workers))
                 if not run_id:
                     raise ReleaseRefused(422, "start needs a run_id")
                 try:

@@ -158,8 +158,9 @@ def test_a_release_after_an_aborted_long_one_still_decides(client, release_store
 
 
 def test_the_mirror_process_runs_copies_at_low_priority_and_drops_what_does_not_fit(release_store):
-    """cvpipe.serving.mirror on its own: a child of its own at nice 19, the same answers as the engine in the
-    worker, a bounded queue that refuses (never waits) when full, a refused image told apart, a restart."""
+    """cvpipe.serving.mirror on its own: a child of its own with EVERY thread under SCHED_IDLE at nice 19 (the
+    model's runtime threads and those a library started before the policy), the same answers as the engine in
+    the worker, a bounded queue that refuses (never waits) when full, a refused image told apart, a restart."""
     import os
     import signal
 
@@ -169,10 +170,10 @@ def test_the_mirror_process_runs_copies_at_low_priority_and_drops_what_does_not_
 
     model, data = release_store["a"]["model"], IMAGES[0].read_bytes()
     expected = DetectorEngine(model, ServiceSettings()).predict_sync_timed(data)[0]["detections"]
-    sink = MirrorProcess(model, ServiceSettings(), nice=19, queue_size=2).start()
+    sink = MirrorProcess(model, ServiceSettings(), queue_size=2).start()
     try:
         pid = sink.process.pid
-        assert pid != os.getpid() and os.getpriority(os.PRIO_PROCESS, pid) == 19
+        assert pid != os.getpid() and sink.scheduling == "idle+group"
         queued = [sink.submit(i, data, None) for i in range(20)]  # far faster than the child runs them
         assert queued[:2] == [True, True] and False in queued, queued
         assert sink.submit(99, b"not an image", None) in (True, False)
@@ -189,6 +190,9 @@ def test_the_mirror_process_runs_copies_at_low_priority_and_drops_what_does_not_
         while (r := sink.next_result(10.0)) is not None and r.seq != 100:
             pass
         assert r is not None and r.outcome == "refused"
+        threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]  # the model has run: its threads exist
+        assert len(threads) > 1 and all(os.sched_getscheduler(t) == os.SCHED_IDLE for t in threads), threads
+        assert all(os.getpriority(os.PRIO_PROCESS, t) == 19 for t in threads)
         os.kill(pid, signal.SIGKILL)
         sink.process.join(10)
         assert not sink.alive
@@ -240,7 +244,8 @@ def test_a_killed_mirror_process_is_restarted_and_the_release_goes_on(client, re
     assert admin(client, action="start", run_id=RUN_B, plan=plan).status_code == 200
     try:
         (child,) = mirror_children()
-        assert child.nice() == 19
+        assert child.nice() == 19 and os.sched_getscheduler(child.pid) == os.SCHED_IDLE
+        assert admin(client, action="status").json()["release"]["mirror"]["scheduling"] == "idle+group"
         for i in range(3):
             predict(client, i)
         os.kill(child.pid, signal.SIGKILL)
@@ -312,6 +317,24 @@ def test_a_restart_mid_release_records_it_aborted(release_store, monkeypatch):
             assert admin(c, action="start", run_id=RUN_B, plan={"window_s": 600}).status_code == 200  # again
     finally:
         _reset_champion(st)
+
+
+def test_a_release_is_refused_under_several_workers_and_says_why(release_store, monkeypatch):
+    """A release lives in one worker's memory (its windows, its challenger, its mirror process): with 2 workers
+    `start` is refused with 409 and what to do, nothing is logged, and the champion serves."""
+    from serving.inprocess import service_app, service_env
+
+    st = release_store["store"]
+    monkeypatch.setenv("CVPIPE_CACHE", str(st.cache_dir.parent))
+    n = len(events(st))
+    _forget_bentoml_metrics()
+    with service_env(release_store["a"]["model"], follow_store=st.url, store_env=st.env, store_pipeline=st.pipeline,
+                     admin_token=TOKEN, workers=2), TestClient(service_app()) as c:
+        r = admin(c, action="start", run_id=RUN_B, plan={"mode": "shadow"})
+        assert r.status_code == 409, r.text
+        assert "2 workers" in r.json()["error"] and "CVPIPE_WORKERS=1" in r.json()["error"]
+        assert admin(c, action="status").json()["active"] is False and len(events(st)) == n
+        assert predict(c, 0)["model"] == {"run_id": RUN_A, "role": "champion"}
 
 
 def _forget_bentoml_metrics() -> None:
@@ -390,12 +413,12 @@ def test_cli_release_commands(client, release_store, monkeypatch):
     assert r.exit_code == 1 and "refused (404)" in r.output and "unknown run" in r.output
     assert "/tmp" not in r.output
     r = runner.invoke(app, ["release", "start", RUN_B, "--mode", "canary", "--share", "0.3", "--window", "600",
-                            *base])
+                            "--mirror-cpu-share", "0.4", *base])
     assert r.exit_code == 0 and RUN_B in r.output and "running" in r.output, r.output
     r = runner.invoke(app, ["release", "start", RUN_B, *base])
     assert r.exit_code == 1 and "in progress" in r.output
     r = runner.invoke(app, ["release", "status", "--json", *base])
-    assert r.exit_code == 0 and '"active": true' in r.output
+    assert r.exit_code == 0 and '"active": true' in r.output and '"mirror_cpu_share": 0.4' in r.output
     r = runner.invoke(app, ["release", "promote", "-r", "looks good", *base])
     assert r.exit_code == 0 and "promoted" in r.output, r.output
     assert events(release_store["store"])[-1]["reason"] == "looks good"
