@@ -25,7 +25,10 @@ from cvpipe.labels.score import score_labels
 from cvpipe.labels.selftest import self_test, summarize
 from cvpipe.vision.boxes import box_iou
 
-COCO_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_real" / "dev"  # beside the checkout
+# the shared folder beside the checkout (or beside the folder of worktrees the checkout is in)
+COCO_DEV = next((p / "shared" / "data" / "coco_real" / "dev" for p in Path(__file__).resolve().parents[2:4]
+                 if (p / "shared" / "data" / "coco_real" / "dev").is_dir()),
+                Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_real" / "dev")
 
 
 def synthetic(images: int, labels_per: int = 9, preds_per: int = 75, seed: int = 0) -> tuple[BoxTable, BoxTable]:
