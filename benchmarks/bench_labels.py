@@ -25,7 +25,10 @@ from cvpipe.labels.score import score_labels
 from cvpipe.labels.selftest import self_test, summarize
 from cvpipe.vision.boxes import box_iou
 
-COCO_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_real" / "dev"  # beside the checkout
+# the shared folder beside the checkout (or beside the folder of worktrees the checkout is in)
+COCO_DEV = next((p / "shared" / "data" / "coco_real" / "dev" for p in Path(__file__).resolve().parents[2:4]
+                 if (p / "shared" / "data" / "coco_real" / "dev").is_dir()),
+                Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_real" / "dev")
 
 
 def synthetic(images: int, labels_per: int = 9, preds_per: int = 75, seed: int = 0) -> tuple[BoxTable, BoxTable]:
@@ -108,7 +111,8 @@ def bench_selftest(folder: Path, seeds: int, first_seed: int, oof: OOFParams, im
     ds, images_dir = coco_dev(folder)
     t = time.perf_counter()
     frame, info = out_of_fold_predictions(ds, images_dir, oof)
-    print(f"\nout-of-fold predictions ({oof.model_dump(include={'scheme', 'tiles', 'flip', 'img_size'})}): "
+    print(f"\nout-of-fold predictions ({oof.model_dump(include={'scheme', 'tiles', 'flip', 'img_size', 'folds'})}"
+          f"{', train ' + json.dumps(oof.train) if oof.scheme == 'kfold' else ''}): "
           f"{len(frame)} boxes, {time.perf_counter() - t:.0f} s ({'cached' if info['cached'] else 'computed'})")
     labels, crowd, preds = labels_of(ds), labels_of(ds, crowd=True), BoxTable.from_frame(frame)
     bench_speed(*tiled_copies(labels, preds, images), "the COCO dev labels and predictions, repeated")
@@ -131,10 +135,14 @@ def main() -> None:
     ap.add_argument("--scheme", default="pretrained", choices=["pretrained", "kfold"])
     ap.add_argument("--flip", action="store_true", help="also predict the mirrored images (OOFParams.flip)")
     ap.add_argument("--img-size", type=int, default=416, help="input size of the pretrained scheme")
+    ap.add_argument("--folds", type=int, default=4, help="k of the kfold scheme")
+    ap.add_argument("--train", type=json.loads, default={}, help='kfold: model_train params over the default '
+                    'recipe, as JSON, e.g. \'{"freeze_backbone": true, "epochs": 2}\'')
     ap.add_argument("--images", type=int, default=5000, help="images for the speed measurement")
     ap.add_argument("--coco-dev", type=Path, default=COCO_DEV, help="the shared COCO dev folder")
     args = ap.parse_args()
-    oof = OOFParams(scheme=args.scheme, flip=args.flip, img_size=args.img_size)
+    oof = OOFParams(scheme=args.scheme, flip=args.flip, img_size=args.img_size, folds=args.folds,
+                    train={**OOFParams().train, **args.train})
     bench_selftest(args.coco_dev, args.seeds, args.first_seed, oof, args.images)
 
 
