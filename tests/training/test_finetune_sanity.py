@@ -43,8 +43,8 @@ def test_short_finetune_from_pretrained_nano_raises_ap_on_its_images(tmp_path):
     # only recovered to 0.52), warm-up over 4 of the 16 iterations
     # freeze_backbone=False: COCO classes would make "auto" train the head only; this test is of all layers
     params = TrainParams(scale="nano", pretrained="nano-onnx", img_size=320, epochs=8, batch_size=4,
-                         freeze_backbone=False, lr_per_img=0.01 / 128, warmup_epochs=2, no_aug_epochs=8, ema=False, device="cpu",
-                         workers=0, eval_interval=8, eval_batch_size=8)
+                         freeze_backbone=False, lr_per_img=0.01 / 128, warmup_epochs=2, no_aug_epochs=8, ema=False,
+                         device="cpu", workers=0, eval_interval=8, eval_batch_size=8)
     seed_everything(0)
     model, info = build_model("nano", len(ds.class_names), "nano-onnx", True, ds.class_names,
                               calibration_batches(ds, images_dir, params.img_size))
