@@ -14,7 +14,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cvpipe.data.formats import RawDataset, detect_format, read_coco, read_voc, read_yolo, scale_normalized_boxes
+from cvpipe.data.formats import (
+    BoxTable,
+    RawDataset,
+    detect_format,
+    read_coco,
+    read_voc,
+    read_yolo,
+    scale_normalized_boxes,
+)
 from cvpipe.data.schema import DetectionDataset
 from cvpipe.pipeline.executor import ExecutorKind, parallel_map
 from cvpipe.progress import track
@@ -147,7 +155,7 @@ def _no_images_message(raw: RawDataset) -> str:
 def normalise(raw: RawDataset, images_out: Path, executor: ExecutorKind = "process",
               workers: int | None = None) -> tuple[DetectionDataset, list[dict]]:
     """Hash and store every image, fill sizes, and build the canonical dataset; problems become findings.
-    `raw.annotations` is emptied as it is read (one copy of the boxes in memory at a time)."""
+    `raw.annotations` is emptied once its columns are in the frame (one copy of the boxes at a time)."""
     findings = list(raw.findings)
     if not raw.images:
         raise ValueError(_no_images_message(raw))
@@ -170,16 +178,14 @@ def normalise(raw: RawDataset, images_out: Path, executor: ExecutorKind = "proce
                        "digest": info.digest, "blob": f"{info.digest}{ext}" if info.digest else "",
                        "source": _relative_source(im["path"], raw.root, im["file_name"]), "split": "",
                        "extra": json.dumps(im["extra"], sort_keys=True) if im.get("extra") else "{}"})
-    known = {im["image_id"] for im in images}
-    anns = []
-    for a in _consume(raw.annotations):
-        if a["image_id"] not in known:
-            findings.append({"rule": "annotation_without_image", "action": "dropped", "image_id": a["image_id"],
-                             "ann_id": a["ann_id"], "detail": f"annotation {a['ann_id']} names image {a['image_id']}, "
-                                                              f"which the data does not have"})
-            continue
-        anns.append({**a, "extra": json.dumps(a["extra"], sort_keys=True) if a.get("extra") else "{}"})
-    return DetectionDataset.build(images, anns, raw.categories), findings
+    anns = raw.annotations.frame()
+    raw.annotations = BoxTable()  # the columns are copied into the frame: free them
+    orphan = ~anns["image_id"].isin([im["image_id"] for im in images])
+    for ann_id, image_id in zip(anns["ann_id"][orphan].tolist(), anns["image_id"][orphan].tolist()):
+        findings.append({"rule": "annotation_without_image", "action": "dropped", "image_id": image_id,
+                         "ann_id": ann_id, "detail": f"annotation {ann_id} names image {image_id}, "
+                                                     f"which the data does not have"})
+    return DetectionDataset.build(images, anns[~orphan] if orphan.any() else anns, raw.categories), findings
 
 
 @contextmanager
@@ -195,14 +201,6 @@ def paused_gc() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
-
-
-def _consume(rows: list[dict]) -> Iterator[dict]:
-    """Each row of `rows`, the list emptied as it goes: the raw boxes and the canonical ones are never all in
-    memory together (at 650,000 boxes each copy is hundreds of MB)."""
-    rows.reverse()
-    while rows:
-        yield rows.pop()
 
 
 SOURCE_INFO = "source.json"

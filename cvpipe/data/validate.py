@@ -252,7 +252,10 @@ FINDING_COLUMNS = ["step", "rule", "action", "image_id", "ann_id", "detail"]
 def write_findings(findings: list[dict], directory: Path) -> None:
     """findings.json (for people and tools) and findings.parquet (a table: one row per affected item)."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "findings.json").write_text(json.dumps(findings, indent=1, default=str))
+    # one finding per line, each by json's C encoder: an indented dump goes through the pure-Python encoder and
+    # joined ~1.6 million pieces at 90,000 findings (the data steps' peak memory at 100,000 images)
+    lines = ",\n".join(json.dumps(f, default=str) for f in findings)
+    (directory / "findings.json").write_text(f"[\n{lines}\n]\n" if findings else "[]\n")
     table = pd.DataFrame(findings, columns=FINDING_COLUMNS)
     table["step"] = table["step"].fillna("")
     table = table.astype({"step": "string", "rule": "string", "action": "string", "image_id": "Int64",
