@@ -101,18 +101,9 @@ class CpuMeter:
 
     @staticmethod
     def _mine() -> float:
-        import psutil
+        from bench_serving import tree_cpu_s
 
-        me = psutil.Process()
-        procs = [me, *me.children(recursive=True)]
-        total = 0.0
-        for p in procs:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                pass
-        return total
+        return tree_cpu_s(os.getpid())
 
     def others_cores(self, wall_s: float) -> float:
         total, idle = self._machine()

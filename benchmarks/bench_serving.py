@@ -126,7 +126,7 @@ def tree_cpu_s(pid: int) -> float:
         try:
             t = p.cpu_times()
             total += t.user + t.system
-        except psutil.NoSuchProcess:
+        except psutil.Error:  # gone or not ours to read
             pass
     return total
 
