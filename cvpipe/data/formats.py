@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import xml.etree.ElementTree as ET
 from array import array
 from collections.abc import Iterator
@@ -76,6 +77,29 @@ class BoxTable:
 
     def __len__(self) -> int:
         return len(self.extra)
+
+    def next_index(self) -> int:
+        """The 0-based position the next box will have (for errors that name a box by its place)."""
+        return len(self.extra)
+
+    def drop_images(self, image_ids: set[int]) -> list[tuple[int, int]]:
+        """Remove the boxes of these images; (ann_id, image_id) of each box removed."""
+        import numpy as np
+
+        if not image_ids or not len(self):
+            return []
+        ids = np.frombuffer(self.ints["image_id"], np.int64)
+        gone = np.isin(ids, np.fromiter(image_ids, np.int64, len(image_ids)))
+        if not gone.any():
+            return []
+        removed = list(zip(np.frombuffer(self.ints["ann_id"], np.int64)[gone].tolist(), ids[gone].tolist()))
+        keep = ~gone
+        del ids
+        for cols, dtype in ((self.ints, np.int64), (self.floats, np.float64)):
+            for col in cols.values():
+                col[:] = array(col.typecode, np.frombuffer(col, dtype)[keep].tobytes())
+        self.extra = [e for e, k in zip(self.extra, keep.tolist()) if k]
+        return removed
 
     def __iter__(self) -> Iterator[dict]:
         for i in range(len(self)):
@@ -223,23 +247,100 @@ def _coco_annotation(a: dict) -> dict:
 
 
 _MISSING = object()
+_WS = re.compile(r"[ \t\n\r]*")
 
 
-def _coco_items(json_path: Path, prefix: str) -> Iterator:
-    """The values at `prefix` of a COCO JSON (ijson's prefix, e.g. `annotations.item`), built one at a time: the
-    file is never parsed whole (json.loads of 645,899 boxes held ~480 MB of Python objects at once)."""
-    import ijson
+class _JsonStream:
+    """A JSON text walked by hand at the top level, each value decoded by json's C scanner: a COCO file's
+    `images` and `annotations` arrays come one element at a time, so the file is never held as Python objects
+    whole (json.loads of 645,899 boxes held ~480 MB at once; the text itself is 87 MB). Not ijson: its prefix
+    strings grow with the nesting depth, and one annotation nested 100,000 deep took gigabytes; json's scanner
+    stops at the recursion limit (a RecursionError, turned into a clear error by `read_coco`)."""
 
+    def __init__(self, text: str) -> None:
+        self.text, self.pos = text, 0
+        self._decode = json.JSONDecoder().raw_decode
+
+    def _skip(self) -> str:
+        self.pos = _WS.match(self.text, self.pos).end()  # type: ignore[union-attr]  # matches empty too
+        return self.text[self.pos:self.pos + 1]
+
+    def _expect(self, char: str) -> None:
+        if self._skip() != char:
+            raise json.JSONDecodeError(f"expected {char!r}", self.text, self.pos)
+        self.pos += 1
+
+    def value(self) -> object:
+        self._skip()
+        value, self.pos = self._decode(self.text, self.pos)
+        return value
+
+    def is_array(self) -> bool:
+        return self._skip() == "["
+
+    def elements(self) -> Iterator:
+        """The elements of the array that starts here, decoded one at a time."""
+        self._expect("[")
+        if self._skip() == "]":
+            self.pos += 1
+            return
+        while True:
+            yield self.value()
+            if self._skip() != ",":
+                self._expect("]")
+                return
+            self.pos += 1
+
+    def keys(self) -> Iterator[str]:
+        """The top-level object's keys; the caller reads each key's value (`value` or `elements`) before the
+        next one. Ends with the text: anything after the object is an error."""
+        self._expect("{")
+        if self._skip() == "}":
+            self.pos += 1
+        else:
+            while True:
+                if self._skip() != '"':
+                    raise json.JSONDecodeError("expected a key", self.text, self.pos)
+                key, self.pos = json.decoder.scanstring(self.text, self.pos + 1)  # type: ignore[attr-defined]
+                self._expect(":")
+                yield key
+                if self._skip() != ",":
+                    self._expect("}")
+                    break
+                self.pos += 1
+        if self._skip():
+            raise json.JSONDecodeError("extra data after the object", self.text, self.pos)
+
+
+def _coco_sections(json_path: Path, boxes: BoxTable) -> dict[str, object]:
+    """One pass over a COCO JSON: `images` and `categories` as lists, every annotation straight into `boxes`.
+    A section absent is _MISSING; one that is not an array keeps its value (the caller says what is wrong)."""
+    sections: dict[str, object] = {"images": _MISSING, "annotations": _MISSING, "categories": _MISSING}
     try:
-        with json_path.open("rb") as f:
-            yield from ijson.items(f, prefix, use_float=True)
-    except (ijson.JSONError, UnicodeDecodeError) as e:
+        stream = _JsonStream(json_path.read_text(encoding="utf-8-sig"))  # a byte-order mark is allowed
+        if stream.is_array():  # valid JSON, not a COCO file: say which sections are missing
+            stream.value()
+            return sections
+        for key in stream.keys():
+            if key == "annotations" and stream.is_array():
+                for a in stream.elements():
+                    boxes.append(_coco_annotation(a))
+                sections[key] = []
+            elif key == "images" and stream.is_array():
+                sections[key] = list(stream.elements())
+            elif key in sections:
+                sections[key] = stream.value()
+            else:  # info, licenses, ...: read past
+                stream.value()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{json_path}: not valid JSON: not UTF-8 ({e})") from None
+    except json.JSONDecodeError as e:
         raise ValueError(f"{json_path}: not valid JSON: {e}") from None
-
-
-def _coco_section(json_path: Path, key: str) -> object:
-    """The whole value of a top-level key, or _MISSING."""
-    return next(_coco_items(json_path, key), _MISSING)
+    except RecursionError:
+        raise ValueError(f"{json_path}: not valid COCO JSON: a value is nested too deep") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{json_path}: annotation {boxes.next_index()}: not a COCO annotation ({e!r})") from None
+    return sections
 
 
 def _check_sections(json_path: Path, sections: dict[str, object]) -> None:
@@ -255,10 +356,20 @@ def read_coco(root: Path, annotations: str | None = None, images_dir: str | None
     json_path = _coco_json(root, annotations)
     if json_path is None:
         raise FileNotFoundError(f"no COCO annotation json in {root}")
-    categories = _coco_section(json_path, "categories")
-    images = list(_coco_items(json_path, "images.item"))
-    _check_sections(json_path, {"images": images or _coco_section(json_path, "images"), "categories": categories})
     raw = RawDataset(format="coco", root=root)
+    sections = _coco_sections(json_path, raw.annotations)
+    _check_sections(json_path, sections)
+    images, categories = cast(list, sections["images"]), cast(list, sections["categories"])
+    try:
+        return _coco_rows(raw, json_path, images, categories, images_dir)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{json_path}: an image or category record is not COCO's ({e!r})") from None
+
+
+def _coco_rows(raw: RawDataset, json_path: Path, images: list, categories: list,
+               images_dir: str | None) -> RawDataset:
+    """The image and category rows (the boxes are in raw already); unsafe image paths become findings."""
+    root = cast(Path, raw.root)
     paths = _locate_images(root, json_path, [str(im["file_name"]) for im in images], images_dir)
     unsafe_ids = set()
     for im in images:
@@ -270,18 +381,11 @@ def read_coco(root: Path, annotations: str | None = None, images_dir: str | None
         extra = {k: v for k, v in im.items() if k not in ("id", "file_name", "width", "height")}
         raw.images.append({"image_id": int(im["id"]), "file_name": im["file_name"], "path": path,
                            "width": int(im.get("width") or 0), "height": int(im.get("height") or 0), "extra": extra})
-    del images
-    for a in _coco_items(json_path, "annotations.item"):
-        ann = _coco_annotation(a)
-        if ann["image_id"] in unsafe_ids:
-            raw.findings.append({"rule": "unsafe_path", "action": "dropped", "image_id": ann["image_id"],
-                                 "ann_id": ann["ann_id"], "detail": "annotation of an image with an unsafe file name"})
-        else:
-            raw.annotations.append(ann)
-    if not raw.annotations and not any(f["ann_id"] is not None for f in raw.findings):
-        _check_sections(json_path, {"annotations": _coco_section(json_path, "annotations")})
+    for ann_id, image_id in raw.annotations.drop_images(unsafe_ids):
+        raw.findings.append({"rule": "unsafe_path", "action": "dropped", "image_id": image_id, "ann_id": ann_id,
+                             "detail": "annotation of an image with an unsafe file name"})
     raw.categories = [{"category_id": int(c["id"]), "name": c["name"], "supercategory": c.get("supercategory", "")}
-                      for c in cast(list, categories)]  # a list: checked above
+                      for c in categories]
     return raw
 
 
