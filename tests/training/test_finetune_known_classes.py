@@ -17,7 +17,7 @@ from coco_data import ANNOTATIONS, COCO_DEV, need_data
 
 from cvpipe.data.schema import DetectionDataset
 from cvpipe.training.model_init import build_model
-from cvpipe.training.params import TrainParams
+from cvpipe.training.params import SCALE_AUGMENT, TrainParams
 from cvpipe.training.run import calibration_batches
 from cvpipe.training.trainer import Trainer, TrainOutputs, seed_everything
 
@@ -80,8 +80,12 @@ def test_default_recipe_keeps_the_start_on_images_it_did_not_train_on(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("options", [{"freeze_bn": True},
                                      {"freeze_backbone": False}, {"no_aug_epochs": 0, "mosaic": True, "mixup": True},
-                                     {"no_aug_epochs": 1, "mosaic": True, "mixup": False}],
-                         ids=["freeze_bn", "all_layers", "mosaic_mixup", "mosaic_then_plain"])
+                                     {"no_aug_epochs": 1, "mosaic": True, "mixup": False},
+                                     {"no_aug_epochs": 0, "mosaic": True, **SCALE_AUGMENT["s"]},
+                                     {"no_aug_epochs": 0, "mosaic": True, **SCALE_AUGMENT["tiny"]},
+                                     {"no_aug_epochs": 0, "mosaic": True, **SCALE_AUGMENT["nano"]}],
+                         ids=["freeze_bn", "all_layers", "mosaic_mixup", "mosaic_then_plain",
+                              "s_m_l_x_augmentation", "tiny_augmentation", "nano_augmentation"])
 def test_every_training_option_keeps_the_start(tmp_path, options):
     history, _ = finetune(tmp_path, **options)
     assert_kept_what_it_knew(history)
