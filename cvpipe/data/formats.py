@@ -53,8 +53,8 @@ class BoxTable:
     and come out as one DataFrame (`frame`) or, for small data, as dicts again (iteration)."""
 
     def __init__(self) -> None:
-        self.ints = {c: array("q") for c in BOX_INTS}
-        self.floats = {c: array("d") for c in BOX_FLOATS}
+        self.ints: dict[str, array] = {c: array("q") for c in BOX_INTS}
+        self.floats: dict[str, array] = {c: array("d") for c in BOX_FLOATS}
         self.extra: list[str] = []  # each box's other source fields as JSON text; "{}" is one shared string
         self._int_columns = tuple(self.ints[c] for c in BOX_INTS)  # in BOX_INTS order, for `append`
         self._float_columns = tuple(self.floats[c] for c in BOX_FLOATS)
@@ -78,26 +78,21 @@ class BoxTable:
     def __len__(self) -> int:
         return len(self.extra)
 
-    def next_index(self) -> int:
-        """The 0-based position the next box will have (for errors that name a box by its place)."""
-        return len(self.extra)
-
     def drop_images(self, image_ids: set[int]) -> list[tuple[int, int]]:
         """Remove the boxes of these images; (ann_id, image_id) of each box removed."""
         import numpy as np
 
         if not image_ids or not len(self):
             return []
-        ids = np.frombuffer(self.ints["image_id"], np.int64)
+        ids = _view(self.ints["image_id"])
         gone = np.isin(ids, np.fromiter(image_ids, np.int64, len(image_ids)))
         if not gone.any():
             return []
-        removed = list(zip(np.frombuffer(self.ints["ann_id"], np.int64)[gone].tolist(), ids[gone].tolist()))
+        removed = list(zip(_view(self.ints["ann_id"])[gone].tolist(), ids[gone].tolist()))
         keep = ~gone
         del ids
-        for cols, dtype in ((self.ints, np.int64), (self.floats, np.float64)):
-            for col in cols.values():
-                col[:] = array(col.typecode, np.frombuffer(col, dtype)[keep].tobytes())
+        for col in (*self._int_columns, *self._float_columns):
+            col[:] = array(col.typecode, _view(col)[keep].tobytes())
         self.extra = [e for e, k in zip(self.extra, keep.tolist()) if k]
         return removed
 
@@ -108,25 +103,29 @@ class BoxTable:
 
     def frame(self) -> pd.DataFrame:
         """The boxes as one DataFrame (the arrays' memory is copied once; `extra` stays JSON text)."""
-        import numpy as np
         import pandas as pd
 
-        cols: dict = {c: np.frombuffer(col, np.int64) if len(col) else np.zeros(0, np.int64)
-                      for c, col in self.ints.items()}
-        cols |= {c: np.frombuffer(col, np.float64) if len(col) else np.zeros(0) for c, col in self.floats.items()}
+        cols = {c: _view(col) for c, col in (*self.ints.items(), *self.floats.items())}
         return pd.DataFrame({**cols, "extra": pd.array(self.extra, dtype="string")}, copy=True)
 
     def scale(self, sizes: dict[int, tuple[int, int]]) -> None:
         """Normalised boxes (0..1) to pixels, given each image's (width, height); unknown images get 0 x 0."""
         import numpy as np
 
-        ids = np.frombuffer(self.ints["image_id"], np.int64) if len(self) else np.zeros(0, np.int64)
-        w = np.array([sizes.get(i, (0, 0))[0] for i in ids.tolist()], np.float64)
-        h = np.array([sizes.get(i, (0, 0))[1] for i in ids.tolist()], np.float64)
+        ids = _view(self.ints["image_id"]).tolist()
+        w = np.array([sizes.get(i, (0, 0))[0] for i in ids], np.float64)
+        h = np.array([sizes.get(i, (0, 0))[1] for i in ids], np.float64)
+        f = self.floats
         for c, by in (("x", w), ("w", w), ("y", h), ("h", h)):
-            self.floats[c][:] = array("d", (np.frombuffer(self.floats[c], np.float64) * by).tobytes())
-        area = np.abs(np.frombuffer(self.floats["w"], np.float64) * np.frombuffer(self.floats["h"], np.float64))
-        self.floats["area"][:] = array("d", area.tobytes())
+            f[c][:] = array("d", (_view(f[c]) * by).tobytes())
+        f["area"][:] = array("d", np.abs(_view(f["w"]) * _view(f["h"])).tobytes())
+
+
+def _view(col: array):
+    """A numpy view of a BoxTable column (no copy; an empty column gives an empty array)."""
+    import numpy as np
+
+    return np.frombuffer(col, np.int64 if col.typecode == "q" else np.float64)
 
 
 @dataclass
@@ -339,7 +338,7 @@ def _coco_sections(json_path: Path, boxes: BoxTable) -> dict[str, object]:
     except RecursionError:
         raise ValueError(f"{json_path}: not valid COCO JSON: a value is nested too deep") from None
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{json_path}: annotation {boxes.next_index()}: not a COCO annotation ({e!r})") from None
+        raise ValueError(f"{json_path}: annotation {len(boxes)}: not a COCO annotation ({e!r})") from None
     return sections
 
 

@@ -201,7 +201,7 @@ class MirrorProcess:
                  queue_size: int = 16, start_timeout_s: float = 120.0):
         self.model_dir, self.settings = str(model_dir), mirror_settings(settings)
         self.policy, self.queue_size, self.start_timeout_s = policy or MirrorPolicy(), int(queue_size), start_timeout_s
-        self.scheduling = ""  # what the child applied: "idle" (SCHED_IDLE) or "nice"
+        self.scheduling = ""  # what the child applied (lower_priority's answer, e.g. "idle+group")
         self._ctx = mp.get_context("spawn")  # a fork of a threaded worker (ONNX Runtime, executors) is unsafe
         self.process: Any = None
         self.requests: Any = None

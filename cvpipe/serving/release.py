@@ -75,14 +75,14 @@ class MirrorSink(Protocol):
     @property
     def alive(self) -> bool: ...
 
-    scheduling: str  # what the sink's process runs under: "idle" (SCHED_IDLE) or "nice"
+    scheduling: str  # what the sink's process runs under: "idle" (SCHED_IDLE) or "nice", + "+group"
 
     def start(self) -> Any: ...  # (re)start, blocking until ready
 
     def close(self) -> None: ...
 
 
-MirrorFactory = Callable[[Path, ReleasePlan], MirrorSink]
+MirrorFactory = Callable[[Path, ReleasePlan], MirrorSink]  # (the mirrored model's dir, plan) -> a started sink
 
 
 def release_needs_one_worker(workers: int) -> str:
@@ -90,7 +90,7 @@ def release_needs_one_worker(workers: int) -> str:
     return (f"a release runs in one worker's memory (its windows, challenger and mirror process) and this service "
             f"has {workers} workers: each would see part of the traffic and promote or roll back on its own. Run "
             f"the release on a service with CVPIPE_WORKERS=1 (restart this one so, or serve a second one beside "
-            f"it and send it part of the traffic)")  # (the mirrored model's dir, plan) -> a started sink
+            f"it and send it part of the traffic)")
 
 
 @dataclass

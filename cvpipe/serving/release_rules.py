@@ -42,7 +42,7 @@ class ReleasePlan(BaseModel):
     mirror_idle: bool = Field(True, description="run the mirror process under SCHED_IDLE (Linux): only on a core "
                               "nothing else wants, preempted at once by a request")
     mirror_own_group: bool = Field(True, description="give the mirror process a session of its own (Linux "
-                                   "autogroup at nice 19), so its CPU is not charged to the worker's share")
+                                   "autogroup at mirror_nice), so its CPU is not charged to the worker's share")
     mirror_cpu_share: float = Field(1.0, gt=0.0, le=1.0, description="most of one core the mirror process may "
                                     "use (a duty cycle: it pauses after each copy, copies that arrive meanwhile "
                                     "are dropped; 1.0: no cap)")
