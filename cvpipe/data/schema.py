@@ -222,13 +222,15 @@ class ImageFiles:
     subset of stored files is committed as an index, with no file linked again."""
 
     def __init__(self, directory: str | Path | None = None, names: tuple[str, ...] | None = None, *,
-                 stored: StoredFiles | None = None, folder: Callable[[], Path] | None = None):
+                 stored: StoredFiles | None = None, folder: Callable[[], Path] | None = None,
+                 added: Path | None = None):
         if directory is None and folder is None:
             raise ValueError("ImageFiles needs a directory or a way to build one")
         self._directory = Path(directory) if directory is not None else None
         self.names = names
         self.stored = stored
         self._folder = folder
+        self.added = added  # with `stored`: a folder of the files that are not stored yet (a version's new images)
 
     @classmethod
     def load(cls, directory: str | Path) -> ImageFiles:
@@ -238,6 +240,14 @@ class ImageFiles:
     def from_store(cls, stored: StoredFiles, folder: Callable[[], Path]) -> ImageFiles:
         """The runner's read-through input (see the class doc)."""
         return cls(stored=stored, folder=folder)
+
+    @classmethod
+    def stored_plus(cls, stored: StoredFiles, added: Path) -> ImageFiles:
+        """Stored files and a folder of new ones (`added`), committed as one entity: the new files are put in
+        the store, the stored ones only indexed (a version that changed a few images of a large one)."""
+        def folder() -> Path:
+            raise ValueError("this images entity is stored files plus new ones: it has no folder of its own")
+        return cls(stored=stored, folder=folder, added=added)
 
     @property
     def directory(self) -> Path:
@@ -253,7 +263,8 @@ class ImageFiles:
             return
         dest = Path(directory)
         dest.mkdir(parents=True, exist_ok=True)
-        for name, path in self.stored.paths.items():  # what a runner without a store (tests, benchmarks) keeps
+        added = {p.name: str(p) for p in self.added.iterdir()} if self.added is not None else {}
+        for name, path in {**self.stored.paths, **added}.items():  # what a runner without a store keeps
             try:
                 os.link(path, dest / name)
             except OSError:  # another file system
@@ -264,9 +275,11 @@ class ImageFiles:
         if not blob or Path(blob).name != blob:
             raise ValueError(f"not an image file name: {blob!r}")
         if self.stored is not None:
-            if blob not in self.stored.paths:
-                raise ValueError(f"{blob} is not in this images entity")
-            return Path(self.stored.paths[blob])
+            if blob in self.stored.paths:
+                return Path(self.stored.paths[blob])
+            if self.added is not None and (self.added / blob).is_file():
+                return self.added / blob
+            raise ValueError(f"{blob} is not in this images entity")
         return self.directory / blob
 
     def subset(self, blobs: set[str] | list[str]) -> ImageFiles:

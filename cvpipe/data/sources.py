@@ -191,7 +191,7 @@ def _digest_folder(path: Path) -> SourceDigest:
                                     f"once the data stops changing") from None
         log.info("source %s: %d files, %d read (the rest unchanged since last read)", path, len(names), cache.hashed)
     files = dict(zip(names, digests))
-    return SourceDigest(str(path.resolve()), tree_digest(files), len(files), local=path)
+    return SourceDigest(str(path.resolve()), tree_digest(files), len(files), local=path, file_digests=files)
 
 
 def _download(url: str, limits: ArchiveLimits) -> SourceDigest:

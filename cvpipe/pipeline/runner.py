@@ -183,6 +183,8 @@ class Runner:
             return None, resolved
         depends = dict(spec.depends_on(params, self.store, runs) or {}) if spec.depends_on else {}
         depends.update({kw: r.key for kw, r in resolved.items() if r.keyed})
+        if spec.depends_on is None and not any(r.keyed for r in resolved.values()):
+            return None, resolved  # only hints that do not change the result (data_load's previous version)
         return json.loads(json.dumps(depends, sort_keys=True)), resolved  # JSON-able now
 
     # ---- running ------------------------------------------------------------------------------
@@ -302,13 +304,14 @@ class Runner:
         store = self.store
         local_inputs = {kw: self._input(spec, kw, r) for kw, r in inputs.items()}
         log.info("running %s (run %s)", spec.name, ctx.run_id)
-        stored: dict[str, StoredFiles] = {}
+        stored: dict[str, tuple[StoredFiles, Path | None]] = {}
         summary = invoke(spec, params, ctx, local_inputs, {kw: r.load() for kw, r in resolved.items()}, stored)
         fault_point(spec.name, "before_commit")
         outputs: dict[str, Any] = {}
         for name, out in spec.outputs.items():
             if name in stored:  # files that are objects of this store already: their index is the commit
-                outputs[name] = store.commit_stored(spec.name, ctx.run_id, name, stored[name])
+                files, added = stored[name]
+                outputs[name] = store.commit_stored(spec.name, ctx.run_id, name, files, added)
             else:
                 outputs[name] = store.commit_entity(spec.name, ctx.run_id, name, ctx.outputs[name],
                                                     content_addressed=out.content_addressed)
@@ -373,11 +376,13 @@ class Runner:
 
 
 def invoke(spec: StepSpec, params: Any, ctx: StepContext, local_inputs: dict[str, Any],
-           extra: dict[str, Any] | None = None, stored: dict[str, StoredFiles] | None = None) -> dict[str, Any]:
+           extra: dict[str, Any] | None = None, stored: dict[str, tuple[StoredFiles, Path | None]] | None = None
+           ) -> dict[str, Any]:
     """Load the input entities from their local directories (or take those the runner built), call the step,
     save the entities it returns into ctx.outputs: the summary. The one place a step is called (the runner;
-    tests call it too). With `stored`, a content-addressed output whose files are all objects of the store
-    already (`.stored`) is put there instead of saved: the runner commits its index."""
+    tests call it too). With `stored`, a content-addressed output whose files are objects of the store already
+    (`.stored`, plus a folder of new ones in `.added`) is put there instead of saved: the runner commits its
+    index (and stores the new files)."""
     classes = spec.input_classes()
     loaded = {kw: load_entity(classes.get(kw), path) if path is None or isinstance(path, Path) else path
               for kw, path in local_inputs.items()}
@@ -391,7 +396,7 @@ def invoke(spec: StepSpec, params: Any, ctx: StepContext, local_inputs: dict[str
         for name, value in result.entities.items():
             files = getattr(value, "stored", None) if spec.outputs[name].content_addressed else None
             if stored is not None and files is not None and isinstance(value, spec.outputs[name].entity or object):
-                stored[name] = files
+                stored[name] = (files, getattr(value, "added", None))
                 continue
             save_entity(value, ctx.output(name), spec.outputs[name].entity, f"{spec.name}.{name}")
         summary = result.summary

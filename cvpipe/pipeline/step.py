@@ -119,6 +119,9 @@ class SourceDigest:
     digest: str  # sha256 over the content read (file bytes, archive bytes, or an object listing with ETags)
     files: int
     local: Path | None = None  # where it was fetched to, for the step to reuse (never recorded)
+    # a local folder's {relative path: sha256}, as read for `digest` (never recorded): what changed since a
+    # previous version (data_load writes a version as a change of the last one when only image bytes changed)
+    file_digests: dict[str, str] | None = field(default=None, repr=False)
 
     def record(self) -> dict[str, Any]:
         return {"uri": self.uri, "digest": self.digest, "files": self.files}

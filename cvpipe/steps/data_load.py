@@ -3,10 +3,12 @@ canonical versioned dataset, images stored once per content digest."""
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from pathlib import Path
+from typing import Any, Literal, Optional
 
 from pydantic import Field
 
+from cvpipe.data import incremental
 from cvpipe.data.schema import DetectionData, ImageFiles
 from cvpipe.data.sources import ArchiveLimits
 from cvpipe.pipeline import Output, Produced, SourceDigest, StepContext, StepParams, step
@@ -34,30 +36,49 @@ def digest_data_source(params: DataLoadParams) -> SourceDigest:
     return digest_source(params.source, params.archive_limits)
 
 
-@step("data_load", params=DataLoadParams, source=digest_data_source,
+@step("data_load", params=DataLoadParams, source=digest_data_source, resolve={"previous": incremental.resolve_previous},
       outputs=[Output("dataset", DetectionData,
                       description="canonical tables + findings.{json,parquet} + source.json"),
                Output("images", ImageFiles, content_addressed=True, description="image files named <sha256><ext>")])
-def data_load(params: DataLoadParams, ctx: StepContext) -> Produced:
-    """Normalise raw detection data into the canonical dataset."""
+def data_load(params: DataLoadParams, ctx: StepContext,
+              previous: incremental.PreviousVersion | None = None) -> Produced:
+    """Normalise raw detection data into the canonical dataset (as a change of `previous`, the last version,
+    when only image bytes changed)."""
     from cvpipe.data.load import normalise, paused_gc, read_raw, sweep_unreferenced
     from cvpipe.data.sources import fetch_source
 
     source = ctx.source or digest_data_source(params)
     root = fetch_source(params.source, ctx.scratch / "source", params.archive_limits, source)
     images = ctx.workdir("images")
+    # no local paths in the source info: they differ from run to run (scratch) and say nothing about the data
+    info: dict[str, Any] = {"source": params.source, "digest": source.digest, "files": source.files}
+    if source.file_digests is not None:
+        info["layout"] = incremental.source_layout(source.file_digests)
     with paused_gc():
+        plan = incremental.plan(previous, source, root)
+        if plan is not None:
+            return _changed_version(plan, info, images)
         raw = read_raw(root, params.format, params.annotations, params.images_dir, params.classes)
         ds, findings = normalise(raw, images, params.executor, params.workers)
     findings = [{**f, "step": "data_load"} for f in findings]
     sweep_unreferenced(images, ds)
-    # no local paths in the source info: they differ from run to run (scratch) and say nothing about the data
-    data = DetectionData.of(ds, findings, {"source": params.source, "format": raw.format, "digest": source.digest,
-                                           "files": source.files})
+    data = DetectionData.of(ds, findings, {**info, "format": raw.format})
+    return Produced(_summary(data), dataset=data, images=ImageFiles(images))
+
+
+def _changed_version(plan: incremental.Plan, info: dict[str, Any], folder: Path) -> Produced:
+    """The previous version with some images' bytes changed (cvpipe.data.incremental): their new contents are
+    linked into `folder` and stored, the previous version's other images shared."""
+    data, kept = incremental.apply(plan, info, folder)
+    summary = {**_summary(data), "incremental": {"from": plan.previous, "changed_images": len(plan.changes)}}
+    return Produced(summary, dataset=data, images=ImageFiles.stored_plus(kept, folder))
+
+
+def _summary(data: DetectionData) -> dict[str, Any]:
     by_rule: dict[str, int] = {}
-    for f in findings:
+    for f in data.findings:
         by_rule[f["rule"]] = by_rule.get(f["rule"], 0) + 1
-    summary = {"format": raw.format, "images": len(ds.images), "annotations": len(ds.annotations),
-               "categories": len(ds.categories), "distinct_files": len(set(ds.images["digest"]) - {""}),
-               "findings": len(findings), **({"findings_by_rule": by_rule} if by_rule else {})}
-    return Produced(summary, dataset=data, images=ImageFiles(images))
+    return {"format": data.source.get("format", ""), "images": len(data.images),
+            "annotations": len(data.annotations), "categories": len(data.categories),
+            "distinct_files": len(set(data.images["digest"]) - {""}), "findings": len(data.findings),
+            **({"findings_by_rule": by_rule} if by_rule else {})}

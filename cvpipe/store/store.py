@@ -318,23 +318,11 @@ class ArtifactStore:
         File digests come from the digest cache (a file linked from data already read is not read again);
         a content-addressed file whose object is already stored is neither read nor copied."""
         base = self.entity_path(step, run_id, entity)
-        names = [safe_relpath(rel, "output file name") for rel in list_files(local_dir)]
-        files: dict[str, str] = {}
-        objects: dict[str, str] = {}
-        size = 0
-        written: list[str] = []
-        with DigestCache() as cache:
-            paths = [os.path.join(local_dir, rel) for rel in names]  # str: a Path per file cost more
-            stats = [os.stat(p) for p in paths]
-            for rel, path, st, digest in zip(names, paths, stats, cache.digests(paths, stats=stats)):
-                files[rel] = digest
-                size += st.st_size
-                if content_addressed:
-                    objects[rel] = self._put_object(Path(path), rel, digest, cache, st.st_size, written)
-                else:
-                    self._put_file(Path(path), f"{base}/{rel}")
-        _sync(written)  # the new objects on disk before any index (and so any manifest) names them
-        self._write_index(step, run_id, entity, files, {k: self.uri(v) for k, v in objects.items()})
+        put = self._put_files(local_dir, None if content_addressed else base)
+        files = {rel: digest for rel, (digest, _, _) in put.items()}
+        objects = {rel: self.uri(obj) for rel, (_, _, obj) in put.items()} if content_addressed else {}
+        size = sum(nbytes for _, nbytes, _ in put.values())
+        self._write_index(step, run_id, entity, files, objects)
         return {
             "uri": self.uri(base),
             "digest": tree_digest(files),
@@ -343,22 +331,48 @@ class ArtifactStore:
             "content_addressed": content_addressed,
         }
 
-    def commit_stored(self, step: str, run_id: str, entity: str, stored: StoredFiles) -> dict[str, Any]:
-        """Record a content-addressed entity whose files are all objects of this (local) store already, as
-        `object_view` handed them out: its index only. Each path must be the object its digest names."""
+    def commit_stored(self, step: str, run_id: str, entity: str, stored: StoredFiles,
+                      added: Path | None = None) -> dict[str, Any]:
+        """Record a content-addressed entity whose files are objects of this (local) store already, as
+        `object_view` handed them out: its index only. Each path must be the object its digest names.
+        `added`: a folder of further files (flat), stored as objects first (a version's new images)."""
         if not self.is_local:
             raise ValueError(f"{entity}: stored files are objects of a local store; this one is {self.url}")
         root = self._objects_root
         uri_root, objects = self.uri(root), {}
+        files, size = dict(stored.digests), sum(stored.sizes.values())
         for rel, digest in stored.digests.items():
             safe_relpath(rel, "output file name")
             tail = f"{validate_digest(digest)[:2]}/{digest}{_suffix(rel)}"
             if stored.paths.get(rel) != f"{root}/{tail}":
                 raise ValueError(f"{entity}/{rel}: {stored.paths.get(rel)!r} is not the stored object of {digest}")
             objects[rel] = f"{uri_root}/{tail}"  # as uri(object_path) writes it, without a Path per file
-        self._write_index(step, run_id, entity, dict(stored.digests), objects)
-        return {"uri": self.uri(self.entity_path(step, run_id, entity)), "digest": tree_digest(stored.digests),
-                "files": len(stored.digests), "bytes": sum(stored.sizes.values()), "content_addressed": True}
+        if added is not None:
+            for rel, (digest, nbytes, obj) in self._put_files(added).items():
+                files[rel], objects[rel] = digest, self.uri(obj)
+                size += nbytes
+        self._write_index(step, run_id, entity, files, objects)
+        return {"uri": self.uri(self.entity_path(step, run_id, entity)), "digest": tree_digest(files),
+                "files": len(files), "bytes": size, "content_addressed": True}
+
+    def _put_files(self, folder: Path, base: str | None = None) -> dict[str, tuple[str, int, str]]:
+        """Store every file below `folder`: as an object (`base` None) or under `base`. {relative path:
+        (digest, bytes, where it went)}; new objects are synced before any index (and so manifest) names them."""
+        names = [safe_relpath(rel, "output file name") for rel in list_files(folder)]
+        out: dict[str, tuple[str, int, str]] = {}
+        written: list[str] = []
+        with DigestCache() as cache:
+            paths = [os.path.join(folder, rel) for rel in names]  # str: a Path per file cost more
+            stats = [os.stat(p) for p in paths]
+            for rel, path, st, digest in zip(names, paths, stats, cache.digests(paths, stats=stats)):
+                if base is None:
+                    where = self._put_object(Path(path), rel, digest, cache, st.st_size, written)
+                else:
+                    where = f"{base}/{rel}"
+                    self._put_file(Path(path), where)
+                out[rel] = (digest, st.st_size, where)
+        _sync(written)
+        return out
 
     def _put_object(self, local: Path, rel: str, digest: str, cache: DigestCache, nbytes: int,
                     written: list[str]) -> str:

@@ -1,0 +1,135 @@
+"""A new data version written as a change of the previous one, when only the bytes of some images changed.
+
+data_load's result depends on the markup (COCO JSON, VOC XML, YOLO txt: every file of the source that is not
+an image), on which files exist, and on each image's content digest and header (size, readable or not). When a
+data source changes only in the bytes of images whose size and readability stay as they were, every row of the
+previous version but those images' `digest` and `blob` is what a full run would write again. Then the previous
+version is reused: its tables patched, its stored images shared (only the new contents are stored), no markup
+parsed. Anything else (markup changed, files added or removed, an image that changed size or became
+unreadable, other params or code) is a full run. `tests/data/test_incremental_version.py` checks that the
+patched version equals a full run's, table for table and file for file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cvpipe.data.schema import IMAGE_EXTS, DetectionData
+from cvpipe.pipeline.step import Resolved
+
+if TYPE_CHECKING:
+    from cvpipe.pipeline.step import SourceDigest
+    from cvpipe.store.store import StoredFiles
+
+
+@dataclass
+class PreviousVersion:
+    """The last complete data_load run with the same params and code, as the runner hands it to the step:
+    its verified `dataset` folder, and its images read through the store (`images()`: None off a local store)."""
+
+    run_id: str
+    directory: Path
+    images: Callable[[], StoredFiles | None]
+
+
+def resolve_previous(params: Any, store: Any, input_runs: dict[str, str | None]) -> Resolved:
+    """data_load's `previous` (resolved by the runner; loaded only when the step runs). The result is the
+    same with it or without it, so it is not part of the cache key."""
+    if store is None:
+        return Resolved(None, keyed=False)
+    from cvpipe.pipeline.code import code_fingerprint
+
+    code, wanted = code_fingerprint("cvpipe.steps.data_load")["fingerprint"], params.model_dump(mode="json")
+    runs = [r for r in store.list_runs("data_load") if r.complete and r.manifest.get("params") == wanted
+            and (r.manifest.get("code") or {}).get("fingerprint") == code]
+    if not runs:
+        return Resolved(None, keyed=False)
+    rec = runs[-1]
+    return Resolved(None, lambda: PreviousVersion(rec.run_id, store.materialize(rec, "dataset"),
+                                                  lambda: store.object_view(rec, "images")), keyed=False)
+
+
+def source_layout(file_digests: dict[str, str]) -> dict[str, Any]:
+    """What of a source decides data_load's result besides the images' bytes, kept in source.json: the digest
+    of every markup file, and one digest of all file names (a file added or removed changes it)."""
+    names = hashlib.sha256("\n".join(sorted(file_digests)).encode()).hexdigest()
+    markup = {rel: d for rel, d in file_digests.items() if Path(rel).suffix.lower() not in IMAGE_EXTS}
+    return {"names": names, "markup": dict(sorted(markup.items()))}
+
+
+@dataclass
+class ImageChange:
+    """One image file of the source with other bytes, readable and of the same size before and after."""
+
+    rows: list[int]  # positions in the previous images table (several rows may name one file)
+    path: Path
+    digest: str
+
+
+@dataclass
+class Plan:
+    """How to write the new version from the previous one (`previous`, its run id)."""
+
+    previous: str
+    old: DetectionData
+    stored: StoredFiles  # the previous version's images
+    changes: list[ImageChange]
+
+
+def plan(previous: PreviousVersion | None, source: SourceDigest | None, root: Path) -> Plan | None:
+    """The previous version and the image changes that turn it into this one, or None when a full run is
+    needed (see the module doc)."""
+    if previous is None or source is None or source.file_digests is None:
+        return None
+    old = DetectionData.load(previous.directory)
+    if old.source.get("layout") != source_layout(source.file_digests):
+        return None  # markup changed, or files added or removed
+    changed: dict[str, list[int]] = {}
+    for i, (rel, before) in enumerate(zip(old.images["source"].tolist(), old.images["digest"].tolist())):
+        now = source.file_digests.get(rel, "")
+        if before != now:
+            if not before or not now:  # was or is missing / unreadable: its findings change
+                return None
+            changed.setdefault(rel, []).append(i)
+    if not changed:
+        return None
+    changes = [ImageChange(rows, root / rel, source.file_digests[rel]) for rel, rows in changed.items()]
+    if not _same_headers(old, changes):
+        return None
+    stored = previous.images()
+    return Plan(previous.run_id, old, stored, changes) if stored is not None else None
+
+
+def _same_headers(old: DetectionData, changes: list[ImageChange]) -> bool:
+    """Whether every changed image reads as its rows say: readable, and of their size (so the rows keep it)."""
+    from cvpipe.data.load import inspect_images
+
+    for change, info in zip(changes, inspect_images([c.path for c in changes], "serial")):
+        if info.error or info.digest != change.digest:
+            return False
+        for i in change.rows:
+            if (int(old.images.at[i, "width"]), int(old.images.at[i, "height"])) != (info.width, info.height):
+                return False
+    return True
+
+
+def apply(plan: Plan, source_info: dict[str, Any], folder: Path) -> tuple[DetectionData, StoredFiles]:
+    """The previous version with the changed images' digest and blob (what a full run would write), the new
+    contents linked into `folder`, and the previous version's images that the new one keeps."""
+    from cvpipe.data.load import copy_or_link
+
+    images = plan.old.images.copy()
+    for change in plan.changes:
+        for i in change.rows:
+            blob = f"{change.digest}{Path(str(images.at[i, 'file_name'])).suffix.lower()}"  # as normalise names it
+            images.at[i, "digest"], images.at[i, "blob"] = change.digest, blob
+            if blob not in plan.stored.paths and not (folder / blob).exists():
+                copy_or_link(change.path, folder / blob)
+    old = plan.old
+    data = DetectionData(images, old.annotations, old.categories, old.findings,
+                         {**source_info, "format": old.source.get("format", "")})
+    return data, plan.stored.subset(sorted(set(images["blob"].tolist()) & set(plan.stored.paths)))

@@ -1,0 +1,162 @@
+"""A data version written as a change of the previous one (cvpipe.data.incremental) is the version a full run
+writes: same tables, findings, source info and image files, so the same entity digests. Only image bytes that
+keep their size and stay readable take that path; every other change is a full run."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from cvpipe.config import build_config
+from cvpipe.data.schema import DetectionData
+from cvpipe.pipeline.runner import Runner
+from cvpipe.store import ArtifactStore
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CVPIPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CVPIPE_REHASH", raising=False)
+
+
+def _settle(root: Path) -> None:
+    """Every file an mtime in the past (as data not written this very second)."""
+    t = time.time_ns() - 100_000_000_000
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            os.utime(p, ns=(t, t))
+            t += 1_000_000
+
+
+def _runner(store: Path, source: Path) -> Runner:
+    return Runner(build_config({"store": str(store), "env": "test", "pipeline": "data",
+                                "data_load": {"source": str(source), "executor": "serial"},
+                                "data_prep": {"executor": "serial", "report_samples": 2}}))
+
+
+def _load(store: Path, source: Path):
+    _settle(source)
+    return _runner(store, source).run_step("data_load")
+
+
+def _dataset(store: Path, rec) -> DetectionData:
+    return DetectionData.load(ArtifactStore(str(store), env="test", pipeline="data").materialize(rec, "dataset"))
+
+
+def _same_as_a_full_run(tmp_path: Path, source: Path, rec) -> None:
+    """`rec` (in tmp_path/store) equals the first version of `source` in an empty store: outputs, tables."""
+    full = _load(tmp_path / "full", source)
+    assert "incremental" not in full.manifest["summary"]
+    for entity in ("dataset", "images"):
+        assert rec.output(entity)["digest"] == full.output(entity)["digest"], entity
+    a, b = _dataset(tmp_path / "store", rec), _dataset(tmp_path / "full", full)
+    for table in ("images", "annotations", "categories"):
+        assert getattr(a, table).equals(getattr(b, table)), table
+    assert a.findings == b.findings and a.source == b.source
+
+
+def _repaint(path: Path, image_maker, seed: int, size: tuple[int, int] | None = None) -> None:
+    from PIL import Image
+
+    w, h = size or Image.open(path).size
+    image_maker(path, w, h, seed=seed)
+
+
+def test_changed_image_bytes_patch_the_previous_version_as_a_full_run_would(tmp_path, coco_dir, image_maker):
+    first = _load(tmp_path / "store", coco_dir)
+    _repaint(coco_dir / "images" / "img2.jpg", image_maker, seed=102)
+    _repaint(coco_dir / "images" / "img5.jpg", image_maker, seed=105)
+    second = _load(tmp_path / "store", coco_dir)
+    assert second.manifest["summary"]["incremental"] == {"from": first.run_id, "changed_images": 2}
+    assert second.output("images")["digest"] != first.output("images")["digest"]
+    _same_as_a_full_run(tmp_path, coco_dir, second)
+
+
+def test_an_image_changed_back_shares_the_stored_object_again(tmp_path, coco_dir, image_maker):
+    original = (coco_dir / "images" / "img2.jpg").read_bytes()
+    first = _load(tmp_path / "store", coco_dir)
+    _repaint(coco_dir / "images" / "img2.jpg", image_maker, seed=102)
+    _load(tmp_path / "store", coco_dir)
+    (coco_dir / "images" / "img2.jpg").write_bytes(original)
+    third = _load(tmp_path / "store", coco_dir)
+    assert third.run_id == first.run_id  # the same source again: the first run, reused from the cache
+
+
+def test_a_version_of_a_duplicate_file_patches_every_row_naming_it(tmp_path, coco_dir, image_maker):
+    coco = json.loads((coco_dir / "annotations.json").read_text())
+    twin = {**coco["images"][1], "id": 7}  # a second record of img2.jpg
+    coco["images"].append(twin)
+    (coco_dir / "annotations.json").write_text(json.dumps(coco))
+    _load(tmp_path / "store", coco_dir)
+    _repaint(coco_dir / "images" / "img2.jpg", image_maker, seed=102)
+    second = _load(tmp_path / "store", coco_dir)
+    assert second.manifest["summary"]["incremental"]["changed_images"] == 1
+    _same_as_a_full_run(tmp_path, coco_dir, second)
+
+
+@pytest.mark.parametrize("change", ["size", "corrupt", "markup", "added file", "removed file"])
+def test_any_other_change_is_a_full_run(tmp_path, coco_dir, image_maker, change):
+    _load(tmp_path / "store", coco_dir)
+    _repaint(coco_dir / "images" / "img5.jpg", image_maker, seed=105)  # a change the patch could take, and:
+    img = coco_dir / "images" / "img2.jpg"
+    if change == "size":
+        _repaint(img, image_maker, seed=102, size=(50, 40))
+    elif change == "corrupt":
+        img.write_bytes(img.read_bytes()[:200])
+    elif change == "markup":
+        coco = json.loads((coco_dir / "annotations.json").read_text())
+        coco["annotations"][0]["bbox"][0] += 1
+        (coco_dir / "annotations.json").write_text(json.dumps(coco))
+    elif change == "added file":
+        image_maker(coco_dir / "images" / "extra.jpg", 30, 30, seed=7)
+    else:
+        img.unlink()
+    second = _load(tmp_path / "store", coco_dir)
+    assert "incremental" not in second.manifest["summary"]
+    _same_as_a_full_run(tmp_path, coco_dir, second)
+
+
+def test_other_params_never_patch_a_version_of_other_params(tmp_path, coco_dir, image_maker):
+    _load(tmp_path / "store", coco_dir)
+    _repaint(coco_dir / "images" / "img2.jpg", image_maker, seed=102)
+    _settle(coco_dir)
+    cfg = build_config({"store": str(tmp_path / "store"), "env": "test", "pipeline": "data",
+                        "data_load": {"source": str(coco_dir), "executor": "serial", "format": "coco"}})
+    assert "incremental" not in Runner(cfg).run_step("data_load").manifest["summary"]
+
+
+def test_data_prep_reads_the_new_image_of_a_patched_version(tmp_path, coco_dir, image_maker):
+    _load(tmp_path / "store", coco_dir)
+    _repaint(coco_dir / "images" / "img2.jpg", image_maker, seed=102)
+    _settle(coco_dir)
+    runner = _runner(tmp_path / "store", coco_dir)
+    load = runner.run_step("data_load")
+    prep = runner.run_step("data_prep")
+    assert "incremental" in load.manifest["summary"]
+    store = ArtifactStore(str(tmp_path / "store"), env="test", pipeline="data")
+    view = store.object_view(prep, "images")
+    assert view is not None
+    blob = _dataset(tmp_path / "store", prep).images.set_index("file_name").at["img2.jpg", "blob"]
+    assert Path(view.paths[blob]).read_bytes() == (coco_dir / "images" / "img2.jpg").read_bytes()
+
+
+def test_yolo_image_of_another_size_is_a_full_run_since_its_boxes_scale_with_it(tmp_path, image_maker):
+    root = tmp_path / "yolo"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "classes.txt").write_text("cat\n")
+    for name in ("a", "b"):
+        image_maker(root / "images" / f"{name}.jpg", 64, 48, seed=len(name))
+        (root / "labels" / f"{name}.txt").write_text("0 0.5 0.5 0.25 0.25\n")
+    _load(tmp_path / "store", root)
+    _repaint(root / "images" / "a.jpg", image_maker, seed=11, size=(128, 96))
+    _repaint(root / "images" / "b.jpg", image_maker, seed=12)
+    second = _load(tmp_path / "store", root)
+    assert "incremental" not in second.manifest["summary"]
+    _same_as_a_full_run(tmp_path, root, second)
+    boxes = _dataset(tmp_path / "store", second).annotations
+    assert sorted(boxes["w"].tolist()) == [16.0, 32.0]  # b's box 0.25 x 64 px, a's 0.25 x 128 px
