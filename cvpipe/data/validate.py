@@ -171,9 +171,10 @@ class _Validation:
         H = a["image_id"].map(size["height"]).astype(float)
         x1, y1, x2, y2 = a["x"], a["y"], a["x"] + a["w"], a["y"] + a["h"]
         outside = (x1 < 0) | (y1 < 0) | (x2 > W) | (y2 > H)
+        w_of, h_of = W[outside].to_dict(), H[outside].to_dict()  # a dict per hit: Series lookups were 2/3 of the rule
         self.apply("out_of_image", outside, "annotations",
                    lambda r: f"box xywh {[round(v, 2) for v in (r.x, r.y, r.w, r.h)]} outside the "
-                             f"{int(W[r.Index])}x{int(H[r.Index])} image")
+                             f"{int(w_of[r.Index])}x{int(h_of[r.Index])} image")
         if self.policy.out_of_image == "fix":
             cx1, cx2, cy1, cy2 = x1.clip(0, W), x2.clip(0, W), y1.clip(0, H), y2.clip(0, H)
             a = a.assign(x=cx1, y=cy1, w=cx2 - cx1, h=cy2 - cy1)
@@ -254,7 +255,8 @@ def write_findings(findings: list[dict], directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     # one finding per line, each by json's C encoder: an indented dump goes through the pure-Python encoder and
     # joined ~1.6 million pieces at 90,000 findings (the data steps' peak memory at 100,000 images)
-    lines = ",\n".join(json.dumps(f, default=str) for f in findings)
+    encode = json.JSONEncoder(default=str).encode  # one encoder: json.dumps makes one per call with `default`
+    lines = ",\n".join(encode(f) for f in findings)
     (directory / "findings.json").write_text(f"[\n{lines}\n]\n" if findings else "[]\n")
     table = pd.DataFrame(findings, columns=FINDING_COLUMNS)
     table["step"] = table["step"].fillna("")

@@ -55,7 +55,7 @@ def data_load(params: DataLoadParams, ctx: StepContext,
     if source.file_digests is not None:
         info["layout"] = incremental.source_layout(source.file_digests)
     with paused_gc():
-        plan = incremental.plan(previous, source, root)
+        plan = incremental.plan(previous, source, info.get("layout"), root)
         if plan is not None:
             return _changed_version(plan, info, images)
         raw = read_raw(root, params.format, params.annotations, params.images_dir, params.classes)

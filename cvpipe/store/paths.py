@@ -47,9 +47,14 @@ def validate_digest(digest: object, what: str = "digest") -> str:
     return digest
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,254}")  # one segment, not starting with a dot
+
+
 def safe_relpath(name: object, what: str = "path") -> str:
     """A relative POSIX path that stays below whatever it is joined to: no absolute path, drive letter,
     backslash, NUL, empty segment, `.` or `..`. Returns it unchanged."""
+    if isinstance(name, str) and _PLAIN.fullmatch(name):  # the common case (a stored file's name), checked fast
+        return name
     if not isinstance(name, str) or not name or len(name) > 4096:
         raise ValueError(f"unsafe {what} {str(name)[:80]!r}: empty or not text")
     if "\x00" in name or "\\" in name or _DRIVE.match(name) or name.startswith("/"):  # POSIX: absolute = leading /

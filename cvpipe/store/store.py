@@ -496,10 +496,12 @@ class ArtifactStore:
             verify_directory(local, files, where)
         return local
 
-    def object_view(self, rec: RunRecord, entity: str) -> StoredFiles | None:
+    def object_view(self, rec: RunRecord, entity: str, verify: bool = True) -> StoredFiles | None:
         """A content-addressed entity of a local store read through its objects, checked like `materialize`
         checks a folder (the index against the manifest, each object against its digest through the digest
-        cache; --rehash reads them all), with no folder of links built. None for other entities and stores."""
+        cache; --rehash reads them all), with no folder of links built. None for other entities and stores.
+        `verify=False`: the objects are only checked to exist, for an index passed on to a new version
+        without reading them (whoever reads them later checks them then)."""
         if not self.is_local or not rec.output(entity).get("content_addressed"):
             return None
         files = self.entity_files(rec, entity)
@@ -510,6 +512,8 @@ class ArtifactStore:
             stats = [os.stat(paths[rel]) for rel in names]
         except FileNotFoundError as e:
             raise IntegrityError(f"{where}: an object is missing from the store ({e.filename})") from None
+        if not verify:
+            return StoredFiles(paths, dict(files), {rel: st.st_size for rel, st in zip(names, stats)})
         with DigestCache() as cache:
             known = cache.known_many(stats)
             misses = [i for i, d in enumerate(known) if d is None]  # changed or never recorded: read them
