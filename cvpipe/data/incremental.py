@@ -13,6 +13,7 @@ patched version equals a full run's, table for table and file for file.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from cvpipe.pipeline.step import SourceDigest
     from cvpipe.store.store import StoredFiles
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class PreviousVersion:
@@ -102,8 +104,18 @@ def plan(previous: PreviousVersion | None, source: SourceDigest, layout: dict[st
     changes = [ImageChange(rows, root / rel, source.file_digests[rel]) for rel, rows in changed.items()]
     if not _same_headers(old, changes):
         return None
-    stored = previous.images()
-    return Plan(previous.run_id, old, stored, changes) if stored is not None else None
+    from cvpipe.store.store import IntegrityError
+
+    try:
+        stored = previous.images()
+    except IntegrityError as e:  # an object of it is gone from the store: a full run stores it again
+        log.warning("data_load: writing a full version, not a change of run %s: %s", previous.run_id, e)
+        return None
+    if stored is None:
+        return None
+    log.info("data_load: %d image files changed since run %s, nothing else: writing the version as a change of it",
+             len(changes), previous.run_id)
+    return Plan(previous.run_id, old, stored, changes)
 
 
 def _same_headers(old: DetectionData, changes: list[ImageChange]) -> bool:

@@ -160,3 +160,16 @@ def test_yolo_image_of_another_size_is_a_full_run_since_its_boxes_scale_with_it(
     _same_as_a_full_run(tmp_path, root, second)
     boxes = _dataset(tmp_path / "store", second).annotations
     assert sorted(boxes["w"].tolist()) == [16.0, 32.0]  # b's box 0.25 x 64 px, a's 0.25 x 128 px
+
+
+def test_an_object_gone_from_the_previous_version_makes_a_full_run_that_stores_it_again(tmp_path, coco_dir,
+                                                                                        image_maker):
+    first = _load(tmp_path / "store", coco_dir)
+    store = ArtifactStore(str(tmp_path / "store"), env="test", pipeline="data")
+    index = store.read_json(store.index_path("data_load", first.run_id, "images"))
+    gone = Path(index["objects"][min(index["objects"])].removeprefix("file://"))
+    gone.unlink()
+    _repaint(coco_dir / "images" / "img2.jpg", image_maker, seed=102)
+    second = _load(tmp_path / "store", coco_dir)
+    assert "incremental" not in second.manifest["summary"]
+    assert store.verify_run(second) == [] and gone.is_file()
