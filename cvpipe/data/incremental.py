@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cvpipe.data.schema import IMAGE_EXTS, DetectionData
+from cvpipe.data.schema import IMAGE_EXTS, DetectionData, ImageFiles
 from cvpipe.pipeline.step import Resolved
 
 if TYPE_CHECKING:
@@ -104,18 +104,34 @@ def plan(previous: PreviousVersion | None, source: SourceDigest, layout: dict[st
     changes = [ImageChange(rows, root / rel, source.file_digests[rel]) for rel, rows in changed.items()]
     if not _same_headers(old, changes):
         return None
-    from cvpipe.store.store import IntegrityError
-
-    try:
-        stored = previous.images()
-    except IntegrityError as e:  # an object of it is gone from the store: a full run stores it again
-        log.warning("data_load: writing a full version, not a change of run %s: %s", previous.run_id, e)
-        return None
+    stored = previous_images(previous)
     if stored is None:
         return None
     log.info("data_load: %d image files changed since run %s, nothing else: writing the version as a change of it",
              len(changes), previous.run_id)
     return Plan(previous.run_id, old, stored, changes)
+
+
+def previous_images(previous: PreviousVersion | None) -> StoredFiles | None:
+    """The previous version's images in the store, to be shared by the new version (None: there is none, the
+    store is not local, or an object of it is gone, which a full run stores again)."""
+    from cvpipe.store.store import IntegrityError
+
+    if previous is None:
+        return None
+    try:
+        return previous.images()
+    except IntegrityError as e:
+        log.warning("data_load: not sharing the images of run %s: %s", previous.run_id, e)
+        return None
+
+
+def shared(stored: StoredFiles | None, blobs: set[str], folder: Path) -> ImageFiles:
+    """The new version's `images` entity: the previous version's objects it names, indexed, plus the new files in
+    `folder` (a plain folder entity when there is no previous version)."""
+    if stored is None:
+        return ImageFiles(folder)
+    return ImageFiles.stored_plus(stored.subset(sorted(blobs & set(stored.paths))), folder)
 
 
 def _same_headers(old: DetectionData, changes: list[ImageChange]) -> bool:
@@ -131,9 +147,9 @@ def _same_headers(old: DetectionData, changes: list[ImageChange]) -> bool:
     return True
 
 
-def apply(plan: Plan, source_info: dict[str, Any], folder: Path) -> tuple[DetectionData, StoredFiles]:
-    """The previous version with the changed images' digest and blob (what a full run would write), the new
-    contents linked into `folder`, and the previous version's images that the new one keeps."""
+def apply(plan: Plan, source_info: dict[str, Any], folder: Path) -> DetectionData:
+    """The previous version with the changed images' digest and blob (what a full run would write), their new
+    contents linked into `folder`."""
     from cvpipe.data.load import copy_or_link
 
     images = plan.old.images.copy()
@@ -144,6 +160,5 @@ def apply(plan: Plan, source_info: dict[str, Any], folder: Path) -> tuple[Detect
             if blob not in plan.stored.paths and not (folder / blob).exists():
                 copy_or_link(change.path, folder / blob)
     old = plan.old
-    data = DetectionData(images, old.annotations, old.categories, old.findings,
+    return DetectionData(images, old.annotations, old.categories, old.findings,
                          {**source_info, "format": old.source.get("format", "")})
-    return data, plan.stored.subset(sorted(set(images["blob"].tolist()) & set(plan.stored.paths)))

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,10 +105,12 @@ def inspect_images(paths: list[Path], executor: ExecutorKind = "process", worker
     return infos
 
 
-def store_images(paths: list[Path], infos: list[FileInfo], out_dir: Path) -> None:
+def store_images(paths: list[Path], infos: list[FileInfo], out_dir: Path, stored: AbstractSet[str] = frozenset()
+                 ) -> None:
     """Put each digested image in out_dir as <sha256><ext>, as a hard link (no bytes copied; the store copies
-    what it does not hold yet, and shares what it does)."""
-    done: set[str] = set()
+    what it does not hold yet, and shares what it does). Names in `stored` (the previous version's) are left
+    out: the new version indexes those objects."""
+    done: set[str] = set(stored)
     for path, info in zip(paths, infos):
         name = f"{info.digest}{path.suffix.lower()}"
         if info.digest and name not in done:  # a set, not a stat per image: duplicates share one file
@@ -153,15 +156,17 @@ def _no_images_message(raw: RawDataset) -> str:
 
 
 def normalise(raw: RawDataset, images_out: Path, executor: ExecutorKind = "process",
-              workers: int | None = None) -> tuple[DetectionDataset, list[dict]]:
-    """Hash and store every image, fill sizes, and build the canonical dataset; problems become findings.
-    `raw.annotations` is emptied once its columns are in the frame (one copy of the boxes at a time)."""
+              workers: int | None = None, stored: AbstractSet[str] | None = None
+              ) -> tuple[DetectionDataset, list[dict]]:
+    """Hash and store every image (but those named in `stored`), fill sizes, and build the canonical dataset;
+    problems become findings. `raw.annotations` is emptied once its columns are in the frame (one copy of the
+    boxes at a time)."""
     findings = list(raw.findings)
     if not raw.images:
         raise ValueError(_no_images_message(raw))
     paths = [Path(im["path"]) for im in raw.images]
     infos = inspect_images(paths, executor, workers)
-    store_images(paths, infos, images_out)
+    store_images(paths, infos, images_out, stored or frozenset())
     if raw.boxes_normalized:  # YOLO: sizes come from the headers just read
         scale_normalized_boxes(raw, {im["image_id"]: (info.width, info.height) for im, info in zip(raw.images, infos)})
     images = []

@@ -58,20 +58,25 @@ def data_load(params: DataLoadParams, ctx: StepContext,
         plan = incremental.plan(previous, source, info.get("layout"), root)
         if plan is not None:
             return _changed_version(plan, info, images)
+        stored = incremental.previous_images(previous)  # contents stored before are shared, not linked again
         raw = read_raw(root, params.format, params.annotations, params.images_dir, params.classes)
-        ds, findings = normalise(raw, images, params.executor, params.workers)
+        ds, findings = normalise(raw, images, params.executor, params.workers, set(stored.paths) if stored else None)
     findings = [{**f, "step": "data_load"} for f in findings]
     sweep_unreferenced(images, ds)
     data = DetectionData.of(ds, findings, {**info, "format": raw.format})
-    return Produced(_summary(data), dataset=data, images=ImageFiles(images))
+    return Produced(_summary(data), dataset=data, images=incremental.shared(stored, _blobs(data), images))
 
 
 def _changed_version(plan: incremental.Plan, info: dict[str, Any], folder: Path) -> Produced:
     """The previous version with some images' bytes changed (cvpipe.data.incremental): their new contents are
     linked into `folder` and stored, the previous version's other images shared."""
-    data, kept = incremental.apply(plan, info, folder)
+    data = incremental.apply(plan, info, folder)
     summary = {**_summary(data), "incremental": {"from": plan.previous, "changed_images": len(plan.changes)}}
-    return Produced(summary, dataset=data, images=ImageFiles.stored_plus(kept, folder))
+    return Produced(summary, dataset=data, images=incremental.shared(plan.stored, _blobs(data), folder))
+
+
+def _blobs(data: DetectionData) -> set[str]:
+    return set(data.images["blob"].tolist()) - {""}
 
 
 def _summary(data: DetectionData) -> dict[str, Any]:

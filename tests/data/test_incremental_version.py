@@ -173,3 +173,19 @@ def test_an_object_gone_from_the_previous_version_makes_a_full_run_that_stores_i
     second = _load(tmp_path / "store", coco_dir)
     assert "incremental" not in second.manifest["summary"]
     assert store.verify_run(second) == [] and gone.is_file()
+
+
+def test_a_full_run_after_a_markup_edit_links_no_image_the_store_already_has(tmp_path, coco_dir, monkeypatch):
+    from cvpipe.data import load
+
+    _load(tmp_path / "store", coco_dir)
+    coco = json.loads((coco_dir / "annotations.json").read_text())
+    coco["annotations"][0]["bbox"][0] += 1
+    (coco_dir / "annotations.json").write_text(json.dumps(coco))
+    linked = []
+    real = load.copy_or_link
+    monkeypatch.setattr(load, "copy_or_link", lambda src, dest: (linked.append(dest.name), real(src, dest)))
+    second = _load(tmp_path / "store", coco_dir)
+    assert "incremental" not in second.manifest["summary"] and linked == []
+    _same_as_a_full_run(tmp_path, coco_dir, second)
+    assert len(linked) == 6  # the empty store's first version links every image
