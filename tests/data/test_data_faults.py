@@ -54,9 +54,10 @@ def _previous_intact(store: ArtifactStore, first) -> None:
     assert not list(Path(store.root).rglob(".tmp-*"))
 
 
-def test_image_changed_while_being_stored_fails_the_run(data, coco_dir, monkeypatch):
+def test_image_changed_while_being_stored_fails_the_run(data, coco_dir, monkeypatch, image_maker):
     run, store, first = data
     _edit_source(coco_dir)
+    image_maker(coco_dir / "images" / "img2.jpg", 80, 48, seed=42)  # new content: the store must copy it
     real = load_module.store_images
 
     def writer_strikes(*args):  # another program rewrites an image after it was digested
@@ -72,6 +73,23 @@ def test_image_changed_while_being_stored_fails_the_run(data, coco_dir, monkeypa
     [failed] = [r for r in store.list_runs("data_load") if r.run_id != first.run_id]
     assert failed.status == "failed"
     _previous_intact(store, first)
+
+
+def test_a_stored_content_rewritten_after_its_digest_is_versioned_as_read(data, coco_dir, monkeypatch):
+    """An image whose content the store holds already is not copied again: the version names the object of
+    the content digested, which is what the source held when it was read (the next run sees the rewrite)."""
+    run, store, first = data
+    _edit_source(coco_dir)
+    real = load_module.store_images
+
+    def writer_strikes(*args):
+        (coco_dir / "images" / "img2.jpg").write_bytes(b"rewritten")
+        return real(*args)
+
+    monkeypatch.setattr(load_module, "store_images", writer_strikes)
+    second = run()
+    assert store.verify_run(second) == []
+    assert store.entity_files(second, "images") == store.entity_files(first, "images")
 
 
 def test_image_changed_between_digest_and_header_read_is_an_error(coco_dir, monkeypatch):
