@@ -39,21 +39,24 @@ class PreviousVersion:
 
 
 def resolve_previous(params: Any, store: Any, input_runs: dict[str, str | None]) -> Resolved:
-    """data_load's `previous` (resolved by the runner; loaded only when the step runs). The result is the
-    same with it or without it, so it is not part of the cache key."""
+    """data_load's `previous`, resolved by the runner. The result is the same with it or without it, so it is
+    not part of the cache key, and it is looked for only when the step runs (a reused run reads nothing more)."""
+    return Resolved(None, lambda: _previous_version(params, store), keyed=False)
+
+
+def _previous_version(params: Any, store: Any) -> PreviousVersion | None:
     if store is None:
-        return Resolved(None, keyed=False)
+        return None
     from cvpipe.pipeline.code import code_fingerprint
 
     code, wanted = code_fingerprint("cvpipe.steps.data_load")["fingerprint"], params.model_dump(mode="json")
     runs = [r for r in store.list_runs("data_load") if r.complete and r.manifest.get("params") == wanted
             and (r.manifest.get("code") or {}).get("fingerprint") == code]
     if not runs:
-        return Resolved(None, keyed=False)
+        return None
     rec = runs[-1]
-    return Resolved(None, lambda: PreviousVersion(rec.run_id, store.materialize(rec, "dataset"),
-                                                  lambda: store.object_view(rec, "images", verify=False)),
-                    keyed=False)
+    return PreviousVersion(rec.run_id, store.materialize(rec, "dataset"),
+                           lambda: store.object_view(rec, "images", verify=False))
 
 
 def source_layout(file_digests: dict[str, str]) -> dict[str, Any]:
