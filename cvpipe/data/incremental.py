@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class PreviousVersion:
     """The last complete data_load run with the same params and code, as the runner hands it to the step:

@@ -283,6 +283,8 @@ class ImageFiles:
         return self.directory / blob
 
     def subset(self, blobs: set[str] | list[str]) -> ImageFiles:
+        if self.added is not None:
+            raise ValueError("a subset of stored files plus new ones is not supported: subset the stored files")
         names = tuple(sorted(set(blobs)))
         if self.stored is not None:
             return ImageFiles(self._directory, names, stored=self.stored.subset(names), folder=self._folder)

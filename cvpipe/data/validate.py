@@ -171,7 +171,7 @@ class _Validation:
         H = a["image_id"].map(size["height"]).astype(float)
         x1, y1, x2, y2 = a["x"], a["y"], a["x"] + a["w"], a["y"] + a["h"]
         outside = (x1 < 0) | (y1 < 0) | (x2 > W) | (y2 > H)
-        w_of, h_of = W[outside].to_dict(), H[outside].to_dict()  # a dict per hit: Series lookups were 2/3 of the rule
+        w_of, h_of = W[outside].to_dict(), H[outside].to_dict()  # dicts: a Series lookup per hit was 2/3 of the rule
         self.apply("out_of_image", outside, "annotations",
                    lambda r: f"box xywh {[round(v, 2) for v in (r.x, r.y, r.w, r.h)]} outside the "
                              f"{int(w_of[r.Index])}x{int(h_of[r.Index])} image")

@@ -179,12 +179,10 @@ class Runner:
         resolvers found there (handed to the step when it runs)."""
         runs = {kw: (rec.run_id if rec else None) for kw, rec in inputs.items()}
         resolved = {kw: resolver(params, self.store, runs) for kw, resolver in spec.resolve.items()}
-        if spec.depends_on is None and not resolved:
-            return None, resolved
+        if spec.depends_on is None and not any(r.keyed for r in resolved.values()):
+            return None, resolved  # nothing, or only what does not change the result (data_load's previous version)
         depends = dict(spec.depends_on(params, self.store, runs) or {}) if spec.depends_on else {}
         depends.update({kw: r.key for kw, r in resolved.items() if r.keyed})
-        if spec.depends_on is None and not any(r.keyed for r in resolved.values()):
-            return None, resolved  # only hints that do not change the result (data_load's previous version)
         return json.loads(json.dumps(depends, sort_keys=True)), resolved  # JSON-able now
 
     # ---- running ------------------------------------------------------------------------------
