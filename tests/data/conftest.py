@@ -15,6 +15,13 @@ CATEGORIES = [{"id": 1, "name": "cat", "supercategory": "animal"}, {"id": 3, "na
 
 
 @pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """A digest cache of the test's own (and no --rehash from the environment)."""
+    monkeypatch.setenv("CVPIPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CVPIPE_REHASH", raising=False)
+
+
+@pytest.fixture
 def copy_to_memory():
     """copy(folder, prefix) -> "memory://prefix": every file of the folder as an object-storage source
     without a server."""

@@ -5,11 +5,10 @@
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
 
 import pytest
+from source_files import settle
 from typer.testing import CliRunner
 
 from cvpipe.cli.main import app
@@ -21,20 +20,7 @@ from cvpipe.data.schema import DetectionData, ImageFiles
 from cvpipe.pipeline.runner import Runner
 from cvpipe.store import ArtifactStore
 
-
-@pytest.fixture(autouse=True)
-def _own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CVPIPE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("CVPIPE_REHASH", raising=False)
-
-
-def _settle(root: Path) -> None:
-    """Every file an mtime in the past (as data not written this very second)."""
-    t = time.time_ns() - 100_000_000_000
-    for p in root.rglob("*"):
-        if p.is_file():
-            os.utime(p, ns=(t, t))
-            t += 1_000_000
+pytestmark = pytest.mark.usefixtures("own_cache")
 
 
 @pytest.fixture
@@ -59,7 +45,7 @@ def counted(monkeypatch) -> dict[str, int]:
 @pytest.fixture
 def version(tmp_path, coco_dir):
     """version() -> (data_load run, data_prep run) of coco_dir in one store."""
-    _settle(coco_dir)
+    settle(coco_dir)
     cfg = build_config({"store": str(tmp_path / "store"), "env": "test", "pipeline": "data",
                         "data_load": {"source": str(coco_dir), "executor": "serial"},
                         "data_prep": {"executor": "serial", "report_samples": 0}})
@@ -85,7 +71,7 @@ def test_one_changed_image_is_the_only_one_read(version, coco_dir, counted, imag
     load1, prep1 = version()
     assert counted == {"headers": 6, "decodes": 6}
     image_maker(coco_dir / "images" / "img3.jpg", 80, 48, seed=99)
-    _settle(coco_dir / "images")
+    settle(coco_dir / "images")
     counted.update(headers=0, decodes=0)
     load2, prep2 = version()
     assert load2.run_id != load1.run_id and prep2.run_id != prep1.run_id
@@ -101,7 +87,7 @@ def test_an_annotation_change_reads_no_image(version, coco_dir, counted):
     coco = json.loads((coco_dir / "annotations.json").read_text())
     coco["annotations"][0]["bbox"] = [11, 10, 20, 30]
     (coco_dir / "annotations.json").write_text(json.dumps(coco))
-    _settle(coco_dir)
+    settle(coco_dir)
     counted.update(headers=0, decodes=0)
     load2, prep2 = version()
     assert counted == {"headers": 0, "decodes": 0}
@@ -136,7 +122,7 @@ def test_diff_lists_added_removed_changed_and_relabelled(version, coco_dir, tmp_
     coco["images"].append({"id": 9, "file_name": "[bold]new.jpg", "width": 64, "height": 48})
     (coco_dir / "annotations.json").write_text(json.dumps(coco))
     (coco_dir / "images" / "img6.jpg").unlink()
-    _settle(coco_dir)
+    settle(coco_dir)
     load2, prep2 = version()
     d = diff_datasets(_dataset(version.store, load1), _dataset(version.store, load2))
     assert (d.added, d.removed, d.changed, d.labels) == (["images/[bold]new.jpg"], ["images/img6.jpg"],

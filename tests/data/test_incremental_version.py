@@ -5,31 +5,17 @@ keep their size and stay readable take that path; every other change is a full r
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
 
 import pytest
+from source_files import settle
 
 from cvpipe.config import build_config
 from cvpipe.data.schema import DetectionData
 from cvpipe.pipeline.runner import Runner
 from cvpipe.store import ArtifactStore
 
-
-@pytest.fixture(autouse=True)
-def _own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CVPIPE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("CVPIPE_REHASH", raising=False)
-
-
-def _settle(root: Path) -> None:
-    """Every file an mtime in the past (as data not written this very second)."""
-    t = time.time_ns() - 100_000_000_000
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            os.utime(p, ns=(t, t))
-            t += 1_000_000
+pytestmark = pytest.mark.usefixtures("own_cache")
 
 
 def _runner(store: Path, source: Path) -> Runner:
@@ -39,7 +25,7 @@ def _runner(store: Path, source: Path) -> Runner:
 
 
 def _load(store: Path, source: Path):
-    _settle(source)
+    settle(source)
     return _runner(store, source).run_step("data_load")
 
 
@@ -123,7 +109,7 @@ def test_any_other_change_is_a_full_run(tmp_path, coco_dir, image_maker, change)
 def test_other_params_never_patch_a_version_of_other_params(tmp_path, coco_dir, image_maker):
     _load(tmp_path / "store", coco_dir)
     _repaint(coco_dir / "images" / "img2.jpg", image_maker, seed=102)
-    _settle(coco_dir)
+    settle(coco_dir)
     cfg = build_config({"store": str(tmp_path / "store"), "env": "test", "pipeline": "data",
                         "data_load": {"source": str(coco_dir), "executor": "serial", "format": "coco"}})
     assert "incremental" not in Runner(cfg).run_step("data_load").manifest["summary"]
@@ -132,7 +118,7 @@ def test_other_params_never_patch_a_version_of_other_params(tmp_path, coco_dir, 
 def test_data_prep_reads_the_new_image_of_a_patched_version(tmp_path, coco_dir, image_maker):
     _load(tmp_path / "store", coco_dir)
     _repaint(coco_dir / "images" / "img2.jpg", image_maker, seed=102)
-    _settle(coco_dir)
+    settle(coco_dir)
     runner = _runner(tmp_path / "store", coco_dir)
     load = runner.run_step("data_load")
     prep = runner.run_step("data_prep")
