@@ -11,6 +11,7 @@ import pytest
 from source_files import settle
 
 from cvpipe.config import build_config
+from cvpipe.data.diff import diff_datasets
 from cvpipe.data.schema import DetectionData
 from cvpipe.pipeline.runner import Runner
 from cvpipe.store import ArtifactStore
@@ -60,6 +61,8 @@ def test_changed_image_bytes_patch_the_previous_version_as_a_full_run_would(tmp_
     assert second.manifest["summary"]["incremental"] == {"from": first.run_id, "changed_images": 2}
     assert second.output("images")["digest"] != first.output("images")["digest"]
     _same_as_a_full_run(tmp_path, coco_dir, second)
+    change = diff_datasets(_dataset(tmp_path / "store", first), _dataset(tmp_path / "store", second))
+    assert change.changed == ["images/img2.jpg", "images/img5.jpg"] and change.labels == change.added == []
 
 
 def test_an_image_changed_back_shares_the_stored_object_again(tmp_path, coco_dir, image_maker):
