@@ -36,14 +36,14 @@ class DataDiff:
         return self.new_images - len(self.added) - len(touched - set(self.added))
 
 
-def _key(images: pd.DataFrame) -> pd.Series:
+def image_keys(images: pd.DataFrame) -> pd.Series:
     """The image's identity across versions: its path in the raw data (its markup name when it has none)."""
     return images["source"].where(images["source"] != "", images["file_name"]).astype(str)
 
 
 def label_signatures(ds: DetectionDataset) -> pd.Series:
     """One string per image key listing its boxes and classes in a canonical order ('' for no boxes)."""
-    keys = pd.Series(_key(ds.images).to_numpy(), index=ds.images["image_id"].to_numpy())
+    keys = pd.Series(image_keys(ds.images).to_numpy(), index=ds.images["image_id"].to_numpy())
     names = ds.categories.set_index("category_id")["name"]
     a = ds.annotations
     if a.empty:
@@ -57,8 +57,8 @@ def label_signatures(ds: DetectionDataset) -> pd.Series:
 
 def diff_datasets(old: DetectionDataset, new: DetectionDataset) -> DataDiff:
     """Added, removed, changed and relabelled images from `old` to `new` (see the module doc)."""
-    a = pd.Series(old.images["digest"].to_numpy(), index=_key(old.images).to_numpy())
-    b = pd.Series(new.images["digest"].to_numpy(), index=_key(new.images).to_numpy())
+    a = pd.Series(old.images["digest"].to_numpy(), index=image_keys(old.images).to_numpy())
+    b = pd.Series(new.images["digest"].to_numpy(), index=image_keys(new.images).to_numpy())
     a, b = a[~a.index.duplicated()], b[~b.index.duplicated()]
     both = a.index.intersection(b.index)
     sig_a, sig_b = label_signatures(old), label_signatures(new)

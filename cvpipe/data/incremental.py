@@ -46,18 +46,21 @@ def resolve_previous(params: Any, store: Any, input_runs: dict[str, str | None])
 
 
 def _previous_version(params: Any, store: Any) -> PreviousVersion | None:
-    if store is None:
+    rec = _last_run(store, "data_load", params) if store is not None else None
+    if rec is None:
         return None
-    from cvpipe.pipeline.code import code_fingerprint
-
-    code, wanted = code_fingerprint("cvpipe.steps.data_load")["fingerprint"], params.model_dump(mode="json")
-    runs = [r for r in store.list_runs("data_load") if r.complete and r.manifest.get("params") == wanted
-            and (r.manifest.get("code") or {}).get("fingerprint") == code]
-    if not runs:
-        return None
-    rec = runs[-1]
     return PreviousVersion(rec.run_id, store.materialize(rec, "dataset"),
                            lambda: store.object_view(rec, "images", verify=False))
+
+
+def _last_run(store: Any, step: str, params: Any, also: Callable[[Any], bool] = lambda rec: True) -> Any:
+    """The newest complete run of `step` with these params and the step's current code (and `also`)."""
+    from cvpipe.pipeline.code import code_fingerprint
+
+    code, wanted = code_fingerprint(f"cvpipe.steps.{step}")["fingerprint"], params.model_dump(mode="json")
+    runs = [r for r in store.list_runs(step) if r.complete and r.manifest.get("params") == wanted
+            and (r.manifest.get("code") or {}).get("fingerprint") == code and also(r)]
+    return runs[-1] if runs else None
 
 
 def source_layout(file_digests: dict[str, str]) -> dict[str, Any]:
@@ -166,3 +169,78 @@ def apply(plan: Plan, source_info: dict[str, Any], folder: Path) -> DetectionDat
     old = plan.old
     return DetectionData(images, old.annotations, old.categories, old.findings,
                          {**source_info, "format": old.source.get("format", "")})
+
+
+# ---- data_prep ---------------------------------------------------------------------------------------------
+# data_prep's result depends on its input tables, each image's decode verdict (size, readable) and which images
+# share bytes (duplicate_image); its split follows each image's path, not its bytes (cvpipe.data.split). When its
+# input is a data_load version patched from the one its previous run read (only some images' bytes changed), and
+# those images decode as before and share their bytes with no other image, before or after, its previous
+# version with their digest and blob changed is what a full run would write; only the report is drawn again.
+
+
+@dataclass
+class PreviousPrep:
+    """The last complete data_prep run with the same params and code, made from the data_load version that the
+    current input patched: its verified `dataset` folder, and the paths of the images whose bytes changed."""
+
+    run_id: str
+    directory: Path
+    sources: set[str]
+
+
+def resolve_previous_prep(params: Any, store: Any, input_runs: dict[str, str | None]) -> Resolved:
+    """data_prep's `previous`, like data_load's: out of the cache key, looked for only when the step runs."""
+    return Resolved(None, lambda: _previous_prep(params, store, input_runs.get("dataset")), keyed=False)
+
+
+def _previous_prep(params: Any, store: Any, load_run: str | None) -> PreviousPrep | None:
+    if store is None or load_run is None:
+        return None
+    change = (store.get_run(load_run, "data_load").manifest.get("summary") or {}).get("incremental") or {}
+    if "sources" not in change:
+        return None
+    rec = _last_run(store, "data_prep", params,
+                    lambda r: ((r.manifest.get("inputs") or {}).get("dataset") or {}).get("run_id") == change["from"])
+    return PreviousPrep(rec.run_id, store.materialize(rec, "dataset"), set(change["sources"])) if rec else None
+
+
+def patch_prep(previous: PreviousPrep | None, dataset: DetectionData, image_path: Callable[[str], Path]
+               ) -> DetectionData | None:
+    """data_prep's previous version with the changed images' digest and blob, or None when a full run is needed
+    (see above). Their new bytes are decoded (and the verdict cached as a full run would)."""
+    if previous is None:
+        return None
+    new = dataset.images
+    changed = new[new["source"].isin(previous.sources)]
+    old = DetectionData.load(previous.directory)
+    before = old.images.set_index("image_id")
+    if changed.empty or not changed["image_id"].isin(before.index).all():
+        return None  # a changed image was dropped by the previous run: a full run says what now
+    old_digests = before.loc[changed["image_id"], "digest"].tolist()
+    shared_now = new["digest"].isin(set(changed["digest"])).sum() > len(changed)
+    if shared_now or new["digest"].isin(set(old_digests)).any():
+        return None  # duplicate_image would judge differently
+    if not _same_verdicts(old_digests, changed, image_path):
+        return None
+    images = old.images.copy()
+    at = images.reset_index().set_index("image_id")["index"]
+    for image_id, digest, blob in zip(changed["image_id"], changed["digest"], changed["blob"]):
+        images.at[int(at[image_id]), "digest"], images.at[int(at[image_id]), "blob"] = digest, blob
+    log.info("data_prep: %d images changed bytes since run %s and decode as before: patching its version",
+             len(changed), previous.run_id)
+    return DetectionData(images, old.annotations, old.categories, old.findings)
+
+
+def _same_verdicts(old_digests: list[str], changed: Any, image_path: Callable[[str], Path]) -> bool:
+    """Whether each changed image's new bytes decode as its old bytes did (size and verdict)."""
+    from cvpipe.data.validate import DECODE_FACT, check_image, content_verdict
+    from cvpipe.store.digests import DigestCache
+
+    with DigestCache() as cache:
+        known = cache.facts(old_digests, DECODE_FACT)
+        checks = [check_image((image_path(blob), False)) for blob in changed["blob"]]
+        fresh = {d: {"width": c.width, "height": c.height, "error": c.error}
+                 for d, c in zip(changed["digest"], checks) if content_verdict(c)}
+        cache.put_facts(DECODE_FACT, fresh)
+    return all(d in known and known[d] == fresh.get(new) for d, new in zip(old_digests, changed["digest"]))

@@ -213,9 +213,17 @@ def decode_checks(ds: DetectionDataset, image_path: Callable[[str], Path], thumb
         fresh = list(track(parallel_map(check_image, jobs, kind=executor, workers=workers, chunksize=8),
                            "data_prep: decoding new images", total=len(jobs)))
         cache.put_facts(DECODE_FACT, {rows[k][2]: {"width": c.width, "height": c.height, "error": c.error}
-                                      for k, c in zip(todo, fresh) if rows[k][2] and _content_verdict(c)})
+                                      for k, c in zip(todo, fresh) if rows[k][2] and content_verdict(c)})
     by_row = dict(zip(todo, fresh))
     return [by_row[k] if k in by_row else ImageCheck(**known[d]) for k, (_, _, d) in enumerate(rows)]
+
+
+def thumbnails(ds: DetectionDataset, image_path: Callable[[str], Path], ids: AbstractSet[int]
+               ) -> dict[int, np.ndarray]:
+    """The report's thumbnails of the images `ids` (as `validate` returns them), decoding only those."""
+    rows = ds.images[ds.images["image_id"].isin(ids)]
+    checks = [check_image((_locate(image_path, b), True)) for b in rows["blob"]]
+    return {int(i): c.thumbnail for i, c in zip(rows["image_id"], checks) if c.thumbnail is not None}
 
 
 def _locate(image_path: Callable[[str], Path], blob: str) -> Path | None:
@@ -226,7 +234,7 @@ def _locate(image_path: Callable[[str], Path], blob: str) -> Path | None:
         return None
 
 
-def _content_verdict(check: ImageCheck) -> bool:
+def content_verdict(check: ImageCheck) -> bool:
     """Whether a check says something about the bytes (a size, or a decoder's refusal), not about the file
     system (missing, unreadable), and so may be cached under the content digest."""
     return check.error == "" or check.error.startswith(ImageDecodeError.__name__)

@@ -67,11 +67,17 @@ def data_load(params: DataLoadParams, ctx: StepContext,
     return Produced(_summary(data), dataset=data, images=incremental.shared(stored, _blobs(data), images))
 
 
+MAX_LISTED = 10_000  # changed images listed in the summary (kept in the run's manifest)
+
+
 def _changed_version(plan: incremental.Plan, info: dict[str, Any], folder: Path) -> Produced:
     """The previous version with some images' bytes changed (cvpipe.data.incremental): their new contents are
     linked into `folder` and stored, the previous version's other images shared."""
     data = incremental.apply(plan, info, folder)
-    summary = {**_summary(data), "incremental": {"from": plan.previous, "changed_images": len(plan.changes)}}
+    changed = sorted(str(plan.old.images.at[c.rows[0], "source"]) for c in plan.changes)
+    summary = {**_summary(data), "incremental": {"from": plan.previous, "changed_images": len(changed),
+                                                 # what data_prep needs to patch its own previous version
+                                                 **({"sources": changed} if len(changed) <= MAX_LISTED else {})}}
     return Produced(summary, dataset=data, images=incremental.shared(plan.stored, _blobs(data), folder))
 
 

@@ -7,6 +7,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator
 
+from cvpipe.data import incremental
 from cvpipe.data.convert import ClassMapping
 from cvpipe.data.policy import ValidationPolicy
 from cvpipe.data.schema import DetectionData, DetectionDataset, ImageFiles
@@ -34,31 +35,42 @@ class DataPrepParams(StepParams):
 
 
 @step("data_prep", params=DataPrepParams, inputs={"dataset": "data_load.dataset", "images": "data_load.images"},
+      resolve={"previous": incremental.resolve_previous_prep},
       outputs=[Output("dataset", DetectionData, description="validated, converted and split dataset "
                                                              "(COCO JSON on demand: cvpipe coco)"),
                Output("images", ImageFiles, content_addressed=True, description="the kept images"),
                Output("report", Folder, description="report.html, PNGs, findings.{json,parquet}")])
-def data_prep(params: DataPrepParams, ctx: StepContext, *, dataset: DetectionData, images: ImageFiles) -> Produced:
-    """Validate, convert, split and report the loaded dataset."""
+def data_prep(params: DataPrepParams, ctx: StepContext, *, dataset: DetectionData, images: ImageFiles,
+              previous: incremental.PreviousPrep | None = None) -> Produced:
+    """Validate, convert, split and report the loaded dataset (as a change of `previous`, the last version,
+    when only image bytes changed and they decode as before)."""
     from cvpipe.data.load import paused_gc
     from cvpipe.data.report import write_report
     from cvpipe.data.split import split_table
-    from cvpipe.data.validate import summarize_findings, validate, write_findings
+    from cvpipe.data.validate import summarize_findings, thumbnails, validate, write_findings
 
     candidates = set(dataset.images.sort_values("digest")["image_id"].head(params.report_samples * 2).astype(int))
     with paused_gc():
-        result = validate(dataset, images.path, params.validation, candidates, params.executor, params.workers,
-                          source_format=dataset.source.get("format", ""))
-        converted, conv_findings = _convert_and_split(result.dataset, params)
-    findings = [{"step": "data_load", **f} for f in dataset.findings] + \
-               [{**f, "step": "data_prep"} for f in result.findings + conv_findings]
+        patched = incremental.patch_prep(previous, dataset, images.path)
+        converted: DetectionDataset
+        if patched is not None:
+            converted, findings, thumbs = patched, patched.findings, thumbnails(dataset, images.path, candidates)
+        else:
+            result = validate(dataset, images.path, params.validation, candidates, params.executor, params.workers,
+                              source_format=dataset.source.get("format", ""))
+            converted, conv_findings = _convert_and_split(result.dataset, params)
+            findings = [{"step": "data_load", **f} for f in dataset.findings] + \
+                       [{**f, "step": "data_prep"} for f in result.findings + conv_findings]
+            thumbs = result.thumbnails
     report = ctx.workdir("report")
     write_findings(findings, report)
-    write_report(converted, findings, result.thumbnails, report, params.model_dump(mode="json"))
+    write_report(converted, findings, thumbs, report, params.model_dump(mode="json"))
     summary = {"images": len(converted.images), "annotations": len(converted.annotations),
                "classes": len(converted.categories),
                "splits": {r["split"]: r["images"] for r in split_table(converted)},
                "findings": {f"{r['rule']}:{r['action']}": r["count"] for r in summarize_findings(findings)}}
+    if patched is not None and previous is not None:
+        summary["incremental"] = {"from": previous.run_id}
     # duplicates kept by policy share one file
     return Produced(summary, dataset=DetectionData.of(converted, findings),
                     images=images.subset(set(converted.images["blob"]) - {""}), report=Folder(report))

@@ -58,7 +58,8 @@ def test_changed_image_bytes_patch_the_previous_version_as_a_full_run_would(tmp_
     _repaint(coco_dir / "images" / "img2.jpg", image_maker, seed=102)
     _repaint(coco_dir / "images" / "img5.jpg", image_maker, seed=105)
     second = _load(tmp_path / "store", coco_dir)
-    assert second.manifest["summary"]["incremental"] == {"from": first.run_id, "changed_images": 2}
+    assert second.manifest["summary"]["incremental"] == {"from": first.run_id, "changed_images": 2,
+                                                         "sources": ["images/img2.jpg", "images/img5.jpg"]}
     assert second.output("images")["digest"] != first.output("images")["digest"]
     _same_as_a_full_run(tmp_path, coco_dir, second)
     change = diff_datasets(_dataset(tmp_path / "store", first), _dataset(tmp_path / "store", second))
@@ -178,3 +179,78 @@ def test_a_full_run_after_a_markup_edit_links_no_image_the_store_already_has(tmp
     assert "incremental" not in second.manifest["summary"] and linked == []
     _same_as_a_full_run(tmp_path, coco_dir, second)
     assert len(linked) == 6  # the empty store's first version links every image
+
+
+# ---- data_prep ----------------------------------------------------------------------------------------------
+def _prep(store: Path, source: Path):
+    settle(source)
+    runner = _runner(store, source)
+    runner.run_step("data_load")
+    return runner.run_step("data_prep")
+
+
+def _prep_same_as_a_full_run(tmp_path: Path, source: Path, rec) -> None:
+    full = _prep(tmp_path / "full", source)
+    assert "incremental" not in full.manifest["summary"]
+    for entity in ("dataset", "images", "report"):
+        assert rec.output(entity)["digest"] == full.output(entity)["digest"], entity
+
+
+def test_data_prep_patches_its_previous_version_as_a_full_run_would(tmp_path, coco_dir, image_maker):
+    first = _prep(tmp_path / "store", coco_dir)
+    _repaint(coco_dir / "images" / "img2.jpg", image_maker, seed=102)
+    _repaint(coco_dir / "images" / "img5.jpg", image_maker, seed=105)
+    second = _prep(tmp_path / "store", coco_dir)
+    assert second.manifest["summary"]["incremental"] == {"from": first.run_id}
+    _prep_same_as_a_full_run(tmp_path, coco_dir, second)
+
+
+def _twin_of_img2(coco_dir: Path) -> None:
+    """img7.jpg: the same bytes as img2.jpg, a second image record (a duplicate_image)."""
+    (coco_dir / "images" / "img7.jpg").write_bytes((coco_dir / "images" / "img2.jpg").read_bytes())
+    coco = json.loads((coco_dir / "annotations.json").read_text())
+    coco["images"].append({**coco["images"][1], "id": 7, "file_name": "img7.jpg"})
+    (coco_dir / "annotations.json").write_text(json.dumps(coco))
+
+
+@pytest.mark.parametrize("change", ["no longer a duplicate", "now a duplicate", "no longer decodes"])
+def test_data_prep_runs_whole_when_a_verdict_changes(tmp_path, coco_dir, image_maker, change):
+    if change != "no longer decodes":
+        _twin_of_img2(coco_dir)
+    if change == "now a duplicate":
+        _repaint(coco_dir / "images" / "img7.jpg", image_maker, seed=107)
+    _prep(tmp_path / "store", coco_dir)
+    img2 = coco_dir / "images" / "img2.jpg"
+    if change == "no longer a duplicate":
+        _repaint(img2, image_maker, seed=102)
+    elif change == "now a duplicate":
+        img2.write_bytes((coco_dir / "images" / "img7.jpg").read_bytes())
+    else:
+        _repaint(img2, image_maker, seed=102)
+        img2.write_bytes(img2.read_bytes()[:-400])  # the header intact, the pixels cut short
+    second = _prep(tmp_path / "store", coco_dir)
+    runner_load = second.manifest["inputs"]["dataset"]["run_id"]
+    store = ArtifactStore(str(tmp_path / "store"), env="test", pipeline="data")
+    assert "incremental" in store.get_run(runner_load, "data_load").manifest["summary"]  # data_load patched
+    assert "incremental" not in second.manifest["summary"]  # data_prep did not
+    _prep_same_as_a_full_run(tmp_path, coco_dir, second)
+
+
+def test_a_patched_data_prep_keeps_the_split_a_full_run_draws(tmp_path, image_maker):
+    """40 images of one class: the split follows the images' order alone, so a split that moved with the bytes
+    (an order by content digest) would differ between the patched version and a full run."""
+    root = tmp_path / "many"
+    (root / "images").mkdir(parents=True)
+    images, anns = [], []
+    for i in range(1, 41):
+        image_maker(root / "images" / f"{i}.jpg", 24, 16, seed=i)
+        images.append({"id": i, "file_name": f"{i}.jpg", "width": 24, "height": 16})
+        anns.append({"id": i, "image_id": i, "category_id": 1, "bbox": [2, 2, 8, 8], "area": 64, "iscrowd": 0})
+    (root / "annotations.json").write_text(json.dumps({"images": images, "annotations": anns,
+                                                       "categories": [{"id": 1, "name": "cat"}]}))
+    _prep(tmp_path / "store", root)
+    for i in (3, 17, 29):
+        _repaint(root / "images" / f"{i}.jpg", image_maker, seed=100 + i)
+    second = _prep(tmp_path / "store", root)
+    assert "incremental" in second.manifest["summary"]
+    _prep_same_as_a_full_run(tmp_path, root, second)
