@@ -6,20 +6,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from cvpipe.data.schema import SPLITS, DetectionDataset  # noqa: E402
-from cvpipe.data.split import split_table  # noqa: E402
-from cvpipe.data.validate import summarize_findings  # noqa: E402
-from cvpipe.reporting.html import Report, escape, image, table  # noqa: E402
-from cvpipe.reporting.plot_cache import code_version, plot_key, reuse_or_draw  # noqa: E402
+from cvpipe.data.schema import SPLITS, DetectionDataset
+from cvpipe.data.split import split_table
+from cvpipe.data.validate import summarize_findings
+from cvpipe.reporting.html import Report, escape, image, table
+from cvpipe.reporting.plot_cache import code_version, plot_key, reuse_or_draw
 
 COLORS = {"train": "#4C72B0", "val": "#DD8452", "test": "#55A868"}
+
+
+@cache
+def _plt() -> Any:
+    """matplotlib's pyplot, imported when a plot is drawn: a report whose plots all come from the plot cache
+    does not pay for importing it (most of a small data_prep)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 @cache
@@ -31,14 +40,14 @@ def _drawing_code() -> str:
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _plt().close(fig)
     return path
 
 
 def class_histogram(per_class: list[dict], path: Path) -> Path:
     """Boxes per class, stacked by split (rows of `_per_class_counts`, drawn in category-id order)."""
     rows = sorted(per_class, key=lambda r: r["category_id"])
-    fig, ax = plt.subplots(figsize=(9, max(3, 0.22 * len(rows) + 1)))
+    fig, ax = _plt().subplots(figsize=(9, max(3, 0.22 * len(rows) + 1)))
     y = np.arange(len(rows))
     left = np.zeros(len(rows))
     for s in SPLITS:
@@ -73,7 +82,7 @@ def box_histograms(ds: DetectionDataset) -> dict[str, dict[str, list[int]]]:
 
 
 def box_statistics(hists: dict[str, dict[str, list[int]]], path: Path) -> Path:
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, (a1, a2) = _plt().subplots(1, 2, figsize=(10, 3.5))
     for s, h in hists.items():
         a1.stairs(h["size"], SIZE_BINS, color=COLORS[s], label=s)
         a2.stairs(h["aspect"], ASPECT_BINS, color=COLORS[s], label=s)
@@ -88,7 +97,7 @@ def box_statistics(hists: dict[str, dict[str, list[int]]], path: Path) -> Path:
 
 
 def images_per_split(counts: list[int], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(4, 3))
+    fig, ax = _plt().subplots(figsize=(4, 3))
     ax.bar(SPLITS, counts, color=[COLORS[s] for s in SPLITS])
     for i, c in enumerate(counts):
         ax.text(i, c, str(c), ha="center", va="bottom")
@@ -122,7 +131,7 @@ class Samples:
 def sample_grid(samples: Samples, thumbnails: dict[int, np.ndarray], path: Path) -> Path:
     cols = 4
     rows = (len(samples.ids) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows))
+    fig, axes = _plt().subplots(rows, cols, figsize=(4 * cols, 3.2 * rows))
     for ax in np.atleast_1d(axes).ravel():
         ax.axis("off")
     for ax, image_id, shown in zip(np.atleast_1d(axes).ravel(), samples.ids, samples.shown):
@@ -132,7 +141,7 @@ def sample_grid(samples: Samples, thumbnails: dict[int, np.ndarray], path: Path)
         ax.set_title(shown["title"], fontsize=8)
         for x, y, w, h, name, crowd in shown["boxes"]:
             color = "yellow" if crowd else "lime"
-            ax.add_patch(plt.Rectangle((x * scale, y * scale), w * scale, h * scale, fill=False, edgecolor=color,
+            ax.add_patch(_plt().Rectangle((x * scale, y * scale), w * scale, h * scale, fill=False, edgecolor=color,
                                        lw=1))
             ax.text(x * scale, y * scale, name, fontsize=6, color="black",
                     bbox={"facecolor": color, "alpha": 0.7, "pad": 0.5, "lw": 0})

@@ -30,9 +30,9 @@ def plots_dir() -> Path:
 
 def code_version(*files: str | Path) -> str:
     """The digest of the drawing code (its source files): a changed plot function is a new key."""
-    import matplotlib
+    from importlib.metadata import version  # not `import matplotlib`: a plot taken from the cache needs no matplotlib
 
-    h = hashlib.sha256(matplotlib.__version__.encode())
+    h = hashlib.sha256(version("matplotlib").encode())
     for f in files:
         h.update(Path(f).read_bytes())
     return h.hexdigest()
