@@ -94,11 +94,13 @@ def plan(previous: PreviousVersion | None, source: SourceDigest, layout: dict[st
          ) -> Plan | None:
     """The previous version and the image changes that turn it into this one (whose source has `layout`), or
     None when a full run is needed (see the module doc)."""
+    from cvpipe.data.load import read_source_info
+
     if previous is None or layout is None or source.file_digests is None:
         return None
+    if read_source_info(previous.directory).get("layout") != layout:
+        return None  # markup changed, or files added or removed (decided before any table is read)
     old = DetectionData.load(previous.directory)
-    if old.source.get("layout") != layout:
-        return None  # markup changed, or files added or removed
     changed: dict[str, list[int]] = {}
     for i, (rel, before) in enumerate(zip(old.images["source"].tolist(), old.images["digest"].tolist())):
         now = source.file_digests.get(rel, "")
