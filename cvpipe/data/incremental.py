@@ -215,15 +215,17 @@ def patch_prep(previous: PreviousPrep | None, dataset: DetectionData, image_path
         return None
     new = dataset.images
     changed = new[new["source"].isin(previous.sources)]
+    if changed.empty:
+        return None
     old = DetectionData.load(previous.directory)
     before = old.images.set_index("image_id")
-    if changed.empty or not changed["image_id"].isin(before.index).all():
+    if not changed["image_id"].isin(before.index).all():
         return None  # a changed image was dropped by the previous run: a full run says what now
     old_digests = before.loc[changed["image_id"], "digest"].tolist()
     shared_now = new["digest"].isin(set(changed["digest"])).sum() > len(changed)
     if shared_now or new["digest"].isin(set(old_digests)).any():
         return None  # duplicate_image would judge differently
-    if not _same_verdicts(old_digests, changed, image_path):
+    if not _same_verdicts(old_digests, changed, dataset, image_path):
         return None
     images = old.images.copy()
     at = images.reset_index().set_index("image_id")["index"]
@@ -234,15 +236,16 @@ def patch_prep(previous: PreviousPrep | None, dataset: DetectionData, image_path
     return DetectionData(images, old.annotations, old.categories, old.findings)
 
 
-def _same_verdicts(old_digests: list[str], changed: Any, image_path: Callable[[str], Path]) -> bool:
-    """Whether each changed image's new bytes decode as its old bytes did (size and verdict)."""
-    from cvpipe.data.validate import DECODE_FACT, check_image, content_verdict
+def _same_verdicts(old_digests: list[str], changed: Any, dataset: DetectionData,
+                   image_path: Callable[[str], Path]) -> bool:
+    """Whether each changed image's new bytes decode as its old bytes did (size and verdict); the new ones are
+    checked (and their verdicts cached) by validation's own `decode_checks`."""
+    from cvpipe.data.validate import DECODE_FACT, decode_checks
     from cvpipe.store.digests import DigestCache
 
+    checks = decode_checks(DetectionData(changed, dataset.annotations, dataset.categories), image_path, frozenset(),
+                           "serial")
     with DigestCache() as cache:
         known = cache.facts(old_digests, DECODE_FACT)
-        checks = [check_image((image_path(blob), False)) for blob in changed["blob"]]
-        fresh = {d: {"width": c.width, "height": c.height, "error": c.error}
-                 for d, c in zip(changed["digest"], checks) if content_verdict(c)}
-        cache.put_facts(DECODE_FACT, fresh)
-    return all(d in known and known[d] == fresh.get(new) for d, new in zip(old_digests, changed["digest"]))
+    return all(d in known and known[d] == {"width": c.width, "height": c.height, "error": c.error}
+               for d, c in zip(old_digests, checks))

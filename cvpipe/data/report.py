@@ -142,7 +142,7 @@ def sample_grid(samples: Samples, thumbnails: dict[int, np.ndarray], path: Path)
         for x, y, w, h, name, crowd in shown["boxes"]:
             color = "yellow" if crowd else "lime"
             ax.add_patch(_plt().Rectangle((x * scale, y * scale), w * scale, h * scale, fill=False, edgecolor=color,
-                                       lw=1))
+                                          lw=1))
             ax.text(x * scale, y * scale, name, fontsize=6, color="black",
                     bbox={"facecolor": color, "alpha": 0.7, "pad": 0.5, "lw": 0})
     return _save(fig, path)

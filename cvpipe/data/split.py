@@ -26,7 +26,6 @@ def seeded_order(keys: list[str], seed: int) -> list[str]:
     return [hashlib.sha256(f"{seed}:{k}".encode()).hexdigest() for k in keys]
 
 
-
 def stratified_split(ds: DetectionDataset, ratios: tuple[float, float, float], seed: int) -> dict[int, str]:
     """image_id -> split name, by iterative stratification (Sechidis et al., 2011) on class presence.
 

@@ -213,7 +213,7 @@ def decode_checks(ds: DetectionDataset, image_path: Callable[[str], Path], thumb
         fresh = list(track(parallel_map(check_image, jobs, kind=executor, workers=workers, chunksize=8),
                            "data_prep: decoding new images", total=len(jobs)))
         cache.put_facts(DECODE_FACT, {rows[k][2]: {"width": c.width, "height": c.height, "error": c.error}
-                                      for k, c in zip(todo, fresh) if rows[k][2] and content_verdict(c)})
+                                      for k, c in zip(todo, fresh) if rows[k][2] and _content_verdict(c)})
     by_row = dict(zip(todo, fresh))
     return [by_row[k] if k in by_row else ImageCheck(**known[d]) for k, (_, _, d) in enumerate(rows)]
 
@@ -222,8 +222,12 @@ def thumbnails(ds: DetectionDataset, image_path: Callable[[str], Path], ids: Abs
                ) -> dict[int, np.ndarray]:
     """The report's thumbnails of the images `ids` (as `validate` returns them), decoding only those."""
     rows = ds.images[ds.images["image_id"].isin(ids)]
-    checks = [check_image((_locate(image_path, b), True)) for b in rows["blob"]]
-    return {int(i): c.thumbnail for i, c in zip(rows["image_id"], checks) if c.thumbnail is not None}
+    checks = decode_checks(DetectionDataset(rows, ds.annotations, ds.categories), image_path, ids, "serial")
+    return _thumbnails(rows, checks)
+
+
+def _thumbnails(images: pd.DataFrame, checks: list[ImageCheck]) -> dict[int, np.ndarray]:
+    return {int(i): c.thumbnail for i, c in zip(images["image_id"], checks) if c.thumbnail is not None}
 
 
 def _locate(image_path: Callable[[str], Path], blob: str) -> Path | None:
@@ -234,7 +238,7 @@ def _locate(image_path: Callable[[str], Path], blob: str) -> Path | None:
         return None
 
 
-def content_verdict(check: ImageCheck) -> bool:
+def _content_verdict(check: ImageCheck) -> bool:
     """Whether a check says something about the bytes (a size, or a decoder's refusal), not about the file
     system (missing, unreadable), and so may be cached under the content digest."""
     return check.error == "" or check.error.startswith(ImageDecodeError.__name__)
@@ -251,8 +255,8 @@ def validate(ds: DetectionDataset, image_path: Callable[[str], Path], policy: Va
     v.inverted(source_format in CORNER_FORMATS)
     v.geometry()
     v.empty()
-    thumbs = {int(i): c.thumbnail for i, c in zip(ds.images["image_id"], checks) if c.thumbnail is not None}
-    return ValidationResult(DetectionDataset.build(v.images, v.anns, ds.categories), v.findings, thumbs)
+    return ValidationResult(DetectionDataset.build(v.images, v.anns, ds.categories), v.findings,
+                            _thumbnails(ds.images, checks))
 
 
 FINDING_COLUMNS = ["step", "rule", "action", "image_id", "ann_id", "detail"]
