@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cvpipe.data.schema import IMAGE_EXTS, DetectionData, ImageFiles
+from cvpipe.data.schema import IMAGE_EXTS, DetectionData, DetectionDataset, ImageFiles
 from cvpipe.pipeline.step import Resolved
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ class PreviousVersion:
     run_id: str
     directory: Path
     images: Callable[[], StoredFiles | None]
+    summary: dict[str, Any]  # its run's summary
 
 
 def resolve_previous(params: Any, store: Any, input_runs: dict[str, str | None]) -> Resolved:
@@ -50,7 +51,7 @@ def _previous_version(params: Any, store: Any) -> PreviousVersion | None:
     if rec is None:
         return None
     return PreviousVersion(rec.run_id, store.materialize(rec, "dataset"),
-                           lambda: store.object_view(rec, "images", verify=False))
+                           lambda: store.object_view(rec, "images", verify=False), rec.manifest.get("summary") or {})
 
 
 def _last_run(store: Any, step: str, params: Any, also: Callable[[Any], bool] = lambda rec: True) -> Any:
@@ -85,7 +86,8 @@ class Plan:
     """How to write the new version from the previous one (`previous`, its run id)."""
 
     previous: str
-    old: DetectionData
+    summary: dict[str, Any]  # the previous version's summary
+    old: DetectionData  # the previous version, loaded (its images; the rest when used)
     stored: StoredFiles  # the previous version's images
     changes: list[ImageChange]
 
@@ -118,7 +120,7 @@ def plan(previous: PreviousVersion | None, source: SourceDigest, layout: dict[st
         return None
     log.info("data_load: %d image files changed since run %s, nothing else: writing the version as a change of it",
              len(changes), previous.run_id)
-    return Plan(previous.run_id, old, stored, changes)
+    return Plan(previous.run_id, previous.summary, old, stored, changes)
 
 
 def previous_images(previous: PreviousVersion | None) -> StoredFiles | None:
@@ -140,7 +142,7 @@ def shared(stored: StoredFiles | None, blobs: set[str], folder: Path) -> ImageFi
     `folder` (a plain folder entity when there is no previous version)."""
     if stored is None:
         return ImageFiles(folder)
-    return ImageFiles.stored_plus(stored.subset(sorted(blobs & set(stored.paths))), folder)
+    return ImageFiles.stored_plus(stored.subset(sorted(blobs & set(stored.digests))), folder)
 
 
 def _same_headers(old: DetectionData, changes: list[ImageChange]) -> bool:
@@ -166,11 +168,9 @@ def apply(plan: Plan, source_info: dict[str, Any], folder: Path) -> DetectionDat
         for i in change.rows:
             blob = f"{change.digest}{Path(str(images.at[i, 'file_name'])).suffix.lower()}"  # as normalise names it
             images.at[i, "digest"], images.at[i, "blob"] = change.digest, blob
-            if blob not in plan.stored.paths and not (folder / blob).exists():
+            if blob not in plan.stored.digests and not (folder / blob).exists():
                 copy_or_link(change.path, folder / blob)
-    old = plan.old
-    return DetectionData(images, old.annotations, old.categories, old.findings,
-                         {**source_info, "format": old.source.get("format", "")})
+    return plan.old.patched(images, {**source_info, "format": plan.old.source.get("format", "")})
 
 
 # ---- data_prep ---------------------------------------------------------------------------------------------
@@ -189,6 +189,8 @@ class PreviousPrep:
     run_id: str
     directory: Path
     sources: set[str]
+    report: Path  # its report folder: this version's too when no image it draws changed
+    summary: dict[str, Any]  # its run's summary: a patched version's too (same tables but two columns)
 
 
 def resolve_previous_prep(params: Any, store: Any, input_runs: dict[str, str | None]) -> Resolved:
@@ -204,7 +206,18 @@ def _previous_prep(params: Any, store: Any, load_run: str | None) -> PreviousPre
         return None
     rec = _last_run(store, "data_prep", params,
                     lambda r: ((r.manifest.get("inputs") or {}).get("dataset") or {}).get("run_id") == change["from"])
-    return PreviousPrep(rec.run_id, store.materialize(rec, "dataset"), set(change["sources"])) if rec else None
+    if rec is None:
+        return None
+    return PreviousPrep(rec.run_id, store.materialize(rec, "dataset"), set(change["sources"]),
+                        store.materialize(rec, "report"), rec.manifest.get("summary") or {})
+
+
+def report_unchanged(previous: PreviousPrep, dataset: DetectionData, drawn: set[int]) -> bool:
+    """Whether a patched version's report is its previous version's: the report draws the images `drawn`
+    (chosen by path, `report_candidates`), and its tables and plots depend on nothing a patch changes."""
+    images = dataset.images
+    changed = set(images.loc[images["source"].isin(previous.sources), "image_id"].astype(int))
+    return not changed & drawn
 
 
 def patch_prep(previous: PreviousPrep | None, dataset: DetectionData, image_path: Callable[[str], Path]
@@ -233,7 +246,7 @@ def patch_prep(previous: PreviousPrep | None, dataset: DetectionData, image_path
         images.at[int(at[image_id]), "digest"], images.at[int(at[image_id]), "blob"] = digest, blob
     log.info("data_prep: %d images changed bytes since run %s and decode as before: patching its version",
              len(changed), previous.run_id)
-    return DetectionData(images, old.annotations, old.categories, old.findings)
+    return old.patched(images)
 
 
 def _same_verdicts(old_digests: list[str], changed: Any, dataset: DetectionData,
@@ -243,8 +256,7 @@ def _same_verdicts(old_digests: list[str], changed: Any, dataset: DetectionData,
     from cvpipe.data.validate import DECODE_FACT, decode_checks
     from cvpipe.store.digests import DigestCache
 
-    checks = decode_checks(DetectionData(changed, dataset.annotations, dataset.categories), image_path, frozenset(),
-                           "serial")
+    checks = decode_checks(DetectionDataset.build(changed, [], []), image_path, frozenset(), "serial")
     with DigestCache() as cache:
         known = cache.facts(old_digests, DECODE_FACT)
     return all(d in known and known[d] == {"width": c.width, "height": c.height, "error": c.error}

@@ -3,6 +3,7 @@ boxes, the split table and every validation finding. One self-contained HTML fil
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -146,6 +147,18 @@ def sample_grid(samples: Samples, thumbnails: dict[int, np.ndarray], path: Path)
             ax.text(x * scale, y * scale, name, fontsize=6, color="black",
                     bbox={"facecolor": color, "alpha": 0.7, "pad": 0.5, "lw": 0})
     return _save(fig, path)
+
+
+def report_candidates(images: Any, count: int, seed: int) -> set[int]:
+    """The images the report may draw (those that decode, up to its limit): the first `count` ids in a seeded
+    order of their paths, so that a version which only changed some images' bytes draws the same ones."""
+    from cvpipe.data.diff import image_keys
+    from cvpipe.data.split import seeded_order
+
+    if count <= 0 or images.empty:
+        return set()
+    order = zip(seeded_order(image_keys(images).tolist(), seed), images["image_id"].astype(int).tolist())
+    return {image_id for _, image_id in heapq.nsmallest(count, order)}
 
 
 def _per_class_counts(ds: DetectionDataset) -> list[dict]:

@@ -21,9 +21,11 @@ back.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 from cvpipe.pipeline.entity import link_tree
 
 if TYPE_CHECKING:  # step modules import this one: `cvpipe --help` and a reused run import neither pandas nor cv2
-    from collections.abc import Callable
 
     import pandas as pd
 
@@ -63,12 +64,17 @@ ANNOTATION_COLUMNS = {
 }
 CATEGORY_COLUMNS = {"category_id": "int64", "name": "string", "supercategory": "string", "label": "int64"}
 SPLITS = ("train", "val", "test")
+IMAGE_DEFAULTS = {"source": "", "split": "", "digest": "", "blob": "", "extra": "{}"}  # for columns a source lacks
+ANNOTATION_DEFAULTS = {"extra": "{}", "iscrowd": 0}
+CATEGORY_DEFAULTS = {"supercategory": "", "label": -1}
 
 
 def _frame(rows: list[dict] | pd.DataFrame | None, columns: dict[str, str], defaults: dict) -> pd.DataFrame:
     import pandas as pd
 
     df = pd.DataFrame(rows if rows is not None else [])
+    if df.columns.empty:  # no rows at all: an empty table of these columns
+        df = pd.DataFrame(columns=list(columns))
     for col, val in defaults.items():
         if col not in df:
             df[col] = val
@@ -87,11 +93,8 @@ class DetectionDataset:
     @classmethod
     def build(cls, images, annotations, categories) -> DetectionDataset:
         """Normalise rows (lists of dicts or frames) to the canonical columns and dtypes."""
-        return cls(
-            _frame(images, IMAGE_COLUMNS, {"source": "", "split": "", "digest": "", "blob": "", "extra": "{}"}),
-            _frame(annotations, ANNOTATION_COLUMNS, {"extra": "{}", "iscrowd": 0}),
-            _frame(categories, CATEGORY_COLUMNS, {"supercategory": "", "label": -1}),
-        )
+        return cls(_frame(images, IMAGE_COLUMNS, IMAGE_DEFAULTS), _frame(annotations, ANNOTATION_COLUMNS, ANNOTATION_DEFAULTS),
+                   _frame(categories, CATEGORY_COLUMNS, CATEGORY_DEFAULTS))
 
     # ---- storage -------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
@@ -176,6 +179,34 @@ def _extra(text: object) -> dict:
 
 
 # ---- the entities steps exchange (cvpipe.pipeline.entity: the class owns load and save) ----------------------
+KEEPABLE = {"annotations": ("annotations.parquet",), "categories": ("categories.parquet",),
+            "findings": ("findings.json", "findings.parquet")}  # a dataset folder's parts and their files
+
+
+def _read_table(name: str, columns: dict[str, str], defaults: dict) -> Callable[[Path], pd.DataFrame]:
+    def read(directory: Path) -> pd.DataFrame:
+        import pandas as pd
+
+        return _frame(pd.read_parquet(directory / name), columns, defaults)
+    return read
+
+
+def _read_findings(directory: Path) -> list[dict[str, Any]]:
+    from cvpipe.data.validate import read_findings
+
+    return read_findings(directory)
+
+
+def _read_source(directory: Path) -> dict[str, Any]:
+    from cvpipe.data.load import read_source_info
+
+    return read_source_info(directory)
+
+
+_PART_READERS: dict[str, Callable[[Path], Any]] = {
+    "annotations": _read_table("annotations.parquet", ANNOTATION_COLUMNS, ANNOTATION_DEFAULTS),
+    "categories": _read_table("categories.parquet", CATEGORY_COLUMNS, CATEGORY_DEFAULTS),
+    "findings": _read_findings, "source": _read_source}  # DetectionData's parts read when first used
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -186,15 +217,44 @@ class DetectionData(DetectionDataset):
 
     findings: list[dict[str, Any]] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
+    # parts ("annotations", "categories", "findings") that are, unchanged, those of the stored version in this
+    # folder: `save` copies their files instead of encoding the same rows again (a version patched from the
+    # previous one: 650,000 boxes and 90,000 findings at 100,000 images)
+    kept: dict[str, Path] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def load(cls, directory: str | Path) -> DetectionData:
-        from cvpipe.data.load import read_source_info
-        from cvpipe.data.validate import read_findings
+        """The version stored in `directory`: its images table now, every other part when it is first used (a
+        version patched from this one reads nothing else)."""
+        import pandas as pd
 
-        d = Path(directory)
-        ds = DetectionDataset.load(d)
-        return cls(ds.images, ds.annotations, ds.categories, read_findings(d), read_source_info(d))
+        data = cls.__new__(cls)
+        data.images = _frame(pd.read_parquet(Path(directory) / "images.parquet"), IMAGE_COLUMNS, IMAGE_DEFAULTS)
+        data.kept = {}
+        data.__dict__["_stored"] = Path(directory)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        """A part of a loaded version not read yet (see `load`), read now. Only called for attributes not set."""
+        stored = self.__dict__.get("_stored")
+        if stored is None or name not in _PART_READERS:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        value = _PART_READERS[name](stored)
+        setattr(self, name, value)
+        return value
+
+    def patched(self, images: pd.DataFrame, source: dict[str, Any] | None = None) -> DetectionData:
+        """This loaded version with another images table (and source info): every other part is its own, read
+        only if something uses it, and saved as a copy of its file (`kept`)."""
+        stored = self.__dict__.get("_stored")
+        if stored is None:
+            raise ValueError("only a version loaded from its folder (DetectionData.load) can be patched")
+        new = copy.copy(self)  # its parts not read yet stay unread
+        new.images = images
+        if source is not None:
+            new.source = source
+        new.kept = {part: stored for part in KEEPABLE}
+        return new
 
     @classmethod
     def of(cls, ds: DetectionDataset, findings: list[dict[str, Any]],
@@ -203,13 +263,32 @@ class DetectionData(DetectionDataset):
 
     def save(self, directory: str | Path) -> None:
         from cvpipe.data.load import write_source_info
-        from cvpipe.data.validate import write_findings
 
         d = Path(directory)
-        super().save(d)
-        write_findings(self.findings, d)
+        d.mkdir(parents=True, exist_ok=True)
+        self.images.to_parquet(d / "images.parquet", index=False)
+        for part in ("annotations", "categories"):
+            if not self._copy_kept(part, d):
+                getattr(self, part).to_parquet(d / f"{part}.parquet", index=False)
+        self.save_findings(d)
         if self.source:  # no local paths in it: they differ from run to run and say nothing about the data
             write_source_info(d, self.source)
+
+    def save_findings(self, directory: Path) -> None:
+        """findings.{json,parquet} in `directory` (the dataset's, or a report's)."""
+        from cvpipe.data.validate import write_findings
+
+        if not self._copy_kept("findings", directory):
+            write_findings(self.findings, directory)
+
+    def _copy_kept(self, part: str, directory: Path) -> bool:
+        sources = [self.kept[part] / name for name in KEEPABLE[part]] if part in self.kept else []
+        if not sources or not all(src.is_file() for src in sources):
+            return False  # not kept, or a version written before the part had these files: encoded again
+        directory.mkdir(parents=True, exist_ok=True)
+        for src in sources:
+            shutil.copyfile(src, directory / src.name)  # a copy: a link would share the stored file's inode
+        return True
 
 
 class ImageFiles:
@@ -219,11 +298,17 @@ class ImageFiles:
     local store, the stored objects read through (`stored`), with no folder of links built for a version of
     100,000 images: `path(blob)` finds a file either way, and `directory` builds the folder only when a step
     asks for it (`folder`). `subset` keeps what it is: data_prep keeps most of data_load's images, and a
-    subset of stored files is committed as an index, with no file linked again."""
+    subset of stored files is committed as an index, with no file linked again.
+
+    Stored files are checked against their digests when they are read (`verify`, from the runner): the first
+    few one by one, as `path` hands them out, then all at once (a step that reads them all pays one batch; a
+    version patched from the previous one reads the few that changed, and passes the rest on unread)."""
+
+    CHECKED_ONE_BY_ONE = 32
 
     def __init__(self, directory: str | Path | None = None, names: tuple[str, ...] | None = None, *,
                  stored: StoredFiles | None = None, folder: Callable[[], Path] | None = None,
-                 added: Path | None = None):
+                 added: Path | None = None, verify: Callable[[list[str]], None] | None = None):
         if directory is None and folder is None:
             raise ValueError("ImageFiles needs a directory or a way to build one")
         self._directory = Path(directory) if directory is not None else None
@@ -231,15 +316,19 @@ class ImageFiles:
         self.stored = stored
         self._folder = folder
         self.added = added  # with `stored`: a folder of the files that are not stored yet (a version's new images)
+        self._verify = verify
+        self._verified: set[str] = set()
 
     @classmethod
     def load(cls, directory: str | Path) -> ImageFiles:
         return cls(Path(directory))
 
     @classmethod
-    def from_store(cls, stored: StoredFiles, folder: Callable[[], Path]) -> ImageFiles:
-        """The runner's read-through input (see the class doc)."""
-        return cls(stored=stored, folder=folder)
+    def from_store(cls, stored: StoredFiles, folder: Callable[[], Path],
+                   verify: Callable[[list[str]], None] | None = None) -> ImageFiles:
+        """The runner's read-through input (see the class doc): `verify(names)` raises IntegrityError for a
+        stored file that does not hold its digest's content."""
+        return cls(stored=stored, folder=folder, verify=verify)
 
     @classmethod
     def stored_plus(cls, stored: StoredFiles, added: Path) -> ImageFiles:
@@ -263,8 +352,9 @@ class ImageFiles:
             return
         dest = Path(directory)
         dest.mkdir(parents=True, exist_ok=True)
+        stored = {name: self.stored.path(name) for name in self.stored.digests}
         added = {p.name: str(p) for p in self.added.iterdir()} if self.added is not None else {}
-        for name, path in {**self.stored.paths, **added}.items():  # what a runner without a store keeps
+        for name, path in {**stored, **added}.items():  # what a runner without a store keeps
             try:
                 os.link(path, dest / name)
             except OSError:  # another file system
@@ -275,19 +365,32 @@ class ImageFiles:
         if not blob or Path(blob).name != blob:
             raise ValueError(f"not an image file name: {blob!r}")
         if self.stored is not None:
-            if blob in self.stored.paths:
-                return Path(self.stored.paths[blob])
+            if blob in self.stored.digests:
+                self._check(blob)
+                return Path(self.stored.path(blob))
             if self.added is not None and (self.added / blob).is_file():
                 return self.added / blob
             raise ValueError(f"{blob} is not in this images entity")
         return self.directory / blob
+
+    def _check(self, blob: str) -> None:
+        """Verify a stored file before it is first read (see the class doc)."""
+        if self._verify is None or blob in self._verified or self.stored is None:
+            return
+        if len(self._verified) < self.CHECKED_ONE_BY_ONE:
+            self._verify([blob])
+            self._verified.add(blob)
+        else:  # a step reading many: the rest at once
+            self._verify(sorted(set(self.stored.digests) - self._verified))
+            self._verify = None
 
     def subset(self, blobs: set[str] | list[str]) -> ImageFiles:
         if self.added is not None:
             raise ValueError("a subset of stored files plus new ones is not supported: subset the stored files")
         names = tuple(sorted(set(blobs)))
         if self.stored is not None:
-            return ImageFiles(self._directory, names, stored=self.stored.subset(names), folder=self._folder)
+            return ImageFiles(self._directory, names, stored=self.stored.subset(names), folder=self._folder,
+                              verify=self._verify)
         return ImageFiles(self.directory, names)
 
 

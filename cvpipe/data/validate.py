@@ -231,9 +231,14 @@ def _thumbnails(images: pd.DataFrame, checks: list[ImageCheck]) -> dict[int, np.
 
 
 def _locate(image_path: Callable[[str], Path], blob: str) -> Path | None:
-    """The file of a blob, or None (checked as missing) for an image without one or not in the images entity."""
+    """The file of a blob, or None (checked as missing) for an image without one or not in the images entity.
+    A stored file that does not hold its content is the store's fault, not the data's: IntegrityError."""
+    from cvpipe.store.store import IntegrityError
+
     try:
         return image_path(blob) if blob else None
+    except IntegrityError:
+        raise
     except ValueError:
         return None
 

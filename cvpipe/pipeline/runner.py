@@ -318,16 +318,18 @@ class Runner:
 
     def _input(self, spec: StepSpec, kw: str, rec: RunRecord | None) -> Any:
         """An input as the step gets it: a verified local folder, or, for an entity class that reads a local
-        store's objects through (`from_store`: ImageFiles), the checked objects and a way to build the folder
-        if the step asks for it (a folder of 100,000 links per version was most of materialising one)."""
+        store's objects through (`from_store`: ImageFiles), the objects (their index checked, each one there),
+        a way to check the contents of those the step reads, and a way to build the folder if the step asks
+        for it (a folder of 100,000 links per version was most of materialising one)."""
         if rec is None:
             return None
         entity = spec.inputs[kw].entity
         from_store = getattr(spec.input_classes().get(kw), "from_store", None)
-        view = self.store.object_view(rec, entity) if from_store is not None else None
+        view = self.store.object_view(rec, entity, verify=False) if from_store is not None else None
         if from_store is None or view is None:
             return self.store.materialize(rec, entity)
-        return from_store(view, lambda: self.store.materialize(rec, entity))
+        return from_store(view, lambda: self.store.materialize(rec, entity),
+                          lambda names: self.store.verify_objects(view, names))
 
     def _record_failure(self, spec: StepSpec, manifest: dict[str, Any], e: BaseException, staging: Path) -> None:
         manifest.update(status=STATUS_FAILED,

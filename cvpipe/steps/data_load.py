@@ -60,7 +60,7 @@ def data_load(params: DataLoadParams, ctx: StepContext,
             return _changed_version(plan, info, images)
         stored = incremental.previous_images(previous)  # contents stored before are shared, not linked again
         raw = read_raw(root, params.format, params.annotations, params.images_dir, params.classes)
-        ds, findings = normalise(raw, images, params.executor, params.workers, set(stored.paths) if stored else None)
+        ds, findings = normalise(raw, images, params.executor, params.workers, set(stored.digests) if stored else None)
     findings = [{**f, "step": "data_load"} for f in findings]
     sweep_unreferenced(images, ds)
     data = DetectionData.of(ds, findings, {**info, "format": raw.format})
@@ -75,9 +75,12 @@ def _changed_version(plan: incremental.Plan, info: dict[str, Any], folder: Path)
     linked into `folder` and stored, the previous version's other images shared."""
     data = incremental.apply(plan, info, folder)
     changed = sorted(str(plan.old.images.at[c.rows[0], "source"]) for c in plan.changes)
-    summary = {**_summary(data), "incremental": {"from": plan.previous, "changed_images": len(changed),
-                                                 # what data_prep needs to patch its own previous version
-                                                 **({"sources": changed} if len(changed) <= MAX_LISTED else {})}}
+    # the previous version's summary: only digests changed (its boxes and findings are not even read)
+    summary = {**{k: v for k, v in plan.summary.items() if k != "incremental"},
+               "distinct_files": len(set(data.images["digest"]) - {""}),
+               "incremental": {"from": plan.previous, "changed_images": len(changed),
+                               # what data_prep needs to patch its own previous version
+                               **({"sources": changed} if len(changed) <= MAX_LISTED else {})}}
     return Produced(summary, dataset=data, images=incremental.shared(plan.stored, _blobs(data), folder))
 
 

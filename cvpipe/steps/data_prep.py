@@ -45,35 +45,53 @@ def data_prep(params: DataPrepParams, ctx: StepContext, *, dataset: DetectionDat
     """Validate, convert, split and report the loaded dataset (as a change of `previous`, the last version,
     when only image bytes changed and they decode as before)."""
     from cvpipe.data.load import paused_gc
-    from cvpipe.data.report import write_report
+    from cvpipe.data.report import report_candidates
     from cvpipe.data.split import split_table
-    from cvpipe.data.validate import summarize_findings, thumbnails, validate, write_findings
+    from cvpipe.data.validate import summarize_findings, validate
 
-    candidates = set(dataset.images.sort_values("digest")["image_id"].head(params.report_samples * 2).astype(int))
+    candidates = report_candidates(dataset.images, params.report_samples * 2, params.seed)
     with paused_gc():
         patched = incremental.patch_prep(previous, dataset, images.path)
-        converted: DetectionDataset
-        if patched is not None:
-            converted, findings, thumbs = patched, patched.findings, thumbnails(dataset, images.path, candidates)
-        else:
-            result = validate(dataset, images.path, params.validation, candidates, params.executor, params.workers,
-                              source_format=dataset.source.get("format", ""))
-            converted, conv_findings = _convert_and_split(result.dataset, params)
-            findings = [{"step": "data_load", **f} for f in dataset.findings] + \
-                       [{**f, "step": "data_prep"} for f in result.findings + conv_findings]
-            thumbs = result.thumbnails
-    report = ctx.workdir("report")
-    write_findings(findings, report)
-    write_report(converted, findings, thumbs, report, params.model_dump(mode="json"))
-    summary = {"images": len(converted.images), "annotations": len(converted.annotations),
-               "classes": len(converted.categories),
-               "splits": {r["split"]: r["images"] for r in split_table(converted)},
-               "findings": {f"{r['rule']}:{r['action']}": r["count"] for r in summarize_findings(findings)}}
-    if patched is not None and previous is not None:
-        summary["incremental"] = {"from": previous.run_id}
+        if patched is not None and previous is not None:
+            return _patched(patched, previous, dataset, images, candidates, params, ctx)
+        result = validate(dataset, images.path, params.validation, candidates, params.executor, params.workers,
+                          source_format=dataset.source.get("format", ""))
+        converted, conv_findings = _convert_and_split(result.dataset, params)
+        prepared = DetectionData.of(converted, [{"step": "data_load", **f} for f in dataset.findings] +
+                                    [{**f, "step": "data_prep"} for f in result.findings + conv_findings])
+    report = _report(prepared, result.thumbnails, params, ctx)
+    summary = {"images": len(prepared.images), "annotations": len(prepared.annotations),
+               "classes": len(prepared.categories),
+               "splits": {r["split"]: r["images"] for r in split_table(prepared)},
+               "findings": {f"{r['rule']}:{r['action']}": r["count"] for r in summarize_findings(prepared.findings)}}
     # duplicates kept by policy share one file
-    return Produced(summary, dataset=DetectionData.of(converted, findings),
-                    images=images.subset(set(converted.images["blob"]) - {""}), report=Folder(report))
+    return Produced(summary, dataset=prepared,
+                    images=images.subset(set(prepared.images["blob"]) - {""}), report=report)
+
+
+def _patched(prepared: DetectionData, previous: incremental.PreviousPrep, dataset: DetectionData, images: ImageFiles,
+             candidates: set[int], params: DataPrepParams, ctx: StepContext) -> Produced:
+    """The previous version with some images' digest and blob changed: its summary, and its report unless the
+    report draws one of those images."""
+    from cvpipe.data.validate import thumbnails
+
+    if incremental.report_unchanged(previous, dataset, candidates):
+        report = Folder(previous.report)
+    else:
+        report = _report(prepared, thumbnails(dataset, images.path, candidates), params, ctx)
+    summary = {**{k: v for k, v in previous.summary.items() if k != "incremental"},
+               "incremental": {"from": previous.run_id}}
+    return Produced(summary, dataset=prepared,
+                    images=images.subset(set(prepared.images["blob"]) - {""}), report=report)
+
+
+def _report(prepared: DetectionData, thumbs: dict, params: DataPrepParams, ctx: StepContext) -> Folder:
+    from cvpipe.data.report import write_report
+
+    report = ctx.workdir("report")
+    prepared.save_findings(report)
+    write_report(prepared, prepared.findings, thumbs, report, params.model_dump(mode="json"))
+    return Folder(report)
 
 
 def _convert_and_split(ds: DetectionDataset, params: DataPrepParams) -> tuple[DetectionDataset, list[dict]]:

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -135,20 +136,27 @@ def _pid_alive(pid: int) -> bool:
 @dataclass(frozen=True)
 class StoredFiles:
     """Files of a content-addressed entity that are already objects of a local store, read through rather than
-    assembled into a folder: {relative path: object file}, with each one's digest and size (as checked when
-    they were read). A step that passes such files on (data_prep keeps most of data_load's images) has them
-    committed as an index, with no file linked, listed or hashed again."""
+    assembled into a folder: {relative path: digest} and each one's size (as checked when they were read), below
+    the store's object folder `root`. A step that passes such files on (data_prep keeps most of data_load's
+    images) has them committed as an index, with no file linked, listed or hashed again."""
 
-    paths: dict[str, str]
+    root: str
     digests: dict[str, str]
     sizes: dict[str, int]
+    checked: bool = False  # names and digests checked (read from a verified index): not checked again on commit
+    source: str = "stored files"  # what they are, for messages ("images of data_load run ...")
+
+    def path(self, rel: str) -> str:
+        """The object file of one of these files (KeyError for another name)."""
+        digest = self.digests[rel]
+        return f"{self.root}/{digest[:2]}/{digest}{_suffix(rel)}"
 
     def subset(self, names: Iterable[str]) -> StoredFiles:
         keep = list(names)
-        if unknown := [n for n in keep if n not in self.paths]:
+        if unknown := [n for n in keep if n not in self.digests]:
             raise ValueError(f"{unknown[0]} is not one of these files ({len(unknown)} unknown)")
-        return StoredFiles({n: self.paths[n] for n in keep}, {n: self.digests[n] for n in keep},
-                           {n: self.sizes[n] for n in keep})
+        return StoredFiles(self.root, {n: self.digests[n] for n in keep}, {n: self.sizes[n] for n in keep},
+                           self.checked, self.source)
 
 
 class ArtifactStore:
@@ -241,8 +249,10 @@ class ArtifactStore:
         index of 10^5 files went through the pure-Python one)."""
         self._write_bytes(path, json.dumps(obj, indent=indent, sort_keys=False, default=str).encode())
 
-    def _write_index(self, step: str, run_id: str, entity: str, files: dict[str, str], objects: dict[str, str]) -> None:
-        self.write_json(self.index_path(step, run_id, entity), {"files": files, "objects": objects}, indent=None)
+    def _write_index(self, step: str, run_id: str, entity: str, files: dict[str, str]) -> None:
+        """{"files": {relative path: sha256}}; a content-addressed file's object is named by its digest and
+        suffix (`object_path`), so the index does not spell it out (half of its bytes at 10^5 files)."""
+        self.write_json(self.index_path(step, run_id, entity), {"files": files}, indent=None)
 
     def read_json(self, path: str) -> Any:
         with self.fs.open(path, "rb") as f:
@@ -320,9 +330,8 @@ class ArtifactStore:
         base = self.entity_path(step, run_id, entity)
         put = self._put_files(local_dir, None if content_addressed else base)
         files = {rel: digest for rel, (digest, _, _) in put.items()}
-        objects = {rel: self.uri(obj) for rel, (_, _, obj) in put.items()} if content_addressed else {}
         size = sum(nbytes for _, nbytes, _ in put.values())
-        self._write_index(step, run_id, entity, files, objects)
+        self._write_index(step, run_id, entity, files)
         return {
             "uri": self.uri(base),
             "digest": tree_digest(files),
@@ -334,24 +343,20 @@ class ArtifactStore:
     def commit_stored(self, step: str, run_id: str, entity: str, stored: StoredFiles,
                       added: Path | None = None) -> dict[str, Any]:
         """Record a content-addressed entity whose files are objects of this (local) store already, as
-        `object_view` handed them out: its index only. Each path must be the object its digest names.
-        `added`: a folder of further files (flat), stored as objects first (a version's new images)."""
+        `object_view` handed them out: its index only. `added`: a folder of further files (flat), stored as
+        objects first (a version's new images)."""
         if not self.is_local:
             raise ValueError(f"{entity}: stored files are objects of a local store; this one is {self.url}")
-        root = self._objects_root
-        uri_root, objects = self.uri(root), {}
+        if stored.root != self._objects_root:
+            raise ValueError(f"{entity}: {stored.root!r} is not the object folder of this store")
+        if not stored.checked:
+            check_index(stored.digests, f"the files of {entity}")
         files, size = dict(stored.digests), sum(stored.sizes.values())
-        for rel, digest in stored.digests.items():
-            safe_relpath(rel, "output file name")
-            tail = f"{validate_digest(digest)[:2]}/{digest}{_suffix(rel)}"
-            if stored.paths.get(rel) != f"{root}/{tail}":
-                raise ValueError(f"{entity}/{rel}: {stored.paths.get(rel)!r} is not the stored object of {digest}")
-            objects[rel] = f"{uri_root}/{tail}"  # as uri(object_path) writes it, without a Path per file
         if added is not None:
-            for rel, (digest, nbytes, obj) in self._put_files(added).items():
-                files[rel], objects[rel] = digest, self.uri(obj)
+            for rel, (digest, nbytes, _) in self._put_files(added).items():
+                files[rel] = digest
                 size += nbytes
-        self._write_index(step, run_id, entity, files, objects)
+        self._write_index(step, run_id, entity, files)
         return {"uri": self.uri(self.entity_path(step, run_id, entity)), "digest": tree_digest(files),
                 "files": len(files), "bytes": size, "content_addressed": True}
 
@@ -455,9 +460,7 @@ class ArtifactStore:
             files = index.get("files") if isinstance(index, dict) else None
             if not isinstance(files, dict):
                 raise ValueError(f"the file index of {where} has no 'files' table")
-            for rel, digest in files.items():
-                safe_relpath(rel, f"file name in the index of {where}")
-                validate_digest(digest, f"digest of {rel} in the index of {where}")
+            check_index(files, f"the index of {where}")
         except (OSError, ValueError) as e:
             raise IntegrityError(f"{where}: {e}") from None
         if tree_digest(files) != expected:
@@ -500,30 +503,43 @@ class ArtifactStore:
         """A content-addressed entity of a local store read through its objects, checked like `materialize`
         checks a folder (the index against the manifest, each object against its digest through the digest
         cache; --rehash reads them all), with no folder of links built. None for other entities and stores.
-        `verify=False`: the objects are only checked to exist, for an index passed on to a new version
-        without reading them (whoever reads them later checks them then)."""
+        `verify=False`: the objects are only checked to exist; `verify_objects` checks the contents of those
+        that are read, when they are read (an index passed on to a new version reads none of them)."""
         if not self.is_local or not rec.output(entity).get("content_addressed"):
             return None
         files = self.entity_files(rec, entity)
-        paths = {rel: f"{self._objects_root}/{d[:2]}/{d}{_suffix(rel)}" for rel, d in files.items()}  # checked above
-        where = f"{entity} of {rec.step} run {rec.run_id}"
-        names = list(paths)
+        view = StoredFiles(self._objects_root, files, {}, checked=True,
+                           source=f"{entity} of {rec.step} run {rec.run_id}")
+        names = list(files)
+        stats = self._object_stats(view, names)
+        view.sizes.update(zip(names, (st.st_size for st in stats)))
+        if verify:
+            self._check_objects(view, names, stats)
+        return view
+
+    def verify_objects(self, view: StoredFiles, names: list[str]) -> None:
+        """Check that these objects of a view hold what its index says (IntegrityError otherwise): through the
+        digest cache, as `object_view` does."""
+        self._check_objects(view, names, self._object_stats(view, names))
+
+    @staticmethod
+    def _object_stats(view: StoredFiles, names: list[str]) -> list[os.stat_result]:
         try:
-            stats = [os.stat(paths[rel]) for rel in names]
+            return [os.stat(view.path(rel)) for rel in names]
         except FileNotFoundError as e:
-            raise IntegrityError(f"{where}: an object is missing from the store ({e.filename})") from None
-        if not verify:
-            return StoredFiles(paths, dict(files), {rel: st.st_size for rel, st in zip(names, stats)})
+            raise IntegrityError(f"{view.source}: an object is missing from the store ({e.filename})") from None
+
+    @staticmethod
+    def _check_objects(view: StoredFiles, names: list[str], stats: list[os.stat_result]) -> None:
         with DigestCache() as cache:
             known = cache.known_many(stats)
             misses = [i for i, d in enumerate(known) if d is None]  # changed or never recorded: read them
-            hashed = dict(zip(misses, cache.digests([paths[names[i]] for i in misses])))
+            hashed = dict(zip(misses, cache.digests([view.path(names[i]) for i in misses])))
         for i, rel in enumerate(names):
-            digest = known[i] or hashed[i]
-            if digest != files[rel]:
-                raise IntegrityError(f"{where}: {rel} was changed after the run was committed (sha256 "
-                                     f"{digest[:12]}... != {files[rel][:12]}... recorded); refusing to use it")
-        return StoredFiles(paths, dict(files), {rel: st.st_size for rel, st in zip(names, stats)})
+            digest, recorded = known[i] or hashed[i], view.digests[rel]
+            if digest != recorded:
+                raise IntegrityError(f"{view.source}: {rel} was changed after the run was committed (sha256 "
+                                     f"{digest[:12]}... != {recorded[:12]}... recorded); refusing to use it")
 
     def _discard(self, cached: Path) -> None:
         aside = Path(tempfile.mkdtemp(dir=self.cache_dir, prefix=".tmp-stale-"))
@@ -678,10 +694,31 @@ def _suffix_of(suffix: str) -> str:
 
 
 def _suffix(rel: str) -> str:
-    """An object's suffix: the file's lower-case extension when it is a valid name (checked once per extension)."""
-    name = rel.rsplit("/", 1)[-1]
-    dot = name.rfind(".")
-    return _suffix_of(name[dot:].lower()) if 0 < dot < len(name) - 1 else ""
+    """An object's suffix: the file's lower-case extension when it is a valid name (checked once per extension).
+    A name's dot only (not a folder's), not its first character nor its last."""
+    dot = rel.rfind(".")
+    if dot == len(rel) - 1 or dot <= rel.rfind("/") + 1:
+        return ""
+    return _suffix_of(rel[dot:].lower())
+
+
+_PLAIN_NAMES = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,254}(?:\n[A-Za-z0-9_-][A-Za-z0-9_.-]{0,254})*")
+_HEX = re.compile(r"[0-9a-f]*")
+
+
+def check_index(files: dict[str, str], where: str) -> None:
+    """Every name in an entity index a safe relative path and every digest a sha256 (ValueError naming the
+    first that is not). Plain names and digests are checked in bulk, by one regex over them all (10^5 entries
+    per version); anything else, name by name."""
+    names, digests = list(files), list(files.values())
+    if not (all(isinstance(n, str) for n in names) and (joined := "\n".join(names)).count("\n") == len(names) - 1
+            and _PLAIN_NAMES.fullmatch(joined)):
+        for rel in names:
+            safe_relpath(rel, f"file name in {where}")
+    if not (all(isinstance(d, str) for d in digests) and set(map(len, digests)) <= {64}
+            and _HEX.fullmatch("".join(digests))):
+        for rel, digest in files.items():
+            validate_digest(digest, f"digest of {rel} in {where}")
 
 
 def _is_name(name: str) -> bool:

@@ -59,8 +59,9 @@ def version(tmp_path, coco_dir):
 
 
 def _objects(store: ArtifactStore, rec, entity: str = "images") -> dict[str, str]:
+    """{file name: its object's URI}, as the index names them (a digest and a suffix)."""
     index = store.read_json(store.index_path(rec.step, rec.run_id, entity))
-    return index["objects"]
+    return {rel: store.uri(store.object_path(d, Path(rel).suffix.lower())) for rel, d in index["files"].items()}
 
 
 def _dataset(store: ArtifactStore, rec) -> DetectionData:
@@ -214,14 +215,69 @@ def test_a_stored_object_changed_after_commit_is_refused_when_read_through(versi
         version.store.object_view(load1, "images")
 
 
+def _tamper(obj: Path) -> None:
+    obj.chmod(0o644)
+    with open(obj, "r+b") as f:  # same size, other bytes, a new mtime
+        f.seek(-10, 2)
+        f.write(b"\1" * 10)
+
+
+def test_read_through_images_are_checked_when_read_one_by_one_then_all_at_once(version, monkeypatch):
+    from cvpipe.store import IntegrityError
+
+    load1, _ = version()
+    store = version.store
+    view = store.object_view(load1, "images", verify=False)
+    checked: list[list[str]] = []
+
+    def verify(names):
+        checked.append(list(names))
+        store.verify_objects(view, names)
+
+    blobs = sorted(view.digests)
+    bad = blobs[-1]
+    _tamper(Path(view.path(bad)))
+    images = ImageFiles.from_store(view, lambda: store.materialize(load1, "images"), verify)
+    images.path(blobs[0])
+    images.path(blobs[0])  # checked once
+    assert checked == [[blobs[0]]]
+    with pytest.raises(IntegrityError, match=f"{bad} was changed after the run was committed"):
+        images.path(bad)
+    monkeypatch.setattr(ImageFiles, "CHECKED_ONE_BY_ONE", 1)
+    images = ImageFiles.from_store(view, lambda: store.materialize(load1, "images"), verify)
+    checked.clear()
+    images.path(blobs[0])
+    with pytest.raises(IntegrityError, match=bad):  # the second read checks all the rest in one batch
+        images.path(blobs[1])
+    assert checked == [[blobs[0]], blobs[1:]]
+
+
+def test_data_prep_refuses_a_stored_image_changed_after_data_load_committed_it(version, tmp_path, coco_dir):
+    """data_prep reads the images it draws in its report (their decode verdicts are cached by content, so
+    validation reads none here): the one changed in the store is refused as it is read."""
+    from cvpipe.store import IntegrityError
+
+    load1, _ = version()
+    _tamper(Path(next(iter(_objects(version.store, load1).values())).removeprefix("file://")))
+    cfg = build_config({"store": str(tmp_path / "store"), "env": "test", "pipeline": "data",
+                        "data_load": {"source": str(coco_dir), "executor": "serial"},
+                        "data_prep": {"executor": "serial", "report_samples": 3}})  # a new run, drawing all 6
+    with pytest.raises(Exception, match="changed after the run was committed") as failed:
+        Runner(cfg).run_step("data_prep")
+    assert isinstance(failed.value, IntegrityError) or "IntegrityError" in repr(failed.value.__cause__)
+
+
 def test_an_index_commit_names_only_stored_objects(version):
     from cvpipe.store.store import StoredFiles
 
     load1, _ = version()
     view = version.store.object_view(load1, "images")
-    blob, path = next(iter(view.paths.items()))
-    forged = StoredFiles({**view.paths, blob: str(Path(path).with_name("elsewhere.jpg"))}, view.digests, view.sizes)
-    with pytest.raises(ValueError, match="is not the stored object"):
+    blob = next(iter(view.digests))
+    elsewhere = StoredFiles(view.root + "/../elsewhere", view.digests, view.sizes)
+    with pytest.raises(ValueError, match="is not the object folder of this store"):
+        version.store.commit_stored("data_prep", load1.run_id, "images", elsewhere)
+    forged = StoredFiles(view.root, {**view.digests, "../x.jpg": view.digests[blob]}, view.sizes)
+    with pytest.raises(ValueError, match="unsafe file name"):
         version.store.commit_stored("data_prep", load1.run_id, "images", forged)
     with pytest.raises(ValueError, match="not one of these files"):
         view.subset([blob, "f" * 64 + ".jpg"])
