@@ -93,7 +93,8 @@ class DetectionDataset:
     @classmethod
     def build(cls, images, annotations, categories) -> DetectionDataset:
         """Normalise rows (lists of dicts or frames) to the canonical columns and dtypes."""
-        return cls(_frame(images, IMAGE_COLUMNS, IMAGE_DEFAULTS), _frame(annotations, ANNOTATION_COLUMNS, ANNOTATION_DEFAULTS),
+        return cls(_frame(images, IMAGE_COLUMNS, IMAGE_DEFAULTS),
+                   _frame(annotations, ANNOTATION_COLUMNS, ANNOTATION_DEFAULTS),
                    _frame(categories, CATEGORY_COLUMNS, CATEGORY_DEFAULTS))
 
     # ---- storage -------------------------------------------------------------------------
@@ -234,14 +235,16 @@ class DetectionData(DetectionDataset):
         data.__dict__["_stored"] = Path(directory)
         return data
 
-    def __getattr__(self, name: str) -> Any:
-        """A part of a loaded version not read yet (see `load`), read now. Only called for attributes not set."""
-        stored = self.__dict__.get("_stored")
-        if stored is None or name not in _PART_READERS:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        value = _PART_READERS[name](stored)
-        setattr(self, name, value)
-        return value
+    if not TYPE_CHECKING:  # hidden from the type checker, which would take any attribute name as valid
+        def __getattr__(self, name: str) -> Any:
+            """A part of a loaded version not read yet (see `load`), read now (only called for attributes that
+            are not set)."""
+            stored = self.__dict__.get("_stored")
+            if stored is None or name not in _PART_READERS:
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            value = _PART_READERS[name](stored)
+            setattr(self, name, value)
+            return value
 
     def patched(self, images: pd.DataFrame, source: dict[str, Any] | None = None) -> DetectionData:
         """This loaded version with another images table (and source info): every other part is its own, read

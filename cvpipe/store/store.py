@@ -171,6 +171,9 @@ class ArtifactStore:
         self.root = root.rstrip("/") or "/"
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.cache_dir = cache_dir or default_cache_dir()
+        # content-addressed entities this instance committed, as the object views they are ({(step, run, entity):
+        # (record digest, view)}): the next step of the same invocation reads them without a stat per object
+        self._committed: dict[tuple[str, str, str], tuple[str, StoredFiles]] = {}
 
     @classmethod
     def from_config(cls, cfg: Any) -> ArtifactStore:
@@ -332,13 +335,11 @@ class ArtifactStore:
         files = {rel: digest for rel, (digest, _, _) in put.items()}
         size = sum(nbytes for _, nbytes, _ in put.values())
         self._write_index(step, run_id, entity, files)
-        return {
-            "uri": self.uri(base),
-            "digest": tree_digest(files),
-            "files": len(files),
-            "bytes": size,
-            "content_addressed": content_addressed,
-        }
+        record = {"uri": self.uri(base), "digest": tree_digest(files), "files": len(files), "bytes": size,
+                  "content_addressed": content_addressed}
+        if content_addressed and self.is_local:
+            self._remember(step, run_id, entity, record["digest"], files, {rel: n for rel, (_, n, _) in put.items()})
+        return record
 
     def commit_stored(self, step: str, run_id: str, entity: str, stored: StoredFiles,
                       added: Path | None = None) -> dict[str, Any]:
@@ -351,14 +352,21 @@ class ArtifactStore:
             raise ValueError(f"{entity}: {stored.root!r} is not the object folder of this store")
         if not stored.checked:
             check_index(stored.digests, f"the files of {entity}")
-        files, size = dict(stored.digests), sum(stored.sizes.values())
+        files, sizes = dict(stored.digests), dict(stored.sizes)
         if added is not None:
             for rel, (digest, nbytes, _) in self._put_files(added).items():
-                files[rel] = digest
-                size += nbytes
+                files[rel], sizes[rel] = digest, nbytes
         self._write_index(step, run_id, entity, files)
-        return {"uri": self.uri(self.entity_path(step, run_id, entity)), "digest": tree_digest(files),
-                "files": len(files), "bytes": size, "content_addressed": True}
+        digest = tree_digest(files)
+        self._remember(step, run_id, entity, digest, files, sizes)
+        return {"uri": self.uri(self.entity_path(step, run_id, entity)), "digest": digest,
+                "files": len(files), "bytes": sum(sizes.values()), "content_addressed": True}
+
+    def _remember(self, step: str, run_id: str, entity: str, digest: str, files: dict[str, str],
+                  sizes: dict[str, int]) -> None:
+        """Keep a committed entity's view: every object of it is there (checked or stored by this commit)."""
+        source = f"{entity} of {step} run {run_id}"
+        self._committed[(step, run_id, entity)] = (digest, StoredFiles(self._objects_root, files, sizes, True, source))
 
     def _put_files(self, folder: Path, base: str | None = None) -> dict[str, tuple[str, int, str]]:
         """Store every file below `folder`: as an object (`base` None) or under `base`. {relative path:
@@ -507,6 +515,9 @@ class ArtifactStore:
         that are read, when they are read (an index passed on to a new version reads none of them)."""
         if not self.is_local or not rec.output(entity).get("content_addressed"):
             return None
+        committed = self._committed.get((rec.step, rec.run_id, entity))
+        if not verify and committed is not None and committed[0] == rec.output(entity).get("digest"):
+            return committed[1]  # committed by this instance moments ago: its objects are there
         files = self.entity_files(rec, entity)
         view = StoredFiles(self._objects_root, files, {}, checked=True,
                            source=f"{entity} of {rec.step} run {rec.run_id}")

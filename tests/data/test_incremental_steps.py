@@ -281,3 +281,31 @@ def test_an_index_commit_names_only_stored_objects(version):
         version.store.commit_stored("data_prep", load1.run_id, "images", forged)
     with pytest.raises(ValueError, match="not one of these files"):
         view.subset([blob, "f" * 64 + ".jpg"])
+
+
+def test_the_next_step_reads_a_view_this_store_just_committed_without_a_stat_per_object(version, monkeypatch):
+    """data_prep, run after data_load by the same runner, gets data_load's images as the view data_load's commit
+    made (every object there: checked or stored by that commit), not by a stat per object; another store
+    instance (another process) checks them all."""
+    import os
+
+    from cvpipe.store.store import IntegrityError
+
+    load1, _ = version()
+    store = ArtifactStore(str(version.store.url), env="test", pipeline="data")
+    view = store.object_view(load1, "images", verify=False)
+    record = store.commit_stored("data_load", "20261207T000000000Z-aaaaaa", "images", view)
+    rec = load1.__class__("20261207T000000000Z-aaaaaa", "data_load", {"outputs": {"images": record}})
+    stats = []
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: stats.append(p) or real_stat(p, *a, **k))
+    again = store.object_view(rec, "images", verify=False)
+    assert stats == [] and again.digests == view.digests and again.sizes == view.sizes
+    monkeypatch.undo()
+    Path(view.path(next(iter(view.digests)))).unlink()
+    other = ArtifactStore(str(version.store.url), env="test", pipeline="data")
+    with pytest.raises(IntegrityError, match="missing"):
+        other.object_view(rec, "images", verify=False)
+    forged = load1.__class__(rec.run_id, "data_load", {"outputs": {"images": {**record, "digest": "0" * 64}}})
+    with pytest.raises(IntegrityError):  # another record than the one committed: read and checked as usual
+        store.object_view(forged, "images", verify=False)
