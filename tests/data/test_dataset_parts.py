@@ -20,7 +20,8 @@ def _data() -> DetectionData:
     anns = [{"ann_id": i, "image_id": i, "category_id": 1, "x": 1.0, "y": 2.0, "w": 3.0, "h": 4.0, "area": 12.0}
             for i in range(1, 4)]
     ds = DetectionDataset.build(images, anns, [{"category_id": 1, "name": "cat", "label": 0}])
-    findings = [{"step": "data_prep", "rule": "tiny_box", "action": "kept", "image_id": 2, "ann_id": 2, "detail": "3 x 4 px"}]
+    findings = [{"step": "data_prep", "rule": "tiny_box", "action": "kept", "image_id": 2, "ann_id": 2,
+                 "detail": "3 x 4 px"}]
     return DetectionData.of(ds, findings, {"format": "coco", "digest": "abc"})
 
 
