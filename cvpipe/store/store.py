@@ -335,11 +335,11 @@ class ArtifactStore:
         files = {rel: digest for rel, (digest, _, _) in put.items()}
         size = sum(nbytes for _, nbytes, _ in put.values())
         self._write_index(step, run_id, entity, files)
-        record = {"uri": self.uri(base), "digest": tree_digest(files), "files": len(files), "bytes": size,
-                  "content_addressed": content_addressed}
+        digest = tree_digest(files)
         if content_addressed and self.is_local:
-            self._remember(step, run_id, entity, record["digest"], files, {rel: n for rel, (_, n, _) in put.items()})
-        return record
+            self._remember(step, run_id, entity, digest, files, {rel: n for rel, (_, n, _) in put.items()})
+        return {"uri": self.uri(base), "digest": digest, "files": len(files), "bytes": size,
+                "content_addressed": content_addressed}
 
     def commit_stored(self, step: str, run_id: str, entity: str, stored: StoredFiles,
                       added: Path | None = None) -> dict[str, Any]:
