@@ -236,3 +236,23 @@ def test_a_torn_object_is_written_again_not_trusted(tmp_path, monkeypatch):
     obj.write_bytes(image.read_bytes()[:10])
     store.commit_entity("s", "20261207T000000000Z-abcdef", "images", staged, content_addressed=True)
     assert obj.read_bytes() == image.read_bytes()
+
+
+@pytest.mark.parametrize("files", [
+    {"../x.jpg": "a" * 64},
+    {"ok.jpg": "a" * 64, "/abs.jpg": "b" * 64},
+    {"ok.jpg": "a" * 64, "..": "b" * 64},
+    {"\n".join(["a" * 255] * 17): "a" * 64},  # plain pieces, but a name longer than 4,096
+    {"ok.jpg": "a" * 63, "ok2.jpg": "a" * 65},  # lengths that sum to 2 x 64
+    {"ok.jpg": "A" * 64},
+    {"ok.jpg": "../" + "a" * 61},
+    {"ok.jpg": 7},
+], ids=["dotdot", "absolute", "parent", "too-long", "uneven-digests", "uppercase", "path-as-digest", "not-text"])
+def test_an_index_is_checked_in_bulk_as_strictly_as_entry_by_entry(files):
+    """check_index takes plain names and digests in one regex over them all; whatever that does not take is
+    checked entry by entry, so a hostile index is refused either way, naming the entry."""
+    from cvpipe.store.store import check_index
+
+    with pytest.raises(ValueError):
+        check_index(files, "the index of x")
+    check_index({"a.jpg": "a" * 64, "sub/b c.png": "b" * 64, "a\nb.jpg": "c" * 64}, "fine")  # safe if unusual
