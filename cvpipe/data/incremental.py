@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cvpipe.data.schema import IMAGE_EXTS, DetectionData, DetectionDataset, ImageFiles
+from cvpipe.data.schema import IMAGE_EXTS, DetectionData, ImageFiles
 from cvpipe.pipeline.step import Resolved
 
 if TYPE_CHECKING:
@@ -238,7 +238,7 @@ def patch_prep(previous: PreviousPrep | None, dataset: DetectionData, image_path
     shared_now = new["digest"].isin(set(changed["digest"])).sum() > len(changed)
     if shared_now or new["digest"].isin(set(old_digests)).any():
         return None  # duplicate_image would judge differently
-    if not _same_verdicts(old_digests, changed, dataset, image_path):
+    if not _same_verdicts(old_digests, changed, image_path):
         return None
     images = old.images.copy()
     at = images.reset_index().set_index("image_id")["index"]
@@ -249,14 +249,13 @@ def patch_prep(previous: PreviousPrep | None, dataset: DetectionData, image_path
     return old.patched(images)
 
 
-def _same_verdicts(old_digests: list[str], changed: Any, dataset: DetectionData,
-                   image_path: Callable[[str], Path]) -> bool:
+def _same_verdicts(old_digests: list[str], changed: Any, image_path: Callable[[str], Path]) -> bool:
     """Whether each changed image's new bytes decode as its old bytes did (size and verdict); the new ones are
     checked (and their verdicts cached) by validation's own `decode_checks`."""
     from cvpipe.data.validate import DECODE_FACT, decode_checks
     from cvpipe.store.digests import DigestCache
 
-    checks = decode_checks(DetectionDataset.build(changed, [], []), image_path, frozenset(), "serial")
+    checks = decode_checks(changed, image_path, frozenset(), "serial")
     with DigestCache() as cache:
         known = cache.facts(old_digests, DECODE_FACT)
     return all(d in known and known[d] == {"width": c.width, "height": c.height, "error": c.error}

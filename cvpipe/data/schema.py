@@ -73,8 +73,6 @@ def _frame(rows: list[dict] | pd.DataFrame | None, columns: dict[str, str], defa
     import pandas as pd
 
     df = pd.DataFrame(rows if rows is not None else [])
-    if df.columns.empty:  # no rows at all: an empty table of these columns
-        df = pd.DataFrame(columns=list(columns))
     for col, val in defaults.items():
         if col not in df:
             df[col] = val

@@ -198,14 +198,14 @@ class _Validation:
 DECODE_FACT = "image_decode/v1"  # bump when decode_image's verdict on the same bytes changes
 
 
-def decode_checks(ds: DetectionDataset, image_path: Callable[[str], Path], thumbnail_ids: AbstractSet[int],
+def decode_checks(images: pd.DataFrame, image_path: Callable[[str], Path], thumbnail_ids: AbstractSet[int],
                   executor: ExecutorKind = "process", workers: int | None = None) -> list[ImageCheck]:
-    """check_image for every image row, in order, decoding only content never checked before (and the report's
-    thumbnail candidates): a verdict on an image's bytes is cached under their sha256. `image_path`: the file
-    of a blob (`ImageFiles.path`)."""
+    """check_image for every row of an images table, in order, decoding only content never checked before (and
+    the report's thumbnail candidates): a verdict on an image's bytes is cached under their sha256.
+    `image_path`: the file of a blob (`ImageFiles.path`)."""
     from cvpipe.store.digests import DigestCache
 
-    rows = list(zip(ds.images["blob"], ds.images["image_id"], ds.images["digest"]))
+    rows = list(zip(images["blob"], images["image_id"], images["digest"]))
     with DigestCache() as cache:
         known = cache.facts((d for b, _, d in rows if b and d), DECODE_FACT)
         todo = [k for k, (b, i, d) in enumerate(rows) if not b or d not in known or int(i) in thumbnail_ids]
@@ -222,7 +222,7 @@ def thumbnails(ds: DetectionDataset, image_path: Callable[[str], Path], ids: Abs
                ) -> dict[int, np.ndarray]:
     """The report's thumbnails of the images `ids` (as `validate` returns them), decoding only those."""
     rows = ds.images[ds.images["image_id"].isin(ids)]
-    checks = decode_checks(DetectionDataset(rows, ds.annotations, ds.categories), image_path, ids, "serial")
+    checks = decode_checks(rows, image_path, ids, "serial")
     return _thumbnails(rows, checks)
 
 
@@ -253,7 +253,7 @@ def validate(ds: DetectionDataset, image_path: Callable[[str], Path], policy: Va
              thumbnail_ids: AbstractSet[int] = frozenset(), executor: ExecutorKind = "process",
              workers: int | None = None, source_format: str = "") -> ValidationResult:
     """Apply every rule in order (see the module doc); `source_format` is data_load's (decides inverted_box)."""
-    checks = decode_checks(ds, image_path, thumbnail_ids, executor, workers)
+    checks = decode_checks(ds.images, image_path, thumbnail_ids, executor, workers)
     v = _Validation(ds, policy)
     v.decoded(checks)
     v.records()

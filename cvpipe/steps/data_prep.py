@@ -53,36 +53,37 @@ def data_prep(params: DataPrepParams, ctx: StepContext, *, dataset: DetectionDat
     with paused_gc():
         patched = incremental.patch_prep(previous, dataset, images.path)
         if patched is not None and previous is not None:
-            return _patched(patched, previous, dataset, images, candidates, params, ctx)
-        result = validate(dataset, images.path, params.validation, candidates, params.executor, params.workers,
-                          source_format=dataset.source.get("format", ""))
-        converted, conv_findings = _convert_and_split(result.dataset, params)
-        prepared = DetectionData.of(converted, [{"step": "data_load", **f} for f in dataset.findings] +
-                                    [{**f, "step": "data_prep"} for f in result.findings + conv_findings])
-    report = _report(prepared, result.thumbnails, params, ctx)
-    summary = {"images": len(prepared.images), "annotations": len(prepared.annotations),
-               "classes": len(prepared.categories),
-               "splits": {r["split"]: r["images"] for r in split_table(prepared)},
-               "findings": {f"{r['rule']}:{r['action']}": r["count"] for r in summarize_findings(prepared.findings)}}
+            prepared = patched
+            report = _patched_report(previous, dataset, images, candidates, prepared, params, ctx)
+            # the same tables but two columns of some images: the same summary
+            summary = {**{k: v for k, v in previous.summary.items() if k != "incremental"},
+                       "incremental": {"from": previous.run_id}}
+        else:
+            result = validate(dataset, images.path, params.validation, candidates, params.executor, params.workers,
+                              source_format=dataset.source.get("format", ""))
+            converted, conv_findings = _convert_and_split(result.dataset, params)
+            prepared = DetectionData.of(converted, [{"step": "data_load", **f} for f in dataset.findings] +
+                                        [{**f, "step": "data_prep"} for f in result.findings + conv_findings])
+            report = _report(prepared, result.thumbnails, params, ctx)
+            summary = {"images": len(prepared.images), "annotations": len(prepared.annotations),
+                       "classes": len(prepared.categories),
+                       "splits": {r["split"]: r["images"] for r in split_table(prepared)},
+                       "findings": {f"{r['rule']}:{r['action']}": r["count"]
+                                    for r in summarize_findings(prepared.findings)}}
     # duplicates kept by policy share one file
     return Produced(summary, dataset=prepared,
                     images=images.subset(set(prepared.images["blob"]) - {""}), report=report)
 
 
-def _patched(prepared: DetectionData, previous: incremental.PreviousPrep, dataset: DetectionData, images: ImageFiles,
-             candidates: set[int], params: DataPrepParams, ctx: StepContext) -> Produced:
-    """The previous version with some images' digest and blob changed: its summary, and its report unless the
-    report draws one of those images."""
+def _patched_report(previous: incremental.PreviousPrep, dataset: DetectionData, images: ImageFiles,
+                    candidates: set[int], prepared: DetectionData, params: DataPrepParams, ctx: StepContext
+                    ) -> Folder:
+    """A patched version's report: its previous version's, unless the report draws an image that changed."""
     from cvpipe.data.validate import thumbnails
 
     if incremental.report_unchanged(previous, dataset, candidates):
-        report = Folder(previous.report)
-    else:
-        report = _report(prepared, thumbnails(dataset, images.path, candidates), params, ctx)
-    summary = {**{k: v for k, v in previous.summary.items() if k != "incremental"},
-               "incremental": {"from": previous.run_id}}
-    return Produced(summary, dataset=prepared,
-                    images=images.subset(set(prepared.images["blob"]) - {""}), report=report)
+        return Folder(previous.report)
+    return _report(prepared, thumbnails(dataset, images.path, candidates), params, ctx)
 
 
 def _report(prepared: DetectionData, thumbs: dict, params: DataPrepParams, ctx: StepContext) -> Folder:
