@@ -56,14 +56,16 @@ def default_db() -> Path:
 # entity is verified, then when the next step commits them). A remembered row is judged against the file's
 # stat like a fresh one, so a file changed since is still read again.
 # Keyed by (database, device), then inode: a lookup per file then costs no key tuple (10^5 files per version).
-_ROWS: dict[tuple[str, int], dict[int, tuple[int, int, str, int]]] = {}
+# A row is (inode, size, mtime_ns, digest, hashed_at), as SQLite returns it (10^5 rows: no tuple made again).
+_Row = tuple[int, int, int, str, int]
+_ROWS: dict[tuple[str, int], dict[int, _Row]] = {}
 
 
-def _trusted(row: tuple[int, int, str, int] | None, st: os.stat_result) -> str | None:
+def _trusted(row: _Row | None, st: os.stat_result) -> str | None:
     """The recorded digest if the file is as it was when read (and was not racily fresh then)."""
     if row is None:
         return None
-    size, mtime_ns, digest, hashed_at = row
+    _, size, mtime_ns, digest, hashed_at = row
     if size != st.st_size or mtime_ns != st.st_mtime_ns or mtime_ns >= hashed_at - RACY_NS:
         return None
     return digest
@@ -140,15 +142,14 @@ class DigestCache:
                 for dev in {st.st_dev for st in stats}}
         return [_trusted(rows[st.st_dev].get(st.st_ino), st) for st in stats]
 
-    def _rows(self, dev: int, inodes: set[int]) -> dict[int, tuple[int, int, str, int]]:
+    def _rows(self, dev: int, inodes: set[int]) -> dict[int, _Row]:
         """The recorded rows of these inodes of one device ({inode: row}; remembered across instances)."""
         rows = _ROWS.setdefault((str(self.db), dev), {}) if self._shared else {}
         missing = sorted(inodes - rows.keys())
         for chunk in _batches(missing):
             query = (f"SELECT ino, size, mtime_ns, digest, hashed_at FROM files WHERE dev=? AND ino IN "
                      f"({','.join('?' * len(chunk))})")
-            rows.update((ino, (size, mtime, digest, at)) for ino, size, mtime, digest, at in
-                        self.conn.execute(query, (dev, *chunk)))
+            rows.update({row[0]: row for row in self.conn.execute(query, (dev, *chunk))})
         return rows
 
     def record(self, st: os.stat_result, digest: str, hashed_at: int | None = None, settled: bool = False) -> None:
@@ -159,7 +160,8 @@ class DigestCache:
             when = max(when, st.st_mtime_ns + RACY_NS + 1)
         self._pending.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, digest, when))
         if self._shared:
-            _ROWS.setdefault((str(self.db), st.st_dev), {})[st.st_ino] = (st.st_size, st.st_mtime_ns, digest, when)
+            _ROWS.setdefault((str(self.db), st.st_dev), {})[st.st_ino] = (st.st_ino, st.st_size, st.st_mtime_ns,
+                                                                          digest, when)
         if len(self._pending) >= 10_000:
             self.flush()
 

@@ -136,13 +136,13 @@ def _pid_alive(pid: int) -> bool:
 @dataclass(frozen=True)
 class StoredFiles:
     """Files of a content-addressed entity that are already objects of a local store, read through rather than
-    assembled into a folder: {relative path: digest} and each one's size (as checked when they were read), below
-    the store's object folder `root`. A step that passes such files on (data_prep keeps most of data_load's
-    images) has them committed as an index, with no file linked, listed or hashed again."""
+    assembled into a folder: {relative path: digest} and their total size, below the store's object folder
+    `root`. A step that passes such files on (data_prep keeps most of data_load's images) has them committed as
+    an index, with no file linked, listed or hashed again."""
 
     root: str
     digests: dict[str, str]
-    sizes: dict[str, int]
+    nbytes: int  # their total size (a stored object counted once per name), as recorded when they were committed
     checked: bool = False  # names and digests checked (read from a verified index): not checked again on commit
     source: str = "stored files"  # what they are, for messages ("images of data_load run ...")
 
@@ -151,14 +151,28 @@ class StoredFiles:
         digest = self.digests[rel]
         return f"{self.root}/{digest[:2]}/{digest}{_suffix(rel)}"
 
+    def stats(self, names: list[str]) -> list[os.stat_result]:
+        """The object files' stats (IntegrityError naming the first one that is missing)."""
+        try:
+            return [os.stat(self.path(rel)) for rel in names]
+        except FileNotFoundError as e:
+            raise IntegrityError(f"{self.source}: an object is missing from the store ({e.filename})") from None
+
     def subset(self, names: Iterable[str]) -> StoredFiles:
-        keep = list(names)
-        if len(keep) == len(self.digests) and self.digests.keys() == set(keep):
+        keep = dict.fromkeys(names)
+        if len(keep) == len(self.digests) and self.digests.keys() == keep.keys():
             return self  # every file (a version that keeps all its images): no copy of 10^5 entries
         if unknown := [n for n in keep if n not in self.digests]:
             raise ValueError(f"{unknown[0]} is not one of these files ({len(unknown)} unknown)")
-        return StoredFiles(self.root, {n: self.digests[n] for n in keep}, {n: self.sizes[n] for n in keep},
-                           self.checked, self.source)
+        # the size of the smaller side is measured (data_prep dropping a few of 10^5 images stats a few)
+        dropped = [n for n in self.digests if n not in keep]
+        nbytes = _total(self.stats(list(keep))) if len(keep) <= len(dropped) else \
+            self.nbytes - _total(self.stats(dropped))
+        return StoredFiles(self.root, {n: self.digests[n] for n in keep}, nbytes, self.checked, self.source)
+
+
+def _total(stats: list[os.stat_result]) -> int:
+    return sum(st.st_size for st in stats)
 
 
 class ArtifactStore:
@@ -254,10 +268,19 @@ class ArtifactStore:
         index of 10^5 files went through the pure-Python one)."""
         self._write_bytes(path, json.dumps(obj, indent=indent, sort_keys=False, default=str).encode())
 
-    def _write_index(self, step: str, run_id: str, entity: str, files: dict[str, str]) -> None:
+    def _write_index(self, step: str, run_id: str, entity: str, files: dict[str, str], digest: str) -> None:
         """{"files": {relative path: sha256}}; a content-addressed file's object is named by its digest and
-        suffix (`object_path`), so the index does not spell it out (half of its bytes at 10^5 files)."""
-        self.write_json(self.index_path(step, run_id, entity), {"files": files}, indent=None)
+        suffix (`object_path`), so the index does not spell it out (half of its bytes at 10^5 files). An index
+        this instance committed with the same digest is linked, not written again: data_prep keeping all of
+        data_load's images would write the same 10 MB."""
+        path = self.index_path(step, run_id, entity)
+        same = [self.index_path(*key) for key, (d, _) in self._committed.items() if d == digest]
+        if same and self.is_local:
+            with suppress(OSError):  # gone, or links not supported: written below
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.link(same[0], path)
+                return
+        self.write_json(path, {"files": files}, indent=None)
 
     def read_json(self, path: str) -> Any:
         with self.fs.open(path, "rb") as f:
@@ -336,10 +359,10 @@ class ArtifactStore:
         put = self._put_files(local_dir, None if content_addressed else base)
         files = {rel: digest for rel, (digest, _, _) in put.items()}
         size = sum(nbytes for _, nbytes, _ in put.values())
-        self._write_index(step, run_id, entity, files)
         digest = tree_digest(files)
+        self._write_index(step, run_id, entity, files, digest)
         if content_addressed and self.is_local:
-            self._remember(step, run_id, entity, digest, files, {rel: n for rel, (_, n, _) in put.items()})
+            self._remember(step, run_id, entity, digest, files, size)
         return {"uri": self.uri(base), "digest": digest, "files": len(files), "bytes": size,
                 "content_addressed": content_addressed}
 
@@ -354,21 +377,22 @@ class ArtifactStore:
             raise ValueError(f"{entity}: {stored.root!r} is not the object folder of this store")
         if not stored.checked:
             check_index(stored.digests, f"the files of {entity}")
-        files, sizes = dict(stored.digests), dict(stored.sizes)
+        files, nbytes = dict(stored.digests), stored.nbytes
         if added is not None:
-            for rel, (digest, nbytes, _) in self._put_files(added).items():
-                files[rel], sizes[rel] = digest, nbytes
-        self._write_index(step, run_id, entity, files)
+            for rel, (digest, size, _) in self._put_files(added).items():
+                nbytes += size - (_total(stored.stats([rel])) if rel in files else 0)  # a file replaced
+                files[rel] = digest
         digest = tree_digest(files)
-        self._remember(step, run_id, entity, digest, files, sizes)
+        self._write_index(step, run_id, entity, files, digest)
+        self._remember(step, run_id, entity, digest, files, nbytes)
         return {"uri": self.uri(self.entity_path(step, run_id, entity)), "digest": digest,
-                "files": len(files), "bytes": sum(sizes.values()), "content_addressed": True}
+                "files": len(files), "bytes": nbytes, "content_addressed": True}
 
     def _remember(self, step: str, run_id: str, entity: str, digest: str, files: dict[str, str],
-                  sizes: dict[str, int]) -> None:
+                  nbytes: int) -> None:
         """Keep a committed entity's view: every object of it is there (checked or stored by this commit)."""
         source = f"{entity} of {step} run {run_id}"
-        self._committed[(step, run_id, entity)] = (digest, StoredFiles(self._objects_root, files, sizes, True, source))
+        self._committed[(step, run_id, entity)] = (digest, StoredFiles(self._objects_root, files, nbytes, True, source))
 
     def _put_files(self, folder: Path, base: str | None = None) -> dict[str, tuple[str, int, str]]:
         """Store every file below `folder`: as an object (`base` None) or under `base`. {relative path:
@@ -513,34 +537,32 @@ class ArtifactStore:
         """A content-addressed entity of a local store read through its objects, checked like `materialize`
         checks a folder (the index against the manifest, each object against its digest through the digest
         cache; --rehash reads them all), with no folder of links built. None for other entities and stores.
-        `verify=False`: the objects are only checked to exist; `verify_objects` checks the contents of those
-        that are read, when they are read (an index passed on to a new version reads none of them)."""
+        `verify=False`: the objects are only checked to exist (a listing of their folders, `_check_present`),
+        their total size is the manifest's record; `verify_objects` checks the contents of those that are read,
+        when they are read (an index passed on to a new version reads none of them)."""
         if not self.is_local or not rec.output(entity).get("content_addressed"):
             return None
         committed = self._committed.get((rec.step, rec.run_id, entity))
         if not verify and committed is not None and committed[0] == rec.output(entity).get("digest"):
             return committed[1]  # committed by this instance moments ago: its objects are there
         files = self.entity_files(rec, entity)
-        view = StoredFiles(self._objects_root, files, {}, checked=True,
-                           source=f"{entity} of {rec.step} run {rec.run_id}")
-        names = list(files)
-        stats = self._object_stats(view, names)
-        view.sizes.update(zip(names, (st.st_size for st in stats)))
-        if verify:
-            self._check_objects(view, names, stats)
+        source = f"{entity} of {rec.step} run {rec.run_id}"
+        recorded = rec.output(entity).get("bytes")
+        if verify or not isinstance(recorded, int) or isinstance(recorded, bool) or recorded < 0:
+            names = list(files)
+            stats = StoredFiles(self._objects_root, files, 0, checked=True, source=source).stats(names)
+            view = StoredFiles(self._objects_root, files, _total(stats), checked=True, source=source)
+            if verify:
+                self._check_objects(view, names, stats)
+            return view
+        view = StoredFiles(self._objects_root, files, recorded, checked=True, source=source)
+        _check_present(view)
         return view
 
     def verify_objects(self, view: StoredFiles, names: list[str]) -> None:
         """Check that these objects of a view hold what its index says (IntegrityError otherwise): through the
         digest cache, as `object_view` does."""
-        self._check_objects(view, names, self._object_stats(view, names))
-
-    @staticmethod
-    def _object_stats(view: StoredFiles, names: list[str]) -> list[os.stat_result]:
-        try:
-            return [os.stat(view.path(rel)) for rel in names]
-        except FileNotFoundError as e:
-            raise IntegrityError(f"{view.source}: an object is missing from the store ({e.filename})") from None
+        self._check_objects(view, names, view.stats(names))
 
     @staticmethod
     def _check_objects(view: StoredFiles, names: list[str], stats: list[os.stat_result]) -> None:
@@ -699,6 +721,29 @@ def _load_syncfs() -> Callable[[int], int] | None:
 
 
 _syncfs = _load_syncfs()
+
+
+# Below this many files an object view stats each object; from it, it lists the object folders it touches
+# (one listing of 10^5 names costs a tenth of 10^5 stats; a few files of a large store are cheaper stat'ed).
+LISTED_FROM = 2048
+
+
+def _check_present(view: StoredFiles) -> None:
+    """Every object of the view exists (IntegrityError naming a missing one): its contents are checked when read."""
+    if len(view.digests) < LISTED_FROM:
+        view.stats(list(view.digests))
+        return
+    wanted: dict[str, set[str]] = {}
+    for rel, digest in view.digests.items():
+        wanted.setdefault(digest[:2], set()).add(digest + _suffix(rel))
+    for folder, names in wanted.items():
+        try:
+            missing = names.difference(os.listdir(f"{view.root}/{folder}"))
+        except FileNotFoundError:
+            missing = names
+        if missing:
+            raise IntegrityError(f"{view.source}: an object is missing from the store "
+                                 f"({view.root}/{folder}/{min(missing)})")
 
 
 @functools.lru_cache(maxsize=256)

@@ -273,10 +273,10 @@ def test_an_index_commit_names_only_stored_objects(version):
     load1, _ = version()
     view = version.store.object_view(load1, "images")
     blob = next(iter(view.digests))
-    elsewhere = StoredFiles(view.root + "/../elsewhere", view.digests, view.sizes)
+    elsewhere = StoredFiles(view.root + "/../elsewhere", view.digests, view.nbytes)
     with pytest.raises(ValueError, match="is not the object folder of this store"):
         version.store.commit_stored("data_prep", load1.run_id, "images", elsewhere)
-    forged = StoredFiles(view.root, {**view.digests, "../x.jpg": view.digests[blob]}, view.sizes)
+    forged = StoredFiles(view.root, {**view.digests, "../x.jpg": view.digests[blob]}, view.nbytes)
     with pytest.raises(ValueError, match="unsafe file name"):
         version.store.commit_stored("data_prep", load1.run_id, "images", forged)
     with pytest.raises(ValueError, match="not one of these files"):
@@ -300,7 +300,7 @@ def test_the_next_step_reads_a_view_this_store_just_committed_without_a_stat_per
     real_stat = os.stat
     monkeypatch.setattr(os, "stat", lambda p, *a, **k: stats.append(p) or real_stat(p, *a, **k))
     again = store.object_view(rec, "images", verify=False)
-    assert stats == [] and again.digests == view.digests and again.sizes == view.sizes
+    assert stats == [] and again.digests == view.digests and again.nbytes == view.nbytes
     monkeypatch.undo()
     Path(view.path(next(iter(view.digests)))).unlink()
     other = ArtifactStore(str(version.store.url), env="test", pipeline="data")
@@ -309,3 +309,38 @@ def test_the_next_step_reads_a_view_this_store_just_committed_without_a_stat_per
     forged = load1.__class__(rec.run_id, "data_load", {"outputs": {"images": {**record, "digest": "0" * 64}}})
     with pytest.raises(IntegrityError):  # another record than the one committed: read and checked as usual
         store.object_view(forged, "images", verify=False)
+
+
+@pytest.mark.parametrize("recorded", [-1, "12 MB", True, None])
+def test_a_view_whose_manifest_misstates_its_bytes_measures_them(version, recorded):
+    """A view that only checks its objects exist takes its total size from the manifest; a record that is not a
+    size (a hand-edited manifest) is not believed: the objects are stat'ed and summed."""
+    load1, _ = version()
+    store = ArtifactStore(str(version.store.url), env="test", pipeline="data")
+    view = store.object_view(load1, "images")
+    record = {**load1.output("images"), "bytes": recorded}
+    rec = load1.__class__(load1.run_id, "data_load", {"outputs": {"images": record}})
+    again = store.object_view(rec, "images", verify=False)
+    assert again.nbytes == view.nbytes == sum(Path(view.path(n)).stat().st_size for n in view.digests) > 0
+
+
+def test_an_index_this_store_just_committed_is_linked_not_written_again(version):
+    """data_prep keeping all of data_load's images commits the same index: the runner's store links the file it
+    just wrote (one 10 MB write less at 10^5 images); gone, it is written again. Either way the index verifies."""
+    import os
+
+    load1, prep1 = version()
+    store = version.store
+    load_index, prep_index = (store.index_path(r.step, r.run_id, "images") for r in (load1, prep1))
+    assert prep1.output("images")["digest"] == load1.output("images")["digest"]
+    assert os.path.samefile(load_index, prep_index)
+    assert store.entity_files(prep1, "images") == store.entity_files(load1, "images")
+
+    view = store.object_view(load1, "images")
+    writer = ArtifactStore(str(store.url), env="test", pipeline="data")
+    first = writer.commit_stored("data_prep", "20261207T000000000Z-aaaaaa", "images", view)
+    os.unlink(writer.index_path("data_prep", "20261207T000000000Z-aaaaaa", "images"))
+    second = writer.commit_stored("data_prep", "20261207T000000000Z-bbbbbb", "images", view)
+    again = writer.index_path("data_prep", "20261207T000000000Z-bbbbbb", "images")
+    assert second["digest"] == first["digest"] and os.path.isfile(again)
+    assert json.loads(Path(again).read_text())["files"] == view.digests
