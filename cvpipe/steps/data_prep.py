@@ -102,9 +102,11 @@ def _convert_and_split(ds: DetectionDataset, params: DataPrepParams) -> tuple[De
 
     converted, findings = convert_classes(ds, params.classes)
     assignment = source_splits(converted) if params.split_from_source else {}
-    rest = converted.images[~converted.images["image_id"].isin(assignment)]
-    rest_anns = converted.annotations[converted.annotations["image_id"].isin(rest["image_id"])]
-    assignment.update(stratified_split(DetectionDataset.build(rest, rest_anns, converted.categories), params.split,
-                                       params.seed))
+    rest = converted
+    if assignment:  # the images the source did not place (a copy of the tables only when there are such)
+        images = converted.images[~converted.images["image_id"].isin(assignment)]
+        rest = DetectionDataset.build(images, converted.annotations[converted.annotations["image_id"].isin(
+            images["image_id"])], converted.categories)
+    assignment.update(stratified_split(rest, params.split, params.seed))
     converted.images["split"] = converted.images["image_id"].map(assignment).astype("string")
     return converted, findings

@@ -48,3 +48,15 @@ def test_the_order_follows_the_image_path_not_the_row_order_or_id():
     shuffled = ds.images.sample(frac=1.0, random_state=3)
     after = stratified_split(DetectionDataset.build(shuffled, ds.annotations, ds.categories), (0.7, 0.15, 0.15), 0)
     assert after == before
+
+
+def test_an_image_id_given_twice_and_boxes_of_unknown_images_do_not_break_the_split():
+    """Hostile markup: two image rows with one id (the last row's classes count, as before), and boxes naming
+    an image that is not being split (counted for no split)."""
+    ds = _dataset(200)
+    images = ds.images.copy()
+    images.loc[199, "image_id"] = 5
+    anns = ds.annotations.copy()
+    anns.loc[0, "image_id"] = 10**6
+    out = stratified_split(DetectionDataset.build(images, anns, ds.categories), (0.7, 0.15, 0.15), seed=0)
+    assert set(out) == set(images["image_id"]) and set(out.values()) <= {"train", "val", "test"}
