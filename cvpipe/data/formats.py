@@ -377,7 +377,8 @@ def _coco_sections(json_path: Path, boxes: BoxTable) -> dict[str, object]:
         raise ValueError(f"{json_path}: not valid JSON: {e}") from None
     except RecursionError:
         raise ValueError(f"{json_path}: not valid COCO JSON: a value is nested too deep") from None
-    except (KeyError, TypeError, ValueError, OverflowError) as e:  # OverflowError: an integer past a float's range
+    # AttributeError: a record that is not an object; OverflowError: an integer past a float's range
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"{json_path}: annotation {len(boxes)}: not a COCO annotation ({e!r})") from None
     return sections
 

@@ -59,6 +59,9 @@ def test_many_boxes_are_read_in_little_memory(tmp_path):
     ('[1, 2, 3]', "missing ['images', 'annotations', 'categories']"),
     ('{"images": [], "annotations": [], "categories": []} []', "extra data"),
     ('{"images": [], "annotations": [{"image_id": 1}], "categories": []}', "annotation 0: not a COCO annotation"),
+    ('{"images": [], "annotations": [5], "categories": []}', "annotation 0: not a COCO annotation"),
+    ('{"images": [], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4]}, [1, 2]], '
+     '"categories": []}', "annotation 1: not a COCO annotation"),
     ('{"images": [], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4]}, {"id": 2, '
      '"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 1' + "0" * 400 + ']}], "categories": []}',
      "annotation 1: not a COCO annotation"),
