@@ -273,7 +273,7 @@ def _coco_columns(anns: list) -> tuple[list[array], list[array], list[str]]:
 def _coco_annotation(a: dict) -> dict:
     bbox = a.get("bbox") or [float("nan")] * 4
     x, y, w, h = (float(v) if v is not None else float("nan") for v in (list(bbox) + [None] * 4)[:4])
-    extra = {k: v for k, v in a.items() if k not in ("id", "image_id", "category_id", "bbox", "area", "iscrowd")}
+    extra = {k: v for k, v in a.items() if k not in _COCO_FIELDS}
     return {"ann_id": int(a["id"]), "image_id": int(a["image_id"]), "category_id": int(a["category_id"]),
             "x": x, "y": y, "w": w, "h": h, "area": float(a.get("area", w * h)), "iscrowd": int(a.get("iscrowd", 0)),
             "extra": extra}

@@ -32,7 +32,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol
@@ -156,7 +156,10 @@ class StoredFiles:
         try:
             return [os.stat(self.path(rel)) for rel in names]
         except FileNotFoundError as e:
-            raise IntegrityError(f"{self.source}: an object is missing from the store ({e.filename})") from None
+            raise self.missing(e.filename) from None
+
+    def missing(self, path: str) -> IntegrityError:
+        return IntegrityError(f"{self.source}: an object is missing from the store ({path})")
 
     def subset(self, names: Iterable[str]) -> StoredFiles:
         keep = dict.fromkeys(names)
@@ -548,16 +551,16 @@ class ArtifactStore:
         files = self.entity_files(rec, entity)
         source = f"{entity} of {rec.step} run {rec.run_id}"
         recorded = rec.output(entity).get("bytes")
-        if verify or not isinstance(recorded, int) or isinstance(recorded, bool) or recorded < 0:
-            names = list(files)
-            stats = StoredFiles(self._objects_root, files, 0, checked=True, source=source).stats(names)
-            view = StoredFiles(self._objects_root, files, _total(stats), checked=True, source=source)
-            if verify:
-                self._check_objects(view, names, stats)
+        nbytes = recorded if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 0 else None
+        view = StoredFiles(self._objects_root, files, nbytes or 0, checked=True, source=source)
+        if nbytes is not None and not verify:  # a record that is not a size is measured below
+            _check_present(view)
             return view
-        view = StoredFiles(self._objects_root, files, recorded, checked=True, source=source)
-        _check_present(view)
-        return view
+        names = list(files)
+        stats = view.stats(names)
+        if verify:
+            self._check_objects(view, names, stats)
+        return replace(view, nbytes=_total(stats))
 
     def verify_objects(self, view: StoredFiles, names: list[str]) -> None:
         """Check that these objects of a view hold what its index says (IntegrityError otherwise): through the
@@ -742,8 +745,7 @@ def _check_present(view: StoredFiles) -> None:
         except FileNotFoundError:
             missing = names
         if missing:
-            raise IntegrityError(f"{view.source}: an object is missing from the store "
-                                 f"({view.root}/{folder}/{min(missing)})")
+            raise view.missing(f"{view.root}/{folder}/{min(missing)}")
 
 
 @functools.lru_cache(maxsize=256)
