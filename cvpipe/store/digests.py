@@ -23,16 +23,22 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import numpy as np
 
 from cvpipe.cache import cache_path
 from cvpipe.store import hashing
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+R = TypeVar("R")
 REHASH_ENV = "CVPIPE_REHASH"
 RACY_NS = 1_000_000_000
 _SCHEMA = """
@@ -51,24 +57,97 @@ def default_db() -> Path:
     return cache_path("digests.sqlite")
 
 
-# Rows read or written by this process, by (database, device, inode): one version looks the same files up
-# several times (the source images, then their hard links in the staging folder; the stored objects when an
-# entity is verified, then when the next step commits them). A remembered row is judged against the file's
-# stat like a fresh one, so a file changed since is still read again.
-# Keyed by (database, device), then inode: a lookup per file then costs no key tuple (10^5 files per version).
-# A row is (inode, size, mtime_ns, digest, hashed_at), as SQLite returns it (10^5 rows: no tuple made again).
+@dataclass(frozen=True)
+class FileStats:
+    """What a recorded digest is trusted by, for many files: device, inode, size and mtime (ns), a numpy column
+    each. 10^5 `os.stat_result`s were 2.3 million Python objects (~90 MB that pymalloc kept after they were
+    freed); these columns are 3 MB."""
+
+    dev: np.ndarray  # uint64
+    ino: np.ndarray  # uint64
+    size: np.ndarray  # int64
+    mtime_ns: np.ndarray  # int64
+
+    @classmethod
+    def of(cls, paths: Sequence[str | Path]) -> FileStats:
+        """Stat each path, in order (OSError, e.g. FileNotFoundError naming the file, as os.stat raises it)."""
+        return cls.of_results(os.stat(p) for p in paths)
+
+    @classmethod
+    def of_results(cls, results: Iterable[os.stat_result]) -> FileStats:
+        cols: tuple[list[int], ...] = ([], [], [], [])
+        for st in results:  # one stat_result alive at a time: only its four numbers are kept
+            for col, value in zip(cols, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)):
+                col.append(value)
+        return cls(np.array(cols[0], np.uint64), np.array(cols[1], np.uint64), np.array(cols[2], np.int64),
+                   np.array(cols[3], np.int64))
+
+    def __len__(self) -> int:
+        return len(self.ino)
+
+
+class _Rows:
+    """Recorded rows of one device, by inode, as sorted numpy columns (digests as 64 ASCII bytes), plus the rows
+    added since the last merge. A dict of row tuples was 5 Python objects a file: 10^6 at 10^5 images and
+    their stored objects, kept for the whole process."""
+
+    MERGE_AT = 4096  # rows added before they are merged into the columns
+
+    def __init__(self) -> None:
+        self.ino = np.empty(0, np.uint64)
+        self.size = np.empty(0, np.int64)
+        self.mtime_ns = np.empty(0, np.int64)
+        self.hashed_at = np.empty(0, np.int64)
+        self.digest = np.empty(0, "S64")
+        self._added: dict[int, _Row] = {}
+
+    def add(self, rows: Iterable[_Row]) -> None:
+        self._added.update((row[0], row) for row in rows if isinstance(row[3], str) and len(row[3]) == 64)
+        if len(self._added) >= self.MERGE_AT:
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self._added:
+            return
+        ino, size, mtime_ns, digest, hashed_at = zip(*self._added.values())
+        self._added = {}
+        cols = [np.concatenate([old, np.array(new, old.dtype)]) for old, new in
+                ((self.ino, ino), (self.size, size), (self.mtime_ns, mtime_ns), (self.hashed_at, hashed_at),
+                 (self.digest, [d.encode() for d in digest]))]
+        # sorted by inode, a later row replacing an earlier one of the same inode
+        order = np.argsort(cols[0], kind="stable")
+        last = np.ones(len(order), bool)
+        last[:-1] = cols[0][order][1:] != cols[0][order][:-1]
+        keep = order[last]
+        self.ino, self.size, self.mtime_ns, self.hashed_at, self.digest = (c[keep] for c in cols)
+
+    def find(self, inodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row position, found) of each inode."""
+        self._merge()
+        pos = np.searchsorted(self.ino, inodes)
+        pos[pos == len(self.ino)] = 0
+        found = self.ino[pos] == inodes if len(self.ino) else np.zeros(len(inodes), bool)
+        return pos, found
+
+    def trusted(self, stats: FileStats, where: np.ndarray) -> list[str | None]:
+        """The recorded digest of each file of `stats[where]` that is as it was when read (and was not racily
+        fresh then), else None."""
+        pos, found = self.find(stats.ino[where])
+        if not len(self.ino):
+            return [None] * len(where)
+        ok = found & (self.size[pos] == stats.size[where]) & (self.mtime_ns[pos] == stats.mtime_ns[where]) & \
+            (self.mtime_ns[pos] < self.hashed_at[pos] - RACY_NS)
+        digests = self.digest[pos]
+        return [d.decode() if good else None for d, good in zip(digests.tolist(), ok.tolist())]
+
+
+# Rows read or written by this process, by (database, device): one version looks the same files up several
+# times (the source images, then their hard links in the staging folder; the stored objects when an entity is
+# verified, then when the next step commits them). A remembered row is judged against the file's stat like a
+# fresh one, so a file changed since is still read again.
+# A row is (inode, size, mtime_ns, digest, hashed_at), as SQLite returns it.
 _Row = tuple[int, int, int, str, int]
-_ROWS: dict[tuple[str, int], dict[int, _Row]] = {}
-
-
-def _trusted(row: _Row | None, st: os.stat_result) -> str | None:
-    """The recorded digest if the file is as it was when read (and was not racily fresh then)."""
-    if row is None:
-        return None
-    _, size, mtime_ns, digest, hashed_at = row
-    if size != st.st_size or mtime_ns != st.st_mtime_ns or mtime_ns >= hashed_at - RACY_NS:
-        return None
-    return digest
+_ROWS: dict[tuple[str, int], _Rows] = {}
 
 
 class DigestCache:
@@ -82,6 +161,7 @@ class DigestCache:
         self._conn: sqlite3.Connection | None = None
         self._shared = True  # rows may be remembered across instances (not for a throwaway in-memory database)
         self._pending: list[tuple[int, int, int, int, str, int]] = []
+        self._own_rows: dict[tuple[str, int], _Rows] = {}  # the rows this instance saw, when not shared
 
     # ---- the database (opened on first use; a broken one is replaced: it is only a cache) -------------
     @property
@@ -131,26 +211,38 @@ class DigestCache:
     # ---- file digests ---------------------------------------------------------------------------
     def known(self, st: os.stat_result) -> str | None:
         """The recorded digest of the file with this stat, if still trusted (never under --rehash)."""
-        return self.known_many([st])[0]
+        return self.known_many(FileStats.of_results([st]))[0]
 
-    def known_many(self, stats: list[os.stat_result]) -> list[str | None]:
-        """`known` of each stat, looked up in batches: one query per file cost more than hashing nothing
+    def known_many(self, stats: FileStats) -> list[str | None]:
+        """`known` of each file, looked up in batches: one query per file cost more than hashing nothing
         (10,000 round trips into SQLite for an unchanged folder)."""
+        out: list[str | None] = [None] * len(stats)
         if self.rehash:
-            return [None] * len(stats)
-        rows = {dev: self._rows(dev, {st.st_ino for st in stats if st.st_dev == dev})
-                for dev in {st.st_dev for st in stats}}
-        return [_trusted(rows[st.st_dev].get(st.st_ino), st) for st in stats]
+            return out
+        for dev in np.unique(stats.dev).tolist():
+            where = np.flatnonzero(stats.dev == dev)
+            found = self._rows(dev, stats.ino[where]).trusted(stats, where)
+            for i, digest in zip(where.tolist(), found):
+                out[i] = digest
+        return out
 
-    def _rows(self, dev: int, inodes: set[int]) -> dict[int, _Row]:
-        """The recorded rows of these inodes of one device ({inode: row}; remembered across instances)."""
-        rows = _ROWS.setdefault((str(self.db), dev), {}) if self._shared else {}
-        missing = sorted(inodes - rows.keys())
+    def _rows(self, dev: int, inodes: np.ndarray) -> _Rows:
+        """The recorded rows of one device, holding those of these inodes that were ever recorded (remembered
+        across instances)."""
+        rows = self._rows_of(dev)
+        _, found = rows.find(inodes)
+        missing = np.unique(inodes[~found]).tolist()
         for chunk in _batches(missing):
             query = (f"SELECT ino, size, mtime_ns, digest, hashed_at FROM files WHERE dev=? AND ino IN "
                      f"({','.join('?' * len(chunk))})")
-            rows.update({row[0]: row for row in self.conn.execute(query, (dev, *chunk))})
+            rows.add(self.conn.execute(query, (dev, *chunk)))
         return rows
+
+    def _rows_of(self, dev: int) -> _Rows:
+        mine, key = _ROWS if self._shared else self._own_rows, (str(self.db), dev)
+        if key not in mine:
+            mine[key] = _Rows()
+        return mine[key]
 
     def record(self, st: os.stat_result, digest: str, hashed_at: int | None = None, settled: bool = False) -> None:
         """Remember that the file with stat `st` (taken before it was read) has this digest. `settled`: nothing
@@ -159,9 +251,7 @@ class DigestCache:
         if settled:
             when = max(when, st.st_mtime_ns + RACY_NS + 1)
         self._pending.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, digest, when))
-        if self._shared:
-            _ROWS.setdefault((str(self.db), st.st_dev), {})[st.st_ino] = (st.st_ino, st.st_size, st.st_mtime_ns,
-                                                                          digest, when)
+        self._rows_of(st.st_dev).add([(st.st_ino, st.st_size, st.st_mtime_ns, digest, when)])
         if len(self._pending) >= 10_000:
             self.flush()
 
@@ -177,20 +267,15 @@ class DigestCache:
         return self.digests([Path(path)])[0]
 
     def digests(self, paths: Iterable[str | Path], threads: int = 2,
-                stats: list[os.stat_result] | None = None) -> list[str]:
+                stats: FileStats | None = None) -> list[str]:
         """The sha256 of each file, in order: recorded ones without a read, the rest hashed (in threads:
         hashlib releases the GIL) and recorded. OSError (a missing file) as the file system raises it.
         `stats`: the files' stats, when the caller has just taken them (they are what a recorded digest is
         trusted by; a hashed file is stat'ed again around its read)."""
         paths = list(paths)
-        out: list[str | None] = self.known_many(stats if stats is not None else [os.stat(p) for p in paths])
+        out: list[str | None] = self.known_many(stats if stats is not None else FileStats.of(paths))
         misses = [i for i, d in enumerate(out) if d is None]
-        if len(misses) > 1 and threads > 1:
-            with ThreadPoolExecutor(threads) as pool:
-                hashed = list(pool.map(self._hash, [paths[i] for i in misses]))
-        else:
-            hashed = [self._hash(paths[i]) for i in misses]
-        for i, (st, digest, started) in zip(misses, hashed):
+        for i, (st, digest, started) in zip(misses, _in_threads(self._hash, [paths[i] for i in misses], threads)):
             self.record(st, digest, started)
             out[i] = digest
         self.hashed += len(misses)
@@ -210,6 +295,23 @@ class DigestCache:
         with self.conn:
             self.conn.executemany("INSERT OR REPLACE INTO facts VALUES (?, ?, ?)",
                                   [(d, kind, json.dumps(v, sort_keys=True)) for d, v in facts.items()])
+
+
+def _in_threads(fn: Callable[[T], R], items: list[T], threads: int) -> Iterator[R]:
+    """fn of each item, in order, computed in `threads` threads with a few items per thread in flight: a
+    future per item up front (Executor.map) held 10^5 futures and their results at once."""
+    if len(items) < 2 or threads < 2:
+        yield from map(fn, items)
+        return
+    window = threads * 16
+    with ThreadPoolExecutor(threads) as pool:
+        pending: deque[Future[R]] = deque(pool.submit(fn, item) for item in items[:window])
+        for item in items[window:]:
+            done = pending.popleft().result()
+            pending.append(pool.submit(fn, item))
+            yield done
+        while pending:
+            yield pending.popleft().result()
 
 
 def _batches(items: list, size: int = 500) -> Iterable[list]:

@@ -41,7 +41,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from cvpipe.cache import cache_path
-from cvpipe.store.digests import ChangedWhileReading, DigestCache
+from cvpipe.store.digests import ChangedWhileReading, DigestCache, FileStats
 from cvpipe.store.hashing import CHUNK, list_files, tree_digest
 from cvpipe.store.paths import (
     DIGEST_RE,
@@ -151,10 +151,10 @@ class StoredFiles:
         digest = self.digests[rel]
         return f"{self.root}/{digest[:2]}/{digest}{_suffix(rel)}"
 
-    def stats(self, names: list[str]) -> list[os.stat_result]:
+    def stats(self, names: list[str]) -> FileStats:
         """The object files' stats (IntegrityError naming the first one that is missing)."""
         try:
-            return [os.stat(self.path(rel)) for rel in names]
+            return FileStats.of([self.path(rel) for rel in names])
         except FileNotFoundError as e:
             raise self.missing(e.filename) from None
 
@@ -174,8 +174,8 @@ class StoredFiles:
         return StoredFiles(self.root, {n: self.digests[n] for n in keep}, nbytes, self.checked, self.source)
 
 
-def _total(stats: list[os.stat_result]) -> int:
-    return sum(st.st_size for st in stats)
+def _total(stats: FileStats) -> int:
+    return int(stats.size.sum())
 
 
 class ArtifactStore:
@@ -405,14 +405,14 @@ class ArtifactStore:
         written: list[str] = []
         with DigestCache() as cache:
             paths = [os.path.join(folder, rel) for rel in names]  # str: a Path per file cost more
-            stats = [os.stat(p) for p in paths]
-            for rel, path, st, digest in zip(names, paths, stats, cache.digests(paths, stats=stats)):
+            stats = FileStats.of(paths)
+            for rel, path, size, digest in zip(names, paths, stats.size.tolist(), cache.digests(paths, stats=stats)):
                 if base is None:
-                    where = self._put_object(Path(path), rel, digest, cache, st.st_size, written)
+                    where = self._put_object(Path(path), rel, digest, cache, size, written)
                 else:
                     where = f"{base}/{rel}"
                     self._put_file(Path(path), where)
-                out[rel] = (digest, st.st_size, where)
+                out[rel] = (digest, size, where)
         _sync(written)
         return out
 
@@ -568,7 +568,7 @@ class ArtifactStore:
         self._check_objects(view, names, view.stats(names))
 
     @staticmethod
-    def _check_objects(view: StoredFiles, names: list[str], stats: list[os.stat_result]) -> None:
+    def _check_objects(view: StoredFiles, names: list[str], stats: FileStats) -> None:
         with DigestCache() as cache:
             known = cache.known_many(stats)
             misses = [i for i, d in enumerate(known) if d is None]  # changed or never recorded: read them

@@ -11,7 +11,7 @@ import pytest
 
 from cvpipe.data.sources import digest_source
 from cvpipe.store import hashing
-from cvpipe.store.digests import DigestCache
+from cvpipe.store.digests import DigestCache, FileStats
 
 
 @pytest.fixture(autouse=True)
@@ -175,5 +175,107 @@ def test_lookups_in_batches_find_every_file(tmp_path, reads):
     assert reads == [root / "1100.bin"]
     assert second.digest != first.digest
     with DigestCache() as cache:
-        assert cache.known_many([os.stat(root / "0000.bin"), os.stat(root / "1202.bin")]) == \
+        assert cache.known_many(FileStats.of([root / "0000.bin", root / "1202.bin"])) == \
             [hashing.file_digest(root / "0000.bin"), hashing.file_digest(root / "1202.bin")]
+
+
+def _many(root: Path, n: int) -> list[str]:
+    root.mkdir()
+    paths = []
+    for i in range(n):
+        (root / f"{i:05d}.bin").write_bytes(i.to_bytes(4, "big"))
+        _settle(root / f"{i:05d}.bin")
+        paths.append(str(root / f"{i:05d}.bin"))
+    return paths
+
+
+def test_a_file_recorded_again_is_judged_by_its_newest_row(tmp_path, reads, monkeypatch):
+    """The process's memo merges new rows into sorted columns every few thousand: after a merge, a file read
+    again is judged by the row of that read, not the first one (which would have it read on every lookup)."""
+    from cvpipe.store import digests
+
+    monkeypatch.setattr(digests, "_ROWS", {})
+    monkeypatch.setattr(digests._Rows, "MERGE_AT", 64)  # several merges
+    paths = _many(tmp_path / "many", 300)
+    with DigestCache() as cache:
+        cache.digests(paths)
+    Path(paths[7]).write_bytes(b"a longer content than before")
+    _settle(Path(paths[7]), age_s=50)
+    want = hashing.file_digest(paths[7])
+    reads.clear()
+    for _ in range(3):
+        with DigestCache() as cache:
+            assert cache.digests(paths)[7] == want
+    assert reads == [Path(paths[7])]
+
+
+def test_a_cache_row_that_is_not_a_digest_is_not_believed(tmp_path, reads, monkeypatch):
+    """The cache is a file on disk: a row whose digest is not 64 characters (damaged, hand-edited) makes the file
+    be read again, never hands out a wrong digest."""
+    import sqlite3
+
+    from cvpipe.store import digests
+
+    paths = _many(tmp_path / "few", 3)
+    with DigestCache() as cache:
+        truth = cache.digests(paths)
+        db = cache.db
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE files SET digest = 'abc'")
+        conn.execute("UPDATE files SET digest = ? WHERE ino = ?", (truth[0] + "ff", os.stat(paths[0]).st_ino))
+    monkeypatch.setattr(digests, "_ROWS", {})  # a new process: rows come from the file
+    reads.clear()
+    with DigestCache() as cache:
+        assert cache.digests(paths) == truth
+    assert len(reads) == 3
+
+
+def test_hashing_keeps_few_files_in_flight(monkeypatch):
+    """Changed files are hashed in threads with a bounded window, results in input order: a future per file up
+    front held 10^5 futures and their results at once."""
+    import threading
+
+    from cvpipe.store.digests import _in_threads
+
+    lock, state = threading.Lock(), {"started": 0, "yielded": 0, "most_ahead": 0}
+
+    def work(i: int) -> int:
+        with lock:
+            state["started"] += 1
+            state["most_ahead"] = max(state["most_ahead"], state["started"] - state["yielded"])
+        return i * i
+
+    out = []
+    for value in _in_threads(work, list(range(1000)), threads=2):
+        out.append(value)
+        with lock:
+            state["yielded"] += 1
+    assert out == [i * i for i in range(1000)]
+    assert state["most_ahead"] <= 2 * 16 + 1
+
+
+@pytest.mark.parametrize("recorded", [False, True], ids=["first-read", "all-recorded"])
+def test_digesting_many_files_keeps_no_python_object_per_stat(tmp_path, monkeypatch, recorded):
+    """Peak Python memory per file of a digest pass (tracemalloc), a fresh process memo: the stats are numpy
+    columns and the memo sorted arrays, not an os.stat_result (~20 objects) and a row tuple per file. Measured
+    at 4,000 files: first read 990 B/file (2,340 with a stat_result per file and a future per read), all
+    recorded 590 (960)."""
+    import tracemalloc
+
+    from cvpipe.store import digests
+
+    paths = _many(tmp_path / "many", 3000)
+    if recorded:
+        with DigestCache() as cache:
+            cache.digests(paths)
+    monkeypatch.setattr(digests, "_ROWS", {})
+    tracemalloc.start()
+    try:
+        with DigestCache() as cache:
+            cache.digests(paths)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    per_file = peak / len(paths)
+    print(f"peak {per_file:.0f} B per file")
+    assert per_file < (800 if recorded else 1500)
