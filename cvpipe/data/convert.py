@@ -25,7 +25,7 @@ class ClassMapping(BaseModel):
 
 def convert_classes(ds: DetectionDataset, mapping: ClassMapping) -> tuple[DetectionDataset, list[dict]]:
     cats = ds.categories.copy()
-    anns = ds.annotations.copy()
+    anns = ds.annotations  # copied before the first change (none without a merge): build copies it anyway
     findings: list[dict] = []
     names = set(cats["name"])
     asked = set(mapping.rename) | {n for srcs in mapping.merge.values() for n in srcs} | set(mapping.drop) | set(
@@ -45,6 +45,8 @@ def convert_classes(ds: DetectionDataset, mapping: ClassMapping) -> tuple[Detect
         hit = anns["category_id"].isin(moved)
         findings.append({"rule": "merge_class", "action": "fixed", "image_id": None, "ann_id": None,
                          "detail": f"{sorted(sources)} -> {target} (id {keep_id}): {int(hit.sum())} boxes relabelled"})
+        if anns is ds.annotations:
+            anns = anns.copy()
         anns.loc[hit, "category_id"] = keep_id
         cats = cats[~cats["category_id"].isin(moved)]
         cats.loc[cats["category_id"] == keep_id, "name"] = target

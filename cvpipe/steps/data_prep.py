@@ -61,10 +61,14 @@ def data_prep(params: DataPrepParams, ctx: StepContext, *, dataset: DetectionDat
         else:
             result = validate(dataset, images.path, params.validation, candidates, params.executor, params.workers,
                               source_format=dataset.source.get("format", ""))
+            findings, thumbnails = result.findings, result.thumbnails
             converted, conv_findings = _convert_and_split(result.dataset, params)
+            del result  # the validated tables: a copy of every box, no longer needed once converted
+            for f in findings + conv_findings:  # stamped in place: a copy was a dict per finding more
+                f["step"] = "data_prep"
             prepared = DetectionData.of(converted, [{"step": "data_load", **f} for f in dataset.findings] +
-                                        [{**f, "step": "data_prep"} for f in result.findings + conv_findings])
-            report = _report(prepared, result.thumbnails, params, ctx)
+                                        findings + conv_findings)
+            report = _report(prepared, thumbnails, params, ctx)
             summary = {"images": len(prepared.images), "annotations": len(prepared.annotations),
                        "classes": len(prepared.categories),
                        "splits": {r["split"]: r["images"] for r in split_table(prepared)},

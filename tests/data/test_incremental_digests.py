@@ -210,8 +210,8 @@ def test_a_file_recorded_again_is_judged_by_its_newest_row(tmp_path, reads, monk
 
 
 def test_a_cache_row_that_is_not_a_digest_is_not_believed(tmp_path, reads, monkeypatch):
-    """The cache is a file on disk: a row whose digest is not 64 characters (damaged, hand-edited) makes the file
-    be read again, never hands out a wrong digest."""
+    """The cache is a file on disk: a row whose digest is not 64 hex digits (damaged, hand-edited) makes the file
+    be read again, never hands out a wrong digest (nor one cut to fit the memo's 64 bytes)."""
     import sqlite3
 
     from cvpipe.store import digests
@@ -223,6 +223,7 @@ def test_a_cache_row_that_is_not_a_digest_is_not_believed(tmp_path, reads, monke
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE files SET digest = 'abc'")
         conn.execute("UPDATE files SET digest = ? WHERE ino = ?", (truth[0] + "ff", os.stat(paths[0]).st_ino))
+        conn.execute("UPDATE files SET digest = ? WHERE ino = ?", ("\u00e9" * 64, os.stat(paths[1]).st_ino))
     monkeypatch.setattr(digests, "_ROWS", {})  # a new process: rows come from the file
     reads.clear()
     with DigestCache() as cache:
@@ -279,3 +280,19 @@ def test_digesting_many_files_keeps_no_python_object_per_stat(tmp_path, monkeypa
     per_file = peak / len(paths)
     print(f"peak {per_file:.0f} B per file")
     assert per_file < (800 if recorded else 1500)
+
+
+def test_stats_of_many_files_in_threads_keep_their_order(tmp_path):
+    """Past STAT_THREADS_FROM paths the stats are taken in threads, part by part: the columns are in the paths'
+    order, and a missing file is the FileNotFoundError naming it."""
+    from cvpipe.store import digests
+
+    paths = _many(tmp_path / "many", digests.STAT_THREADS_FROM + 300)
+    got = FileStats.of(paths)
+    want = [os.stat(p) for p in paths]
+    assert got.ino.tolist() == [st.st_ino for st in want] and got.size.tolist() == [st.st_size for st in want]
+    assert got.mtime_ns.tolist() == [st.st_mtime_ns for st in want] and got.dev.tolist() == [st.st_dev for st in want]
+    os.unlink(paths[-5])
+    with pytest.raises(FileNotFoundError) as e:
+        FileStats.of(paths)
+    assert e.value.filename == paths[-5]
