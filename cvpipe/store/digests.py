@@ -38,7 +38,6 @@ from cvpipe.store import hashing
 
 log = logging.getLogger(__name__)
 
-STAT_THREADS_FROM = 2048  # paths from which FileStats.of stats in threads
 _HEX64 = re.compile("[0-9a-f]{64}")  # a sha256 as the cache records it (any other row is not believed)
 T = TypeVar("T")
 R = TypeVar("R")
@@ -73,21 +72,8 @@ class FileStats:
 
     @classmethod
     def of(cls, paths: Sequence[str | Path]) -> FileStats:
-        """Stat each path, in order (OSError, e.g. FileNotFoundError naming the file, as os.stat raises it).
-        Many paths are stat'ed in two threads: where the metadata is not cached each stat waits for the disk
-        (10^5 source files: 0.61-0.80 s against 0.90-0.97 s in one thread, page cache dropped; 0.21 against
-        0.24-0.30 s cached)."""
-        if len(paths) < STAT_THREADS_FROM:
-            return cls.of_results(os.stat(p) for p in paths)
-        step = -(-len(paths) // 16)
-        with ThreadPoolExecutor(2) as pool:
-            parts = list(pool.map(cls._of_part, [paths[i:i + step] for i in range(0, len(paths), step)]))
-        return cls(*(np.concatenate([part[k] for part in parts]) for k in range(4)))
-
-    @classmethod
-    def _of_part(cls, paths: Sequence[str | Path]) -> tuple[np.ndarray, ...]:
-        part = cls.of_results(os.stat(p) for p in paths)
-        return part.dev, part.ino, part.size, part.mtime_ns
+        """Stat each path, in order (OSError, e.g. FileNotFoundError naming the file, as os.stat raises it)."""
+        return cls.of_results(os.stat(p) for p in paths)
 
     @classmethod
     def of_results(cls, results: Iterable[os.stat_result]) -> FileStats:
@@ -118,18 +104,29 @@ class _Rows:
         self._added: dict[int, _Row] = {}
 
     def add(self, rows: Iterable[_Row]) -> None:
-        self._added.update((row[0], row) for row in rows if isinstance(row[3], str) and _HEX64.fullmatch(row[3]))
+        self._added.update((row[0], row) for row in rows)
         if len(self._added) >= self.MERGE_AT:
             self._merge()
 
-    def _merge(self) -> None:
-        if not self._added:
+    def add_many(self, batches: Iterable[list[_Row]]) -> None:
+        """Rows in batches (as many queries return them), merged once: each batch becomes columns at once."""
+        self._merge([self._columns(rows) for rows in batches])
+
+    @staticmethod
+    def _columns(rows: list[_Row]) -> list[np.ndarray]:
+        """Rows as the memo's columns, without those whose digest is not 64 hex digits (a damaged cache)."""
+        good = [row for row in rows if isinstance(row[3], str) and _HEX64.fullmatch(row[3])]
+        ino, size, mtime_ns, digest, hashed_at = zip(*good) if good else ((),) * 5
+        return [np.array(ino, np.uint64), np.array(size, np.int64), np.array(mtime_ns, np.int64),
+                np.array(hashed_at, np.int64), np.array([d.encode() for d in digest], "S64")]
+
+    def _merge(self, more: list[list[np.ndarray]] | None = None) -> None:
+        parts = [*(more or []), *([self._columns(list(self._added.values()))] if self._added else [])]
+        if not parts:
             return
-        ino, size, mtime_ns, digest, hashed_at = zip(*self._added.values())
         self._added = {}
-        cols = [np.concatenate([old, np.array(new, old.dtype)]) for old, new in
-                ((self.ino, ino), (self.size, size), (self.mtime_ns, mtime_ns), (self.hashed_at, hashed_at),
-                 (self.digest, [d.encode() for d in digest]))]
+        cols = [np.concatenate([old, *(part[k] for part in parts)]) for k, old in
+                enumerate((self.ino, self.size, self.mtime_ns, self.hashed_at, self.digest))]
         # sorted by inode, a later row replacing an earlier one of the same inode
         order = np.argsort(cols[0], kind="stable")
         last = np.ones(len(order), bool)
@@ -248,10 +245,9 @@ class DigestCache:
         rows = self._rows_of(dev)
         _, found = rows.find(inodes)
         missing = np.unique(inodes[~found]).tolist()
-        for chunk in _batches(missing):
-            query = (f"SELECT ino, size, mtime_ns, digest, hashed_at FROM files WHERE dev=? AND ino IN "
-                     f"({','.join('?' * len(chunk))})")
-            rows.add(self.conn.execute(query, (dev, *chunk)))
+        query = "SELECT ino, size, mtime_ns, digest, hashed_at FROM files WHERE dev=? AND ino IN ({})"
+        rows.add_many(self.conn.execute(query.format(",".join("?" * len(chunk))), (dev, *chunk)).fetchall()
+                      for chunk in _batches(missing))
         return rows
 
     def _rows_of(self, dev: int) -> _Rows:

@@ -281,18 +281,3 @@ def test_digesting_many_files_keeps_no_python_object_per_stat(tmp_path, monkeypa
     print(f"peak {per_file:.0f} B per file")
     assert per_file < (800 if recorded else 1500)
 
-
-def test_stats_of_many_files_in_threads_keep_their_order(tmp_path):
-    """Past STAT_THREADS_FROM paths the stats are taken in threads, part by part: the columns are in the paths'
-    order, and a missing file is the FileNotFoundError naming it."""
-    from cvpipe.store import digests
-
-    paths = _many(tmp_path / "many", digests.STAT_THREADS_FROM + 300)
-    got = FileStats.of(paths)
-    want = [os.stat(p) for p in paths]
-    assert got.ino.tolist() == [st.st_ino for st in want] and got.size.tolist() == [st.st_size for st in want]
-    assert got.mtime_ns.tolist() == [st.st_mtime_ns for st in want] and got.dev.tolist() == [st.st_dev for st in want]
-    os.unlink(paths[-5])
-    with pytest.raises(FileNotFoundError) as e:
-        FileStats.of(paths)
-    assert e.value.filename == paths[-5]
