@@ -100,12 +100,12 @@ class _Validation:
             self.findings.append(_finding(rule, action, r.image_id, getattr(r, "ann_id", None), detail(r)))
         return mask
 
-    def decoded(self, checks: list[ImageCheck]) -> None:
+    def decoded(self, checks: DecodeChecks) -> None:
         """missing_image, corrupt_image, size_mismatch, duplicate_image; then drop the dropped images' boxes."""
         images, p = self.images, self.policy
-        errors = pd.Series([c.error for c in checks], index=images.index)
-        real_w = pd.Series([c.width for c in checks], index=images.index)
-        real_h = pd.Series([c.height for c in checks], index=images.index)
+        errors = pd.Series(checks.error, index=images.index)
+        real_w = pd.Series(checks.width, index=images.index)
+        real_h = pd.Series(checks.height, index=images.index)
         missing = self.apply("missing_image", errors == "missing", "images",
                              lambda r: f"{r.file_name}: file not found")
         corrupt = self.apply("corrupt_image", (errors != "") & (errors != "missing"), "images",
@@ -196,39 +196,70 @@ class _Validation:
             self.images = self.images[~empty]
 
 
+FACTS_BATCH = 10_000  # verdicts recorded in the cache at once
 DECODE_FACT = "image_decode/v1"  # bump when decode_image's verdict on the same bytes changes
 
 
+@dataclass
+class DecodeChecks:
+    """check_image's verdicts on the rows of an images table, in order, as columns: an ImageCheck per image was
+    10^5 objects kept through validation."""
+
+    width: np.ndarray  # int64, 0 where the image did not decode
+    height: np.ndarray
+    error: list[str]  # "" where it decoded
+    thumbnails: dict[int, np.ndarray] = field(default_factory=dict)  # image id -> RGB, the report's candidates
+
+    @classmethod
+    def sized(cls, n: int) -> DecodeChecks:
+        return cls(np.zeros(n, np.int64), np.zeros(n, np.int64), [""] * n)
+
+    def put(self, k: int, width: int, height: int, error: str) -> None:
+        self.width[k], self.height[k], self.error[k] = width, height, error
+
+    def verdict(self, k: int) -> dict:
+        """Row k's verdict as the cache records it."""
+        return {"width": int(self.width[k]), "height": int(self.height[k]), "error": self.error[k]}
+
+
 def decode_checks(images: pd.DataFrame, image_path: Callable[[str], Path], thumbnail_ids: AbstractSet[int],
-                  executor: ExecutorKind = "process", workers: int | None = None) -> list[ImageCheck]:
+                  executor: ExecutorKind = "process", workers: int | None = None) -> DecodeChecks:
     """check_image for every row of an images table, in order, decoding only content never checked before (and
     the report's thumbnail candidates): a verdict on an image's bytes is cached under their sha256.
-    `image_path`: the file of a blob (`ImageFiles.path`)."""
+    `image_path`: the file of a blob (`ImageFiles.path`). Verdicts go into columns as they come back."""
     from cvpipe.store.digests import DigestCache
 
-    rows = list(zip(images["blob"], images["image_id"], images["digest"]))
+    blobs, ids, digests = images["blob"].tolist(), images["image_id"].tolist(), images["digest"].tolist()
+    out = DecodeChecks.sized(len(blobs))
     with DigestCache() as cache:
-        known = cache.facts((d for b, _, d in rows if b and d), DECODE_FACT)
-        todo = [k for k, (b, i, d) in enumerate(rows) if not b or d not in known or int(i) in thumbnail_ids]
-        jobs = [(_locate(image_path, rows[k][0]), int(rows[k][1]) in thumbnail_ids) for k in todo]
-        fresh = list(track(parallel_map(check_image, jobs, kind=executor, workers=workers, chunksize=8),
-                           "data_prep: decoding new images", total=len(jobs)))
-        cache.put_facts(DECODE_FACT, {rows[k][2]: {"width": c.width, "height": c.height, "error": c.error}
-                                      for k, c in zip(todo, fresh) if rows[k][2] and _content_verdict(c)})
-    by_row = dict(zip(todo, fresh))
-    return [by_row[k] if k in by_row else ImageCheck(**known[d]) for k, (_, _, d) in enumerate(rows)]
+        known = cache.facts((d for b, d in zip(blobs, digests) if b and d), DECODE_FACT)
+        todo = [k for k, (b, i, d) in enumerate(zip(blobs, ids, digests))
+                if not b or d not in known or int(i) in thumbnail_ids]
+        for k, (b, d) in enumerate(zip(blobs, digests)):
+            if b and (fact := known.get(d)) is not None:
+                out.put(k, fact["width"], fact["height"], fact["error"])
+        del known
+        jobs = [(_locate(image_path, blobs[k]), int(ids[k]) in thumbnail_ids) for k in todo]
+        new: dict[str, dict] = {}
+        for k, check in zip(todo, track(parallel_map(check_image, jobs, kind=executor, workers=workers,
+                                                     chunksize=8), "data_prep: decoding new images", total=len(jobs))):
+            out.put(k, check.width, check.height, check.error)
+            if check.thumbnail is not None:
+                out.thumbnails[int(ids[k])] = check.thumbnail
+            if digests[k] and _content_verdict(check):
+                new[digests[k]] = out.verdict(k)
+            if len(new) >= FACTS_BATCH:  # recorded as they come: not a dict per image at the end
+                cache.put_facts(DECODE_FACT, new)
+                new = {}
+        cache.put_facts(DECODE_FACT, new)
+    return out
 
 
 def thumbnails(ds: DetectionDataset, image_path: Callable[[str], Path], ids: AbstractSet[int]
                ) -> dict[int, np.ndarray]:
     """The report's thumbnails of the images `ids` (as `validate` returns them), decoding only those."""
     rows = ds.images[ds.images["image_id"].isin(ids)]
-    checks = decode_checks(rows, image_path, ids, "serial")
-    return _thumbnails(rows, checks)
-
-
-def _thumbnails(images: pd.DataFrame, checks: list[ImageCheck]) -> dict[int, np.ndarray]:
-    return {int(i): c.thumbnail for i, c in zip(images["image_id"], checks) if c.thumbnail is not None}
+    return decode_checks(rows, image_path, ids, "serial").thumbnails
 
 
 def _locate(image_path: Callable[[str], Path], blob: str) -> Path | None:
@@ -261,8 +292,7 @@ def validate(ds: DetectionDataset, image_path: Callable[[str], Path], policy: Va
     v.inverted(source_format in CORNER_FORMATS)
     v.geometry()
     v.empty()
-    return ValidationResult(DetectionDataset.build(v.images, v.anns, ds.categories), v.findings,
-                            _thumbnails(ds.images, checks))
+    return ValidationResult(DetectionDataset.build(v.images, v.anns, ds.categories), v.findings, checks.thumbnails)
 
 
 FINDING_COLUMNS = ["step", "rule", "action", "image_id", "ann_id", "detail"]

@@ -234,7 +234,7 @@ def test_voc_imagesets_and_stable_class_ids(tmp_path, run_load, run_prep, image_
     assert dict(zip(again.categories["name"], again.categories["category_id"]))["dog"] == 3
 
 
-def test_validation_and_conversion_leave_their_input_tables_as_they_were(coco_dir, run_load):
+def test_validation_and_conversion_leave_their_input_tables_as_they_were(coco_dir, run_load, own_cache):
     """Validation and class conversion no longer copy the boxes up front (44 MB a copy at 10^5 images): every
     rule that changes boxes (clip, new ids for duplicates, a merge) must change a new frame, never the input."""
     from cvpipe.data.convert import ClassMapping, convert_classes
@@ -254,3 +254,32 @@ def test_validation_and_conversion_leave_their_input_tables_as_they_were(coco_di
     pd.testing.assert_frame_equal(ds.annotations, before[0])
     pd.testing.assert_frame_equal(ds.images, before[1])
     pd.testing.assert_frame_equal(result.dataset.annotations, result_before)
+
+
+def test_decode_verdicts_are_recorded_as_they_come_and_reused(coco_dir, run_load, monkeypatch, own_cache):
+    """Verdicts go into columns and into the cache a batch at a time (no dict per image held to the end); the
+    next pass decodes nothing with a file and gives the same verdicts, errors included."""
+    from cvpipe.data import validate as v
+
+    corrupt(coco_dir)
+    load_ctx, _ = run_load(coco_dir)
+    ds = DetectionDataset.load(load_ctx.output("dataset"))
+
+    def path(blob):
+        return load_ctx.output("images") / blob
+
+    monkeypatch.setattr(v, "FACTS_BATCH", 2)
+    first = v.decode_checks(ds.images, path, frozenset(), "serial")
+    assert {e.split(":")[0] for e in first.error} >= {"", "missing", "ImageDecodeError"}
+    decoded = []
+
+    def not_again(job):
+        if job[0] is None:  # no file: checked every time (not a verdict on content)
+            return v.ImageCheck(error="missing")
+        decoded.append(job)
+        return v.ImageCheck(error="decoded again")
+
+    monkeypatch.setattr(v, "check_image", not_again)
+    again = v.decode_checks(ds.images, path, frozenset(), "serial")
+    assert decoded == []
+    assert [again.verdict(k) for k in range(len(ds.images))] == [first.verdict(k) for k in range(len(ds.images))]
