@@ -233,11 +233,13 @@ def decode_checks(images: pd.DataFrame, image_path: Callable[[str], Path], thumb
     out = DecodeChecks.sized(len(blobs))
     with DigestCache() as cache:
         known = cache.facts((d for b, d in zip(blobs, digests) if b and d), DECODE_FACT)
-        todo = [k for k, (b, i, d) in enumerate(zip(blobs, ids, digests))
-                if not b or d not in known or int(i) in thumbnail_ids]
-        for k, (b, d) in enumerate(zip(blobs, digests)):
-            if b and (fact := known.get(d)) is not None:
+        todo: list[int] = []  # rows decoded now: no file, content never checked, or a thumbnail wanted
+        for k, (b, i, d) in enumerate(zip(blobs, ids, digests)):
+            fact = known.get(d) if b else None
+            if fact is not None:
                 out.put(k, fact["width"], fact["height"], fact["error"])
+            if fact is None or int(i) in thumbnail_ids:
+                todo.append(k)
         del known
         jobs = [(_locate(image_path, blobs[k]), int(ids[k]) in thumbnail_ids) for k in todo]
         new: dict[str, dict] = {}

@@ -103,8 +103,8 @@ class _Rows:
         self.digest = np.empty(0, "S64")
         self._added: dict[int, _Row] = {}
 
-    def add(self, rows: Iterable[_Row]) -> None:
-        self._added.update((row[0], row) for row in rows)
+    def add(self, row: _Row) -> None:
+        self._added[row[0]] = row
         if len(self._added) >= self.MERGE_AT:
             self._merge()
 
@@ -263,7 +263,7 @@ class DigestCache:
         if settled:
             when = max(when, st.st_mtime_ns + RACY_NS + 1)
         self._pending.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, digest, when))
-        self._rows_of(st.st_dev).add([(st.st_ino, st.st_size, st.st_mtime_ns, digest, when)])
+        self._rows_of(st.st_dev).add((st.st_ino, st.st_size, st.st_mtime_ns, digest, when))
         if len(self._pending) >= 10_000:
             self.flush()
 
